@@ -1,1 +1,59 @@
-fn main() {}
+//! `ferry`: build systems, copy their closures to hosts, activate them.
+//!
+//! The binary is a thin layer: argument parsing (clap), output policy and exit codes. Each
+//! subcommand lives in its own module under `cmd/` and calls into the library crates.
+//! Exit codes: 0 success, 1 error, 2 usage error.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Store and archive transfer engine with a deploy front end"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: cmd::GlobalOpts,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Work with NAR archives (nix-archive-1).
+    #[command(subcommand)]
+    Nar(cmd::nar::NarCommand),
+    /// Work with the store.
+    #[command(subcommand)]
+    Store(cmd::store::StoreCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let code = if err.use_stderr() { 2 } else { 0 };
+            let _ = err.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Nar(command) => cmd::nar::run(&cli.global, command),
+        Command::Store(command) => cmd::store::run(&cli.global, command),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if cmd::is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("ferry: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

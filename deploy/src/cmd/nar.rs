@@ -1,0 +1,140 @@
+//! `ferry nar ...`: dump, restore, hash and list NAR archives.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use nar_core::read::{expect_eof, read_nar, NarEvent, ReadError};
+use nar_core::store_path::{make_source_path, StoreDir};
+
+use super::GlobalOpts;
+
+/// NAR subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum NarCommand {
+    /// Write the NAR of a file, directory or symlink to stdout (as `nix-store --dump`).
+    Dump {
+        /// File, directory or symlink to serialize.
+        path: PathBuf,
+    },
+    /// Unpack a NAR read from stdin into DIR, which must not exist (as `nix-store --restore`).
+    Restore {
+        /// Where to unpack.
+        dir: PathBuf,
+    },
+    /// Print the SHA-256 of the NAR of PATH (as `nix-hash --type sha256 --base32 PATH`).
+    Hash {
+        /// Print base16 instead of nix-base32.
+        #[arg(long)]
+        base16: bool,
+        /// File, directory or symlink.
+        path: PathBuf,
+    },
+    /// List the entries of a NAR read from stdin: type, size, executable flag, path, target.
+    Ls,
+}
+
+/// Stdout as a `File`, so large file contents move with `sendfile`/`splice`, not through buffers.
+fn stdout_file() -> io::Result<File> {
+    Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
+}
+
+fn stdin_file() -> io::Result<File> {
+    Ok(File::from(io::stdin().as_fd().try_clone_to_owned()?))
+}
+
+pub fn run(_global: &GlobalOpts, command: NarCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        NarCommand::Dump { path } => {
+            nar_core::dump::dump(&path, stdout_file()?)?;
+        }
+        NarCommand::Restore { dir } => {
+            nar_core::restore::restore(stdin_file()?, &dir)
+                .with_context(|| format!("restoring into {}", dir.display()))?;
+        }
+        NarCommand::Hash { base16, path } => {
+            let digest = nar_core::dump::hash_path(&path)?;
+            let text = if base16 { digest.hash.to_hex() } else { digest.hash.to_nix32() };
+            writeln!(io::stdout(), "{text}")?;
+        }
+        NarCommand::Ls => list(stdin_file()?)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per node: `TYPE<TAB>SIZE<TAB>X<TAB>PATH[ -> TARGET]`.
+fn list(input: File) -> Result<(), ReadError> {
+    let mut reader = BufReader::with_capacity(256 * 1024, input);
+    let mut out = BufWriter::new(io::stdout().lock());
+    let mut path: Vec<u8> = Vec::new();
+    let mut depth_names: Vec<usize> = Vec::new();
+    let shown = |path: &[u8]| {
+        if path.is_empty() {
+            "/".to_owned()
+        } else {
+            String::from_utf8_lossy(path).into_owned()
+        }
+    };
+    let pop = |path: &mut Vec<u8>, lens: &mut Vec<usize>| {
+        if let Some(len) = lens.pop() {
+            path.truncate(len);
+        }
+    };
+    let digest = read_nar(&mut reader, |event, _| {
+        match event {
+            NarEvent::Directory => writeln!(out, "directory\t-\t-\t{}", shown(&path))?,
+            NarEvent::Entry { name } => {
+                depth_names.push(path.len());
+                path.push(b'/');
+                path.extend_from_slice(name);
+            }
+            NarEvent::File { executable, size } => {
+                let x = if executable { "x" } else { "-" };
+                writeln!(out, "regular\t{size}\t{x}\t{}", shown(&path))?;
+            }
+            NarEvent::Symlink { target } => {
+                writeln!(
+                    out,
+                    "symlink\t-\t-\t{} -> {}",
+                    shown(&path),
+                    String::from_utf8_lossy(target)
+                )?;
+                pop(&mut path, &mut depth_names);
+            }
+            NarEvent::FileEnd | NarEvent::DirectoryEnd => pop(&mut path, &mut depth_names),
+            NarEvent::Data(_) | NarEvent::End => {}
+        }
+        Ok::<(), ReadError>(())
+    })?;
+    expect_eof(&mut reader, digest.size)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// `ferry store path`: the source store path PATH would get.
+pub fn print_source_path(
+    global: &GlobalOpts,
+    name: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<ExitCode> {
+    let store_dir =
+        StoreDir::new(global.store_dir.clone().unwrap_or_else(|| StoreDir::GUIX.to_owned()))?;
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => {
+            let file_name = path
+                .file_name()
+                .with_context(|| format!("{} has no file name; pass --name", path.display()))?;
+            String::from_utf8(file_name.as_bytes().to_vec())
+                .context("the file name is not UTF-8; pass --name")?
+        }
+    };
+    let digest = nar_core::dump::hash_path(path)?;
+    let store_path = make_source_path(&store_dir, &name, &digest.hash)?;
+    writeln!(io::stdout(), "{}", store_path.to_absolute(&store_dir))?;
+    Ok(ExitCode::SUCCESS)
+}
