@@ -18,7 +18,6 @@
 //! hand-written field code. Nothing here handles secrets in `num-bigint` values: only public
 //! points go through that path.
 
-use curve25519_dalek::constants::ED25519_BASEPOINT_POINT;
 use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::scalar::Scalar;
 use hmac::{Hmac, Mac};
@@ -213,14 +212,13 @@ pub(crate) fn public_point(x: &Scalar) -> EdwardsPoint {
     EdwardsPoint::mul_base(x)
 }
 
-#[allow(dead_code)]
-fn basepoint() -> EdwardsPoint {
-    ED25519_BASEPOINT_POINT
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn basepoint() -> EdwardsPoint {
+        curve25519_dalek::constants::ED25519_BASEPOINT_POINT
+    }
 
     #[test]
     fn basepoint_x() {

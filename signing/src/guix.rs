@@ -551,7 +551,7 @@ impl fmt::Display for Signature {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const D: &str = "6252ED96A8F1776EF45369E58C2C26A2212669D4B6ECDBF7C92C83EE1AC03A08";
