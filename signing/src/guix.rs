@@ -596,6 +596,24 @@ pub(crate) mod tests {
         assert!(!Signature::parse(flipped.as_bytes()).unwrap().verify());
     }
 
+    /// libgcrypt prints a `d` without control bytes as a quoted string holding raw bytes ≥ 0xA1
+    /// (checked with guile-gcrypt); ours must do the same and read it back.
+    #[test]
+    fn secret_printed_as_quoted_string() {
+        let d = hex::decode("7D48D7C76C5D6EA8FC256F4F785A38DB775044FE3667712CF949E1445776F1F8")
+            .unwrap();
+        let key = SigningKey::from_ecdsa_bytes(&d).unwrap();
+        let text = key.to_key_file();
+        let mut expected = b"  (d \"}H".to_vec();
+        expected.push(0xd7);
+        assert!(
+            text.windows(expected.len()).any(|w| w == expected),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+        assert_eq!(SigningKey::from_text(&text).unwrap().verifying_key(), key.verifying_key());
+    }
+
     #[test]
     fn mismatched_q_rejected() {
         let other = "948CB4ECBEFBF045010747EC58B4775C469C186DEEDE2EF5FE4FD7900F9C6B25";
