@@ -41,17 +41,27 @@ pub(crate) fn affine_x(point: &EdwardsPoint) -> [u8; 32] {
     let p = field_p();
     let y = BigUint::from_bytes_le(&ybytes);
     let one = BigUint::from(1u8);
-    // d = -121665 / 121666 mod p
-    let inv = |v: &BigUint| v.modpow(&(&p - BigUint::from(2u8)), &p);
-    let d = (&p - BigUint::from(121_665u32)) * inv(&BigUint::from(121_666u32)) % &p;
+    // d = -121665/121666 mod p and sqrt(-1) mod p, as constants.
+    let d = BigUint::parse_bytes(
+        b"37095705934669439343138083508754565189542113879843219016388785533085940283555",
+        10,
+    )
+    .unwrap_or_default();
+    let sqrt_m1 = BigUint::parse_bytes(
+        b"19681161376707505956807079304988542015446066515923890162744021073123829784752",
+        10,
+    )
+    .unwrap_or_default();
     let y2 = &y * &y % &p;
-    let u = (&y2 + &p - &one) % &p;
-    let v = (&d * &y2 + &one) % &p;
-    let x2 = u * inv(&v) % &p;
-    // p ≡ 5 (mod 8): candidate root x2^((p+3)/8); fix up with sqrt(-1) = 2^((p-1)/4).
-    let mut x = x2.modpow(&((&p + BigUint::from(3u8)) >> 3u32), &p);
-    if &x * &x % &p != x2 {
-        let sqrt_m1 = BigUint::from(2u8).modpow(&((&p - &one) >> 2u32), &p);
+    let u = (&y2 + &p - &one) % &p; // y² - 1
+    let v = (&d * &y2 + &one) % &p; // d y² + 1
+                                    // x = sqrt(u/v) = u v³ (u v⁷)^((p-5)/8), one exponentiation (RFC 8032 §5.1.3);
+                                    // if v x² = -u, multiply by sqrt(-1).
+    let v3 = &v * &v % &p * &v % &p;
+    let v7 = &v3 * &v3 % &p * &v % &p;
+    let mut x =
+        &u * &v3 % &p * (&u * &v7 % &p).modpow(&((&p - BigUint::from(5u8)) >> 3u32), &p) % &p;
+    if &v * &x % &p * &x % &p != u {
         x = x * sqrt_m1 % &p;
     }
     let odd = x.bit(0) as u8;
@@ -218,6 +228,44 @@ mod tests {
 
     fn basepoint() -> EdwardsPoint {
         curve25519_dalek::constants::ED25519_BASEPOINT_POINT
+    }
+
+    #[test]
+    fn constants() {
+        let p = field_p();
+        let inv = |v: &BigUint| v.modpow(&(&p - BigUint::from(2u8)), &p);
+        let d = (&p - BigUint::from(121_665u32)) * inv(&BigUint::from(121_666u32)) % &p;
+        assert_eq!(
+            d.to_string(),
+            "37095705934669439343138083508754565189542113879843219016388785533085940283555"
+        );
+        let sqrt_m1 = BigUint::from(2u8).modpow(&((&p - BigUint::from(1u8)) >> 2u32), &p);
+        assert_eq!(
+            sqrt_m1.to_string(),
+            "19681161376707505956807079304988542015446066515923890162744021073123829784752"
+        );
+    }
+
+    #[test]
+    fn random_points_x() {
+        // x(P) and x(-P) are negatives; x satisfies the curve equation -x² + y² = 1 + d x² y².
+        let p = field_p();
+        for i in 1u64..50 {
+            let pt = EdwardsPoint::mul_base(&Scalar::from(i * 7919));
+            let x = BigUint::from_bytes_le(&affine_x(&pt));
+            let neg = BigUint::from_bytes_le(&affine_x(&-pt));
+            assert_eq!((&x + &neg) % &p, BigUint::from(0u8));
+            let mut yb = pt.compress().to_bytes();
+            yb[31] &= 0x7f;
+            let y = BigUint::from_bytes_le(&yb);
+            let d = BigUint::parse_bytes(
+                b"37095705934669439343138083508754565189542113879843219016388785533085940283555",
+                10,
+            )
+            .unwrap();
+            let (x2, y2) = (&x * &x % &p, &y * &y % &p);
+            assert_eq!((&y2 + &p - &x2) % &p, (BigUint::from(1u8) + &d * &x2 % &p * &y2) % &p);
+        }
     }
 
     #[test]
