@@ -31,6 +31,8 @@ enum Command {
     /// Work with the store.
     #[command(subcommand)]
     Store(cmd::store::StoreCommand),
+    /// Collect garbage, or query closures (--requisites) and referrers.
+    Gc(cmd::gc::GcArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Nar(command) => cmd::nar::run(&cli.global, command),
         Command::Store(command) => cmd::store::run(&cli.global, command),
+        Command::Gc(args) => cmd::gc::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,98 @@
+//! `ferry store` and `ferry gc` through the real binary, on temp roots.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn ferry(root: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("FERRY_ROOT")
+        .env_remove("FERRY_STORE_DIR")
+        .env_remove("FERRY_STATE_DIR")
+        .output()
+        .expect("run ferry")
+}
+
+fn ok(root: &Path, args: &[&str]) -> String {
+    let out = ferry(root, args);
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn add_info_requisites_verify_delete_gc() {
+    let root = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let lib = files.path().join("lib");
+    std::fs::create_dir(&lib).unwrap();
+    std::fs::write(lib.join("libx.so"), b"\x7fELF not really").unwrap();
+    let lib_path = ok(r, &["store", "add", lib.to_str().unwrap()]).trim().to_owned();
+    assert!(lib_path.starts_with("/gnu/store/") && lib_path.ends_with("-lib"), "{lib_path}");
+    // `store path` agrees with what `store add` did.
+    assert_eq!(ok(r, &["store", "path", lib.to_str().unwrap()]).trim(), lib_path);
+
+    let app = files.path().join("app");
+    std::fs::write(&app, format!("#!/bin/sh\nLD_LIBRARY_PATH={lib_path}\n")).unwrap();
+    let app_path =
+        ok(r, &["store", "add", "--name", "app-1.0", app.to_str().unwrap()]).trim().to_owned();
+    assert_eq!(ok(r, &["store", "info", "--references", &app_path]), format!("{lib_path}\n"));
+    assert_eq!(ok(r, &["store", "info", "--referrers", &lib_path]), format!("{app_path}\n"));
+    let full = ok(r, &["store", "info", &app_path]);
+    assert!(full.contains("nar-hash: sha256:") && full.contains(&format!("reference: {lib_path}")));
+    assert!(full.contains("ca: fixed:r:sha256:"), "{full}");
+    let hash = ok(r, &["store", "info", "--hash", "--size", &app_path]);
+    let lines: Vec<&str> = hash.lines().collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines[0].starts_with("sha256:") && lines[1].parse::<u64>().is_ok(), "{hash}");
+
+    assert_eq!(ok(r, &["gc", "--requisites", &app_path]), format!("{lib_path}\n{app_path}\n"));
+    // A path inside an item, and the physical path, mean the item.
+    let phys = format!("{}{app_path}", r.display());
+    assert_eq!(ok(r, &["gc", "-R", &phys]), format!("{lib_path}\n{app_path}\n"));
+    assert_eq!(ok(r, &["store", "list"]).lines().count(), 2);
+    ok(r, &["store", "verify", "--check-contents"]);
+
+    let out = ferry(r, &["store", "delete", &lib_path]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("still referenced by") && err.contains(&app_path), "{err}");
+
+    // GC with app as a root keeps both; without roots deletes both, referrers first.
+    let dry = ok(r, &["gc", "--dry-run", &app_path]);
+    assert_eq!(dry, "");
+    let deleted = ok(r, &["gc"]);
+    assert_eq!(deleted, format!("deleted {app_path}\ndeleted {lib_path}\n"));
+    assert_eq!(ok(r, &["store", "list"]), "");
+    ok(r, &["store", "verify", "--check-contents"]);
+}
+
+#[test]
+fn verify_reports_tampering_and_corrupt_db_is_clear() {
+    let root = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let r = root.path();
+    let f = files.path().join("f");
+    std::fs::write(&f, b"one").unwrap();
+    let p = ok(r, &["store", "add", f.to_str().unwrap()]).trim().to_owned();
+    let phys = format!("{}{p}", r.display());
+    std::process::Command::new("chmod").args(["u+w", &phys]).status().unwrap();
+    std::fs::write(&phys, b"two").unwrap();
+    let out = ferry(r, &["store", "verify", "--check-contents"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&p) && text.contains("modified"), "{text}");
+
+    std::fs::write(r.join("var/ferry/db/db.sqlite"), vec![b'x'; 4096]).unwrap();
+    let out = ferry(r, &["store", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("corrupt") && err.contains("db.sqlite"), "{err}");
+}
