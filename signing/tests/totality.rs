@@ -108,7 +108,7 @@ proptest! {
         bad[at] = value;
         let mut r = BundleReader::new(&bad[..], dir.clone());
         if let Ok(Some((item, nar))) = r.next_item() {
-            if let Ok(v) = item.verify(&acl, &dir) {
+            if let Ok(v) = item.verify(acl, &dir) {
                 prop_assert_eq!(&v.info.path, &orig.info.path);
                 prop_assert_eq!(&v.info.references, &orig.info.references);
                 prop_assert_eq!(&v.info.deriver, &orig.info.deriver);
