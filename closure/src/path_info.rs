@@ -61,6 +61,9 @@ impl PathInfo {
 
     /// Absolute references, sorted, as Nix prints them.
     pub fn absolute_references(&self, store_dir: &StoreDir) -> Vec<String> {
-        self.references.iter().map(|r| r.to_absolute(store_dir)).collect()
+        let mut out: Vec<String> =
+            self.references.iter().map(|r| r.to_absolute(store_dir)).collect();
+        out.sort();
+        out
     }
 }

@@ -54,8 +54,10 @@ pub fn run(global: &GlobalOpts, args: GcArgs) -> anyhow::Result<ExitCode> {
             for p in &paths {
                 all.extend(store.referrers(p)?);
             }
+            let mut all: Vec<String> = all.iter().map(|p| p.to_absolute(&dir)).collect();
+            all.sort();
             for p in all {
-                writeln!(out, "{}", p.to_absolute(&dir))?;
+                writeln!(out, "{p}")?;
             }
         }
         out.flush()?;

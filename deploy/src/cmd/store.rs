@@ -182,8 +182,11 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
                     }
                 }
                 if referrers {
-                    for r in store.referrers(&path)? {
-                        writeln!(out, "{}", r.to_absolute(&dir))?;
+                    let mut all: Vec<String> =
+                        store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
+                    all.sort();
+                    for r in all {
+                        writeln!(out, "{r}")?;
                     }
                 }
                 if deriver {
