@@ -544,6 +544,30 @@ impl Signature {
     }
 }
 
+impl Signature {
+    /// The value of a Guix narinfo `Signature:` field: `1;<host>;<base64 of the advanced
+    /// text>` (guix-spec §3.3; the signed digest is SHA-256 of the narinfo text before that
+    /// line).
+    pub fn to_narinfo_field(&self, host: &str) -> String {
+        use base64::Engine;
+        format!("1;{host};{}", base64::engine::general_purpose::STANDARD.encode(self.to_text()))
+    }
+
+    /// Parse a narinfo `Signature:` field; returns the host and the signature.
+    pub fn from_narinfo_field(field: &str) -> Result<(String, Signature), KeyError> {
+        use base64::Engine;
+        let bad =
+            |reason| KeyError::Invalid { what: "narinfo signature", element: "Signature", reason };
+        let mut parts = field.trim().splitn(3, ';');
+        let (Some("1"), Some(host), Some(b64)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("expected `1;<host>;<base64>`"));
+        };
+        let text =
+            base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| bad("not base64"))?;
+        Ok((host.to_owned(), Signature::parse(&text)?))
+    }
+}
+
 impl fmt::Display for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(&self.sexp, f)
@@ -612,6 +636,16 @@ pub(crate) mod tests {
             String::from_utf8_lossy(&text)
         );
         assert_eq!(SigningKey::from_text(&text).unwrap().verifying_key(), key.verifying_key());
+    }
+
+    #[test]
+    fn narinfo_field_round_trip() {
+        let sig = Signature::parse(SIG_TEXT.as_bytes()).unwrap();
+        let field = sig.to_narinfo_field("ci.guix.example");
+        assert!(field.starts_with("1;ci.guix.example;KHNpZ25hdHVyZSAK"));
+        let (host, back) = Signature::from_narinfo_field(&field).unwrap();
+        assert_eq!((host.as_str(), &back), ("ci.guix.example", &sig));
+        assert!(Signature::from_narinfo_field("2;h;AAAA").is_err());
     }
 
     #[test]

@@ -254,6 +254,19 @@ pub fn fingerprint(
     )
 }
 
+/// Sign `fingerprint` with any Ed25519 signer (an agent or HSM standing in for a key file),
+/// naming the signature `key_name`.
+pub fn sign_with<S>(
+    key_name: &str,
+    signer: &S,
+    fingerprint: &str,
+) -> Result<Signature, ed25519_dalek::SignatureError>
+where
+    S: ed25519_dalek::Signer<ed25519_dalek::Signature> + ?Sized,
+{
+    Ok(Signature { name: key_name.to_owned(), sig: signer.try_sign(fingerprint.as_bytes())? })
+}
+
 /// Whether any of `sigs` is a valid signature of `fingerprint` by any of `keys` (Nix's
 /// `checkSignatures` with one signature needed).
 pub fn verify_any(keys: &[VerifyingKey], fingerprint: &str, sigs: &[Signature]) -> bool {
@@ -281,6 +294,7 @@ mod tests {
             "1;/nix/store/0mdqa9w1p6cmli6976v4wi0sw9r4p5pr-hello;sha256:0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73;120;/nix/store/11dqa9w1p6cmli6976v4wi0sw9r4p5pr-a,/nix/store/zzdqa9w1p6cmli6976v4wi0sw9r4p5pr-b"
         );
         let sig = sk.sign(&fp);
+        assert_eq!(sign_with(sk.name(), &sk, &fp).unwrap(), sig);
         let sig = Signature::parse(&sig.to_string()).unwrap();
         assert!(pk.verify(&fp, &sig));
         assert!(!pk.verify(&format!("{fp}x"), &sig));
