@@ -1,0 +1,1 @@
+(acl (entry (public-key (ecc (curve Ed25519) (q |y1hwBS+m6qtu9q8iykzX9QndX8hhQf5Mh6l+OWON9TE=|))) (tag (guix import))))

@@ -1,0 +1,1 @@
+(3:foo"quoted \n"#0a0b#)
