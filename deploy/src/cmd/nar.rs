@@ -26,13 +26,14 @@ pub enum NarCommand {
         /// Where to unpack.
         dir: PathBuf,
     },
-    /// Print the SHA-256 of the NAR of PATH (as `nix-hash --type sha256 --base32 PATH`).
+    /// Print the SHA-256 of the NAR of each PATH, one per line (as `nix-hash --type sha256 --base32`).
     Hash {
         /// Print base16 instead of nix-base32.
         #[arg(long)]
         base16: bool,
-        /// File, directory or symlink.
-        path: PathBuf,
+        /// Files, directories or symlinks.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
     },
     /// List the entries of a NAR read from stdin: type, size, executable flag, path, target.
     Ls,
@@ -56,10 +57,12 @@ pub fn run(_global: &GlobalOpts, command: NarCommand) -> anyhow::Result<ExitCode
             nar_core::restore::restore(stdin_file()?, &dir)
                 .with_context(|| format!("restoring into {}", dir.display()))?;
         }
-        NarCommand::Hash { base16, path } => {
-            let digest = nar_core::dump::hash_path(&path)?;
-            let text = if base16 { digest.hash.to_hex() } else { digest.hash.to_nix32() };
-            writeln!(io::stdout(), "{text}")?;
+        NarCommand::Hash { base16, paths } => {
+            for path in paths {
+                let digest = nar_core::dump::hash_path(&path)?;
+                let text = if base16 { digest.hash.to_hex() } else { digest.hash.to_nix32() };
+                writeln!(io::stdout(), "{text}")?;
+            }
         }
         NarCommand::Ls => list(stdin_file()?)?,
     }
