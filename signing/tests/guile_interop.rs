@@ -109,3 +109,42 @@ fn ferry_keys_and_signatures_are_accepted_by_libgcrypt() {
         assert_eq!(*line, format!("{i} ok"), "libgcrypt rejected ferry's item {i}");
     }
 }
+
+#[test]
+fn acl_files_agree_with_guix_matching_and_layout() {
+    let mut rng = rand::thread_rng();
+    let keys: Vec<SigningKey> = (0..8)
+        .map(|i| {
+            if i % 3 == 2 {
+                SigningKey::generate_eddsa(&mut rng)
+            } else {
+                SigningKey::generate(&mut rng)
+            }
+        })
+        .collect();
+    let mut acl = Acl::new();
+    for k in &keys[..5] {
+        acl.authorize(k.verifying_key().to_sexp()).unwrap();
+    }
+    let mut input = format!("{}\n", hex::encode(acl.to_text()));
+    for k in &keys {
+        input.push_str(&format!("{}\n", hex::encode(k.verifying_key().to_key_file())));
+    }
+    let out = guile(&["acl"], input.as_bytes());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 9, "guile output:\n{out}");
+    for (i, k) in keys.iter().enumerate() {
+        let expected = if i < 5 { "yes" } else { "no" };
+        assert_eq!(lines[i], expected, "Guix's authorized-key? for key {i}");
+        assert_eq!(acl.is_authorized(&k.verifying_key().to_sexp()), i < 5);
+    }
+    // The ACL Guix writes for all eight keys: ferry reads it and writes the same bytes.
+    let guix_acl = unhex(lines[8]);
+    let parsed = Acl::parse(&guix_acl).unwrap();
+    assert_eq!(parsed.keys().len(), 8);
+    let mut ours = Acl::new();
+    for k in &keys {
+        ours.authorize(k.verifying_key().to_sexp()).unwrap();
+    }
+    assert_eq!(String::from_utf8(ours.to_text()).unwrap(), String::from_utf8(guix_acl).unwrap());
+}

@@ -69,7 +69,37 @@
         (else "ok"))))
     (_ "FAIL malformed line")))
 
+;; acl: first line the ACL text (hex), then one public key per line (hex).  Prints, per key,
+;; whether Guix's `authorized-key?' accepts it, then the ACL Guix's `public-keys->acl' writes
+;; for all the keys (hex).
+(define (acl->public-keys acl)                 ; as guix/pki.scm
+  (match (canonical-sexp->sexp acl)
+    (('acl ('entry subjects ('tag ('guix 'import))) ...) subjects)
+    (_ (error "invalid access-control list" acl))))
+
+(define (public-keys->acl keys)                ; as guix/pki.scm
+  (sexp->canonical-sexp
+   `(acl ,@(map (lambda (key)
+                  `(entry ,(canonical-sexp->sexp key) (tag (guix import))))
+                keys))))
+
+(define (check-acl)
+  (let* ((acl (string->canonical-sexp (hex->text (read-line))))
+         (keys (let loop ((line (read-line)) (acc '()))
+                 (if (eof-object? line)
+                     (reverse acc)
+                     (loop (read-line)
+                           (cons (string->canonical-sexp (hex->text line)) acc))))))
+    (for-each (lambda (key)
+                (display (if (member (canonical-sexp->sexp key) (acl->public-keys acl))
+                             "yes" "no"))
+                (newline))
+              keys)
+    (display (text->hex (canonical-sexp->string (public-keys->acl keys))))
+    (newline)))
+
 (match (cdr (command-line))
+  (("acl") (check-acl))
   (("generate" n-ecdsa n-eddsa)
    (generate 'ecdsa "(genkey (ecdsa (curve Ed25519) (flags rfc6979)))" (string->number n-ecdsa))
    (generate 'eddsa "(genkey (ecc (curve Ed25519) (flags eddsa)))" (string->number n-eddsa)))
