@@ -230,6 +230,20 @@ pub struct ItemInfo {
     pub offset: u64,
 }
 
+impl ItemInfo {
+    /// The Nix narinfo fingerprint of this item (see [`crate::nix::fingerprint`]), to sign or
+    /// check a Nix `Sig` for it.
+    pub fn nix_fingerprint(&self, store_dir: &StoreDir) -> String {
+        crate::nix::fingerprint(
+            store_dir,
+            &self.path,
+            &self.nar.hash,
+            self.nar.size,
+            &self.references,
+        )
+    }
+}
+
 /// An item whose signature was checked (or that the caller chose to trust unsigned).
 #[derive(Debug, Clone)]
 pub struct VerifiedItem {
@@ -471,7 +485,8 @@ pub struct ItemMeta {
     pub deriver: Option<StorePath>,
 }
 
-/// Writes a bundle.
+/// Writes a bundle. After an error the output holds a partial item and must be discarded
+/// (an importer would reject it).
 #[derive(Debug)]
 pub struct BundleWriter<W> {
     out: W,
@@ -603,6 +618,66 @@ mod tests {
             references: vec![],
             deriver: None,
         }
+    }
+
+    #[test]
+    fn streaming_visitor_and_its_errors() {
+        let dir = StoreDir::nix();
+        let meta = ItemMeta {
+            path: dir.parse_path("/nix/store/k9pad896kygyvpxli7f20bkl9813p9y4-hello.txt").unwrap(),
+            references: vec![],
+            deriver: None,
+        };
+        let mut w = BundleWriter::new(Vec::new(), dir.clone());
+        let nar = nar_core::testdata::hello_nar();
+        w.write_unsigned(&meta, &mut &nar[..]).unwrap();
+        w.write_unsigned(&meta, &mut &nar[..]).unwrap();
+        let bytes = w.finish().unwrap();
+
+        let mut r = BundleReader::new(&bytes[..], dir.clone());
+        let mut contents = Vec::new();
+        let item = r
+            .next_item_with(|ev, _| {
+                if let NarEvent::Data(d) = ev {
+                    contents.extend_from_slice(d);
+                }
+                Ok(())
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(contents, b"hello\n");
+        let info = item.trust_unsigned().info;
+        assert_eq!(info.nar.hash, Sha256Hash::of(&nar));
+        assert_eq!(
+            info.nix_fingerprint(&dir),
+            format!(
+                "1;{};{};120;",
+                meta.path.to_absolute(&dir),
+                Sha256Hash::of(&nar).to_typed_nix32()
+            )
+        );
+        let e = r.next_item_with(|_, _| Err("disk full".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "while consuming the NAR of the item at byte {}: disk full",
+                info.offset + 8 + 120 + 8 + 64 + 8 + 8 + 8
+            )
+        );
+        assert!(r.next_item().unwrap().is_none(), "a reader that failed stays finished");
+
+        // A NAR with trailing garbage or cut short is refused by the writer.
+        let mut w = BundleWriter::new(Vec::new(), dir.clone());
+        let mut long = nar.clone();
+        long.push(0);
+        assert!(matches!(
+            w.write_unsigned(&meta, &mut &long[..]),
+            Err(BundleWriteError::Nar { .. })
+        ));
+        assert!(matches!(
+            w.write_unsigned(&meta, &mut &nar[..100]),
+            Err(BundleWriteError::Nar { .. })
+        ));
     }
 
     /// guix-spec §2.3: the 672-byte signed bundle, reproduced byte for byte.
