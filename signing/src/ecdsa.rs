@@ -10,6 +10,9 @@
 //! - `r` = (affine Edwards **x** coordinate of `k·G`) mod `n`; `s = k⁻¹ (e + x r) mod n`.
 //! - Verify: `w = s⁻¹`, `X = (e w)·G + (r w)·Q`, accept iff `0 < r, s < n` and `x(X) mod n = r`.
 //!
+//! As with any ECDSA, `(r, n - s)` is also valid for a valid `(r, s)`; libgcrypt accepts both
+//! and so do we (Guix signs content hashes, so this malleability gives an attacker nothing).
+//!
 //! Group and scalar arithmetic come from `curve25519-dalek` (`EdwardsPoint`, `Scalar`). That
 //! crate does not expose field elements, and ECDSA needs the affine **x** coordinate, which
 //! Ed25519 compression drops (it keeps `y` and the sign of `x`). We recover `x` from the

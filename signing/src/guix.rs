@@ -553,6 +553,11 @@ impl Signature {
         format!("1;{host};{}", base64::engine::general_purpose::STANDARD.encode(self.to_text()))
     }
 
+    /// The signer's key, if the `public-key` part is a valid key.
+    pub fn verifying_key(&self) -> Option<VerifyingKey> {
+        VerifyingKey::from_sexp(self.public_key_sexp()?).ok()
+    }
+
     /// Parse a narinfo `Signature:` field; returns the host and the signature.
     pub fn from_narinfo_field(field: &str) -> Result<(String, Signature), KeyError> {
         use base64::Engine;
@@ -566,6 +571,16 @@ impl Signature {
             base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| bad("not base64"))?;
         Ok((host.to_owned(), Signature::parse(&text)?))
     }
+}
+
+/// The digest a Guix narinfo signature covers: SHA-256 of the narinfo text before the first
+/// `Signature:` (guix/narinfo.scm `narinfo-sha256`); `None` if there is no such line. To sign a
+/// narinfo body, sign the SHA-256 of the body and append `Signature: ` +
+/// [`Signature::to_narinfo_field`] + `\n`.
+pub fn narinfo_digest(narinfo: &str) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    let at = narinfo.find("Signature:")?;
+    Some(sha2::Sha256::digest(&narinfo.as_bytes()[..at]).into())
 }
 
 impl fmt::Display for Signature {
@@ -646,6 +661,17 @@ pub(crate) mod tests {
         let (host, back) = Signature::from_narinfo_field(&field).unwrap();
         assert_eq!((host.as_str(), &back), ("ci.guix.example", &sig));
         assert!(Signature::from_narinfo_field("2;h;AAAA").is_err());
+
+        // Sign and check a whole narinfo as `guix publish` and `guix substitute` do.
+        let key = SigningKey::from_ecdsa_bytes(&hex::decode(D).unwrap()).unwrap();
+        let body = "StorePath: /gnu/store/k9pad896kygyvpxli7f20bkl9813p9y4-hello.txt\nNarHash: sha256:x\nReferences: \n";
+        let digest = narinfo_digest(&format!("{body}Signature: ")).unwrap();
+        let narinfo = format!("{body}Signature: {}\n", key.sign(&digest).to_narinfo_field("h"));
+        let field = narinfo.lines().find_map(|l| l.strip_prefix("Signature: ")).unwrap();
+        let (_, sig) = Signature::from_narinfo_field(field).unwrap();
+        assert_eq!(sig.digest(), narinfo_digest(&narinfo));
+        assert!(sig.verify());
+        assert_eq!(sig.verifying_key().as_ref(), Some(key.verifying_key()));
     }
 
     #[test]
