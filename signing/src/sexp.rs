@@ -37,10 +37,6 @@ use base64::Engine;
 /// Deepest nesting [`Sexp::parse`] accepts.
 pub const MAX_DEPTH: usize = 64;
 
-/// Longest input [`Sexp::parse`] accepts (keys, ACLs and signatures are a few KiB at most;
-/// an ACL with thousands of keys still fits).
-pub const MAX_INPUT: usize = 16 << 20;
-
 /// An S-expression: an atom (a byte string) or a list.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Sexp {
@@ -100,7 +96,6 @@ impl<'a> Parser<'a> {
             let len: usize = std::str::from_utf8(digits)
                 .ok()
                 .and_then(|s| s.parse().ok())
-                .filter(|&n| n <= MAX_INPUT)
                 .ok_or(SexpError { offset: start, reason: "length prefix too large" })?;
             return match self.peek() {
                 Some(b':') => {
@@ -384,9 +379,6 @@ fn write_atom_advanced(out: &mut Vec<u8>, a: &[u8]) {
 impl Sexp {
     /// Parse one S-expression in any form libgcrypt reads (see the module docs).
     pub fn parse(input: &[u8]) -> Result<Sexp, SexpError> {
-        if input.len() > MAX_INPUT {
-            return Err(SexpError { offset: MAX_INPUT, reason: "input too long" });
-        }
         let mut p = Parser { input, pos: 0 };
         let v = p.parse()?;
         while p.peek().is_some_and(|b| is_ws(b) || b == 0) {
