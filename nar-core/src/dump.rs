@@ -153,8 +153,8 @@ fn copy_file<W: Write>(
 
 /// Size of the chunks handed from the walking thread to the hashing thread.
 const HASH_CHUNK: usize = 1 << 20;
-/// Chunks in flight between the threads (bounds memory to about 6 MiB).
-const HASH_CHUNKS_IN_FLIGHT: usize = 4;
+/// Chunks in flight between the threads (bounds memory to about 18 MiB).
+const HASH_CHUNKS_IN_FLIGHT: usize = 16;
 
 /// Sends each write as a chunk to the hashing thread, reusing returned buffers.
 struct ChunkSender {

@@ -364,7 +364,8 @@ mod tests {
     fn rejections() {
         let dir = StoreDir::guix();
         let h = "k9pad896kygyvpxli7f20bkl9813p9y4";
-        let cases: &[(&str, fn(&StorePathError) -> bool)] = &[
+        type Check = fn(&StorePathError) -> bool;
+        let cases: &[(&str, Check)] = &[
             ("/nix/store/x", |e| matches!(e, StorePathError::NotInStore { .. })),
             ("/gnu/store/short", |e| matches!(e, StorePathError::TooShort(_))),
             ("/gnu/store/e9pad896kygyvpxli7f20bkl9813p9y4-x", |e| {
