@@ -242,6 +242,16 @@ impl Database {
         self.path_id(path).map(|id| id.is_some())
     }
 
+    /// Add Nix signatures to a valid path in one transaction (see
+    /// [`WriteTxn::add_signatures`]); returns the path's signatures after the change.
+    pub fn add_signatures(
+        &mut self,
+        path: &StorePath,
+        sigs: &[String],
+    ) -> Result<Vec<String>, DbError> {
+        self.with_write_transaction(|txn| txn.add_signatures(path, sigs))
+    }
+
     fn path_id(&self, path: &StorePath) -> Result<Option<i64>, DbError> {
         path_id(&self.conn, &self.store_dir, path).map_err(|e| self.sql(e))
     }
@@ -615,6 +625,35 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
+    /// Add Nix signatures (`name:base64`) to a valid path's `sigs` column, keeping those there
+    /// and skipping duplicates; stored space-separated, as Nix stores them. Returns the
+    /// signatures after the change.
+    pub fn add_signatures(
+        &mut self,
+        path: &StorePath,
+        sigs: &[String],
+    ) -> Result<Vec<String>, DbError> {
+        let abs = path.to_absolute(&self.store_dir);
+        let current: Option<Option<String>> = self
+            .tx
+            .query_row("SELECT sigs FROM ValidPaths WHERE path = ?1", [&abs], |row| row.get(0))
+            .optional()
+            .map_err(|e| self.sql(e))?;
+        let Some(current) = current else { return Err(DbError::NotValid(abs)) };
+        let mut all: Vec<String> =
+            current.as_deref().unwrap_or("").split_whitespace().map(str::to_owned).collect();
+        for sig in sigs {
+            if !sig.is_empty() && !sig.contains(char::is_whitespace) && !all.contains(sig) {
+                all.push(sig.clone());
+            }
+        }
+        let joined = (!all.is_empty()).then(|| all.join(" "));
+        self.tx
+            .execute("UPDATE ValidPaths SET sigs = ?2 WHERE path = ?1", params![abs, joined])
+            .map_err(|e| self.sql(e))?;
+        Ok(all)
+    }
+
     /// Delete one path's row (and its outgoing references); fails when another valid path
     /// refers to it.
     pub fn delete(&mut self, path: &StorePath) -> Result<(), DbError> {
@@ -686,6 +725,25 @@ mod tests {
         // Reopen read-only.
         let db = Database::open_read_only(&file, DbKind::Ferry, StoreDir::guix()).unwrap();
         assert!(!db.is_valid(&a).unwrap());
+    }
+
+    #[test]
+    fn add_signatures_merges_and_persists() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db.sqlite");
+        let mut db = Database::open_ferry(&file, StoreDir::nix()).unwrap();
+        let (a, b) = (sp(1, "a"), sp(2, "b"));
+        db.register(&[info(&a, &[])]).unwrap();
+        let s1 = "cache-1:AAAA".to_owned();
+        let s2 = "cache-2:BBBB".to_owned();
+        assert_eq!(db.add_signatures(&a, std::slice::from_ref(&s1)).unwrap(), [s1.clone()]);
+        let all = db.add_signatures(&a, &[s2.clone(), s1.clone()]).unwrap();
+        assert_eq!(all, [s1.clone(), s2.clone()], "kept, appended, no duplicate");
+        assert_eq!(db.query_path_info(&a).unwrap().unwrap().sigs, [s1, s2]);
+        assert!(matches!(db.add_signatures(&b, &[]), Err(DbError::NotValid(_))));
+        drop(db);
+        let db = Database::open_read_only(&file, DbKind::Ferry, StoreDir::nix()).unwrap();
+        assert_eq!(db.query_path_info(&a).unwrap().unwrap().sigs.len(), 2);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! | [`path_info`] | [`PathInfo`]: one valid path's hash, size, references, deriver, sigs, ca |
 //! | [`scan`] | reference scanner: streaming, skip-ahead, parallel over files |
 //! | [`graph`] | [`ClosureBuilder`] → [`ValidatedClosure`]: closed, acyclic, references first |
-//! | [`store`] | [`Store`]: atomic, crash-safe add and NAR import, queries, verify, delete, GC |
+//! | [`store`] | [`Store`]: atomic, crash-safe add and NAR import (also staged: NAR first, metadata after), signatures, queries, verify, delete, GC |
 //! | [`hashing`] | NAR hashes of many paths in parallel |
 //! | [`diff`] | missing paths in topological order and their NAR size, from one remote answer |
 
@@ -28,4 +28,6 @@ pub use graph::{ClosureBuilder, ClosureError, ValidatedClosure};
 pub use layout::{DbKind, LayoutError, LayoutOptions, StoreLayout};
 pub use path_info::PathInfo;
 pub use scan::{scan_bytes, scan_tree, Candidates, RefScanner, ScanError};
-pub use store::{GcReport, ImportOutcome, Store, StoreError, VerifyProblem, VerifyReport};
+pub use store::{
+    GcReport, ImportOutcome, StagedNar, Store, StoreError, VerifyProblem, VerifyReport,
+};

@@ -49,6 +49,10 @@ use crate::layout::StoreLayout;
 use crate::path_info::PathInfo;
 use crate::scan::{scan_tree, Candidates, ScanError};
 
+mod signatures;
+pub mod staged;
+pub use staged::StagedNar;
+
 /// Prefix of temporary entries in the store dir.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
