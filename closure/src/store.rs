@@ -53,6 +53,19 @@ mod signatures;
 pub mod staged;
 pub use staged::StagedNar;
 
+/// Environment variable naming a step at which the process aborts, for crash tests only:
+/// `after-restore`, `after-marker`, `after-rename` (before the commit), `after-commit`,
+/// `delete-after-commit`. Unset in normal use.
+pub const CRASH_POINT_ENV: &str = "FERRY_TEST_CRASH_AT";
+
+fn crash_point(step: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let point = POINT.get_or_init(|| std::env::var(CRASH_POINT_ENV).ok());
+    if point.as_deref() == Some(step) {
+        std::process::abort();
+    }
+}
+
 /// Prefix of temporary entries in the store dir.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
@@ -398,9 +411,11 @@ impl Store {
 
     /// Steps 2–4 of the module docs.
     fn commit(&mut self, temp: PathBuf, info: &PathInfo) -> Result<ImportOutcome, StoreError> {
+        crash_point("after-restore");
         let base = info.path.base_name();
         let marker = self.layout.pending_dir().join(&base);
         write_marker(&marker)?;
+        crash_point("after-marker");
         let target = self.physical_path(&info.path);
         let store_dir = self.layout.physical_store_dir();
         let abs = self.absolute(&info.path);
@@ -421,9 +436,13 @@ impl Store {
             }
             fs::rename(&temp, &target).map_err(io_err("cannot rename into place", &target))?;
             sync_dir(&store_dir)?;
+            crash_point("after-rename");
             txn.register(std::slice::from_ref(info))?;
             Ok(ImportOutcome::Imported)
         });
+        if result.is_ok() {
+            crash_point("after-commit");
+        }
         if !matches!(result, Ok(ImportOutcome::Imported)) {
             let _ = remove_tree(&temp);
         }
@@ -533,6 +552,7 @@ impl Store {
             let _ = fs::remove_file(&marker);
             return Err(e.into());
         }
+        crash_point("delete-after-commit");
         let target = self.physical_path(path);
         if fs::symlink_metadata(&target).is_ok() {
             let temp = self.temp_path();
