@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod deployment;
 
 #[derive(Debug, Parser)]
 #[command(
