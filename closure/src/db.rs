@@ -736,7 +736,7 @@ mod tests {
         db.register(&[info(&a, &[])]).unwrap();
         let s1 = "cache-1:AAAA".to_owned();
         let s2 = "cache-2:BBBB".to_owned();
-        assert_eq!(db.add_signatures(&a, std::slice::from_ref(&s1)).unwrap(), [s1.clone()]);
+        assert_eq!(db.add_signatures(&a, std::slice::from_ref(&s1)).unwrap(), vec![s1.clone()]);
         let all = db.add_signatures(&a, &[s2.clone(), s1.clone()]).unwrap();
         assert_eq!(all, [s1.clone(), s2.clone()], "kept, appended, no duplicate");
         assert_eq!(db.query_path_info(&a).unwrap().unwrap().sigs, [s1, s2]);

@@ -34,6 +34,8 @@ enum Command {
     Store(cmd::store::StoreCommand),
     /// Collect garbage, or query closures (--requisites) and referrers.
     Gc(cmd::gc::GcArgs),
+    /// Export and import store items (bundles), generate keys, authorize keys (as guix archive).
+    Archive(cmd::archive::ArchiveArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +51,7 @@ fn main() -> ExitCode {
         Command::Nar(command) => cmd::nar::run(&cli.global, command),
         Command::Store(command) => cmd::store::run(&cli.global, command),
         Command::Gc(args) => cmd::gc::run(&cli.global, args),
+        Command::Archive(args) => cmd::archive::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

@@ -80,6 +80,20 @@ pub enum StoreCommand {
         #[arg(required = true)]
         paths: Vec<String>,
     },
+    /// Add Nix signatures, as `nix store sign` does: each path's fingerprint
+    /// `1;path;sha256:…;size;refs` signed with a Nix secret key, recorded in the database.
+    Sign {
+        /// Nix secret key file (`name:base64`, as `nix-store --generate-binary-cache-key` or
+        /// `ferry archive --generate-key=nix:NAME` writes it); must be mode 0600 or stricter.
+        #[arg(long, required = true)]
+        key_file: PathBuf,
+        /// Also sign every path in the closures of PATHs.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Store paths.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
 }
 
 /// The layout from the global options, the environment and the defaults.
@@ -234,6 +248,10 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             } else {
                 ExitCode::from(1)
             }
+        }
+        StoreCommand::Sign { key_file, recursive, paths } => {
+            super::archive::sign_paths(global, &key_file, recursive, &paths)?;
+            ExitCode::SUCCESS
         }
         StoreCommand::Delete { paths } => {
             let mut store = open_writable(global)?;
