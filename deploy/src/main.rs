@@ -9,7 +9,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod activation;
 mod deployment;
+mod generations;
 
 #[derive(Debug, Parser)]
 #[command(
