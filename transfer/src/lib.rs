@@ -1,1 +1,3 @@
 //! Not built yet: see the issue that introduces this crate.
+pub mod cache;
+pub mod nix_serve;

@@ -1,0 +1,609 @@
+//! A client of Nix's legacy serve protocol: what `nix-store --serve --write` speaks on its
+//! stdin/stdout (over SSH for `nix copy --to ssh://`), so ferry can push into and pull from
+//! hosts that run Nix (`nix+ssh://`).
+//!
+//! # Protocol (Nix 2.8, checked byte for byte against `nix-store --serve --write`)
+//!
+//! Every integer is a u64, little-endian. A string is its length (u64), its bytes, and zero
+//! bytes up to a multiple of 8. A list of strings (a path set) is a count and the strings.
+//!
+//! Handshake: the client sends `0x390c9deb` and its version (`0x206`); the server answers
+//! `0x5452eecb` and its version (`0x207` for Nix 2.8; any `0x2xx` is accepted). Then commands,
+//! each a u64 op code and its arguments; the server flushes its answer after each.
+//!
+//! | op | request | answer |
+//! |---|---|---|
+//! | `1` QueryValidPaths | lock (0/1), substitute (0/1), paths | the valid subset |
+//! | `2` QueryPathInfos | paths | per valid path: path, deriver (`""` if none), references, download size, NAR size, NAR hash (`sha256:<nix32>`), ca (`""`), sigs; then `""` |
+//! | `3` DumpStorePath | path | the raw NAR |
+//! | `9` AddToStoreNar | path, deriver, NAR hash (bare hex), references, registration time, NAR size (> 0), ultimate (0/1), sigs, ca, then exactly NAR-size bytes of NAR | `1` |
+//!
+//! The server checks the NAR hash and size of what it receives; it does not check
+//! signatures (`NoCheckSigs`). On any error the server prints it on its stderr and exits, so
+//! the client only sees the stream end: [`ServeError::Closed`] names the operation and path that
+//! were in flight, and the transport (subprocess, SSH channel) can add the server's stderr.
+//!
+//! # This client
+//!
+//! Generic over any [`AsyncRead`] + [`AsyncWrite`] pair (a child's pipes, an SSH channel's
+//! halves). [`NixServeClient::add_paths`] pipelines: all requests and NARs are written while
+//! the acknowledgements are read concurrently, so a closure costs one round trip, not one per
+//! path. NARs are streamed from [`nar_core::dump::dump`] on a blocking thread through a bounded
+//! channel (never whole in memory), hashed on the way, and cut off if they do not match the
+//! NAR size announced (the server would otherwise read the next request as NAR bytes). After an
+//! error in the middle of a command the client is poisoned: every later call fails.
+//!
+//! The framing helpers in [`wire`] are sans-IO (they fill a `Vec<u8>`).
+
+use std::collections::BTreeSet;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use closure::{PathInfo, ValidatedClosure};
+use nar_core::decode::Decoder;
+use nar_core::dump::{dump, DumpError};
+use nar_core::hash::{NarDigest, NarHasher, Sha256Hash};
+use nar_core::store_path::{StoreDir, StorePath};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
+
+/// First word of the handshake, client to server.
+pub const SERVE_MAGIC_1: u64 = 0x390c_9deb;
+/// First word of the answer, server to client.
+pub const SERVE_MAGIC_2: u64 = 0x5452_eecb;
+/// The protocol version this client speaks.
+pub const CLIENT_VERSION: u64 = 0x206;
+
+/// Operation codes.
+pub mod op {
+    /// QueryValidPaths.
+    pub const QUERY_VALID_PATHS: u64 = 1;
+    /// QueryPathInfos.
+    pub const QUERY_PATH_INFOS: u64 = 2;
+    /// DumpStorePath.
+    pub const DUMP_STORE_PATH: u64 = 3;
+    /// AddToStoreNar.
+    pub const ADD_TO_STORE_NAR: u64 = 9;
+}
+
+/// Longest string accepted from the server (paths, hashes, signatures, ca).
+const MAX_STRING: u64 = 64 * 1024;
+/// Most strings accepted in one list from the server.
+const MAX_LIST: u64 = 1 << 22;
+/// Chunk size of the NAR stream.
+const CHUNK: usize = 256 * 1024;
+/// Chunks in flight between the NAR walker and the connection.
+const CHUNKS_IN_FLIGHT: usize = 8;
+
+/// Sans-IO encoding of the protocol's integers, strings and lists.
+pub mod wire {
+    /// Append a u64, little-endian.
+    pub fn put_u64(out: &mut Vec<u8>, n: u64) {
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+
+    /// Append a string: length, bytes, zero padding to 8.
+    pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
+        put_u64(out, s.len() as u64);
+        out.extend_from_slice(s);
+        out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
+    }
+
+    /// Append a list of strings: count, then each string.
+    pub fn put_strs<S: AsRef<[u8]>>(out: &mut Vec<u8>, items: &[S]) {
+        put_u64(out, items.len() as u64);
+        for s in items {
+            put_str(out, s.as_ref());
+        }
+    }
+
+    /// Padding after a string of `len` bytes.
+    pub fn padding(len: u64) -> usize {
+        ((8 - len % 8) % 8) as usize
+    }
+}
+
+/// Errors of the serve client; each names the operation and, where there is one, the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// Reading from or writing to the server failed.
+    #[error("nix-store --serve: {op}{}: {source}", fmt_path(.path))]
+    Io { op: &'static str, path: Option<String>, source: io::Error },
+    /// The server closed the connection (it prints its reason on its stderr).
+    #[error(
+        "nix-store --serve: the server closed the connection during {op}{} (its stderr has the \
+         reason)",
+        fmt_path(.path)
+    )]
+    Closed { op: &'static str, path: Option<String> },
+    /// Not a serve protocol server.
+    #[error("nix-store --serve: protocol mismatch: expected magic {SERVE_MAGIC_2:#x}, got {0:#x}")]
+    BadMagic(u64),
+    /// A serve protocol version other than 2.x.
+    #[error("nix-store --serve: unsupported protocol version {0:#x} (this client speaks 2.x)")]
+    UnsupportedVersion(u64),
+    /// The server sent something malformed.
+    #[error("nix-store --serve: {op}{}: {reason}", fmt_path(.path))]
+    Protocol { op: &'static str, path: Option<String>, reason: String },
+    /// A path to send could not be serialized.
+    #[error("nix-store --serve: AddToStoreNar {path}: cannot serialize it: {source}")]
+    Dump { path: String, source: DumpError },
+    /// A path's files do not match the NAR hash and size it is sent with.
+    #[error(
+        "nix-store --serve: AddToStoreNar {path}: its files have NAR hash {actual} ({actual_size} \
+         bytes), but it is recorded as {expected} ({expected_size} bytes); connection abandoned"
+    )]
+    NarMismatch {
+        path: String,
+        expected: Sha256Hash,
+        expected_size: u64,
+        actual: Sha256Hash,
+        actual_size: u64,
+    },
+    /// The server answered an AddToStoreNar with something other than `1`.
+    #[error("nix-store --serve: AddToStoreNar {path}: server answered {answer} instead of 1")]
+    Rejected { path: String, answer: u64 },
+    /// A NAR sent by the server is malformed.
+    #[error("nix-store --serve: DumpStorePath {path}: {source}")]
+    BadNar { path: String, source: nar_core::error::DecodeError },
+    /// An earlier error left the connection in an unknown state.
+    #[error("nix-store --serve: the connection is unusable after an earlier error")]
+    Poisoned,
+}
+
+fn fmt_path(path: &Option<String>) -> String {
+    path.as_ref().map(|p| format!(" {p}")).unwrap_or_default()
+}
+
+/// What [`NixServeClient::push_closure`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PushReport {
+    /// Paths the server lacked and received.
+    pub paths_sent: usize,
+    /// Paths it already had.
+    pub paths_present: usize,
+    /// NAR bytes sent.
+    pub nar_bytes_sent: u64,
+}
+
+/// A connection to `nix-store --serve [--write]`.
+#[derive(Debug)]
+pub struct NixServeClient<R, W> {
+    reader: BufReader<R>,
+    writer: BufWriter<W>,
+    store_dir: StoreDir,
+    remote_version: u64,
+    poisoned: bool,
+}
+
+/// Context of the command being run, for errors.
+#[derive(Clone, Copy)]
+struct Ctx<'a> {
+    op: &'static str,
+    path: Option<&'a str>,
+}
+
+impl Ctx<'_> {
+    fn io(self, source: io::Error) -> ServeError {
+        let path = self.path.map(str::to_owned);
+        if source.kind() == io::ErrorKind::UnexpectedEof
+            || source.kind() == io::ErrorKind::BrokenPipe
+        {
+            ServeError::Closed { op: self.op, path }
+        } else {
+            ServeError::Io { op: self.op, path, source }
+        }
+    }
+    fn protocol(self, reason: String) -> ServeError {
+        ServeError::Protocol { op: self.op, path: self.path.map(str::to_owned), reason }
+    }
+}
+
+async fn read_u64<R: AsyncRead + Unpin>(r: &mut R, ctx: Ctx<'_>) -> Result<u64, ServeError> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b).await.map_err(|e| ctx.io(e))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+async fn read_string<R: AsyncRead + Unpin>(r: &mut R, ctx: Ctx<'_>) -> Result<String, ServeError> {
+    let len = read_u64(r, ctx).await?;
+    if len > MAX_STRING {
+        return Err(ctx.protocol(format!("string of {len} bytes is longer than {MAX_STRING}")));
+    }
+    let mut buf = vec![0u8; len as usize + wire::padding(len)];
+    r.read_exact(&mut buf).await.map_err(|e| ctx.io(e))?;
+    if buf[len as usize..].iter().any(|&b| b != 0) {
+        return Err(ctx.protocol("non-zero string padding".into()));
+    }
+    buf.truncate(len as usize);
+    String::from_utf8(buf).map_err(|_| ctx.protocol("string is not UTF-8".into()))
+}
+
+async fn read_strings<R: AsyncRead + Unpin>(
+    r: &mut R,
+    ctx: Ctx<'_>,
+) -> Result<Vec<String>, ServeError> {
+    let n = read_u64(r, ctx).await?;
+    if n > MAX_LIST {
+        return Err(ctx.protocol(format!("list of {n} strings is longer than {MAX_LIST}")));
+    }
+    let mut out = Vec::with_capacity(n.min(1024) as usize);
+    for _ in 0..n {
+        out.push(read_string(r, ctx).await?);
+    }
+    Ok(out)
+}
+
+impl<R, W> NixServeClient<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// Run the handshake over `reader`/`writer` (e.g. a child's stdout/stdin); paths are
+    /// printed with `store_dir` (the server's, normally `/nix/store`).
+    pub async fn handshake(reader: R, writer: W, store_dir: StoreDir) -> Result<Self, ServeError> {
+        let mut client = NixServeClient {
+            reader: BufReader::with_capacity(CHUNK, reader),
+            writer: BufWriter::with_capacity(CHUNK, writer),
+            store_dir,
+            remote_version: 0,
+            poisoned: true,
+        };
+        let ctx = Ctx { op: "handshake", path: None };
+        let mut buf = Vec::with_capacity(16);
+        wire::put_u64(&mut buf, SERVE_MAGIC_1);
+        wire::put_u64(&mut buf, CLIENT_VERSION);
+        client.send(&buf, ctx).await?;
+        let magic = read_u64(&mut client.reader, ctx).await?;
+        if magic != SERVE_MAGIC_2 {
+            return Err(ServeError::BadMagic(magic));
+        }
+        let version = read_u64(&mut client.reader, ctx).await?;
+        if version >> 8 != 0x2 {
+            return Err(ServeError::UnsupportedVersion(version));
+        }
+        client.remote_version = version;
+        client.poisoned = false;
+        Ok(client)
+    }
+
+    /// The server's protocol version (e.g. `0x207`).
+    pub fn remote_version(&self) -> u64 {
+        self.remote_version
+    }
+
+    /// The store dir paths are printed with.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
+    }
+
+    /// Give the transport back (after the last command; closing the writer ends the server).
+    pub fn into_inner(self) -> (R, W) {
+        (self.reader.into_inner(), self.writer.into_inner())
+    }
+
+    /// Close the writing side so the server exits after its last answer.
+    pub async fn shutdown(&mut self) -> Result<(), ServeError> {
+        let ctx = Ctx { op: "shutdown", path: None };
+        self.writer.shutdown().await.map_err(|e| ctx.io(e))
+    }
+
+    fn check(&self) -> Result<(), ServeError> {
+        if self.poisoned {
+            Err(ServeError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8], ctx: Ctx<'_>) -> Result<(), ServeError> {
+        self.writer.write_all(bytes).await.map_err(|e| ctx.io(e))?;
+        self.writer.flush().await.map_err(|e| ctx.io(e))
+    }
+
+    fn abs(&self, p: &StorePath) -> String {
+        p.to_absolute(&self.store_dir)
+    }
+
+    fn parse_path(&self, text: &str, ctx: Ctx<'_>) -> Result<StorePath, ServeError> {
+        self.store_dir.parse_path(text).map_err(|e| ctx.protocol(format!("bad store path: {e}")))
+    }
+
+    /// QueryValidPaths: the subset of `paths` the server has (one round trip). `lock` asks the
+    /// server to hold temp roots on them for the session; `substitute` lets it substitute.
+    pub async fn query_valid_paths(
+        &mut self,
+        paths: &[StorePath],
+        lock: bool,
+        substitute: bool,
+    ) -> Result<BTreeSet<StorePath>, ServeError> {
+        self.check()?;
+        self.poisoned = true;
+        let ctx = Ctx { op: "QueryValidPaths", path: None };
+        let mut buf = Vec::with_capacity(24 + paths.len() * 80);
+        wire::put_u64(&mut buf, op::QUERY_VALID_PATHS);
+        wire::put_u64(&mut buf, lock as u64);
+        wire::put_u64(&mut buf, substitute as u64);
+        let abs: Vec<String> = paths.iter().map(|p| self.abs(p)).collect();
+        wire::put_strs(&mut buf, &abs);
+        self.send(&buf, ctx).await?;
+        let answer = read_strings(&mut self.reader, ctx).await?;
+        let mut valid = BTreeSet::new();
+        for s in answer {
+            let p = self.parse_path(&s, ctx)?;
+            if !paths.contains(&p) {
+                return Err(ctx.protocol(format!("answered {s}, which was not asked about")));
+            }
+            valid.insert(p);
+        }
+        self.poisoned = false;
+        Ok(valid)
+    }
+
+    /// QueryPathInfos: the server's records of those of `paths` it has (invalid ones are left
+    /// out). Registration time and `ultimate` are not part of the answer (0 / false).
+    pub async fn query_path_infos(
+        &mut self,
+        paths: &[StorePath],
+    ) -> Result<Vec<PathInfo>, ServeError> {
+        self.check()?;
+        self.poisoned = true;
+        let ctx = Ctx { op: "QueryPathInfos", path: None };
+        let mut buf = Vec::with_capacity(16 + paths.len() * 80);
+        wire::put_u64(&mut buf, op::QUERY_PATH_INFOS);
+        let abs: Vec<String> = paths.iter().map(|p| self.abs(p)).collect();
+        wire::put_strs(&mut buf, &abs);
+        self.send(&buf, ctx).await?;
+        let mut infos = Vec::new();
+        loop {
+            let path = read_string(&mut self.reader, ctx).await?;
+            if path.is_empty() {
+                break;
+            }
+            let ctx = Ctx { op: "QueryPathInfos", path: Some(&path) };
+            let store_path = self.parse_path(&path, ctx)?;
+            let deriver = read_string(&mut self.reader, ctx).await?;
+            let refs = read_strings(&mut self.reader, ctx).await?;
+            let _download_size = read_u64(&mut self.reader, ctx).await?;
+            let nar_size = read_u64(&mut self.reader, ctx).await?;
+            let nar_hash = read_string(&mut self.reader, ctx).await?;
+            let ca = read_string(&mut self.reader, ctx).await?;
+            let sigs = read_strings(&mut self.reader, ctx).await?;
+            let hash = Sha256Hash::parse(&nar_hash)
+                .map_err(|e| ctx.protocol(format!("bad NAR hash: {e}")))?;
+            let references =
+                refs.iter().map(|r| self.parse_path(r, ctx)).collect::<Result<BTreeSet<_>, _>>()?;
+            let mut info =
+                PathInfo::new(store_path, NarDigest { hash, size: nar_size }, references);
+            if !deriver.is_empty() {
+                info.deriver = Some(self.parse_path(&deriver, ctx)?);
+            }
+            info.sigs = sigs;
+            info.ca = (!ca.is_empty()).then_some(ca);
+            infos.push(info);
+        }
+        self.poisoned = false;
+        Ok(infos)
+    }
+
+    /// The AddToStoreNar header for `info`.
+    fn add_header(&self, info: &PathInfo) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(512);
+        wire::put_u64(&mut buf, op::ADD_TO_STORE_NAR);
+        wire::put_str(&mut buf, self.abs(&info.path).as_bytes());
+        let deriver = info.deriver.as_ref().map(|d| self.abs(d)).unwrap_or_default();
+        wire::put_str(&mut buf, deriver.as_bytes());
+        wire::put_str(&mut buf, info.nar_hash.to_hex().as_bytes());
+        let refs = info.absolute_references(&self.store_dir);
+        wire::put_strs(&mut buf, &refs);
+        wire::put_u64(&mut buf, info.registration_time.max(0) as u64);
+        wire::put_u64(&mut buf, info.nar_size);
+        wire::put_u64(&mut buf, info.ultimate as u64);
+        let mut sigs = info.sigs.clone();
+        sigs.sort();
+        sigs.dedup();
+        wire::put_strs(&mut buf, &sigs);
+        wire::put_str(&mut buf, info.ca.as_deref().unwrap_or("").as_bytes());
+        buf
+    }
+
+    /// AddToStoreNar for one path whose files are at `source`; waits for the server's answer.
+    pub async fn add_path(&mut self, info: &PathInfo, source: &Path) -> Result<(), ServeError> {
+        self.add_paths(&[(info.clone(), source.to_owned())]).await.map(|_| ())
+    }
+
+    /// AddToStoreNar for each `(info, physical path)`, in the given order (references first),
+    /// pipelined: requests and NARs go out back to back while the answers are read
+    /// concurrently. Returns the NAR bytes sent.
+    pub async fn add_paths(&mut self, items: &[(PathInfo, PathBuf)]) -> Result<u64, ServeError> {
+        self.check()?;
+        if items.is_empty() {
+            return Ok(0);
+        }
+        self.poisoned = true;
+        let headers: Vec<Vec<u8>> = items.iter().map(|(info, _)| self.add_header(info)).collect();
+        let names: Vec<String> = items.iter().map(|(info, _)| self.abs(&info.path)).collect();
+        let NixServeClient { reader, writer, .. } = self;
+
+        let send = async {
+            let mut sent = 0u64;
+            for (((info, source), header), name) in items.iter().zip(&headers).zip(&names) {
+                let ctx = Ctx { op: "AddToStoreNar", path: Some(name) };
+                writer.write_all(header).await.map_err(|e| ctx.io(e))?;
+                send_nar(writer, info, source, name).await?;
+                sent += info.nar_size;
+            }
+            let ctx = Ctx { op: "AddToStoreNar", path: None };
+            writer.flush().await.map_err(|e| ctx.io(e))?;
+            Ok::<u64, ServeError>(sent)
+        };
+        let recv = async {
+            for name in &names {
+                let ctx = Ctx { op: "AddToStoreNar", path: Some(name) };
+                let answer = read_u64(reader, ctx).await?;
+                if answer != 1 {
+                    return Err(ServeError::Rejected { path: name.clone(), answer });
+                }
+            }
+            Ok::<(), ServeError>(())
+        };
+        tokio::pin!(send, recv);
+        let mut sent = None;
+        loop {
+            tokio::select! {
+                r = &mut send, if sent.is_none() => match r {
+                    Ok(n) => sent = Some(n),
+                    Err(e) => {
+                        // The server's answers say which path it stopped at; prefer that.
+                        if matches!(e, ServeError::Closed { .. } | ServeError::Io { .. }) {
+                            if let Ok(Err(answer_err)) =
+                                tokio::time::timeout(std::time::Duration::from_secs(5), &mut recv).await
+                            {
+                                return Err(answer_err);
+                            }
+                        }
+                        return Err(e);
+                    }
+                },
+                r = &mut recv => {
+                    r?;
+                    break;
+                }
+            }
+        }
+        // All answers came, so everything was sent.
+        let sent = match sent {
+            Some(n) => n,
+            None => send.await?,
+        };
+        self.poisoned = false;
+        Ok(sent)
+    }
+
+    /// Push the members of `closure` (in its topological order) that the server lacks: one
+    /// QueryValidPaths for the whole closure, then one pipelined batch of AddToStoreNar.
+    /// `physical` maps a store path to where its files are (e.g. `StoreLayout::physical_path`).
+    pub async fn push_closure(
+        &mut self,
+        closure: &ValidatedClosure,
+        physical: impl Fn(&StorePath) -> PathBuf,
+    ) -> Result<PushReport, ServeError> {
+        let paths: Vec<StorePath> = closure.paths().cloned().collect();
+        let valid = self.query_valid_paths(&paths, false, false).await?;
+        let items: Vec<(PathInfo, PathBuf)> = closure
+            .iter()
+            .filter(|i| !valid.contains(&i.path))
+            .map(|i| (i.clone(), physical(&i.path)))
+            .collect();
+        let nar_bytes_sent = self.add_paths(&items).await?;
+        Ok(PushReport { paths_sent: items.len(), paths_present: valid.len(), nar_bytes_sent })
+    }
+
+    /// DumpStorePath: copy the server's NAR of `path` to `out`, exactly the archive's bytes
+    /// (the end is found by decoding it); returns its hash and size.
+    pub async fn dump_store_path<O: AsyncWrite + Unpin>(
+        &mut self,
+        path: &StorePath,
+        out: &mut O,
+    ) -> Result<NarDigest, ServeError> {
+        self.check()?;
+        self.poisoned = true;
+        let name = self.abs(path);
+        let ctx = Ctx { op: "DumpStorePath", path: Some(&name) };
+        let mut buf = Vec::with_capacity(16 + name.len());
+        wire::put_u64(&mut buf, op::DUMP_STORE_PATH);
+        wire::put_str(&mut buf, name.as_bytes());
+        self.send(&buf, ctx).await?;
+        let mut decoder = Decoder::new();
+        let mut hasher = NarHasher::new();
+        let out_ctx = Ctx { op: "DumpStorePath (writing the NAR out)", path: Some(&name) };
+        while !decoder.is_done() {
+            let input = self.reader.fill_buf().await.map_err(|e| ctx.io(e))?;
+            if input.is_empty() {
+                return Err(ServeError::Closed { op: ctx.op, path: Some(name.clone()) });
+            }
+            let step = decoder
+                .step(input)
+                .map_err(|source| ServeError::BadNar { path: name.clone(), source })?;
+            let used = &input[..step.consumed];
+            hasher.update(used);
+            out.write_all(used).await.map_err(|e| out_ctx.io(e))?;
+            self.reader.consume(step.consumed);
+        }
+        out.flush().await.map_err(|e| out_ctx.io(e))?;
+        self.poisoned = false;
+        Ok(hasher.finish())
+    }
+}
+
+/// Stream the NAR of `source` to `writer`, checking it against `info` as it goes; never writes
+/// more than `info.nar_size` bytes.
+async fn send_nar<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    info: &PathInfo,
+    source: &Path,
+    name: &str,
+) -> Result<(), ServeError> {
+    let ctx = Ctx { op: "AddToStoreNar", path: Some(name) };
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
+    let source = source.to_owned();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let sender = ChannelWriter { tx };
+        // The BufWriter is flushed (into the channel) before `dump` returns.
+        let _ = done_tx.send(dump(&source, io::BufWriter::with_capacity(CHUNK, sender)));
+    });
+    let mut hasher = NarHasher::new();
+    let mut overflow = false;
+    while let Some(chunk) = rx.recv().await {
+        let room = info.nar_size - hasher.size();
+        if chunk.len() as u64 > room {
+            hasher.update(&chunk);
+            overflow = true;
+            break;
+        }
+        hasher.update(&chunk);
+        writer.write_all(&chunk).await.map_err(|e| ctx.io(e))?;
+    }
+    if overflow {
+        // Count the rest for the error message, without sending it.
+        while let Some(chunk) = rx.recv().await {
+            hasher.update(&chunk);
+        }
+    }
+    drop(rx);
+    let dumped = done_rx.await.expect("the NAR walker thread panicked");
+    let digest = hasher.finish();
+    if let Err(source) = dumped {
+        return Err(ServeError::Dump { path: name.to_owned(), source });
+    }
+    if digest != info.nar_digest() {
+        return Err(ServeError::NarMismatch {
+            path: name.to_owned(),
+            expected: info.nar_hash,
+            expected_size: info.nar_size,
+            actual: digest.hash,
+            actual_size: digest.size,
+        });
+    }
+    Ok(())
+}
+
+/// Sends each write as a chunk into a bounded async channel, from a blocking thread.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+}
+
+impl io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tx
+            .blocking_send(buf.to_vec())
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
