@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+pub mod sshd;
+
 /// Run a tool and return its output; panics with the command line, exit status and stderr on
 /// failure, or with the package to install when the tool is missing.
 pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {

@@ -1,0 +1,1307 @@
+//! The SSH transport: an in-process client (`russh`, no `ssh` subprocess) that owns its session
+//! and multiplexes every channel to a host over it.
+//!
+//! - [`SshSession::connect`] opens one TCP connection, checks the host key, authenticates, and is
+//!   then reused for every channel: [`SshSession::exec`] (a remote command as a duplex byte stream
+//!   with stderr captured and the exit status as a future), [`SshSession::upload`] (SFTP, or
+//!   `cat` over exec when the host has no SFTP subsystem), [`SshSession::remote_arch`].
+//! - Host keys are never trusted on first use. The key the host offers must equal the pinned
+//!   [`SshConfig::host_key`] or an entry for the host in `known_hosts` (plain, `[host]:port`,
+//!   hashed `|1|salt|hash`, wildcard and negated patterns, `@revoked` lines). An unknown or
+//!   changed key is an [`SshError`] showing the expected and offered keys and the exact
+//!   `ssh-keyscan` line to record it after checking it out of band.
+//! - Authentication tries the identity file (ed25519, RSA with `rsa-sha2-*`, ECDSA; OpenSSH
+//!   private key format), then the keys of `ssh-agent` (`SSH_AUTH_SOCK`), then, when no identity
+//!   was given, `~/.ssh/id_ed25519`, `id_ecdsa`, `id_rsa`.
+//! - Arguments are quoted for the remote POSIX shell one by one ([`shell_quote`]), never
+//!   interpolated into a command line.
+//! - Keepalives detect a dead peer; a dropped connection ends every open channel with an error
+//!   (their reads see EOF and [`RemoteExit::wait`] reports the loss), never a hang.
+//!
+//! Flow control: russh acknowledges channel windows as data arrives and propagates backpressure
+//! by pausing the whole connection when a channel's queue is full. Each [`RemoteStdout`] buffers at
+//! most [`STDOUT_QUEUE`] packets; a caller that stops reading one channel's stdout while
+//! expecting progress on another channel of the same session stalls both. Stderr is always
+//! drained (the last [`STDERR_CAP`] bytes are kept).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh::client::{self, Handle};
+use russh::keys::ssh_key::{self, HashAlg, PublicKey};
+use russh::keys::{Algorithm, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Packets a channel's stdout may hold before the session pauses (each at most 32 KiB).
+pub const STDOUT_QUEUE: usize = 64;
+/// Bytes of stderr kept per remote command (the tail).
+pub const STDERR_CAP: usize = 1 << 20;
+
+/// Keepalive settings: a keepalive goes out after `interval` with nothing received; the
+/// connection is declared dead after `max_missed` unanswered ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    /// Silence before a keepalive is sent.
+    pub interval: Duration,
+    /// Unanswered keepalives before the connection is dropped.
+    pub max_missed: usize,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive { interval: Duration::from_secs(15), max_missed: 3 }
+    }
+}
+
+/// How to reach and authenticate to one host.
+#[derive(Debug, Clone)]
+pub struct SshConfig {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port (22).
+    pub port: u16,
+    /// Login user (`root`).
+    pub user: String,
+    /// Private key file (OpenSSH format; ed25519, RSA or ECDSA, unencrypted — a protected key
+    /// belongs in ssh-agent).
+    pub identity: Option<PathBuf>,
+    /// Try the keys of ssh-agent (`SSH_AUTH_SOCK`) after the identity (true).
+    pub use_agent: bool,
+    /// The host key, `ssh-ed25519 AAAA...`; when set, `known_hosts` is not consulted.
+    pub host_key: Option<String>,
+    /// The known_hosts file (`~/.ssh/known_hosts` when `None`).
+    pub known_hosts: Option<PathBuf>,
+    /// Limit for TCP connect, key exchange and authentication together (10 s).
+    pub connect_timeout: Duration,
+    /// Keepalive (15 s × 3); `None` disables it.
+    pub keepalive: Option<Keepalive>,
+}
+
+impl SshConfig {
+    /// Defaults for `host`: port 22, user `root`, agent on, `~/.ssh/known_hosts`, 10 s connect
+    /// timeout, keepalive every 15 s with 3 missed allowed.
+    pub fn new(host: impl Into<String>) -> SshConfig {
+        SshConfig {
+            host: host.into(),
+            port: 22,
+            user: "root".to_owned(),
+            identity: None,
+            use_agent: true,
+            host_key: None,
+            known_hosts: None,
+            connect_timeout: Duration::from_secs(10),
+            keepalive: Some(Keepalive::default()),
+        }
+    }
+
+    /// `host:port` (`[host]:port` for IPv6 literals), as errors show it.
+    pub fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    /// The host's name in known_hosts: `host` on port 22, `[host]:port` otherwise.
+    pub fn known_hosts_name(&self) -> String {
+        if self.port == 22 {
+            self.host.clone()
+        } else {
+            format!("[{}]:{}", self.host, self.port)
+        }
+    }
+
+    /// The command that prints the host's keys for recording them.
+    pub fn keyscan_command(&self) -> String {
+        format!("ssh-keyscan -p {} {}", self.port, shell_quote(&self.host))
+    }
+
+    fn known_hosts_path(&self) -> Option<PathBuf> {
+        self.known_hosts
+            .clone()
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".ssh/known_hosts")))
+    }
+}
+
+/// Why an SSH operation failed; each names the host and the step, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    /// TCP connection failed.
+    #[error("{target}: connect: {source} (is sshd running there, and is the port right?)")]
+    Connect {
+        /// `host:port`.
+        target: String,
+        /// The socket error.
+        source: io::Error,
+    },
+    /// Connect, key exchange or authentication took longer than the timeout.
+    #[error("{target}: connect: no SSH session within {timeout:?} during {step} (host down, filtered port, or not an SSH server?)")]
+    Timeout {
+        /// `host:port`.
+        target: String,
+        /// The limit.
+        timeout: Duration,
+        /// What was under way.
+        step: &'static str,
+    },
+    /// The SSH handshake failed (protocol, key exchange, disconnect).
+    #[error("{target}: {step}: {source}")]
+    Protocol {
+        /// `host:port`.
+        target: String,
+        /// Connect, auth, exec, upload...
+        step: &'static str,
+        /// The russh error.
+        source: russh::Error,
+    },
+    /// The host has no entry in known_hosts and no key was pinned.
+    #[error(
+        "{target}: host key: unknown host: no key for {name} in {known_hosts}; the host offered\n  \
+         {} ({})\nCheck that key out of band, then pin it with --host-key \"{}\" \
+         or record it with:\n  {} >> {known_hosts}",
+        offered.key, offered.fingerprint, offered.key, offered.keyscan
+    )]
+    HostKeyUnknown {
+        /// `host:port`.
+        target: String,
+        /// The known_hosts name looked up.
+        name: String,
+        /// The file that was searched.
+        known_hosts: String,
+        /// The key the host offered.
+        offered: Box<OfferedKey>,
+    },
+    /// The host offered a key other than the pinned or recorded one.
+    #[error(
+        "{target}: host key: HOST KEY MISMATCH (changed host key, or someone in the middle): \
+         expected ({origin})\n  {}\nbut the host offered\n  {} ({})\nIf the change is \
+         legitimate, check the new key out of band and update {origin}; the host's keys: {}",
+        expected.join("\n  "), offered.key, offered.fingerprint, offered.keyscan
+    )]
+    HostKeyMismatch {
+        /// `host:port`.
+        target: String,
+        /// Where the expected keys came from (the pinned key, or known_hosts file and lines).
+        origin: String,
+        /// The expected keys (`type base64`).
+        expected: Vec<String>,
+        /// The key the host offered.
+        offered: Box<OfferedKey>,
+    },
+    /// The host offered a key marked `@revoked` in known_hosts.
+    #[error("{target}: host key: the host offered {offered}, which {known_hosts} marks @revoked; refusing")]
+    HostKeyRevoked {
+        /// `host:port`.
+        target: String,
+        /// The offered key.
+        offered: String,
+        /// The known_hosts file.
+        known_hosts: String,
+    },
+    /// The pinned host key does not parse.
+    #[error("{target}: host key: cannot parse the pinned key {key:?}: {reason} (expected \"ssh-ed25519 AAAA...\")")]
+    BadPinnedKey {
+        /// `host:port`.
+        target: String,
+        /// The given text.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+    /// The known_hosts file exists but cannot be read.
+    #[error("{target}: host key: cannot read {path}: {source}")]
+    KnownHosts {
+        /// `host:port`.
+        target: String,
+        /// The file.
+        path: String,
+        /// The error.
+        source: io::Error,
+    },
+    /// The identity file cannot be loaded.
+    #[error("{target}: auth: cannot load identity {path}: {reason}")]
+    Identity {
+        /// `host:port`.
+        target: String,
+        /// The key file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused every key.
+    #[error(
+        "{target}: auth: user {user} was refused with every key tried: {}. Add one of these \
+         public keys to the user's ~/.ssh/authorized_keys on the host, or pass --identity FILE.",
+        tried.join("; ")
+    )]
+    Auth {
+        /// `host:port`.
+        target: String,
+        /// The login user.
+        user: String,
+        /// What was tried, and why each failed.
+        tried: Vec<String>,
+    },
+    /// A remote command could not be started.
+    #[error("{target}: exec {command}: {reason}")]
+    Exec {
+        /// `host:port`.
+        target: String,
+        /// The command line.
+        command: String,
+        /// Why.
+        reason: String,
+    },
+    /// A remote command ran but failed.
+    #[error("{target}: exec {command}: {status}{}", stderr_suffix(stderr))]
+    CommandFailed {
+        /// `host:port`.
+        target: String,
+        /// The command line.
+        command: String,
+        /// How it ended.
+        status: RemoteStatus,
+        /// Its stderr (tail).
+        stderr: String,
+    },
+    /// The connection ended before the remote command reported its exit.
+    #[error(
+        "{target}: exec {command}: connection lost before the command exited{}",
+        stderr_suffix(stderr)
+    )]
+    ConnectionLost {
+        /// `host:port`.
+        target: String,
+        /// The command line.
+        command: String,
+        /// Stderr received so far.
+        stderr: String,
+    },
+    /// An upload failed.
+    #[error("{target}: upload {local} -> {remote}: {reason}")]
+    Upload {
+        /// `host:port`.
+        target: String,
+        /// Local file.
+        local: String,
+        /// Remote path.
+        remote: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The host key a host offered, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferedKey {
+    /// `type base64`, as `--host-key` takes it.
+    pub key: String,
+    /// `SHA256:...`.
+    pub fingerprint: String,
+    /// `ssh-keyscan -p PORT HOST`, which prints the host's keys for known_hosts.
+    pub keyscan: String,
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let s = stderr.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!("; stderr:\n{s}")
+    }
+}
+
+/// How a remote command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteStatus {
+    /// The exit code, when it exited.
+    pub code: Option<u32>,
+    /// The signal name, when a signal ended it.
+    pub signal: Option<String>,
+}
+
+impl RemoteStatus {
+    /// Exit code 0.
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+}
+
+impl fmt::Display for RemoteStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.code, &self.signal) {
+            (Some(code), _) => write!(f, "exit status {code}"),
+            (None, Some(sig)) => write!(f, "killed by signal {sig}"),
+            (None, None) => write!(f, "no exit status"),
+        }
+    }
+}
+
+/// Quote one argument for a POSIX shell: bare when it holds only safe characters, otherwise in
+/// single quotes with each `'` written as `'\''`.
+pub fn shell_quote(arg: &str) -> Cow<'_, str> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "_-+=/.,:@%".contains(c);
+    if !arg.is_empty() && arg.chars().all(safe) {
+        Cow::Borrowed(arg)
+    } else {
+        Cow::Owned(format!("'{}'", arg.replace('\'', r"'\''")))
+    }
+}
+
+/// The command line for `argv`, each argument quoted with [`shell_quote`].
+pub fn shell_command<S: AsRef<str>>(argv: &[S]) -> String {
+    argv.iter().map(|a| shell_quote(a.as_ref()).into_owned()).collect::<Vec<_>>().join(" ")
+}
+
+fn key_line(key: &PublicKey) -> String {
+    let text = key.to_openssh().unwrap_or_default();
+    text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// One known_hosts line that applies to the host.
+#[derive(Debug)]
+struct KnownEntry {
+    line: usize,
+    revoked: bool,
+    key: PublicKey,
+}
+
+/// Glob match with `*` and `?` (OpenSSH `match_pattern`), ASCII case-insensitive.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
+        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
+        Some((c, rest)) => {
+            text.first().is_some_and(|t| t.eq_ignore_ascii_case(c)) && glob(rest, &text[1..])
+        }
+    }
+}
+
+fn hashed_match(entry: &str, name: &str) -> bool {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let mut parts = entry.trim_start_matches("|1|").split('|');
+    let (Some(salt), Some(hash)) = (parts.next(), parts.next()) else { return false };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else { return false };
+    let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(&salt) else { return false };
+    mac.update(name.as_bytes());
+    mac.verify_slice(&hash).is_ok()
+}
+
+/// Whether the host field of a known_hosts line names `name`, honouring `!negations`.
+fn hosts_field_matches(field: &str, name: &str) -> bool {
+    let mut matched = false;
+    for pattern in field.split(',') {
+        if let Some(neg) = pattern.strip_prefix('!') {
+            if glob(neg.as_bytes(), name.as_bytes()) {
+                return false;
+            }
+        } else if pattern.starts_with("|1|") {
+            matched |= hashed_match(pattern, name);
+        } else {
+            matched |= glob(pattern.as_bytes(), name.as_bytes());
+        }
+    }
+    matched
+}
+
+/// The entries of a known_hosts text that apply to `name` (`host` or `[host]:port`).
+fn known_entries(text: &str, name: &str) -> Vec<KnownEntry> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = line.split_whitespace().peekable();
+        let mut revoked = false;
+        match fields.peek() {
+            Some(&"@revoked") => {
+                revoked = true;
+                fields.next();
+            }
+            // Host certificates are not used: this client does not advertise them.
+            Some(m) if m.starts_with('@') => continue,
+            _ => {}
+        }
+        let (Some(hosts), Some(kind), Some(data)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if !hosts_field_matches(hosts, name) {
+            continue;
+        }
+        if let Ok(key) = PublicKey::from_openssh(&format!("{kind} {data}")) {
+            out.push(KnownEntry { line: i + 1, revoked, key });
+        }
+    }
+    out
+}
+
+/// What the client expects of the host key.
+#[derive(Debug, Clone)]
+enum Expectation {
+    Pinned(PublicKey),
+    KnownHosts { path: String, entries: Arc<Vec<KnownEntry>> },
+}
+
+fn same_key(a: &PublicKey, b: &PublicKey) -> bool {
+    a.key_data() == b.key_data()
+}
+
+fn same_family(a: &Algorithm, b: &Algorithm) -> bool {
+    let rsa = |x: &Algorithm| matches!(x, Algorithm::Rsa { .. });
+    (rsa(a) && rsa(b)) || a == b
+}
+
+impl Expectation {
+    fn keys(&self) -> Vec<&PublicKey> {
+        match self {
+            Expectation::Pinned(k) => vec![k],
+            Expectation::KnownHosts { entries, .. } => {
+                entries.iter().filter(|e| !e.revoked).map(|e| &e.key).collect()
+            }
+        }
+    }
+
+    fn check(&self, cfg: &SshConfig, offered: &PublicKey) -> Result<(), SshError> {
+        let target = cfg.target();
+        let offered_key = || {
+            Box::new(OfferedKey {
+                key: key_line(offered),
+                fingerprint: offered.fingerprint(HashAlg::Sha256).to_string(),
+                keyscan: cfg.keyscan_command(),
+            })
+        };
+        match self {
+            Expectation::Pinned(pinned) if same_key(pinned, offered) => Ok(()),
+            Expectation::Pinned(pinned) => Err(SshError::HostKeyMismatch {
+                target,
+                origin: "the pinned host key (--host-key)".to_owned(),
+                expected: vec![key_line(pinned)],
+                offered: offered_key(),
+            }),
+            Expectation::KnownHosts { path, entries } => {
+                if entries.iter().any(|e| e.revoked && same_key(&e.key, offered)) {
+                    return Err(SshError::HostKeyRevoked {
+                        target,
+                        offered: key_line(offered),
+                        known_hosts: path.clone(),
+                    });
+                }
+                let valid: Vec<&KnownEntry> = entries.iter().filter(|e| !e.revoked).collect();
+                if valid.iter().any(|e| same_key(&e.key, offered)) {
+                    return Ok(());
+                }
+                if valid.is_empty() {
+                    return Err(SshError::HostKeyUnknown {
+                        target,
+                        name: cfg.known_hosts_name(),
+                        known_hosts: path.clone(),
+                        offered: offered_key(),
+                    });
+                }
+                let lines: Vec<String> = valid.iter().map(|e| e.line.to_string()).collect();
+                Err(SshError::HostKeyMismatch {
+                    target,
+                    origin: format!("{path} line {}", lines.join(", ")),
+                    expected: valid.iter().map(|e| key_line(&e.key)).collect(),
+                    offered: offered_key(),
+                })
+            }
+        }
+    }
+}
+
+/// The russh event handler: checks the host key and keeps the detailed refusal for `connect`.
+struct ClientHandler {
+    cfg: Arc<SshConfig>,
+    expect: Expectation,
+    refusal: Arc<Mutex<Option<SshError>>>,
+}
+
+impl client::Handler for ClientHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key.clone(),
+            PublicKeyOrCertificate::Certificate(cert) => {
+                PublicKey::new(cert.public_key().clone(), "")
+            }
+        };
+        match self.expect.check(&self.cfg, &key) {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                *self.refusal.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// One authenticated SSH connection to a host; every channel to the host goes over it.
+/// Share it with `Arc` across tasks.
+pub struct SshSession {
+    handle: Handle<ClientHandler>,
+    cfg: Arc<SshConfig>,
+    sftp: tokio::sync::Mutex<Option<Result<Arc<russh_sftp::client::SftpSession>, String>>>,
+}
+
+impl fmt::Debug for SshSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshSession").field("target", &self.cfg.target()).finish()
+    }
+}
+
+fn load_identity(cfg: &SshConfig, path: &Path) -> Result<Arc<ssh_key::PrivateKey>, SshError> {
+    let identity_error = |reason: String| SshError::Identity {
+        target: cfg.target(),
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| identity_error(e.to_string()))?;
+    let key = ssh_key::PrivateKey::from_openssh(text.trim_start())
+        .map_err(|e| identity_error(format!("{e} (expected an OpenSSH private key)")))?;
+    if key.is_encrypted() {
+        return Err(identity_error(
+            "the key is passphrase-protected; add it to ssh-agent (ssh-add FILE) instead"
+                .to_owned(),
+        ));
+    }
+    Ok(Arc::new(key))
+}
+
+impl SshSession {
+    /// Connect, check the host key, and authenticate, all within `cfg.connect_timeout`.
+    pub async fn connect(cfg: &SshConfig) -> Result<SshSession, SshError> {
+        let cfg = Arc::new(cfg.clone());
+        let timeout = cfg.connect_timeout;
+        let step = Arc::new(Mutex::new("TCP connect"));
+        let attempt = Self::connect_inner(cfg.clone(), step.clone());
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(SshError::Timeout {
+                target: cfg.target(),
+                timeout,
+                step: *step.lock().unwrap_or_else(|p| p.into_inner()),
+            }),
+        }
+    }
+
+    async fn connect_inner(
+        cfg: Arc<SshConfig>,
+        step: Arc<Mutex<&'static str>>,
+    ) -> Result<SshSession, SshError> {
+        let target = cfg.target();
+        let set_step = |s| *step.lock().unwrap_or_else(|p| p.into_inner()) = s;
+        let expect = match &cfg.host_key {
+            Some(text) => {
+                Expectation::Pinned(PublicKey::from_openssh(text.trim()).map_err(|e| {
+                    SshError::BadPinnedKey {
+                        target: target.clone(),
+                        key: text.clone(),
+                        reason: e.to_string(),
+                    }
+                })?)
+            }
+            None => {
+                let path =
+                    cfg.known_hosts_path().unwrap_or_else(|| PathBuf::from("~/.ssh/known_hosts"));
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => String::new(),
+                    Err(source) => {
+                        return Err(SshError::KnownHosts {
+                            target,
+                            path: path.display().to_string(),
+                            source,
+                        })
+                    }
+                };
+                Expectation::KnownHosts {
+                    path: path.display().to_string(),
+                    entries: Arc::new(known_entries(&text, &cfg.known_hosts_name())),
+                }
+            }
+        };
+
+        // Ask first for the host key algorithms we hold keys of (as OpenSSH does), so a host with
+        // several keys offers the one we can check.
+        let mut algorithms: Vec<Algorithm> = russh::Preferred::DEFAULT.key.to_vec();
+        let known: Vec<Algorithm> = expect.keys().iter().map(|k| k.algorithm()).collect();
+        algorithms.sort_by_key(|a| !known.iter().any(|k| same_family(a, k)));
+        let config = client::Config {
+            preferred: russh::Preferred {
+                key: Cow::Owned(algorithms),
+                ..russh::Preferred::DEFAULT
+            },
+            keepalive_interval: cfg.keepalive.map(|k| k.interval),
+            keepalive_max: cfg.keepalive.map_or(3, |k| k.max_missed),
+            inactivity_timeout: None,
+            nodelay: true,
+            window_size: 8 << 20,
+            ..client::Config::default()
+        };
+
+        let socket = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|source| SshError::Connect { target: target.clone(), source })?;
+        let _ = socket.set_nodelay(true);
+        set_step("key exchange");
+        let refusal = Arc::new(Mutex::new(None));
+        let handler = ClientHandler { cfg: cfg.clone(), expect, refusal: refusal.clone() };
+        let mut handle = match client::connect_stream(Arc::new(config), socket, handler).await {
+            Ok(h) => h,
+            Err(source) => {
+                if let Some(e) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    return Err(e);
+                }
+                return Err(SshError::Protocol { target, step: "connect", source });
+            }
+        };
+        set_step("authentication");
+        Self::authenticate(&cfg, &mut handle).await?;
+        Ok(SshSession { handle, cfg, sftp: tokio::sync::Mutex::new(None) })
+    }
+
+    async fn authenticate(
+        cfg: &SshConfig,
+        handle: &mut Handle<ClientHandler>,
+    ) -> Result<(), SshError> {
+        let target = cfg.target();
+        let auth_err = |source| SshError::Protocol { target: target.clone(), step: "auth", source };
+        let mut tried = Vec::new();
+        let rsa_hash = match handle.best_supported_rsa_hash().await {
+            Ok(Some(h)) => h,
+            _ => Some(HashAlg::Sha256),
+        };
+
+        let mut files: Vec<(PathBuf, bool)> = Vec::new();
+        match &cfg.identity {
+            Some(path) => files.push((path.clone(), true)),
+            None => {
+                if let Some(home) = std::env::var_os("HOME") {
+                    for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                        files.push((PathBuf::from(&home).join(".ssh").join(name), false));
+                    }
+                }
+            }
+        }
+        // The explicit identity first; the default files only after the agent.
+        if let Some((path, true)) = files.first().cloned() {
+            let key = load_identity(cfg, &path)?;
+            let desc =
+                format!("{} ({})", path.display(), key.public_key().fingerprint(HashAlg::Sha256));
+            let with_hash = PrivateKeyWithHashAlg::new(key, rsa_hash);
+            let result =
+                handle.authenticate_publickey(&cfg.user, with_hash).await.map_err(auth_err)?;
+            if result.success() {
+                return Ok(());
+            }
+            tried.push(format!("{desc} refused"));
+        }
+
+        if cfg.use_agent {
+            match std::env::var_os("SSH_AUTH_SOCK") {
+                None => tried.push("ssh-agent: SSH_AUTH_SOCK is not set".to_owned()),
+                Some(_) => match russh::keys::agent::client::AgentClient::connect_env().await {
+                    Err(e) => tried.push(format!("ssh-agent: cannot connect: {e}")),
+                    Ok(mut agent) => match agent.request_identities().await {
+                        Err(e) => tried.push(format!("ssh-agent: cannot list keys: {e}")),
+                        Ok(ids) if ids.is_empty() => {
+                            tried.push("ssh-agent: holds no keys".to_owned())
+                        }
+                        Ok(ids) => {
+                            for id in ids {
+                                let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id
+                                else {
+                                    continue;
+                                };
+                                let hash = if matches!(key.algorithm(), Algorithm::Rsa { .. }) {
+                                    rsa_hash
+                                } else {
+                                    None
+                                };
+                                let fp = key.fingerprint(HashAlg::Sha256);
+                                match handle
+                                    .authenticate_publickey_with(&cfg.user, key, hash, &mut agent)
+                                    .await
+                                {
+                                    Ok(r) if r.success() => return Ok(()),
+                                    Ok(_) => tried.push(format!("ssh-agent key {fp} refused")),
+                                    Err(e) => tried.push(format!("ssh-agent key {fp}: {e}")),
+                                }
+                            }
+                        }
+                    },
+                },
+            }
+        }
+
+        for (path, _) in files.iter().filter(|(_, explicit)| !explicit) {
+            if !path.exists() {
+                continue;
+            }
+            let key = match load_identity(cfg, path) {
+                Ok(k) => k,
+                Err(e) => {
+                    tried.push(e.to_string());
+                    continue;
+                }
+            };
+            let with_hash = PrivateKeyWithHashAlg::new(key, rsa_hash);
+            let result =
+                handle.authenticate_publickey(&cfg.user, with_hash).await.map_err(auth_err)?;
+            if result.success() {
+                return Ok(());
+            }
+            tried.push(format!("{} refused", path.display()));
+        }
+        if tried.is_empty() {
+            tried.push("no identity given, no ssh-agent, no ~/.ssh/id_* file".to_owned());
+        }
+        Err(SshError::Auth { target, user: cfg.user.clone(), tried })
+    }
+
+    /// The configuration this session was opened with.
+    pub fn config(&self) -> &SshConfig {
+        &self.cfg
+    }
+
+    /// `host:port`.
+    pub fn target(&self) -> String {
+        self.cfg.target()
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Run `argv` on the host (each argument shell-quoted) on a new channel of this session.
+    pub async fn exec<S: AsRef<str>>(&self, argv: &[S]) -> Result<RemoteProcess, SshError> {
+        let command = shell_command(argv);
+        self.exec_command(&command).await
+    }
+
+    /// Run a command line given verbatim to the remote shell (quote it with [`shell_command`]).
+    pub async fn exec_command(&self, command: &str) -> Result<RemoteProcess, SshError> {
+        let exec_err = |reason: String| SshError::Exec {
+            target: self.target(),
+            command: command.to_owned(),
+            reason,
+        };
+        if command.contains('\0') {
+            return Err(exec_err("the command holds a NUL byte".to_owned()));
+        }
+        let mut channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| exec_err(format!("cannot open a channel: {e}")))?;
+        channel.exec(true, command).await.map_err(|e| exec_err(format!("cannot send: {e}")))?;
+        // Wait for the server's answer to the exec request: data before it is kept.
+        let mut early = Vec::new();
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) => {
+                    return Err(exec_err("the host refused to run it".to_owned()))
+                }
+                Some(ChannelMsg::WindowAdjusted { .. }) => {}
+                Some(msg @ (ChannelMsg::Data { .. } | ChannelMsg::ExtendedData { .. })) => {
+                    early.push(msg)
+                }
+                Some(other) => early.push(other),
+                None => return Err(exec_err("the connection closed".to_owned())),
+            }
+        }
+        let (read_half, write_half) = channel.split();
+        let (ended_tx, ended_rx) = watch::channel(false);
+        let stdin = RemoteStdin::new(write_half.make_writer(), ended_rx);
+        let (stdout_tx, stdout_rx) = mpsc::channel(STDOUT_QUEUE);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let (close_tx, close_rx) = oneshot::channel();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let ends = PumpEnds {
+            stdout: stdout_tx,
+            stderr: stderr.clone(),
+            exit: exit_tx,
+            close: close_rx,
+            ended: ended_tx,
+        };
+        tokio::spawn(pump(read_half, write_half, early, ends));
+        Ok(RemoteProcess {
+            stdin,
+            stdout: RemoteStdout { rx: stdout_rx, current: Bytes::new() },
+            exit: RemoteExit {
+                rx: exit_rx,
+                stderr,
+                close: Some(close_tx),
+                target: self.target(),
+                command: command.to_owned(),
+            },
+        })
+    }
+
+    /// Run `argv` with empty stdin and return its stdout; a non-zero exit is
+    /// [`SshError::CommandFailed`] with its stderr.
+    pub async fn run<S: AsRef<str>>(&self, argv: &[S]) -> Result<Vec<u8>, SshError> {
+        let process = self.exec(argv).await?;
+        let (mut stdin, mut stdout, exit) = process.split();
+        let _ = stdin.shutdown().await;
+        let mut out = Vec::new();
+        let read = stdout.read_to_end(&mut out).await;
+        let status = exit.wait_checked().await?;
+        debug_assert!(status.success());
+        read.map_err(|e| SshError::Exec {
+            target: self.target(),
+            command: shell_command(argv),
+            reason: format!("reading stdout: {e}"),
+        })?;
+        Ok(out)
+    }
+
+    /// The host's machine architecture (`uname -m`: `x86_64`, `aarch64`...).
+    pub async fn remote_arch(&self) -> Result<String, SshError> {
+        let out = self.run(&["uname", "-m"]).await?;
+        Ok(String::from_utf8_lossy(&out).trim().to_owned())
+    }
+
+    /// The SFTP session of this connection, opened on first use; `Err` with the reason when the
+    /// host has no SFTP subsystem.
+    async fn sftp(&self) -> Result<Arc<russh_sftp::client::SftpSession>, String> {
+        let mut slot = self.sftp.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.open_sftp().await);
+        }
+        slot.clone().unwrap_or_else(|| Err("no SFTP session".to_owned()))
+    }
+
+    async fn open_sftp(&self) -> Result<Arc<russh_sftp::client::SftpSession>, String> {
+        let mut channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| format!("cannot open a channel: {e}"))?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| format!("subsystem request: {e}"))?;
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) => {
+                    return Err("the host has no sftp subsystem".to_owned())
+                }
+                Some(ChannelMsg::WindowAdjusted { .. }) => {}
+                Some(other) => {
+                    return Err(format!("unexpected answer to the sftp request: {other:?}"))
+                }
+                None => return Err("the channel closed on the sftp request".to_owned()),
+            }
+        }
+        let sftp = russh_sftp::client::SftpSession::new(channel.into_stream())
+            .await
+            .map_err(|e| format!("sftp handshake: {e}"))?;
+        Ok(Arc::new(sftp))
+    }
+
+    /// Copy a local file to `remote` (absolute, or relative to the login's home directory) with
+    /// permission bits `mode`, creating the parent directory. The data goes over SFTP, or through
+    /// `cat` on an exec channel when the host has no SFTP subsystem; it lands under a temp name
+    /// that is checked for size, then renamed over `remote` (`mv -f`: atomic replacement).
+    /// Returns whether SFTP was used.
+    pub async fn upload(
+        &self,
+        local: &Path,
+        remote: &str,
+        mode: u32,
+    ) -> Result<UploadMethod, SshError> {
+        let upload_err = |reason: String| SshError::Upload {
+            target: self.target(),
+            local: local.display().to_string(),
+            remote: remote.to_owned(),
+            reason,
+        };
+        let mut file = tokio::fs::File::open(local)
+            .await
+            .map_err(|e| upload_err(format!("cannot open: {e}")))?;
+        let size = file.metadata().await.map_err(|e| upload_err(e.to_string()))?.len();
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let tmp = format!("{remote}.ferry-upload-{}-{nonce:08x}", std::process::id());
+        let parent = match remote.rfind('/') {
+            Some(0) => "/".to_owned(),
+            Some(i) => remote[..i].to_owned(),
+            None => ".".to_owned(),
+        };
+        let mode = format!("{:o}", mode & 0o7777);
+
+        match self.sftp().await {
+            Ok(sftp) => {
+                self.run(&["mkdir", "-p", "--", &parent])
+                    .await
+                    .map_err(|e| upload_err(e.to_string()))?;
+                let mut remote_file = sftp
+                    .create(tmp.clone())
+                    .await
+                    .map_err(|e| upload_err(format!("sftp create {tmp}: {e}")))?;
+                let copied = tokio::io::copy_buf(
+                    &mut tokio::io::BufReader::with_capacity(256 << 10, &mut file),
+                    &mut remote_file,
+                )
+                .await
+                .map_err(|e| upload_err(format!("sftp write: {e}")));
+                let closed = remote_file
+                    .shutdown()
+                    .await
+                    .map_err(|e| upload_err(format!("sftp close: {e}")));
+                if let Err(e) = copied.and(closed) {
+                    let _ = sftp.remove_file(tmp.clone()).await;
+                    return Err(e);
+                }
+                let script = "[ \"$(wc -c < \"$1\")\" -eq \"$2\" ] || { rm -f \"$1\"; echo \"short upload: $(wc -c < \"$1\") of $2 bytes\" >&2; exit 1; }; chmod \"$3\" \"$1\" && mv -f \"$1\" \"$4\"";
+                self.run(&["sh", "-c", script, "sh", &tmp, &size.to_string(), &mode, remote])
+                    .await
+                    .map_err(|e| upload_err(e.to_string()))?;
+                Ok(UploadMethod::Sftp)
+            }
+            Err(why_not) => {
+                let script = "mkdir -p -- \"$5\" && cat > \"$1\" && { [ \"$(wc -c < \"$1\")\" -eq \"$2\" ] || { echo \"short upload: $(wc -c < \"$1\") of $2 bytes\" >&2; rm -f \"$1\"; exit 1; }; } && chmod \"$3\" \"$1\" && mv -f \"$1\" \"$4\"";
+                let process = self
+                    .exec(&[
+                        "sh",
+                        "-c",
+                        script,
+                        "sh",
+                        &tmp,
+                        &size.to_string(),
+                        &mode,
+                        remote,
+                        &parent,
+                    ])
+                    .await
+                    .map_err(|e| upload_err(format!("{e} (SFTP unavailable: {why_not})")))?;
+                let (mut stdin, _stdout, exit) = process.split();
+                let sent = async {
+                    tokio::io::copy(&mut file, &mut stdin).await?;
+                    stdin.shutdown().await
+                }
+                .await;
+                let status = exit.wait_checked().await.map_err(|e| upload_err(e.to_string()))?;
+                debug_assert!(status.success());
+                sent.map_err(|e| upload_err(format!("sending over exec: {e}")))?;
+                Ok(UploadMethod::Exec)
+            }
+        }
+    }
+
+    /// Close the connection (every channel ends).
+    pub async fn close(&self) {
+        let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+    }
+}
+
+/// How [`SshSession::upload`] moved the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadMethod {
+    /// Over the SFTP subsystem.
+    Sftp,
+    /// Through `cat` on an exec channel (the host has no SFTP).
+    Exec,
+}
+
+/// Where [`pump`] delivers a channel's messages.
+struct PumpEnds {
+    stdout: mpsc::Sender<Bytes>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    exit: oneshot::Sender<Option<RemoteStatus>>,
+    /// Fires when the caller gives the process up.
+    close: oneshot::Receiver<()>,
+    /// Set once the channel has ended (stdin writes fail from then on).
+    ended: watch::Sender<bool>,
+}
+
+/// Moves channel messages to the stdout queue, the stderr buffer and the exit slot.
+async fn pump(
+    mut read: russh::ChannelReadHalf,
+    write: russh::ChannelWriteHalf<client::Msg>,
+    early: Vec<ChannelMsg>,
+    ends: PumpEnds,
+) {
+    let PumpEnds { stdout, stderr, exit, mut close, ended } = ends;
+    let mut stdout = Some(stdout);
+    let mut status: Option<RemoteStatus> = None;
+    let mut close_armed = true;
+    let mut pending = early.into_iter();
+    loop {
+        let msg = if let Some(m) = pending.next() {
+            Some(m)
+        } else {
+            tokio::select! {
+                m = read.wait() => m,
+                r = &mut close, if close_armed => {
+                    close_armed = false;
+                    if r.is_ok() {
+                        // The caller gave the process up: end the channel.
+                        let _ = write.close().await;
+                    }
+                    continue;
+                }
+            }
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                if let Some(tx) = &stdout {
+                    if tx.send(data).await.is_err() {
+                        stdout = None; // reader dropped: discard the rest
+                    }
+                }
+            }
+            Some(ChannelMsg::ExtendedData { data, .. }) => {
+                let mut buf = stderr.lock().unwrap_or_else(|p| p.into_inner());
+                buf.extend_from_slice(&data);
+                if buf.len() > STDERR_CAP {
+                    let cut = buf.len() - STDERR_CAP;
+                    buf.drain(..cut);
+                }
+            }
+            Some(ChannelMsg::Eof) => stdout = None,
+            Some(ChannelMsg::ExitStatus { exit_status }) => {
+                status = Some(RemoteStatus { code: Some(exit_status), signal: None })
+            }
+            Some(ChannelMsg::ExitSignal { signal_name, .. }) => {
+                status = Some(RemoteStatus { code: None, signal: Some(format!("{signal_name:?}")) })
+            }
+            Some(ChannelMsg::Close) | None => break,
+            Some(_) => {}
+        }
+    }
+    drop(stdout);
+    let _ = ended.send(true);
+    let _ = exit.send(status);
+}
+
+/// A remote command: stdin, stdout and the exit. Use [`RemoteProcess::split`] to drive the
+/// halves from different tasks.
+#[derive(Debug)]
+pub struct RemoteProcess {
+    /// The command's standard input; `shutdown()` sends EOF.
+    pub stdin: RemoteStdin,
+    /// The command's standard output.
+    pub stdout: RemoteStdout,
+    /// Its exit status and stderr.
+    pub exit: RemoteExit,
+}
+
+impl RemoteProcess {
+    /// The three parts.
+    pub fn split(self) -> (RemoteStdin, RemoteStdout, RemoteExit) {
+        (self.stdin, self.stdout, self.exit)
+    }
+}
+
+/// Writes to a remote command's stdin, honouring the SSH channel window. Writes fail with
+/// `BrokenPipe` once the channel or the connection has ended (also while waiting for window).
+pub struct RemoteStdin {
+    inner: Pin<Box<dyn AsyncWrite + Send>>,
+    ended: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl RemoteStdin {
+    fn new(inner: impl AsyncWrite + Send + 'static, mut ended: watch::Receiver<bool>) -> Self {
+        let ended = Box::pin(async move {
+            let _ = ended.wait_for(|e| *e).await;
+        });
+        RemoteStdin { inner: Box::pin(inner), ended: Some(ended) }
+    }
+
+    fn poll_ended(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(fut) = self.ended.as_mut() {
+            if fut.as_mut().poll(cx).is_pending() {
+                return Ok(());
+            }
+            self.ended = None;
+        }
+        Err(io::Error::new(
+            io::ErrorKind::BrokenPipe,
+            "the SSH channel has ended (remote exit or connection lost)",
+        ))
+    }
+}
+
+impl fmt::Debug for RemoteStdin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RemoteStdin")
+    }
+}
+
+impl AsyncWrite for RemoteStdin {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        self.poll_ended(cx)?;
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_ended(cx)?;
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+}
+
+/// Reads a remote command's stdout; EOF when the command closes it or the connection ends.
+#[derive(Debug)]
+pub struct RemoteStdout {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl AsyncRead for RemoteStdout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.current.is_empty() {
+            match ready!(self.rx.poll_recv(cx)) {
+                Some(data) => self.current = data,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The end of a remote command. Dropping it before the command exits closes the channel.
+#[derive(Debug)]
+pub struct RemoteExit {
+    rx: oneshot::Receiver<Option<RemoteStatus>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    close: Option<oneshot::Sender<()>>,
+    target: String,
+    command: String,
+}
+
+impl RemoteExit {
+    /// Stderr received so far (lossy UTF-8, the last [`STDERR_CAP`] bytes).
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned()
+    }
+
+    /// Wait for the command to end. The connection dropping first is
+    /// [`SshError::ConnectionLost`]; a non-zero status is returned as is.
+    pub async fn wait(mut self) -> Result<RemoteStatus, SshError> {
+        drop(self.close.take()); // finishing normally: never close early
+        let status = (&mut self.rx).await.ok().flatten();
+        match status {
+            Some(s) => Ok(s),
+            None => Err(SshError::ConnectionLost {
+                target: self.target.clone(),
+                command: self.command.clone(),
+                stderr: self.stderr(),
+            }),
+        }
+    }
+
+    /// [`RemoteExit::wait`], with a non-zero status as [`SshError::CommandFailed`].
+    pub async fn wait_checked(self) -> Result<RemoteStatus, SshError> {
+        let target = self.target.clone();
+        let command = self.command.clone();
+        let stderr = self.stderr.clone();
+        let status = self.wait().await?;
+        if status.success() {
+            Ok(status)
+        } else {
+            Err(SshError::CommandFailed {
+                target,
+                command,
+                status,
+                stderr: String::from_utf8_lossy(&stderr.lock().unwrap_or_else(|p| p.into_inner()))
+                    .into_owned(),
+            })
+        }
+    }
+}
+
+impl Drop for RemoteExit {
+    fn drop(&mut self) {
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(shell_quote("abc/d.e-f"), "abc/d.e-f");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$(rm -rf /)"), "'$(rm -rf /)'");
+        assert_eq!(shell_command(&["echo", "a b", "*"]), "echo 'a b' '*'");
+    }
+
+    #[test]
+    fn known_hosts_patterns() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        // |1|salt|hash for "[127.0.0.1]:2222", made with HMAC-SHA1.
+        let hashed = {
+            use base64::Engine as _;
+            use hmac::{Hmac, Mac};
+            let salt = [7u8; 20];
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(&salt).unwrap();
+            mac.update(b"[127.0.0.1]:2222");
+            let b64 = base64::engine::general_purpose::STANDARD;
+            format!("|1|{}|{}", b64.encode(salt), b64.encode(mac.finalize().into_bytes()))
+        };
+        let text = format!(
+            "# comment\n\nexample.org,10.0.0.1 {key}\n{hashed} {key}\n*.lan,!bad.lan {key} c\n@revoked [x]:23 {key}\n@cert-authority * {key}\n"
+        );
+        let lines = |name: &str| {
+            known_entries(&text, name).iter().map(|e| (e.line, e.revoked)).collect::<Vec<_>>()
+        };
+        assert_eq!(lines("example.org"), vec![(3, false)]);
+        assert_eq!(lines("10.0.0.1"), vec![(3, false)]);
+        assert_eq!(lines("[127.0.0.1]:2222"), vec![(4, false)]);
+        assert_eq!(lines("[127.0.0.1]:2223"), vec![]);
+        assert_eq!(lines("good.lan"), vec![(5, false)]);
+        assert_eq!(lines("bad.lan"), vec![]);
+        assert_eq!(lines("[x]:23"), vec![(6, true)]);
+    }
+}
