@@ -690,8 +690,8 @@ impl Cx<'_> {
                 return Err(self.at(
                     f.span(),
                     format!(
-                        "invalid etc file name '{name}': a relative path without '.', '..' or \
-                         empty components"
+                        "invalid etc file name '{name}': a relative path of letters, digits and \
+                         '._-+@', without '.', '..' or empty components"
                     ),
                 ));
             }
@@ -868,6 +868,9 @@ fn valid_etc_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('/')
         && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@' | '/'))
 }
 
 /// Lexically remove `.` and `..` components (no file-system access).

@@ -8,10 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod cmd;
 mod activation;
+mod cmd;
 mod deployment;
 mod generations;
+mod system;
 
 #[derive(Debug, Parser)]
 #[command(
