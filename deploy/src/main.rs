@@ -39,6 +39,10 @@ enum Command {
     Gc(cmd::gc::GcArgs),
     /// Export and import store items (bundles), generate keys, authorize keys (as guix archive).
     Archive(cmd::archive::ArchiveArgs),
+    /// Copy closures to hosts (local://, ssh://, nix+ssh://, file://), sending only what each lacks.
+    Copy(cmd::copy::CopyArgs),
+    /// The host agent: the ferry protocol on stdin/stdout (started by `ferry copy` and deploy).
+    Serve(cmd::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +59,8 @@ fn main() -> ExitCode {
         Command::Store(command) => cmd::store::run(&cli.global, command),
         Command::Gc(args) => cmd::gc::run(&cli.global, args),
         Command::Archive(args) => cmd::archive::run(&cli.global, args),
+        Command::Copy(args) => cmd::copy::run(&cli.global, args),
+        Command::Serve(args) => cmd::serve::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

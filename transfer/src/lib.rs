@@ -1,4 +1,44 @@
-//! Not built yet: see the issue that introduces this crate.
+//! # transfer
+//!
+//! Copying store paths between stores: the ferry wire protocol, the host agent, transports,
+//! and the push pipeline.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`protocol`] | sans-IO frames, grammar and the coordinator/agent state machines |
+//! | [`framed`] | blocking adapters: frames over any `Read`/`Write`, one path's data as a stream |
+//! | [`agent`] | `ferry serve`: verify, restore, register, acknowledge; partial files for resume |
+//! | [`transport`] | the [`transport::Transport`] trait: local subprocess, in-process |
+//! | [`push`] | the copy pipeline: one-round-trip diff, pipelined signed zstd streams, summary |
+//! | [`trust`] | what a path's signature covers; the local signing key |
+//! | [`uri`] | `ssh://`, `local://`, `nix+ssh://`, `file://` targets |
+//!
+//! # Example: push a closure to an agent on a thread
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use closure::{Store, StoreLayout};
+//! use transfer::agent::AgentOptions;
+//! use transfer::push::{push_closure, NoProgress, PushOptions};
+//! use transfer::transport::InProcessTransport;
+//!
+//! let local = Store::open(StoreLayout::at_root("/tmp/here")?)?;
+//! let roots = local.all_valid_paths()?;
+//! let closure = local.closure(&roots)?;
+//! let (key, _) = transfer::trust::load_or_generate_key(local.layout().state_dir())?;
+//! let host = InProcessTransport { options: AgentOptions::new(StoreLayout::at_root("/tmp/there")?) };
+//! let summary =
+//!     push_closure(local.layout(), &closure, &host, &key, &PushOptions::default(), &NoProgress)?;
+//! println!("{} paths, {} NAR bytes sent", summary.paths_sent, summary.nar_bytes_sent);
+//! # Ok(()) }
+//! ```
+
+pub mod agent;
 pub mod cache;
+pub mod framed;
 pub mod nix_serve;
+pub mod protocol;
+pub mod push;
 pub mod ssh;
+pub mod transport;
+pub mod trust;
+pub mod uri;

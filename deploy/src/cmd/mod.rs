@@ -1,8 +1,10 @@
 //! One module per subcommand, and what they share.
 
 pub mod archive;
+pub mod copy;
 pub mod gc;
 pub mod nar;
+pub mod serve;
 pub mod store;
 
 /// Options every subcommand accepts.

@@ -1,0 +1,379 @@
+//! `ferry copy --to URI... PATH...`: copy closures to hosts, sending only what each lacks.
+//!
+//! Targets (see `transfer::uri`): `local:///ROOT` (an agent as a local subprocess),
+//! `ssh://[user@]host[:port]` (an agent over SSH), `nix+ssh://…` (`nix-store --serve --write`),
+//! `file:///DIR` (a binary cache directory). Paths are signed with the local key
+//! `<state>/signing-key.sec` (generated on first use). Hosts run in parallel; one host's
+//! failure does not stop the others. Progress goes to stderr (bars on a terminal, plain lines
+//! otherwise); the summary too, or with `--json` one JSON object on stdout.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use closure::{StoreLayout, ValidatedClosure};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde_json::json;
+use transfer::protocol::Encoding;
+use transfer::push::{push_closure, Progress, ProgressEvent, PushOptions, PushSummary};
+use transfer::transport::{LocalTransport, Transport};
+use transfer::uri::Target;
+
+use super::GlobalOpts;
+
+/// Test hook: the coordinator stops writing after this many wire bytes (a cut connection).
+pub const CUT_AFTER_ENV: &str = "FERRY_TEST_CUT_AFTER";
+
+/// `ferry copy` arguments.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Copy to this target (repeat for several hosts).
+    #[arg(long = "to", value_name = "URI", required_unless_present = "from")]
+    pub to: Vec<String>,
+    /// Copy from this target into the local store.
+    #[arg(long, value_name = "URI", conflicts_with = "to")]
+    pub from: Option<String>,
+    /// SSH identity file (ed25519, RSA, ECDSA); default: ssh-agent, then ~/.ssh/id_*.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The host's SSH key ("ssh-ed25519 AAAA..."); default: known_hosts.
+    #[arg(long, value_name = "KEY")]
+    pub host_key: Option<String>,
+    /// known_hosts file (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+    /// Add the local signing key to each host's ACL first.
+    #[arg(long)]
+    pub authorize: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// zstd level for path data.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub compression_level: i32,
+    /// Send path data uncompressed.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Store paths whose closures to copy.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The terminal's bars, one per host.
+type Bars = (MultiProgress, Mutex<Vec<(String, ProgressBar)>>);
+
+/// Renders progress: one bar per host on a terminal, plain lines otherwise.
+struct Render {
+    bars: Option<Bars>,
+    sent: AtomicU64,
+    last_line: Mutex<Instant>,
+    quiet: bool,
+}
+
+impl Render {
+    fn new(quiet: bool) -> Self {
+        let bars = (std::io::stderr().is_terminal() && !quiet)
+            .then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
+        Render { bars, sent: AtomicU64::new(0), last_line: Mutex::new(Instant::now()), quiet }
+    }
+
+    fn bar(&self, host: &str) -> Option<ProgressBar> {
+        let (multi, bars) = self.bars.as_ref()?;
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bar)) = bars.iter().find(|(h, _)| h == host) {
+            return Some(bar.clone());
+        }
+        let bar = multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(host.to_owned());
+        bars.push((host.to_owned(), bar.clone()));
+        Some(bar)
+    }
+
+    fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            for (_, bar) in bars.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                bar.finish();
+            }
+        }
+    }
+}
+
+impl Progress for Render {
+    fn event(&self, host: &str, event: &ProgressEvent<'_>) {
+        if self.quiet && self.bars.is_none() {
+            return;
+        }
+        let bar = self.bar(host);
+        match event {
+            ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, resumed_bytes } => {
+                if let Some(bar) = bar {
+                    bar.set_length(*nar_bytes);
+                    bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
+                } else {
+                    let resumed = if *resumed_bytes > 0 {
+                        format!(", {} resumed", mib(*resumed_bytes))
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "{host}: {missing_paths} of {closure_paths} paths missing, {} to send{resumed}",
+                        mib(*nar_bytes)
+                    );
+                }
+            }
+            ProgressEvent::Sent { nar_bytes } => {
+                if let Some(bar) = bar {
+                    bar.inc(*nar_bytes);
+                } else {
+                    let total = self.sent.fetch_add(*nar_bytes, Ordering::Relaxed) + nar_bytes;
+                    let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        *last = Instant::now();
+                        eprintln!("{host}: {} sent", mib(total));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn transport_for(target: &Target, uri: &str) -> anyhow::Result<Box<dyn Transport>> {
+    match target {
+        Target::Local { store } => {
+            let root = store.root.clone().expect("local:// has a root");
+            let mut t = LocalTransport::new(root)?;
+            t.store_dir = store.store_dir.clone();
+            t.state_dir = store.state_dir.clone();
+            Ok(Box::new(t))
+        }
+        Target::Ssh { .. } => bail!("{uri}: the SSH transport is not wired into `ferry copy` yet"),
+        Target::NixSsh { .. } => bail!("{uri}: nix+ssh:// is not wired into `ferry copy` yet"),
+        Target::File { .. } => bail!("{uri}: file:// is not wired into `ferry copy` yet"),
+    }
+}
+
+fn summary_json(s: &PushSummary) -> serde_json::Value {
+    json!({
+        "host": s.host,
+        "closure_paths": s.closure_paths,
+        "paths_missing": s.paths_missing,
+        "paths_sent": s.paths_sent,
+        "paths_landed": s.paths_landed,
+        "nar_bytes_sent": s.nar_bytes_sent,
+        "resumed_bytes": s.resumed_bytes,
+        "wire_bytes": s.wire_bytes,
+        "wire_bytes_received": s.wire_bytes_received,
+        "diff_round_trips": s.diff_round_trips,
+        "seconds": s.seconds,
+        "phases": {
+            "closure": s.phases.closure.as_secs_f64(),
+            "connect": s.phases.connect.as_secs_f64(),
+            "diff": s.phases.diff.as_secs_f64(),
+            "send": s.phases.send.as_secs_f64(),
+            "import": s.phases.import.as_secs_f64(),
+        },
+        "rejected": s.rejected.iter().map(|r| json!({
+            "path": r.path.to_string(),
+            "reason": r.reason.as_str(),
+            "message": r.message,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_summary(s: &PushSummary) {
+    let ratio = if s.nar_bytes_sent > 0 {
+        format!(" ({:.0}% of NAR bytes)", 100.0 * s.wire_bytes as f64 / s.nar_bytes_sent as f64)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "{}: sent {} of {} paths, {} NAR bytes{}, {} on the wire{ratio}, {} refused; {:.2} s \
+         (closure {:.2}, connect {:.2}, diff {:.2}, send {:.2}, import {:.2})",
+        s.host,
+        s.paths_sent,
+        s.closure_paths,
+        s.nar_bytes_sent,
+        if s.resumed_bytes > 0 {
+            format!(" (+{} resumed)", s.resumed_bytes)
+        } else {
+            String::new()
+        },
+        s.wire_bytes,
+        s.rejected.len(),
+        s.seconds,
+        s.phases.closure.as_secs_f64(),
+        s.phases.connect.as_secs_f64(),
+        s.phases.diff.as_secs_f64(),
+        s.phases.send.as_secs_f64(),
+        s.phases.import.as_secs_f64(),
+    );
+}
+
+pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    if args.from.is_some() {
+        return copy_from(global, &args);
+    }
+    let layout = super::store::layout(global)?;
+    let targets: Vec<(String, Target)> = args
+        .to
+        .iter()
+        .map(|uri| Ok((uri.clone(), Target::parse(uri)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let t = Instant::now();
+    let store = super::store::open_read_only(global)?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| super::store::parse_store_arg(&store, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let closure = store.closure(&roots).context("cannot compute the closure")?;
+    drop(store);
+    let closure_time = t.elapsed();
+    let (key, generated) = transfer::trust::load_or_generate_key(layout.state_dir())?;
+    if let Some(dir) = generated {
+        eprintln!(
+            "ferry: generated a signing key pair in {} (signing-key.sec, signing-key.pub); hosts \
+             accept paths it signs once it is in their ACL (ferry copy --authorize)",
+            dir.display()
+        );
+    }
+    let options = PushOptions {
+        encoding: if args.no_compress { Encoding::None } else { Encoding::Zstd },
+        zstd_level: args.compression_level,
+        authorize: args.authorize,
+        cut_after: std::env::var(CUT_AFTER_ENV).ok().and_then(|v| v.parse().ok()),
+        ..PushOptions::default()
+    };
+    let render = Render::new(false);
+    let results = push_all(&layout, &closure, &targets, &key, &options, &render, closure_time);
+    render.finish();
+    let mut failed = false;
+    let mut hosts_json = Vec::new();
+    let (mut paths_sent, mut nar_sent, mut wire) = (0usize, 0u64, 0u64);
+    for ((uri, _), result) in targets.iter().zip(results) {
+        match result {
+            Ok(summary) => {
+                paths_sent += summary.paths_sent;
+                nar_sent += summary.nar_bytes_sent;
+                wire += summary.wire_bytes;
+                if !summary.rejected.is_empty() {
+                    failed = true;
+                    for r in &summary.rejected {
+                        eprintln!("ferry: {uri}: refused {}: {}: {}", r.path, r.reason, r.message);
+                    }
+                }
+                if !args.json {
+                    print_summary(&summary);
+                }
+                hosts_json.push(summary_json(&summary));
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("ferry: error: {e:#}");
+                hosts_json.push(json!({ "host": uri, "error": format!("{e:#}") }));
+            }
+        }
+    }
+    if args.json {
+        let out = json!({
+            "paths_sent": paths_sent,
+            "nar_bytes_sent": nar_sent,
+            "wire_bytes": wire,
+            "seconds": started.elapsed().as_secs_f64(),
+            "closure_paths": closure.len(),
+            "hosts": hosts_json,
+        });
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{out}")?;
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+fn push_all(
+    layout: &StoreLayout,
+    closure: &ValidatedClosure,
+    targets: &[(String, Target)],
+    key: &signing::guix::SigningKey,
+    options: &PushOptions,
+    render: &Render,
+    closure_time: Duration,
+) -> Vec<anyhow::Result<PushSummary>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(uri, target)| {
+                scope.spawn(move || -> anyhow::Result<PushSummary> {
+                    let transport = transport_for(target, uri)?;
+                    let mut summary =
+                        push_closure(layout, closure, transport.as_ref(), key, options, render)?;
+                    summary.phases.closure = closure_time;
+                    summary.seconds += closure_time.as_secs_f64();
+                    Ok(summary)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a copy thread panicked"))))
+            .collect()
+    })
+}
+
+/// `--from local:///ROOT`: push from that store into ours, with an agent on a thread.
+fn copy_from(global: &GlobalOpts, args: &CopyArgs) -> anyhow::Result<ExitCode> {
+    let uri = args.from.as_deref().expect("checked");
+    let Target::Local { store: params } = Target::parse(uri)? else {
+        bail!("{uri}: --from supports local:///ROOT for now");
+    };
+    let ours = super::store::layout(global)?;
+    let theirs = StoreLayout::new(
+        params.root.clone().expect("local:// has a root"),
+        match &params.store_dir {
+            Some(d) => nar_core::store_path::StoreDir::new(d.clone())?,
+            None => ours.store_dir().clone(),
+        },
+        params.state_dir.clone(),
+    )?;
+    let t = Instant::now();
+    let source = closure::Store::open_read_only(theirs.clone())?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| super::store::parse_store_arg(&source, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let closure = source.closure(&roots)?;
+    drop(source);
+    // Sign with our key and trust it for this import: we are the one asking for the paths.
+    let (key, _) = transfer::trust::load_or_generate_key(ours.state_dir())?;
+    let options = PushOptions { authorize: true, ..PushOptions::default() };
+    let transport = transfer::transport::InProcessTransport {
+        options: transfer::agent::AgentOptions::new(ours),
+    };
+    let render = Render::new(false);
+    let mut summary = push_closure(&theirs, &closure, &transport, &key, &options, &render)?;
+    render.finish();
+    summary.phases.closure = t.elapsed().saturating_sub(summary.phases.connect);
+    if args.json {
+        println!("{}", summary_json(&summary));
+    } else {
+        print_summary(&summary);
+    }
+    Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

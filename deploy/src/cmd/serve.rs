@@ -1,0 +1,64 @@
+//! `ferry serve`: the host agent, speaking the ferry protocol on stdin and stdout.
+//!
+//! The store is chosen with the global `--root`, `--store-dir` and `--state-dir`. Paths must be
+//! signed by a key in `<state>/acl`. The coordinator (`ferry copy`, `ferry deploy`) starts it
+//! over SSH or as a local subprocess; it is not meant to be run by hand.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use transfer::agent::{serve, AgentOptions};
+
+use super::GlobalOpts;
+
+/// Test hook: the agent exits abruptly (as if killed) once it has read this many bytes.
+pub const DIE_AFTER_ENV: &str = "FERRY_TEST_AGENT_DIE_AFTER";
+
+/// `ferry serve` arguments.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Keep partially received paths of at least this many NAR bytes for resume.
+    #[arg(long, default_value_t = 1 << 20, hide = true)]
+    pub partial_min: u64,
+}
+
+/// Exits the process once `left` bytes have been read.
+struct DieAfter<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for DieAfter<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            std::process::exit(137);
+        }
+        let max = buf.len().min(self.left as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let layout = super::store::layout(global)?;
+    let mut options = AgentOptions::new(layout);
+    options.partial_min = args.partial_min;
+    // Unbuffered handles on fds 0 and 1 (std's stdout is line-buffered).
+    let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
+    let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    let input: Box<dyn Read> = match std::env::var(DIE_AFTER_ENV).ok().and_then(|v| v.parse().ok())
+    {
+        Some(left) => Box::new(DieAfter { inner: stdin, left }),
+        None => Box::new(stdin),
+    };
+    match serve(options, input, stdout) {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) => {
+            eprintln!("ferry serve: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}

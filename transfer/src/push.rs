@@ -1,0 +1,531 @@
+//! The copy pipeline, coordinator side: closure → one-round-trip diff → NAR dump → zstd →
+//! sign → stream → acknowledgements.
+//!
+//! [`push_closure`] runs one session against one agent:
+//! 1. `Hello`/`Welcome` (the host's store dir must match ours), optionally `Authorize`;
+//! 2. one `Query` with the whole closure (path, NAR hash, size), answered by one `Have`;
+//! 3. a sender thread streams each missing path in topological order — `PathStart` (path info
+//!    and signature), the NAR dumped from disk, zstd-compressed, cut into `Data` frames, then
+//!    `PathEnd` — never waiting for acknowledgements; a path the agent partly holds is sent
+//!    from the byte it announced;
+//! 4. meanwhile this thread reads `Ack`/`Reject` as each path lands, then `Bye`.
+//!
+//! Memory stays bounded: the NAR is produced by `dump` into the zstd encoder, whose output is
+//! cut into chunks of [`crate::protocol::DATA_CHUNK`] bytes written straight to the stream;
+//! back-pressure from a slow link blocks the dump.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use closure::{PathInfo, StoreLayout, ValidatedClosure};
+use nar_core::store_path::StorePath;
+use signing::guix::SigningKey;
+
+use crate::framed::{DataWriter, FrameReader, FrameWriter, FramedError};
+use crate::protocol::{
+    CoordinatorState, Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason,
+    Welcome,
+};
+use crate::transport::{Connection, Transport, TransportError};
+
+/// How to push.
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    /// Encoding of path data.
+    pub encoding: Encoding,
+    /// zstd level (3 by default; the hook for adaptive levels chosen from the link rate).
+    pub zstd_level: i32,
+    /// zstd worker threads (0: compress on the sender thread).
+    pub zstd_workers: u32,
+    /// Add our signing key to the host's ACL before sending.
+    pub authorize: bool,
+    /// Test hook: stop writing after this many wire bytes, as if the connection were cut.
+    pub cut_after: Option<u64>,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions {
+            encoding: Encoding::Zstd,
+            zstd_level: 3,
+            zstd_workers: 0,
+            authorize: false,
+            cut_after: None,
+        }
+    }
+}
+
+/// Progress reported while pushing (the binary renders it).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ProgressEvent<'a> {
+    /// Handshake done.
+    Connected { welcome: &'a Welcome },
+    /// The diff is known.
+    Plan { closure_paths: usize, missing_paths: usize, nar_bytes: u64, resumed_bytes: u64 },
+    /// More NAR bytes went out.
+    Sent { nar_bytes: u64 },
+    /// The host registered a path.
+    Landed { path: &'a StorePath },
+    /// The host refused a path.
+    Rejected { path: &'a StorePath, reason: RejectReason, message: &'a str },
+}
+
+/// A receiver of [`ProgressEvent`]s.
+pub trait Progress: Send + Sync {
+    /// Called from the pushing threads.
+    fn event(&self, host: &str, event: &ProgressEvent<'_>);
+}
+
+/// Ignores progress.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn event(&self, _: &str, _: &ProgressEvent<'_>) {}
+}
+
+/// A path the host refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub path: StorePath,
+    pub reason: RejectReason,
+    pub message: String,
+}
+
+/// Time spent in each phase.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Phases {
+    /// Computing the closure (set by the caller that computed it).
+    pub closure: Duration,
+    /// Starting the agent and the handshake (and authorization).
+    pub connect: Duration,
+    /// The one diff round trip.
+    pub diff: Duration,
+    /// Streaming path data, until the last byte was written.
+    pub send: Duration,
+    /// From the last byte written to the last acknowledgement.
+    pub import: Duration,
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default)]
+pub struct PushSummary {
+    /// The transport's description.
+    pub host: String,
+    /// The host's answer to the handshake.
+    pub welcome: Option<Welcome>,
+    /// Paths in the closure.
+    pub closure_paths: usize,
+    /// Paths the host lacked.
+    pub paths_missing: usize,
+    /// Paths whose data was sent.
+    pub paths_sent: usize,
+    /// Paths the host registered (or had already).
+    pub paths_landed: usize,
+    /// NAR bytes sent (excluding bytes the host already held from an interrupted transfer).
+    pub nar_bytes_sent: u64,
+    /// NAR bytes not sent because the host held them from an interrupted transfer.
+    pub resumed_bytes: u64,
+    /// Bytes written to the connection.
+    pub wire_bytes: u64,
+    /// Bytes read from the connection.
+    pub wire_bytes_received: u64,
+    /// `Query` round trips (always one).
+    pub diff_round_trips: u32,
+    /// Paths refused, with the reasons.
+    pub rejected: Vec<Rejection>,
+    /// Time per phase.
+    pub phases: Phases,
+    /// Wall time of the whole push (closure included when the caller set it).
+    pub seconds: f64,
+    /// Whether the key was newly added to the host's ACL.
+    pub authorized: Option<bool>,
+}
+
+/// Why a push failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{host}: {error}{}", stderr_note(.stderr))]
+    Session { host: String, error: FramedError, stderr: String },
+    #[error(
+        "{host} keeps its store in {theirs}, this store is in {ours}: store paths differ between \
+         them (choose the host's store dir with ?store-dir=)"
+    )]
+    StoreDirMismatch { host: String, ours: String, theirs: String },
+    #[error("{host}: sending {path}: {error}")]
+    Send { host: String, path: String, error: io::Error },
+}
+
+fn stderr_note(stderr: &str) -> String {
+    let t = stderr.trim();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("\nthe agent said:\n{t}")
+    }
+}
+
+/// Stops writing after a byte budget (the `cut_after` test hook).
+struct CutWriter<W> {
+    inner: W,
+    left: Option<u64>,
+}
+
+impl<W: Write> Write for CutWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self.left {
+            Some(0) => {
+                Err(io::Error::new(io::ErrorKind::ConnectionAborted, "connection cut (test hook)"))
+            }
+            Some(left) => {
+                let n = buf.len().min(left as usize);
+                let n = self.inner.write(&buf[..n])?;
+                self.left = Some(left - n as u64);
+                Ok(n)
+            }
+            None => self.inner.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Drops the first `skip` bytes written, passes the rest on, and reports progress.
+struct SkipWriter<'a, W> {
+    inner: W,
+    skip: u64,
+    passed: u64,
+    unreported: u64,
+    report: &'a dyn Fn(u64),
+}
+
+impl<W: Write> Write for SkipWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let skipped = buf.len().min(self.skip as usize);
+        self.skip -= skipped as u64;
+        if skipped < buf.len() {
+            self.inner.write_all(&buf[skipped..])?;
+            let n = (buf.len() - skipped) as u64;
+            self.passed += n;
+            self.unreported += n;
+            if self.unreported >= 1 << 20 {
+                (self.report)(self.unreported);
+                self.unreported = 0;
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Stream one path's NAR from `offset` on as `Data` frames; returns the NAR bytes sent.
+fn send_nar<W: Write>(
+    layout: &StoreLayout,
+    info: &PathInfo,
+    offset: u64,
+    options: &PushOptions,
+    out: &mut FrameWriter<W>,
+    report: &dyn Fn(u64),
+) -> io::Result<u64> {
+    let phys = layout.physical_path(&info.path);
+    let mut data = DataWriter::new(out);
+    let sent = match options.encoding {
+        Encoding::Zstd => {
+            let mut enc = zstd::stream::write::Encoder::new(&mut data, options.zstd_level)?;
+            if options.zstd_workers > 0 {
+                enc.multithread(options.zstd_workers)?;
+            }
+            let mut skip =
+                SkipWriter { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
+            dump_into(&phys, &mut skip)?;
+            report(skip.unreported);
+            let passed = skip.passed;
+            enc.finish()?;
+            passed
+        }
+        Encoding::None => {
+            let mut skip =
+                SkipWriter { inner: &mut data, skip: offset, passed: 0, unreported: 0, report };
+            dump_into(&phys, &mut skip)?;
+            report(skip.unreported);
+            skip.passed
+        }
+    };
+    data.finish()?;
+    Ok(sent)
+}
+
+fn dump_into<W: Write>(path: &std::path::Path, out: W) -> io::Result<()> {
+    nar_core::dump::dump(path, out).map(|_| ()).map_err(|e| match e {
+        nar_core::dump::DumpError::Write(io) => io,
+        other => io::Error::other(other.to_string()),
+    })
+}
+
+/// Push `closure` (from the store at `local`) to the agent behind `transport`.
+pub fn push_closure(
+    local: &StoreLayout,
+    closure: &ValidatedClosure,
+    transport: &dyn Transport,
+    key: &SigningKey,
+    options: &PushOptions,
+    progress: &dyn Progress,
+) -> Result<PushSummary, PushError> {
+    let host = transport.describe();
+    let started = Instant::now();
+    let Connection { reader, writer, mut agent } = transport.connect()?;
+    let wire_out = Arc::new(AtomicU64::new(0));
+    let mut frames = FrameReader::new(reader);
+    let out =
+        FrameWriter::new(CutWriter { inner: writer, left: options.cut_after }, wire_out.clone());
+    let result = session(
+        local,
+        closure,
+        &host,
+        key,
+        options,
+        progress,
+        &mut frames,
+        out,
+        &wire_out,
+        started,
+    );
+    match result {
+        Ok(mut summary) => {
+            drop(frames);
+            agent.wait()?;
+            summary.wire_bytes = wire_out.load(Ordering::Relaxed);
+            summary.seconds =
+                started.elapsed().as_secs_f64() + summary.phases.closure.as_secs_f64();
+            Ok(summary)
+        }
+        Err(e) => {
+            drop(frames);
+            // Give the agent a moment to finish writing its complaint, then stop it.
+            let stderr = match agent.wait() {
+                Ok(()) => agent.stderr(),
+                Err(TransportError::AgentFailed { stderr, .. }) => stderr,
+                Err(other) => other.to_string(),
+            };
+            Err(match e {
+                PushError::Session { host, error, .. } => {
+                    PushError::Session { host, error, stderr }
+                }
+                other => other,
+            })
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn session<R: io::Read, W: Write + Send>(
+    local: &StoreLayout,
+    closure: &ValidatedClosure,
+    host: &str,
+    key: &SigningKey,
+    options: &PushOptions,
+    progress: &dyn Progress,
+    frames: &mut FrameReader<R>,
+    mut out: FrameWriter<W>,
+    wire_out: &AtomicU64,
+    started: Instant,
+) -> Result<PushSummary, PushError> {
+    let session_err = |source: FramedError| PushError::Session {
+        host: host.to_owned(),
+        error: source,
+        stderr: String::new(),
+    };
+    let io_err = |e: io::Error| session_err(FramedError::Io(e));
+    let state = Mutex::new(CoordinatorState::new());
+    let send = |out: &mut FrameWriter<W>, frame: Frame| -> Result<(), PushError> {
+        state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .on_send(&frame)
+            .map_err(|e| session_err(e.into()))?;
+        out.send(&frame).map_err(io_err)
+    };
+    let receive = |frames: &mut FrameReader<R>| -> Result<Frame, PushError> {
+        let frame = frames.read_frame().map_err(session_err)?;
+        let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+        match frame {
+            Some(f) => {
+                st.on_receive(&f).map_err(|e| session_err(e.into()))?;
+                Ok(f)
+            }
+            None => {
+                st.on_eof().map_err(|e| session_err(e.into()))?;
+                Err(session_err(ProtocolError::Eof { state: "after the session" }.into()))
+            }
+        }
+    };
+    let mut summary = PushSummary {
+        host: host.to_owned(),
+        closure_paths: closure.len(),
+        diff_round_trips: 1,
+        ..Default::default()
+    };
+
+    // Handshake.
+    send(&mut out, Frame::Hello(Hello::ours()))?;
+    out.flush().map_err(io_err)?;
+    let Frame::Welcome(welcome) = receive(frames)? else {
+        unreachable!("checked by the state machine")
+    };
+    frames.decoder_mut().set_peer(format!(
+        "{}..={} (ferry {})",
+        welcome.min_version, welcome.max_version, welcome.ferry_version
+    ));
+    if welcome.store_dir != local.store_dir().as_str() {
+        return Err(PushError::StoreDirMismatch {
+            host: host.to_owned(),
+            ours: local.store_dir().to_string(),
+            theirs: welcome.store_dir.clone(),
+        });
+    }
+    progress.event(host, &ProgressEvent::Connected { welcome: &welcome });
+    summary.welcome = Some(welcome);
+    if options.authorize {
+        send(&mut out, Frame::Authorize { public_key: key.verifying_key().to_key_file() })?;
+        out.flush().map_err(io_err)?;
+        if let Frame::Authorized { added } = receive(frames)? {
+            summary.authorized = Some(added);
+        }
+    }
+    summary.phases.connect = started.elapsed();
+
+    // The diff: one round trip.
+    let t = Instant::now();
+    let entries = closure
+        .iter()
+        .map(|i| QueryEntry { path: i.path.clone(), nar_hash: i.nar_hash, nar_size: i.nar_size })
+        .collect();
+    send(&mut out, Frame::Query(entries))?;
+    out.flush().map_err(io_err)?;
+    let Frame::Have { missing, .. } = receive(frames)? else {
+        unreachable!("checked by the state machine")
+    };
+    let resume: BTreeMap<StorePath, u64> =
+        missing.into_iter().map(|m| (m.path, m.resume_from)).collect();
+    let missing_set = resume.keys().cloned().collect();
+    let plan =
+        closure::diff(closure, &closure::RemoteAnswer::Missing(missing_set)).map_err(|e| {
+            session_err(ProtocolError::Malformed { frame: "Have", reason: e.to_string() }.into())
+        })?;
+    summary.phases.diff = t.elapsed();
+    summary.paths_missing = plan.len();
+    let to_send: Vec<(&PathInfo, u64)> = plan
+        .paths
+        .iter()
+        .map(|info| (info, resume.get(&info.path).copied().unwrap_or(0).min(info.nar_size)))
+        .collect();
+    summary.resumed_bytes = to_send.iter().map(|(_, o)| *o).sum();
+    progress.event(
+        host,
+        &ProgressEvent::Plan {
+            closure_paths: closure.len(),
+            missing_paths: plan.len(),
+            nar_bytes: plan.nar_size - summary.resumed_bytes,
+            resumed_bytes: summary.resumed_bytes,
+        },
+    );
+
+    // Stream (sender thread) while reading answers (this thread).
+    let t_send = Instant::now();
+    let store_dir = local.store_dir().clone();
+    let report = |n: u64| progress.event(host, &ProgressEvent::Sent { nar_bytes: n });
+    let (landed, rejected, outcome, sent) = std::thread::scope(|scope| {
+        let sender = scope.spawn(|| {
+            let mut nar_sent = 0u64;
+            let mut paths_sent = 0usize;
+            let result = (|| -> Result<(), PushError> {
+                for (info, offset) in &to_send {
+                    let references: Vec<StorePath> = info.references.iter().cloned().collect();
+                    let signature = crate::trust::sign_path(
+                        key,
+                        &store_dir,
+                        &info.path,
+                        &info.nar_hash,
+                        info.nar_size,
+                        &references,
+                    );
+                    let start = PathStart {
+                        path: info.path.clone(),
+                        nar_hash: info.nar_hash,
+                        nar_size: info.nar_size,
+                        references,
+                        deriver: info.deriver.clone(),
+                        ca: info.ca.clone(),
+                        signature,
+                        encoding: options.encoding,
+                        offset: *offset,
+                    };
+                    send(&mut out, Frame::PathStart(Box::new(start)))?;
+                    let sent = send_nar(local, info, *offset, options, &mut out, &report).map_err(
+                        |source| PushError::Send {
+                            host: host.to_owned(),
+                            path: info.path.to_absolute(&store_dir),
+                            error: source,
+                        },
+                    )?;
+                    nar_sent += sent;
+                    paths_sent += 1;
+                    send(&mut out, Frame::PathEnd)?;
+                }
+                send(&mut out, Frame::Done)?;
+                out.flush().map_err(io_err)
+            })();
+            let elapsed = t_send.elapsed();
+            // Closing our side lets the agent see the end if we stopped early.
+            drop(out);
+            result.map(|()| (nar_sent, paths_sent, elapsed))
+        });
+        let mut landed = 0usize;
+        let mut rejected = Vec::new();
+        let outcome = loop {
+            match receive(frames) {
+                Ok(Frame::Ack { path, .. }) => {
+                    landed += 1;
+                    progress.event(host, &ProgressEvent::Landed { path: &path });
+                }
+                Ok(Frame::Reject { path, reason, message }) => {
+                    progress.event(
+                        host,
+                        &ProgressEvent::Rejected { path: &path, reason, message: &message },
+                    );
+                    rejected.push(Rejection { path, reason, message });
+                }
+                Ok(Frame::Bye { .. }) => break Ok(()),
+                Ok(_) => unreachable!("checked by the state machine"),
+                Err(e) => break Err(e),
+            }
+        };
+        let sent = sender.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (landed, rejected, outcome, sent)
+    });
+    // The sender's error is the cause when both failed (a cut connection ends the reading too).
+    let (nar_sent, paths_sent, send_time) = match (sent, outcome) {
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(e)) => return Err(e),
+        (Ok(s), Ok(())) => s,
+    };
+    summary.phases.send = send_time;
+    summary.phases.import = t_send.elapsed().saturating_sub(send_time);
+    summary.paths_sent = paths_sent;
+    summary.nar_bytes_sent = nar_sent;
+    summary.paths_landed = landed;
+    summary.rejected = rejected;
+    summary.wire_bytes = wire_out.load(Ordering::Relaxed);
+    summary.wire_bytes_received = frames.bytes_read();
+    Ok(summary)
+}

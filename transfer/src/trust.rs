@@ -1,0 +1,131 @@
+//! What a path's signature covers, signing on the coordinator, checking on the agent, and the
+//! local signing key.
+//!
+//! A path travels with a Guix signature (an S-expression, guix-spec §3.4) over the SHA-256 of
+//! its Nix narinfo fingerprint `1;<abs path>;sha256:<nix32>;<size>;<abs refs sorted>`: the
+//! path, its NAR hash and size and its references are all covered. The agent accepts a path
+//! only when a key in its ACL (`<state>/acl`) made the signature (the Guix rule: a signature is
+//! required, even for root), checked in Guix's order (signing::acl). The NAR hash itself is
+//! checked while the NAR is restored.
+
+use std::path::{Path, PathBuf};
+
+use nar_core::hash::Sha256Hash;
+use nar_core::store_path::{StoreDir, StorePath};
+use signing::acl::{Acl, SignatureError};
+use signing::guix::{Signature, SigningKey};
+
+use crate::protocol::{PathStart, RejectReason};
+
+/// Problems with the local signing key.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error(transparent)]
+    KeyFile(#[from] signing::keyfile::KeyFileError),
+    #[error("cannot create {0:?}: {1}")]
+    CreateDir(PathBuf, std::io::Error),
+}
+
+/// The digest a path's signature covers.
+pub fn path_digest(
+    store_dir: &StoreDir,
+    path: &StorePath,
+    nar_hash: &Sha256Hash,
+    nar_size: u64,
+    references: &[StorePath],
+) -> [u8; 32] {
+    let fp = signing::nix::fingerprint(store_dir, path, nar_hash, nar_size, references);
+    Sha256Hash::of(fp.as_bytes()).0
+}
+
+/// Sign a path: the Guix signature text to put in its `PathStart`.
+pub fn sign_path(
+    key: &SigningKey,
+    store_dir: &StoreDir,
+    path: &StorePath,
+    nar_hash: &Sha256Hash,
+    nar_size: u64,
+    references: &[StorePath],
+) -> Vec<u8> {
+    key.sign(&path_digest(store_dir, path, nar_hash, nar_size, references)).to_text()
+}
+
+/// Check a received path's signature against the ACL; the reason and message on refusal.
+pub fn check_path(
+    acl: &Acl,
+    store_dir: &StoreDir,
+    start: &PathStart,
+) -> Result<(), (RejectReason, String)> {
+    if start.signature.is_empty() {
+        return Err((
+            RejectReason::Unsigned,
+            "the path is not signed, and a signature by an authorized key is required".into(),
+        ));
+    }
+    let sig = Signature::parse(&start.signature)
+        .map_err(|e| (RejectReason::BadSignature, format!("unreadable signature: {e}")))?;
+    let digest =
+        path_digest(store_dir, &start.path, &start.nar_hash, start.nar_size, &start.references);
+    // S-expressions in the messages are multi-line; keep each message on one line.
+    let one_line =
+        |e: SignatureError| e.to_string().split_whitespace().collect::<Vec<_>>().join(" ");
+    match acl.check_signature(&sig, &digest) {
+        Ok(_) => Ok(()),
+        Err(e @ SignatureError::Unauthorized { .. }) => {
+            Err((RejectReason::Unauthorized, one_line(e)))
+        }
+        Err(e) => Err((RejectReason::BadSignature, one_line(e))),
+    }
+}
+
+/// The local signing key `<state>/signing-key.sec`, generated on first use; the second value
+/// is the directory where a new key pair was written.
+pub fn load_or_generate_key(state_dir: &Path) -> Result<(SigningKey, Option<PathBuf>), KeyError> {
+    let sec = state_dir.join("signing-key.sec");
+    if sec.symlink_metadata().is_ok() {
+        return Ok((signing::keyfile::load_guix_signing_key(&sec)?, None));
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| KeyError::CreateDir(state_dir.to_owned(), e))?;
+    let key = signing::keyfile::generate_guix_key_pair(state_dir, &mut rand::thread_rng())?;
+    Ok((key, Some(state_dir.to_owned())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Encoding;
+
+    #[test]
+    fn sign_and_check() {
+        let dir = StoreDir::guix();
+        let key = SigningKey::generate(&mut rand::thread_rng());
+        let path = StorePath::from_parts([3; 20], "x").unwrap();
+        let r = StorePath::from_parts([4; 20], "r").unwrap();
+        let hash = Sha256Hash::of(b"nar");
+        let mut start = PathStart {
+            path: path.clone(),
+            nar_hash: hash,
+            nar_size: 3,
+            references: vec![r.clone()],
+            deriver: None,
+            ca: None,
+            signature: sign_path(&key, &dir, &path, &hash, 3, std::slice::from_ref(&r)),
+            encoding: Encoding::Zstd,
+            offset: 0,
+        };
+        let mut acl = Acl::new();
+        assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::Unauthorized);
+        acl.authorize(key.verifying_key().to_sexp()).unwrap();
+        check_path(&acl, &dir, &start).unwrap();
+        start.nar_size = 4;
+        assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::BadSignature);
+        start.nar_size = 3;
+        start.references.clear();
+        assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::BadSignature);
+        start.signature.clear();
+        assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::Unsigned);
+        start.signature = b"(garbage".to_vec();
+        assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::BadSignature);
+    }
+}

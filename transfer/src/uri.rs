@@ -1,0 +1,187 @@
+//! Copy targets as URIs.
+//!
+//! ```text
+//! ssh://[user@]host[:port][?root=DIR&store-dir=DIR&state-dir=DIR]   a ferry agent over SSH
+//! local:///ROOT[?store-dir=DIR&state-dir=DIR]                        a ferry agent, local subprocess
+//! nix+ssh://[user@]host[:port][?root=DIR]                            nix-store --serve --write
+//! file:///DIR                                                        a binary cache directory
+//! ```
+//! Query values are taken literally except `%XX` escapes.
+
+use std::path::PathBuf;
+
+/// A URI that is not one of the forms above.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid target {uri:?}: {reason} (expected ssh://[user@]host[:port], local:///ROOT, nix+ssh://[user@]host[:port] or file:///DIR)")]
+pub struct UriError {
+    pub uri: String,
+    pub reason: String,
+}
+
+/// Which store on the host (query parameters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreParams {
+    pub root: Option<PathBuf>,
+    pub store_dir: Option<String>,
+    pub state_dir: Option<PathBuf>,
+}
+
+/// An SSH endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshEndpoint {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+/// A parsed target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// `ssh://`.
+    Ssh { endpoint: SshEndpoint, store: StoreParams },
+    /// `local:///ROOT`.
+    Local { store: StoreParams },
+    /// `nix+ssh://`.
+    NixSsh { endpoint: SshEndpoint, store: StoreParams },
+    /// `file:///DIR`.
+    File { dir: PathBuf },
+}
+
+fn unescape(s: &str) -> Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or("truncated %-escape")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad %-escape %{hex}"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 after unescaping".to_owned())
+}
+
+impl Target {
+    /// Parse a target URI.
+    pub fn parse(uri: &str) -> Result<Target, UriError> {
+        let err = |reason: &str| UriError { uri: uri.to_owned(), reason: reason.to_owned() };
+        let (scheme, rest) = uri.split_once("://").ok_or_else(|| err("no scheme"))?;
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let mut store = StoreParams::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or_else(|| err("query parameter without '='"))?;
+            let v = unescape(v).map_err(|r| err(&r))?;
+            match k {
+                "root" => store.root = Some(PathBuf::from(v)),
+                "store-dir" => store.store_dir = Some(v),
+                "state-dir" => store.state_dir = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(err(&format!(
+                        "unknown parameter {k:?} (known: root, store-dir, state-dir)"
+                    )))
+                }
+            }
+        }
+        let endpoint = |authority: &str| -> Result<SshEndpoint, UriError> {
+            let authority = authority.trim_end_matches('/');
+            let (user, hostport) = match authority.rsplit_once('@') {
+                Some((u, h)) => (Some(unescape(u).map_err(|r| err(&r))?), h),
+                None => (None, authority),
+            };
+            let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+                let (h, after) = rest.split_once(']').ok_or_else(|| err("unclosed '['"))?;
+                (h.to_owned(), after.strip_prefix(':'))
+            } else {
+                match hostport.rsplit_once(':') {
+                    Some((h, p)) => (h.to_owned(), Some(p)),
+                    None => (hostport.to_owned(), None),
+                }
+            };
+            if host.is_empty() {
+                return Err(err("no host"));
+            }
+            let port = port.map(|p| p.parse::<u16>().map_err(|_| err("bad port"))).transpose()?;
+            Ok(SshEndpoint { user, host, port })
+        };
+        match scheme {
+            "ssh" => Ok(Target::Ssh { endpoint: endpoint(rest)?, store }),
+            "nix+ssh" => Ok(Target::NixSsh { endpoint: endpoint(rest)?, store }),
+            "local" | "file" => {
+                let path = rest
+                    .strip_prefix('/')
+                    .ok_or_else(|| err("expected three slashes: local:///ROOT"))?;
+                let path = PathBuf::from(format!("/{}", unescape(path).map_err(|r| err(&r))?));
+                if scheme == "local" {
+                    if store.root.is_some() {
+                        return Err(err("the root is the path of a local:// URI"));
+                    }
+                    store.root = Some(path);
+                    Ok(Target::Local { store })
+                } else {
+                    if store != StoreParams::default() {
+                        return Err(err("file:// takes no parameters"));
+                    }
+                    Ok(Target::File { dir: path })
+                }
+            }
+            other => Err(err(&format!("unknown scheme {other:?}"))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        assert_eq!(
+            Target::parse("ssh://root@web1:2222?root=/tmp/h&store-dir=/nix/store").unwrap(),
+            Target::Ssh {
+                endpoint: SshEndpoint {
+                    user: Some("root".into()),
+                    host: "web1".into(),
+                    port: Some(2222)
+                },
+                store: StoreParams {
+                    root: Some("/tmp/h".into()),
+                    store_dir: Some("/nix/store".into()),
+                    state_dir: None
+                },
+            }
+        );
+        assert_eq!(
+            Target::parse("ssh://[::1]:22").unwrap(),
+            Target::Ssh {
+                endpoint: SshEndpoint { user: None, host: "::1".into(), port: Some(22) },
+                store: StoreParams::default()
+            }
+        );
+        assert_eq!(
+            Target::parse("local:///tmp/a%20b?state-dir=/s").unwrap(),
+            Target::Local {
+                store: StoreParams {
+                    root: Some("/tmp/a b".into()),
+                    store_dir: None,
+                    state_dir: Some("/s".into())
+                }
+            }
+        );
+        assert_eq!(
+            Target::parse("file:///tmp/cache").unwrap(),
+            Target::File { dir: "/tmp/cache".into() }
+        );
+        assert!(matches!(Target::parse("nix+ssh://h").unwrap(), Target::NixSsh { .. }));
+        for bad in
+            ["web1", "ftp://x", "local://relative", "ssh://", "ssh://h:port", "local:///x?bogus=1"]
+        {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
