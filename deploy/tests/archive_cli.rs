@@ -289,6 +289,62 @@ fn guix_round_trip_export_r_import_verify() {
 }
 
 #[test]
+fn large_item_streams_through_export_and_import() {
+    let src = source();
+    // 24 MiB of incompressible-looking bytes, in a tree with the small items.
+    let big = src.tmp.path().join("big");
+    std::fs::create_dir(&big).unwrap();
+    let mut data = Vec::with_capacity(24 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while data.len() < 24 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(big.join("blob"), &data).unwrap();
+    std::fs::write(big.join("uses"), &src.b).unwrap();
+    let path = ok(&src.root, &["store", "add", big.to_str().unwrap()]).trim().to_owned();
+    let bundle = ok_bytes(&src.root, "/gnu/store", &["archive", "--export", "-r", &path]);
+    let target = src.target("target", true);
+    let out =
+        check(ferry_stdin(&target, "/gnu/store", &["archive", "--import"], &bundle), "import");
+    assert_eq!(String::from_utf8(out).unwrap(), format!("{}\n{}\n{path}\n", src.a, src.b));
+    assert_clean(&target, "/gnu/store");
+    assert_eq!(
+        std::fs::read(target.join(path.trim_start_matches('/')).join("blob")).unwrap(),
+        data
+    );
+}
+
+#[test]
+fn export_refuses_a_path_changed_on_disk() {
+    let src = source();
+    let file = src.physical(&src.a);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&file, "contents of A\n").unwrap();
+    let out = ferry_cmd(&src.root, "/gnu/store")
+        .args(["archive", "--export", "-r", &src.b])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("hash of path `{}' has changed from", src.a)), "{stderr}");
+    // What was written stops inside the item: no importer accepts it.
+    let target = src.target("target", true);
+    let out = ferry_stdin(&target, "/gnu/store", &["archive", "--import"], &out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(valid_paths(&target).is_empty());
+    assert_clean(&target, "/gnu/store");
+    // An invalid path is refused by name.
+    let bogus = format!("/gnu/store/{}-bogus", "0".repeat(32));
+    let out = ferry_cmd(&src.root, "/gnu/store").args(["archive", "--export", &bogus]).output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("path `{bogus}' is not valid")));
+}
+
+#[test]
 fn reject_no_signature() {
     let src = source();
     // a signed, then b unsigned (the Nix form), spliced into one bundle.
@@ -561,6 +617,13 @@ fn nix_store_export_imports_into_ferry() {
     let imported = String::from_utf8(check(out, "import nix bundle")).unwrap();
     assert_eq!(imported, format!("{}\n{}\n", nix.src, nix.text));
     assert_clean(&root, "/nix/store");
+    // ferry exports from Nix's store in place (read-only), byte for byte as nix-store does.
+    let ours = ok_bytes(
+        &nix.store,
+        "/nix/store",
+        &["archive", "--export", "--format", "nix", "-r", &nix.text],
+    );
+    assert_eq!(ours, bundle);
     for p in [&nix.src, &nix.text] {
         for field in ["--hash", "--size", "--references"] {
             assert_eq!(

@@ -41,7 +41,10 @@
 //! (earlier in the bundle or already in the store). Only then is the item renamed into place
 //! and registered, in its own transaction. The first bad item stops the import with Guix's
 //! message (guix-spec §2.5) and exit code 1: nothing of it stays, and the items before it stay
-//! valid. Imported paths are printed one per line, as `nix-store --import` does.
+//! valid. Imported paths are printed one per line, as `nix-store --import` does. A path that is
+//! valid already is checked the same way and left as it is. The deriver is recorded as the
+//! bundle states it (as Nix does; Guix's daemon records it only when the `.drv` is valid
+//! locally).
 //!
 //! **Unsigned bundles.** `--format guix` always requires a signature, even for root, as Guix
 //! does. `--format nix` checks a signature when an item carries one and refuses unsigned items
@@ -271,6 +274,9 @@ fn authorize(state: &Path, text: &[u8]) -> anyhow::Result<()> {
     // An S-expression starts with '(' (any libgcrypt form); a Nix key is `name:base64`.
     if trimmed.starts_with(b"(") {
         let sexp = Sexp::parse(trimmed).context("the key on stdin is not an S-expression")?;
+        if sexp.head() != Some(b"public-key") {
+            bail!("s-expression does not denote a public key (give the `(public-key …)` file, e.g. signing-key.pub)");
+        }
         let acl = state.join(ACL);
         let outcome = keyfile::authorize_key_in_file(&acl, sexp)?;
         if outcome.replaced_symlink {
@@ -563,6 +569,11 @@ fn read_item<R: Read>(
             Err(e) => Err(anyhow::Error::new(e).context(context())),
             Ok(_) => Err(anyhow::anyhow!("the NAR was cut short")).with_context(context),
         },
+        Err(e @ BundleError::NotInStore { .. }) => Err(anyhow::Error::new(e).context(format!(
+            "{} (this store's dir is {}; choose another with --store-dir)",
+            context(),
+            store.store_dir()
+        ))),
         Err(e) => Err(anyhow::Error::new(e).context(context())),
         Ok(Some(item)) => {
             restored.with_context(context)?;
