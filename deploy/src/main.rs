@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod activation;
+mod checks;
 mod cmd;
 mod deployment;
 mod generations;
