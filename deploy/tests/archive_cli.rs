@@ -345,6 +345,38 @@ fn export_refuses_a_path_changed_on_disk() {
 }
 
 #[test]
+fn eddsa_key_and_acl_bootstrap_from_own_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("eddsa");
+    ok(&root, &["archive", "--generate-key=(genkey (ecc (curve Ed25519) (flags eddsa)))"]);
+    let public = std::fs::read_to_string(root.join("var/ferry/signing-key.pub")).unwrap();
+    assert!(public.contains("(flags eddsa)"), "{public}");
+    let file = tmp.path().join("f");
+    std::fs::write(&file, "f\n").unwrap();
+    let path = ok(&root, &["store", "add", file.to_str().unwrap()]).trim().to_owned();
+    let bundle = ok_bytes(&root, "/gnu/store", &["archive", "--export", &path]);
+    assert!(String::from_utf8_lossy(&bundle).contains("(eddsa"), "signed with EdDSA");
+    // A host with the same key pair and no ACL trusts its own key (Guix's ensure-acl).
+    let host = tmp.path().join("host");
+    let state = host.join("var/ferry");
+    std::fs::create_dir_all(&state).unwrap();
+    for f in ["signing-key.pub", "signing-key.sec"] {
+        std::fs::copy(root.join("var/ferry").join(f), state.join(f)).unwrap();
+    }
+    assert!(!state.join("acl").exists());
+    let out = check(ferry_stdin(&host, "/gnu/store", &["archive", "--import"], &bundle), "import");
+    assert_eq!(String::from_utf8(out).unwrap(), format!("{path}\n"));
+    let acl = std::fs::read_to_string(state.join("acl")).unwrap();
+    assert!(acl.starts_with("(acl \n (entry \n  (public-key ") && acl.contains("(guix import)"));
+    // Authorizing the same key again leaves the ACL as it is.
+    check(
+        ferry_stdin(&host, "/gnu/store", &["archive", "--authorize"], public.as_bytes()),
+        "authorize",
+    );
+    assert_eq!(std::fs::read_to_string(state.join("acl")).unwrap(), acl);
+}
+
+#[test]
 fn reject_no_signature() {
     let src = source();
     // a signed, then b unsigned (the Nix form), spliced into one bundle.
