@@ -744,7 +744,15 @@ impl FrameDecoder {
             self.start = 0;
         }
         match result {
-            Ok(frame) => Ok(Some(frame)),
+            Ok(frame) => {
+                if let Frame::Hello(Hello { min_version, max_version, ferry_version, .. })
+                | Frame::Welcome(Welcome { min_version, max_version, ferry_version, .. }) =
+                    &frame
+                {
+                    self.set_peer(format!("{min_version}..={max_version} (ferry {ferry_version})"));
+                }
+                Ok(Some(frame))
+            }
             Err(DecodeFailure::UnknownKind(kind)) => Err(ProtocolError::UnknownFrame {
                 kind,
                 ours: format!("{MIN_VERSION}..={VERSION} (ferry {})", env!("CARGO_PKG_VERSION")),
@@ -824,6 +832,8 @@ pub enum CoordinatorPhase {
 pub struct CoordinatorState {
     phase: CoordinatorPhase,
     version: Option<u32>,
+    /// The version range our `Hello` offered.
+    ours: (u32, u32),
     /// Paths sent (or being sent) and not yet answered.
     in_flight: BTreeSet<StorePath>,
     current: Option<StorePath>,
@@ -841,6 +851,7 @@ impl CoordinatorState {
         CoordinatorState {
             phase: CoordinatorPhase::Start,
             version: None,
+            ours: (MIN_VERSION, VERSION),
             in_flight: BTreeSet::new(),
             current: None,
         }
@@ -865,7 +876,10 @@ impl CoordinatorState {
     pub fn on_send(&mut self, frame: &Frame) -> Result<(), ProtocolError> {
         use CoordinatorPhase as P;
         let next = match (self.phase, frame) {
-            (P::Start, Frame::Hello(_)) => P::AwaitWelcome,
+            (P::Start, Frame::Hello(h)) => {
+                self.ours = (h.min_version, h.max_version);
+                P::AwaitWelcome
+            }
             (P::Ready, Frame::Authorize { .. }) => P::AwaitAuthorized,
             (P::Ready, Frame::Query(_)) => P::AwaitHave,
             (P::Sending, Frame::PathStart(p)) => {
@@ -913,8 +927,8 @@ impl CoordinatorState {
         let next = match (self.phase, frame) {
             (P::AwaitWelcome, Frame::Welcome(w)) => {
                 self.version = Some(negotiate(
-                    MIN_VERSION,
-                    VERSION,
+                    self.ours.0,
+                    self.ours.1,
                     w.min_version,
                     w.max_version,
                     &w.ferry_version,
