@@ -44,6 +44,9 @@ enum Command {
     Copy(cmd::copy::CopyArgs),
     /// The host agent: the ferry protocol on stdin/stdout (started by `ferry copy` and deploy).
     Serve(cmd::serve::ServeArgs),
+    /// Deploy the machines of a deployment file (local machines today), list their
+    /// generations, or roll them back.
+    Deploy(cmd::deploy::DeployArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +65,7 @@ fn main() -> ExitCode {
         Command::Archive(args) => cmd::archive::run(&cli.global, args),
         Command::Copy(args) => cmd::copy::run(&cli.global, args),
         Command::Serve(args) => cmd::serve::run(&cli.global, args),
+        Command::Deploy(args) => cmd::deploy::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

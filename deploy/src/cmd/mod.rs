@@ -2,6 +2,7 @@
 
 pub mod archive;
 pub mod copy;
+pub mod deploy;
 pub mod gc;
 pub mod nar;
 pub mod serve;

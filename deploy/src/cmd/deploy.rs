@@ -1,0 +1,577 @@
+//! `ferry deploy FILE`: build each selected machine's system and activate it, for `local`
+//! machines (a root directory on this machine).
+//!
+//! Per machine: build the system into the local store; safety checks (devices) and the
+//! downgrade check; copy the closure into the host root's store; add a generation; then drive
+//! [`crate::activation::Activation`] (switch the profile, run `activate`, run the host's
+//! health-check commands, run the coordinator's TCP/HTTP probes and confirm or reject), rolling
+//! back on failure. A host already on the same system is left alone. The run ends with one
+//! line per machine and exits 0 only if every selected machine succeeded.
+//!
+//! `managed-host` machines need the SSH transfer engine, which is wired in separately; until
+//! then they are reported as failed with that reason (and `--dry-run` lists them).
+//!
+//! The copy into a local host's store is a plain NAR export/import between two stores on this
+//! machine (`copy_closure`), the local stand-in for the transfer engine.
+
+use std::fs;
+use std::io::{BufReader, Read, Seek, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{anyhow, bail, Context};
+use closure::{LayoutOptions, Store, StoreLayout};
+
+use super::GlobalOpts;
+use crate::activation::{Action, Activation, Config, Event, Input, Outcome};
+use crate::checks::{self, Verdict};
+use crate::deployment::{Deployment, Environment, HealthCheck, Machine};
+use crate::generations::Profiles;
+use crate::system::{self, Provenance};
+
+/// `ferry deploy` arguments.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    /// Deployment file (TOML; see examples/demo.toml).
+    pub file: PathBuf,
+    /// Machines to act on: names and @tags, comma-separated (default: all).
+    #[arg(long, value_name = "NAME|@TAG,...")]
+    pub on: Option<String>,
+    /// Print per machine what would be copied (paths and bytes); change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// List each machine's generations.
+    #[arg(long, conflicts_with_all = ["dry_run", "roll_back"])]
+    pub list_generations: bool,
+    /// Return each machine to its previous generation (profile, activate, services).
+    #[arg(short = 'r', long, conflicts_with = "dry_run")]
+    pub roll_back: bool,
+}
+
+/// Run `ferry deploy`.
+pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let deployment = Deployment::load(&args.file)?;
+    let machines = deployment.select(args.on.as_deref())?;
+    if args.list_generations {
+        return list_generations(&machines);
+    }
+    let mut results = Vec::new();
+    let mut store = if args.roll_back {
+        None
+    } else {
+        let layout = StoreLayout::resolve(&LayoutOptions {
+            root: global.root.clone(),
+            store_dir: global.store_dir.clone(),
+            state_dir: global.state_dir.clone(),
+        })?;
+        Some(Store::open(layout).context("cannot open the local store")?)
+    };
+    let verb = if args.roll_back {
+        "rolled back"
+    } else if args.dry_run {
+        "deployed (dry run)"
+    } else {
+        "deployed"
+    };
+    eprintln!(
+        "The following {} machine(s) will be {verb}: {}",
+        machines.len(),
+        machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
+    );
+    for m in &machines {
+        let start = Instant::now();
+        let result = match (&mut store, m.environment) {
+            (_, Environment::ManagedHost) => Err(anyhow!(
+                "managed-host machines need the SSH transfer engine, which `ferry deploy` does \
+                 not drive yet; use a `local` machine"
+            )),
+            (None, Environment::Local) => roll_back_local(m),
+            (Some(store), Environment::Local) => deploy_local(store, &deployment, m, args.dry_run),
+        };
+        if let Err(e) = &result {
+            eprintln!("{}: error: {e:#}", m.name);
+        }
+        results.push((m.name.clone(), result, start.elapsed()));
+    }
+    println!(
+        "{:<16} {:<10} {:>10} {:>12} {:>8}  DETAIL",
+        "MACHINE", "RESULT", "GENERATION", "SENT", "TIME"
+    );
+    let mut ok = true;
+    for (name, result, elapsed) in &results {
+        let time = format!("{:.1}s", elapsed.as_secs_f64());
+        match result {
+            Ok(r) => {
+                ok &= r.success;
+                let generation = r.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+                let sent = if r.bytes == 0 && r.paths == 0 {
+                    "-".to_owned()
+                } else {
+                    format!("{} ({})", human(r.bytes), r.paths)
+                };
+                println!(
+                    "{name:<16} {:<10} {generation:>10} {sent:>12} {time:>8}  {}",
+                    if r.success { "ok" } else { "FAILED" },
+                    r.detail
+                );
+            }
+            Err(e) => {
+                ok = false;
+                let first = format!("{e:#}").lines().next().unwrap_or_default().to_owned();
+                println!("{name:<16} {:<10} {:>10} {:>12} {time:>8}  {first}", "FAILED", "-", "-");
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// One machine's result for the table.
+#[derive(Debug)]
+struct HostResult {
+    success: bool,
+    generation: Option<u64>,
+    paths: usize,
+    bytes: u64,
+    detail: String,
+}
+
+fn list_generations(machines: &[&Machine]) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    for m in machines {
+        println!("{} ({}):", m.name, m.configuration.root.display());
+        if m.environment != Environment::Local {
+            println!("  (managed-host: listing over SSH is not wired yet)");
+            ok = false;
+            continue;
+        }
+        let gens = Profiles::new(&m.configuration.root).list()?;
+        if gens.is_empty() {
+            println!("  no generations");
+        }
+        for g in gens {
+            println!(
+                "  {:>4}  {}  {}{}",
+                g.number,
+                format_time(g.time),
+                g.system.display(),
+                if g.current { "  (current)" } else { "" }
+            );
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn host_store(store_dir: &nar_core::store_path::StoreDir, root: &Path) -> anyhow::Result<Store> {
+    fs::create_dir_all(root)
+        .with_context(|| format!("cannot create host root {}", root.display()))?;
+    let layout = StoreLayout::new(root, store_dir.clone(), None)?;
+    Store::open(layout)
+        .with_context(|| format!("cannot open the host store under {}", root.display()))
+}
+
+fn deploy_local(
+    store: &mut Store,
+    deployment: &Deployment,
+    m: &Machine,
+    dry_run: bool,
+) -> anyhow::Result<HostResult> {
+    let c = &m.configuration;
+    let root = &c.root;
+    let say = |msg: &str| eprintln!("{}: {msg}", m.name);
+    let provenance = Provenance::of_file(&deployment.file, m.declaration.as_deref());
+    let built = system::build(store, &m.os, &provenance)
+        .with_context(|| format!("building the system of {}", m.name))?;
+    say(&format!("system {}", built.absolute));
+
+    // Safety checks, in one probe.
+    if c.safety_checks {
+        let device_checks = checks::device_checks(&m.os);
+        if !device_checks.is_empty() {
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg(checks::probe_script(&device_checks))
+                .env("FERRY_ROOT", root)
+                .stdin(Stdio::null())
+                .output()
+                .context("running the safety checks")?;
+            let errors = checks::evaluate(&device_checks, &String::from_utf8_lossy(&out.stdout));
+            if !errors.is_empty() {
+                let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+                bail!(
+                    "safety checks failed: {} (set `safety-checks = false` to skip them)",
+                    list.join("; ")
+                );
+            }
+        }
+    }
+
+    let profiles = Profiles::new(root);
+    // Downgrade check against the host's current system.
+    let host_provenance = profiles
+        .current_system()?
+        .and_then(|s| fs::read_to_string(s.join("provenance")).ok())
+        .and_then(|t| Provenance::parse(&t));
+    if profiles.current_system()?.is_some() {
+        let verdict = checks::downgrade_check(
+            host_provenance.as_ref(),
+            &provenance,
+            c.allow_downgrades,
+            |old, new| checks::git_relation(&deployment.dir, old, new),
+        );
+        match verdict {
+            Verdict::Proceed => {}
+            Verdict::Warn(w) => say(&format!("warning: {w}")),
+            Verdict::Refuse(r) => bail!("{r}"),
+        }
+    }
+
+    let mut host = host_store(store.store_dir(), root)?;
+    let closure = store.closure(std::slice::from_ref(&built.path))?;
+    let valid = host.query_valid(closure.paths())?;
+    let missing: Vec<_> = closure.iter().filter(|i| !valid.contains(&i.path)).collect();
+    let bytes: u64 = missing.iter().map(|i| i.nar_size).sum();
+    if dry_run {
+        println!("{}: would copy {} path(s), {} bytes:", m.name, missing.len(), bytes);
+        for i in &missing {
+            println!("  {} {}", i.path.to_absolute(store.store_dir()), i.nar_size);
+        }
+        return Ok(HostResult {
+            success: true,
+            generation: profiles.current()?,
+            paths: missing.len(),
+            bytes,
+            detail: "dry run: nothing changed".into(),
+        });
+    }
+    for info in &missing {
+        copy_path(store, &mut host, info)?;
+    }
+    let paths = missing.len();
+    if paths > 0 {
+        say(&format!("copied {paths} path(s), {} bytes", bytes));
+    }
+    let on_host = profiles.on_host(Path::new(&built.absolute));
+    let current = profiles.current()?;
+    if let Some(cur) = current {
+        if profiles.generation(cur).map(|g| g.system == on_host).unwrap_or(false) {
+            return Ok(HostResult {
+                success: true,
+                generation: Some(cur),
+                paths,
+                bytes,
+                detail: "already on this system".into(),
+            });
+        }
+    }
+    let new = profiles.add(&on_host)?;
+    say(&format!("generation {new}"));
+    let config = Config {
+        confirm_timeout: c.confirm_timeout,
+        host_health_checks: m.os.health_checks.iter().any(HealthCheck::runs_on_host),
+    };
+    let outcome = drive(&profiles, m, Activation::new(new, current, config))?;
+    let (success, generation, detail) = match outcome {
+        Outcome::Deployed { generation } => (true, generation, "activated".to_owned()),
+        Outcome::RolledBack { from, to, reason } => {
+            (false, to, format!("{reason}; rolled back from generation {from} to {to}"))
+        }
+        Outcome::Failed { generation, reason } => {
+            (false, generation, format!("{reason}; no previous generation to return to"))
+        }
+        Outcome::RollbackFailed { from, to, reason, rollback_error } => (
+            false,
+            from,
+            format!(
+                "{reason}; rolling back to {to} failed too: {rollback_error} (needs attention)"
+            ),
+        ),
+    };
+    Ok(HostResult { success, generation: Some(generation), paths, bytes, detail })
+}
+
+/// Copy one valid path into another store on this machine (references must be there already).
+fn copy_path(from: &Store, to: &mut Store, info: &closure::PathInfo) -> anyhow::Result<()> {
+    let mut tmp = tempfile::tempfile().context("cannot create a temporary file")?;
+    nar_core::dump::dump(&from.physical_path(&info.path), &mut tmp)
+        .with_context(|| format!("cannot read {}", info.path.to_absolute(from.store_dir())))?;
+    tmp.rewind()?;
+    to.import_nar(info, &mut BufReader::new(tmp))?;
+    Ok(())
+}
+
+/// Carry out the state machine's actions on a local host root.
+fn drive(profiles: &Profiles, m: &Machine, mut activation: Activation) -> anyhow::Result<Outcome> {
+    let root = profiles.root();
+    let system_of = |g: u64| -> anyhow::Result<PathBuf> { Ok(profiles.generation(g)?.system) };
+    loop {
+        while let Some(action) = activation.poll_action() {
+            let input = match action {
+                Action::SwitchProfile { generation } => Input::ProfileSwitched(
+                    profiles.switch_to(generation).map_err(|e| e.to_string()),
+                ),
+                Action::RunActivate { generation, previous } => {
+                    let system = system_of(generation)?;
+                    let prev = previous.map(system_of).transpose()?;
+                    profiles.set_current_system(&system)?;
+                    Input::ActivateExited(run_activate(&m.name, root, &system, prev.as_deref()))
+                }
+                Action::RunHealthChecks { .. } => Input::HealthChecks(host_checks(m, root)),
+                Action::ArmConfirmDeadline { .. } => {
+                    // The coordinator's own probes, then confirm (a local root is always
+                    // reachable); the deadline only matters when these take too long.
+                    let input = match coordinator_probes(m) {
+                        Ok(()) => Input::Confirmed,
+                        Err(why) => Input::Rejected(why),
+                    };
+                    activation.handle(Instant::now(), input)?;
+                    continue;
+                }
+                Action::Report(event) => {
+                    report(&m.name, &event);
+                    continue;
+                }
+            };
+            activation.handle(Instant::now(), input)?;
+        }
+        if let Some(outcome) = activation.outcome() {
+            return Ok(outcome.clone());
+        }
+        // Local driving never waits: confirmation is answered as soon as it is asked for.
+        match activation.poll_timeout() {
+            Some(deadline) => {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                activation.handle_timeout(Instant::now());
+            }
+            None => bail!("activation of {} stalled", m.name),
+        }
+    }
+}
+
+fn report(name: &str, event: &Event) {
+    match event {
+        Event::RollingBack { from, to, reason } => {
+            eprintln!("{name}: {reason}; rolling back from generation {from} to {to}")
+        }
+        Event::CannotRollBack { generation, reason } => {
+            eprintln!("{name}: {reason}; generation {generation} has no previous generation")
+        }
+        Event::AwaitingConfirmation { .. } => eprintln!("{name}: confirming"),
+        _ => {}
+    }
+}
+
+/// Run a system's `activate`, its output prefixed with the machine name.
+fn run_activate(name: &str, root: &Path, system: &Path, previous: Option<&Path>) -> Option<i32> {
+    let out = Command::new(system.join("activate"))
+        .env("FERRY_ROOT", root)
+        .env("FERRY_PREVIOUS_SYSTEM", previous.map(Path::as_os_str).unwrap_or_default())
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(out) => {
+            let mut err = std::io::stderr().lock();
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = writeln!(err, "{name}: {line}");
+            }
+            for line in String::from_utf8_lossy(&out.stderr).lines() {
+                let _ = writeln!(err, "{name}: {line}");
+            }
+            out.status.code()
+        }
+        Err(e) => {
+            eprintln!("{name}: cannot run {}: {e}", system.join("activate").display());
+            None
+        }
+    }
+}
+
+/// Run the host's health-check commands (with their timeouts).
+fn host_checks(m: &Machine, root: &Path) -> Result<(), Vec<String>> {
+    let mut failures = Vec::new();
+    for check in &m.os.health_checks {
+        let HealthCheck::Command { command, timeout } = check else { continue };
+        let root_env = root.to_string_lossy().trim_end_matches('/').to_owned();
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(command)
+            .current_dir(root)
+            .env("FERRY_ROOT", root_env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn();
+        let mut child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("`{command}`: cannot run: {e}"));
+                continue;
+            }
+        };
+        let deadline = Instant::now() + *timeout;
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break None;
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break None,
+            }
+        };
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut stderr);
+                }
+                let stderr = stderr.trim();
+                failures.push(format!(
+                    "`{command}` exited with {}{}",
+                    s.code().map_or("a signal".to_owned(), |c| format!("code {c}")),
+                    if stderr.is_empty() { String::new() } else { format!(": {stderr}") }
+                ));
+            }
+            None => failures.push(format!("`{command}` timed out after {}s", timeout.as_secs())),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures)
+    }
+}
+
+/// TCP and HTTP probes from this machine (host: the SSH host name, `localhost` for `local`).
+fn coordinator_probes(m: &Machine) -> Result<(), String> {
+    let host = m.configuration.host_name.clone().unwrap_or_else(|| "localhost".into());
+    for check in &m.os.health_checks {
+        match check {
+            HealthCheck::Command { .. } => {}
+            HealthCheck::Tcp { host: h, port, timeout } => {
+                let h = h.clone().unwrap_or_else(|| host.clone());
+                tcp_connect(&h, *port, *timeout).map_err(|e| format!("tcp {h}:{port}: {e}"))?;
+            }
+            HealthCheck::Http { url, status, timeout } => {
+                let url = url.replace("{host}", &host);
+                let got = http_status(&url, *timeout).map_err(|e| format!("{url}: {e}"))?;
+                if got != *status {
+                    return Err(format!("{url}: status {got}, expected {status}"));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn tcp_connect(host: &str, port: u16, timeout: Duration) -> std::io::Result<TcpStream> {
+    let mut last = None;
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no address")))
+}
+
+/// `GET url` over plain HTTP/1.0; returns the status code.
+fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) =
+        rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| format!("bad port in {authority}"))?),
+        None => (authority, 80),
+    };
+    let mut s = tcp_connect(host, port, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).map_err(|e| e.to_string())?;
+    let line = String::from_utf8_lossy(&head[..n]);
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))
+}
+
+fn roll_back_local(m: &Machine) -> anyhow::Result<HostResult> {
+    let profiles = Profiles::new(&m.configuration.root);
+    let (from, to) = profiles.roll_back()?;
+    let from_system = profiles.generation(from)?.system;
+    let to_system = profiles.generation(to)?.system;
+    profiles.set_current_system(&to_system)?;
+    eprintln!("{}: rolling back from generation {from} to {to}", m.name);
+    match run_activate(&m.name, profiles.root(), &to_system, Some(&from_system)) {
+        Some(0) => Ok(HostResult {
+            success: true,
+            generation: Some(to),
+            paths: 0,
+            bytes: 0,
+            detail: format!("rolled back from generation {from}"),
+        }),
+        code => Ok(HostResult {
+            success: false,
+            generation: Some(to),
+            paths: 0,
+            bytes: 0,
+            detail: format!(
+                "the profile is on generation {to}, but its activate exited with {code:?} \
+                 (needs attention)"
+            ),
+        }),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` in UTC.
+fn format_time(t: SystemTime) -> String {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let days = (secs / 86_400) as i64;
+    let (h, mi) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes() {
+        assert_eq!(format_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00 UTC");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
+        assert_eq!(format_time(t), "2025-11-24 16:00 UTC");
+        assert_eq!(human(512), "512 B");
+        assert_eq!(human(1536), "1.5 KiB");
+    }
+}
