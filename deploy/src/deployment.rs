@@ -1173,6 +1173,40 @@ health-checks = [{ command = "true" }, { tcp = 22, timeout = 2 }, { http = "http
     }
 
     #[test]
+    fn the_examples_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let demo = Deployment::parse(
+            &dir.join("demo.toml"),
+            include_str!("../../examples/demo.toml"),
+            &env,
+        )
+        .unwrap();
+        assert_eq!(demo.machines.len(), 2);
+        for m in &demo.machines {
+            assert_eq!(m.environment, Environment::Local);
+            assert_eq!(m.declaration.as_deref(), Some("demo"));
+            assert_eq!(m.os.host_name, m.name);
+            assert_eq!(m.configuration.confirm_timeout, None);
+            assert_eq!(
+                m.configuration.root,
+                PathBuf::from(format!("/home/u/.local/share/ferry/hosts/{}", m.name))
+            );
+        }
+        let ssh =
+            Deployment::parse(&dir.join("ssh.toml"), include_str!("../../examples/ssh.toml"), &env)
+                .unwrap();
+        let names: Vec<&str> =
+            ssh.select(Some("@web")).unwrap().iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["web1", "web2"]);
+        let db1 = &ssh.machines[2];
+        assert!(db1.configuration.allow_downgrades);
+        assert_eq!(db1.configuration.user, "deploy");
+        assert_eq!(db1.os.file_systems.len(), 2);
+        assert_eq!(ssh.machines[1].configuration.port, 2222);
+        assert_eq!(ssh.machines[0].os.health_checks.len(), 3);
+    }
+
+    #[test]
     fn line_column_counts_characters() {
         assert_eq!(line_column("ab\ncdé\nf", 0), (1, 1));
         assert_eq!(line_column("ab\ncdé\nf", 3), (2, 1));

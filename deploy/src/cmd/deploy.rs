@@ -8,6 +8,10 @@
 //! back on failure. A host already on the same system is left alone. The run ends with one
 //! line per machine and exits 0 only if every selected machine succeeded.
 //!
+//! TCP and HTTP health checks run from here as part of confirmation (a failure rejects the
+//! deployment and rolls back); with `confirm-timeout = false` they run after activation and
+//! only warn.
+//!
 //! `managed-host` machines need the SSH transfer engine, which is wired in separately; until
 //! then they are reported as failed with that reason (and `--dry-run` lists them).
 //!
@@ -273,6 +277,17 @@ fn deploy_local(
     };
     let outcome = drive(&profiles, m, Activation::new(new, current, config))?;
     let (success, generation, detail) = match outcome {
+        Outcome::Deployed { generation } if c.confirm_timeout.is_none() => {
+            // TCP/HTTP probes belong to confirmation; without it they only warn.
+            match coordinator_probes(m) {
+                Ok(()) => (true, generation, "activated".to_owned()),
+                Err(why) => (
+                    true,
+                    generation,
+                    format!("activated; warning: {why} (confirmation is off: no rollback)"),
+                ),
+            }
+        }
         Outcome::Deployed { generation } => (true, generation, "activated".to_owned()),
         Outcome::RolledBack { from, to, reason } => {
             (false, to, format!("{reason}; rolled back from generation {from} to {to}"))

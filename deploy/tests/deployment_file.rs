@@ -1,0 +1,357 @@
+//! `ferry deploy` on `local` machines, through the real binary: the README demo, redeploys,
+//! rollback, failures that roll back, safety and downgrade checks, file errors.
+//!
+//! Every test runs in a fresh temp directory: the coordinator's store under `FERRY_ROOT`, the
+//! hosts under `XDG_DATA_HOME/ferry/hosts/<name>`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("home")).unwrap();
+        Env { dir }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn host(&self, name: &str) -> PathBuf {
+        self.path().join("data/ferry/hosts").join(name)
+    }
+
+    fn ferry(&self, args: &[&str]) -> Output {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
+        c.args(args)
+            .current_dir(self.path())
+            .env_remove("FERRY_STORE_DIR")
+            .env_remove("FERRY_STATE_DIR")
+            .env("FERRY_ROOT", self.path().join("coordinator"))
+            .env("XDG_DATA_HOME", self.path().join("data"))
+            .env("HOME", self.path().join("home"));
+        c.output().unwrap()
+    }
+
+    /// Run and expect an exit code; returns stdout + stderr.
+    fn expect(&self, code: i32, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(code), "ferry {}:\n{text}", args.join(" "));
+        text
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.path().join(name);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    }
+
+    fn current(&self, host: &str) -> Option<String> {
+        fs::read_link(self.host(host).join("var/ferry/profiles/system"))
+            .ok()
+            .map(|p| p.to_string_lossy().into_owned())
+    }
+}
+
+fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for e in fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            fs::copy(e.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_demo_deploys_redeploys_and_rolls_back() {
+    let env = Env::new();
+    let demo = examples().join("demo.toml");
+    let demo = demo.to_str().unwrap();
+    let out = env.expect(0, &["deploy", demo]);
+    assert!(out.contains("The following 2 machine(s) will be deployed: demo1, demo2"), "{out}");
+    for (host, name) in [("demo1", "demo1"), ("demo2", "demo2")] {
+        let root = env.host(host);
+        assert_eq!(
+            fs::read_to_string(root.join("var/hello.txt")).unwrap(),
+            format!("Hello, demo, from {name}!\n")
+        );
+        assert!(fs::read_to_string(root.join("etc/motd")).unwrap().starts_with("Welcome"));
+        assert_eq!(fs::read_to_string(root.join("etc/hostname")).unwrap(), format!("{name}\n"));
+        assert_eq!(env.current(host).as_deref(), Some("system-1-link"));
+    }
+    // Nothing changed: nothing copied, no new generation.
+    let out = env.expect(0, &["deploy", demo]);
+    assert_eq!(out.matches("already on this system").count(), 2, "{out}");
+    let out = env.expect(0, &["deploy", demo, "--list-generations"]);
+    assert_eq!(out.matches("(current)").count(), 2, "{out}");
+
+    // A changed copy of the demo: new generation, the service is left alone, etc changes.
+    let copy = env.path().join("demo");
+    copy_tree(&examples(), &copy);
+    fs::write(copy.join("motd"), "Changed motd\n").unwrap();
+    let changed = copy.join("demo.toml");
+    let changed = changed.to_str().unwrap();
+    let out = env.expect(0, &["deploy", changed, "--on", "demo1", "--dry-run"]);
+    assert!(out.contains("demo1: would copy 1 path(s)"), "{out}");
+    assert_eq!(env.current("demo1").as_deref(), Some("system-1-link"));
+    let out = env.expect(0, &["deploy", changed, "--on", "demo1"]);
+    assert!(!out.contains("starting service hello"), "{out}");
+    assert_eq!(env.current("demo1").as_deref(), Some("system-2-link"));
+    assert_eq!(fs::read_to_string(env.host("demo1").join("etc/motd")).unwrap(), "Changed motd\n");
+    assert_eq!(env.current("demo2").as_deref(), Some("system-1-link"));
+
+    // Roll back demo1 for real; demo2 has nothing to roll back to.
+    let out = env.expect(1, &["deploy", demo, "--roll-back"]);
+    assert!(out.contains("rolled back from generation 2"), "{out}");
+    assert!(out.contains("no generation before generation 1"), "{out}");
+    assert_eq!(env.current("demo1").as_deref(), Some("system-1-link"));
+    assert!(fs::read_to_string(env.host("demo1").join("etc/motd")).unwrap().starts_with("Welcome"));
+    // The next deploy takes generation 3: generation 2 is never overwritten.
+    env.expect(0, &["deploy", changed, "--on", "demo1"]);
+    assert_eq!(env.current("demo1").as_deref(), Some("system-3-link"));
+}
+
+const FLEET: &str = r#"
+[operating-system.base]
+packages = ["./hello"]
+services = [{ name = "svc", start = 'echo SVC > "$FERRY_ROOT/var/svc"' }]
+
+[[machine]]
+name = "good"
+environment = "local"
+operating-system = { inherit = "base", timezone = "TZ" }
+
+[[machine]]
+name = "bad"
+environment = "local"
+operating-system = { inherit = "base", timezone = "TZ", BAD }
+
+[[machine]]
+name = "unhealthy"
+environment = "local"
+operating-system = { inherit = "base", timezone = "TZ", UNHEALTHY }
+
+[[machine]]
+name = "remote"
+tags = ["remote"]
+operating-system = "base"
+[machine.configuration]
+host-name = "192.0.2.1"
+"#;
+
+fn fleet(env: &Env, timezone: &str, bad: &str, unhealthy: &str) -> String {
+    fs::create_dir_all(env.path().join("fleet/hello/bin")).unwrap();
+    fs::write(env.path().join("fleet/hello/bin/hello"), "#!/bin/sh\necho hi\n").unwrap();
+    let text =
+        FLEET.replace("TZ", timezone).replace(", BAD", bad).replace(", UNHEALTHY", unhealthy);
+    env.write("fleet/fleet.toml", &text)
+}
+
+#[test]
+fn failures_roll_back_and_never_stop_the_others() {
+    let env = Env::new();
+    let file = fleet(&env, "Etc/UTC", "", "");
+    let out = env.expect(0, &["deploy", &file, "--on", "good,bad,unhealthy"]);
+    assert_eq!(out.matches("activated").count(), 3, "{out}");
+
+    // v2: `bad`'s service fails to start, `unhealthy`'s health check fails, the managed host
+    // cannot be deployed yet; `good` still deploys.
+    let file = fleet(
+        &env,
+        "Europe/Paris",
+        r#", services = [{ name = "svc", start = "exit 3" }]"#,
+        r#", health-checks = [{ command = "echo sick >&2; exit 4" }]"#,
+    );
+    let out = env.expect(1, &["deploy", &file]);
+    let row = |name: &str| {
+        out.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_owned()
+    };
+    assert!(row("good").contains(" ok ") && row("good").contains("activated"), "{out}");
+    assert!(
+        row("bad").contains("FAILED")
+            && row("bad")
+                .contains("activate exited with code 1; rolled back from generation 2 to 1"),
+        "{out}"
+    );
+    assert!(
+        row("unhealthy").contains("FAILED")
+            && row("unhealthy")
+                .contains("health checks failed: `echo sick >&2; exit 4` exited with code 4: sick"),
+        "{out}"
+    );
+    assert!(row("remote").contains("FAILED") && row("remote").contains("managed-host"), "{out}");
+    assert_eq!(env.current("good").as_deref(), Some("system-2-link"));
+    assert_eq!(env.current("bad").as_deref(), Some("system-1-link"));
+    assert_eq!(env.current("unhealthy").as_deref(), Some("system-1-link"));
+    // The rolled-back hosts run the old system again.
+    for host in ["bad", "unhealthy"] {
+        assert_eq!(fs::read_to_string(env.host(host).join("etc/timezone")).unwrap(), "Etc/UTC\n");
+    }
+    // The failed generations are kept (never overwritten): the next one is 3.
+    assert!(env.host("bad").join("var/ferry/profiles/system-2-link").exists());
+}
+
+#[test]
+fn coordinator_probe_failure_rolls_back() {
+    let env = Env::new();
+    let file = fleet(&env, "Etc/UTC", "", "");
+    env.expect(0, &["deploy", &file, "--on", "unhealthy"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // (Health checks are not part of the system: change the system too.)
+    let file = fleet(
+        &env,
+        "Europe/Paris",
+        "",
+        &format!(r#", health-checks = [{{ tcp = {port}, host = "127.0.0.1", timeout = 2 }}]"#),
+    );
+    let out = env.expect(1, &["deploy", &file, "--on", "unhealthy"]);
+    assert!(out.contains("the coordinator's checks failed: tcp 127.0.0.1:"), "{out}");
+    assert!(out.contains("rolled back from generation 2 to 1"), "{out}");
+    assert_eq!(env.current("unhealthy").as_deref(), Some("system-1-link"));
+}
+
+#[test]
+fn first_deploy_failure_has_nothing_to_return_to() {
+    let env = Env::new();
+    let file = fleet(&env, "Etc/UTC", r#", services = [{ name = "svc", start = "false" }]"#, "");
+    let out = env.expect(1, &["deploy", &file, "--on", "bad"]);
+    assert!(out.contains("no previous generation to return to"), "{out}");
+}
+
+#[test]
+fn safety_check_names_the_missing_device() {
+    let env = Env::new();
+    let file = env.write(
+        "fs.toml",
+        r#"
+[[machine]]
+name = "m"
+environment = "local"
+[machine.operating-system]
+file-systems = [{ device = "/dev/ferry-missing", mount-point = "/", type = "ext4" },
+                { device = "LABEL=nolabel", mount-point = "/data", type = "ext4" },
+                { device = "none", mount-point = "/tmp", type = "tmpfs" }]
+"#,
+    );
+    let out = env.expect(1, &["deploy", &file]);
+    assert!(
+        out.contains(
+            "safety checks failed: device '/dev/ferry-missing' not found: No such file or \
+             directory; no file system with label 'nolabel'"
+        ),
+        "{out}"
+    );
+    assert_eq!(env.current("m"), None);
+    // With the device present under the host root, and the label, it deploys.
+    fs::create_dir_all(env.host("m").join("dev/disk/by-label")).unwrap();
+    fs::write(env.host("m").join("dev/ferry-missing"), "").unwrap();
+    fs::write(env.host("m").join("dev/disk/by-label/nolabel"), "").unwrap();
+    env.expect(0, &["deploy", &file]);
+    // And `safety-checks = false` skips them.
+    let t = fs::read_to_string(&file).unwrap().replace("ferry-missing", "other");
+    let file =
+        env.write("fs.toml", &format!("{t}[machine.configuration]\nsafety-checks = false\n"));
+    env.expect(0, &["deploy", &file]);
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn downgrades_are_refused_unless_allowed() {
+    let env = Env::new();
+    let repo = env.path().join("repo");
+    fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q", "-b", "main"]);
+    let deploy_file = |motd: &str, allow: bool| {
+        fs::write(
+            repo.join("d.toml"),
+            format!(
+                "[[machine]]\nname = \"m\"\nenvironment = \"local\"\n\
+                 operating-system = {{ files = {{ motd = \"{motd}\" }} }}\n\
+                 [machine.configuration]\nallow-downgrades = {allow}\n"
+            ),
+        )
+        .unwrap();
+        git(&repo, &["add", "d.toml"]);
+        git(&repo, &["commit", "-q", "-m", motd]);
+        git(&repo, &["rev-parse", "HEAD"])
+    };
+    let file = repo.join("d.toml");
+    let file = file.to_str().unwrap();
+    let old = deploy_file("one", false);
+    env.expect(0, &["deploy", file]);
+    deploy_file("two", false);
+    env.expect(0, &["deploy", file]);
+    let provenance =
+        fs::read_to_string(env.host("m").join("var/ferry/current-system/provenance")).unwrap();
+    assert!(provenance.contains("\"deployment-file\": \"d.toml\""), "{provenance}");
+    git(&repo, &["checkout", "-q", &old]);
+    let out = env.expect(1, &["deploy", file]);
+    assert!(out.contains("aborting reconfiguration because commit"), "{out}");
+    assert!(out.contains("allow-downgrades = true"), "{out}");
+    assert_eq!(env.current("m").as_deref(), Some("system-2-link"));
+    // Allowed: a warning, and the deploy goes on.
+    git(&repo, &["checkout", "-q", "main"]);
+    git(&repo, &["checkout", "-q", "-b", "old", &old]);
+    let t = fs::read_to_string(repo.join("d.toml")).unwrap().replace("= false", "= true");
+    fs::write(repo.join("d.toml"), t).unwrap();
+    git(&repo, &["commit", "-q", "-am", "allow"]);
+    let out = env.expect(0, &["deploy", file]);
+    assert!(out.contains("warning: moving from"), "{out}");
+}
+
+#[test]
+fn file_errors_have_line_and_column() {
+    let env = Env::new();
+    let file = env.write(
+        "bad.toml",
+        "[[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = {}\nport = 22\n",
+    );
+    let out = env.expect(1, &["deploy", &file]);
+    assert!(out.contains(&format!("ferry: error: {file}:5:1: unknown field `port`")), "{out}");
+    let file = env.write(
+        "bad.toml",
+        "[[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = \"nope\"\n",
+    );
+    let out = env.expect(1, &["deploy", &file]);
+    assert!(out.contains(&format!("{file}:4:20: no [operating-system.nope] declaration")), "{out}");
+    let file = env.write(
+        "ok.toml",
+        "[[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = {}\n",
+    );
+    let out = env.expect(1, &["deploy", &file, "--on", "zz"]);
+    assert!(out.contains("no machine named 'zz'"), "{out}");
+}
