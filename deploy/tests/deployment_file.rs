@@ -113,6 +113,13 @@ fn the_demo_deploys_redeploys_and_rolls_back() {
     let changed = changed.to_str().unwrap();
     let out = env.expect(0, &["deploy", changed, "--on", "demo1", "--dry-run"]);
     assert!(out.contains("demo1: would copy 1 path(s)"), "{out}");
+    // A dry run on a host never deployed to creates nothing there.
+    let other = copy.join("other.toml");
+    fs::write(&other, fs::read_to_string(&changed).unwrap().replace("\"demo2\"", "\"fresh\""))
+        .unwrap();
+    let out = env.expect(0, &["deploy", other.to_str().unwrap(), "--on", "fresh", "--dry-run"]);
+    assert!(out.contains("fresh: would copy 2 path(s)"), "{out}");
+    assert!(!env.host("fresh").exists());
     assert_eq!(env.current("demo1").as_deref(), Some("system-1-link"));
     let out = env.expect(0, &["deploy", changed, "--on", "demo1"]);
     assert!(!out.contains("starting service hello"), "{out}");

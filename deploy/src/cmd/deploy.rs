@@ -231,9 +231,14 @@ fn deploy_local(
         }
     }
 
-    let mut host = host_store(store.store_dir(), root)?;
     let closure = store.closure(std::slice::from_ref(&built.path))?;
-    let valid = host.query_valid(closure.paths())?;
+    let host_layout = StoreLayout::new(root, store.store_dir().clone(), None)?;
+    let valid = if host_layout.ferry_db_path().exists() {
+        // Read-only: a dry run changes nothing on the host.
+        Store::open_read_only(host_layout)?.query_valid(closure.paths())?
+    } else {
+        Default::default()
+    };
     let missing: Vec<_> = closure.iter().filter(|i| !valid.contains(&i.path)).collect();
     let bytes: u64 = missing.iter().map(|i| i.nar_size).sum();
     if dry_run {
@@ -249,6 +254,7 @@ fn deploy_local(
             detail: "dry run: nothing changed".into(),
         });
     }
+    let mut host = host_store(store.store_dir(), root)?;
     for info in &missing {
         copy_path(store, &mut host, info)?;
     }
