@@ -115,7 +115,7 @@ fn the_demo_deploys_redeploys_and_rolls_back() {
     assert!(out.contains("demo1: would copy 1 path(s)"), "{out}");
     // A dry run on a host never deployed to creates nothing there.
     let other = copy.join("other.toml");
-    fs::write(&other, fs::read_to_string(&changed).unwrap().replace("\"demo2\"", "\"fresh\""))
+    fs::write(&other, fs::read_to_string(changed).unwrap().replace("\"demo2\"", "\"fresh\""))
         .unwrap();
     let out = env.expect(0, &["deploy", other.to_str().unwrap(), "--on", "fresh", "--dry-run"]);
     assert!(out.contains("fresh: would copy 2 path(s)"), "{out}");
