@@ -25,8 +25,8 @@
 //!                                                   │  RunActivate(prev)                ▼
 //!                                                   ▼                     awaiting confirmation
 //!                                   RolledBack / RollbackFailed     (ArmConfirmDeadline at T)
-//!                                   (Failed when there is no         │ Confirmed   │ now ≥ T or
-//!                                    previous generation)            ▼             │ Rejected
+//!                                   (Failed + ClearProfile when      │ Confirmed   │ now ≥ T or
+//!                                    there is no previous one)       ▼             │ Rejected
 //!                                                                 Deployed        └──► rolling back
 //! ```
 //!
@@ -58,6 +58,10 @@ pub enum Action {
     RunHealthChecks { generation: u64 },
     /// Tell the coordinator the deadline; wait for [`Input::Confirmed`] until `at`.
     ArmConfirmDeadline { at: Instant },
+    /// There is no generation to return to: remove the profile (`system`) and
+    /// `current-system` links, so the host shows no generation as current and the next deploy
+    /// does not take the failed one for deployed. No answer is expected.
+    ClearProfile,
     /// Something to show the operator.
     Report(Event),
 }
@@ -328,6 +332,7 @@ impl Activation {
             }
             None => {
                 self.report(Event::CannotRollBack { generation: self.new, reason: reason.clone() });
+                self.actions.push_back(Action::ClearProfile);
                 self.state = State::Done(Outcome::Failed { generation: self.new, reason });
             }
         }
@@ -382,6 +387,10 @@ mod tests {
                             Input::ActivateExited((self.activate)(generation))
                         }
                         Action::RunHealthChecks { .. } => Input::HealthChecks(self.health.clone()),
+                        Action::ClearProfile => {
+                            self.profile = None;
+                            continue;
+                        }
                         Action::ArmConfirmDeadline { .. } | Action::Report(_) => continue,
                     };
                     m.handle(self.now, input).unwrap();
@@ -415,6 +424,7 @@ mod tests {
                     }
                     Action::RunHealthChecks { generation } => Some(format!("check {generation}")),
                     Action::ArmConfirmDeadline { .. } => Some("arm".into()),
+                    Action::ClearProfile => Some("clear".into()),
                     Action::Report(_) => None,
                 })
                 .collect()
@@ -516,6 +526,8 @@ mod tests {
         sim.profile = None;
         let out = sim.run(&mut Activation::new(1, None, CONFIRM));
         assert_eq!(out, Outcome::Failed { generation: 1, reason: Failure::Activate(Some(1)) });
+        assert_eq!(sim.steps(), ["switch 1", "activate 1 (prev None)", "clear"]);
+        assert_eq!(sim.profile, None);
     }
 
     #[test]

@@ -255,6 +255,19 @@ impl Profiles {
         switch_symlink(system, &link)
     }
 
+    /// Remove the `system` and `current-system` links (after a failed first deployment):
+    /// no generation is current. The generation links stay.
+    pub fn clear(&self) -> Result<(), GenerationError> {
+        for link in [self.profile_link(), self.current_system_link()] {
+            match fs::remove_file(&link) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("cannot remove", &link)(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Switch `system` to the generation before the current one; returns `(from, to)`. The
     /// caller then runs the previous system's `activate` (see `activation`).
     pub fn roll_back(&self) -> Result<(u64, u64), GenerationError> {
@@ -366,6 +379,13 @@ mod tests {
         let p = Profiles::new(t.path());
         assert!(matches!(p.roll_back(), Err(GenerationError::NoCurrent)));
         let a = system(t.path(), "a");
+        p.add(&a).unwrap();
+        p.switch_to(1).unwrap();
+        p.set_current_system(&a).unwrap();
+        p.clear().unwrap();
+        assert_eq!((p.current().unwrap(), p.current_system().unwrap()), (None, None));
+        assert_eq!(p.numbers().unwrap(), [1]);
+        fs::remove_file(p.generation_link(1)).unwrap();
         for _ in 0..4 {
             p.add(&a).unwrap();
         }

@@ -243,6 +243,10 @@ fn first_deploy_failure_has_nothing_to_return_to() {
     let file = fleet(&env, "Etc/UTC", r#", services = [{ name = "svc", start = "false" }]"#, "");
     let out = env.expect(1, &["deploy", &file, "--on", "bad"]);
     assert!(out.contains("no previous generation to return to"), "{out}");
+    // --fail-fast with one job: nothing starts after the failure.
+    let out = env.expect(1, &["deploy", &file, "--on", "bad,unhealthy", "-j", "1", "--fail-fast"]);
+    assert!(out.contains("skipped: an earlier machine failed (--fail-fast)"), "{out}");
+    assert_eq!(env.current("unhealthy"), None);
 }
 
 #[test]

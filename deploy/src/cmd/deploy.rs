@@ -5,8 +5,11 @@
 //! downgrade check; copy the closure into the host root's store; add a generation; then drive
 //! [`crate::activation::Activation`] (switch the profile, run `activate`, run the host's
 //! health-check commands, run the coordinator's TCP/HTTP probes and confirm or reject), rolling
-//! back on failure. A host already on the same system is left alone. The run ends with one
-//! line per machine and exits 0 only if every selected machine succeeded.
+//! back on failure. A host already on the same system is left alone. Systems are built first
+//! (one writer on the local store); then the machines' pipelines run in parallel (`-j`,
+//! default 8), each on its own read-only connection to the local store; one machine's failure
+//! never stops the others unless `--fail-fast`. The run ends with one line per machine and
+//! exits 0 only if every selected machine succeeded.
 //!
 //! TCP and HTTP health checks run from here as part of confirmation (a failure rejects the
 //! deployment and rolls back); with `confirm-timeout = false` they run after activation and
@@ -23,6 +26,8 @@ use std::io::{BufReader, Read, Seek, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
@@ -33,7 +38,7 @@ use crate::activation::{Action, Activation, Config, Event, Input, Outcome};
 use crate::checks::{self, Verdict};
 use crate::deployment::{Deployment, Environment, HealthCheck, Machine};
 use crate::generations::Profiles;
-use crate::system::{self, Provenance};
+use crate::system::{self, BuiltSystem, Provenance};
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
@@ -52,6 +57,12 @@ pub struct DeployArgs {
     /// Return each machine to its previous generation (profile, activate, services).
     #[arg(short = 'r', long, conflicts_with = "dry_run")]
     pub roll_back: bool,
+    /// Machines worked on at the same time (each its own pipeline).
+    #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: u32,
+    /// Start no further machine after the first failure (default: keep going).
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 /// Run `ferry deploy`.
@@ -61,17 +72,11 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
     if args.list_generations {
         return list_generations(&machines);
     }
-    let mut results = Vec::new();
-    let mut store = if args.roll_back {
-        None
-    } else {
-        let layout = StoreLayout::resolve(&LayoutOptions {
-            root: global.root.clone(),
-            store_dir: global.store_dir.clone(),
-            state_dir: global.state_dir.clone(),
-        })?;
-        Some(Store::open(layout).context("cannot open the local store")?)
-    };
+    let layout = StoreLayout::resolve(&LayoutOptions {
+        root: global.root.clone(),
+        store_dir: global.store_dir.clone(),
+        state_dir: global.state_dir.clone(),
+    })?;
     let verb = if args.roll_back {
         "rolled back"
     } else if args.dry_run {
@@ -84,20 +89,85 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         machines.len(),
         machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
     );
-    for m in &machines {
-        let start = Instant::now();
-        let result = match (&mut store, m.environment) {
-            (_, Environment::ManagedHost) => Err(anyhow!(
-                "managed-host machines need the SSH transfer engine, which `ferry deploy` does \
-                 not drive yet; use a `local` machine"
-            )),
-            (None, Environment::Local) => roll_back_local(m),
-            (Some(store), Environment::Local) => deploy_local(store, &deployment, m, args.dry_run),
-        };
-        if let Err(e) = &result {
-            eprintln!("{}: error: {e:#}", m.name);
+    // Build every system first (one writer on the local store), then run the hosts' pipelines
+    // in parallel, each reading the local store on its own connection.
+    let started = Instant::now();
+    let mut built: Vec<Option<Built>> = Vec::new();
+    if !args.roll_back {
+        let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
+        for m in &machines {
+            built.push(Some(if m.environment == Environment::Local {
+                build_for(&mut store, &deployment, m)
+            } else {
+                Err(anyhow!(
+                    "managed-host machines need the SSH transfer engine, which `ferry deploy` \
+                     does not drive yet; use a `local` machine"
+                ))
+            }));
         }
-        results.push((m.name.clone(), result, start.elapsed()));
+    }
+    let build_time = started.elapsed();
+    let slots: Vec<Mutex<Option<Ran>>> = machines.iter().map(|_| Mutex::new(None)).collect();
+    let built: Vec<Mutex<Option<Built>>> = built.into_iter().map(Mutex::new).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let workers = (args.jobs as usize).min(machines.len()).max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(m) = machines.get(i) else { break };
+                if args.fail_fast && failed.load(Ordering::SeqCst) {
+                    let skipped = Err(anyhow!("skipped: an earlier machine failed (--fail-fast)"));
+                    *slots[i].lock().unwrap() = Some((skipped, Duration::ZERO));
+                    continue;
+                }
+                let start = Instant::now();
+                let result = if args.roll_back {
+                    match m.environment {
+                        Environment::Local => roll_back_local(m),
+                        Environment::ManagedHost => Err(anyhow!(
+                            "managed-host machines need the SSH transfer engine, which \
+                             `ferry deploy` does not drive yet"
+                        )),
+                    }
+                } else {
+                    match built[i].lock().unwrap().take().expect("built once") {
+                        Ok((system, provenance)) => Store::open_read_only(layout.clone())
+                            .context("cannot open the local store")
+                            .and_then(|store| {
+                                deploy_built(
+                                    &store,
+                                    &deployment,
+                                    m,
+                                    &system,
+                                    &provenance,
+                                    args.dry_run,
+                                )
+                            }),
+                        Err(e) => Err(e),
+                    }
+                };
+                if let Err(e) = &result {
+                    eprintln!("{}: error: {e:#}", m.name);
+                }
+                if !result.as_ref().is_ok_and(|r| r.success) {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                *slots[i].lock().unwrap() = Some((result, start.elapsed()));
+            });
+        }
+    });
+    let results: Vec<(String, anyhow::Result<HostResult>, Duration)> = machines
+        .iter()
+        .zip(slots)
+        .map(|(m, slot)| {
+            let (result, elapsed) = slot.into_inner().unwrap().expect("every machine ran");
+            (m.name.clone(), result, elapsed)
+        })
+        .collect();
+    if !args.roll_back {
+        eprintln!("built {} system(s) in {:.1}s", machines.len(), build_time.as_secs_f64());
     }
     println!(
         "{:<16} {:<10} {:>10} {:>12} {:>8}  DETAIL",
@@ -130,6 +200,11 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
+
+/// A machine's built system and its provenance, or why it could not be built.
+type Built = anyhow::Result<(BuiltSystem, Provenance)>;
+/// A machine's result and how long its pipeline took.
+type Ran = (anyhow::Result<HostResult>, Duration);
 
 /// One machine's result for the table.
 #[derive(Debug)]
@@ -175,19 +250,31 @@ fn host_store(store_dir: &nar_core::store_path::StoreDir, root: &Path) -> anyhow
         .with_context(|| format!("cannot open the host store under {}", root.display()))
 }
 
-fn deploy_local(
+/// Build a machine's system into the local store.
+fn build_for(
     store: &mut Store,
     deployment: &Deployment,
     m: &Machine,
+) -> anyhow::Result<(BuiltSystem, Provenance)> {
+    let provenance = Provenance::of_file(&deployment.file, m.declaration.as_deref());
+    let built = system::build(store, &m.os, &provenance)
+        .with_context(|| format!("building the system of {}", m.name))?;
+    eprintln!("{}: system {}", m.name, built.absolute);
+    Ok((built, provenance))
+}
+
+/// One local machine's pipeline: checks, copy, generation, activation.
+fn deploy_built(
+    store: &Store,
+    deployment: &Deployment,
+    m: &Machine,
+    built: &BuiltSystem,
+    provenance: &Provenance,
     dry_run: bool,
 ) -> anyhow::Result<HostResult> {
     let c = &m.configuration;
     let root = &c.root;
     let say = |msg: &str| eprintln!("{}: {msg}", m.name);
-    let provenance = Provenance::of_file(&deployment.file, m.declaration.as_deref());
-    let built = system::build(store, &m.os, &provenance)
-        .with_context(|| format!("building the system of {}", m.name))?;
-    say(&format!("system {}", built.absolute));
 
     // Safety checks, in one probe.
     if c.safety_checks {
@@ -220,7 +307,7 @@ fn deploy_local(
     if profiles.current_system()?.is_some() {
         let verdict = checks::downgrade_check(
             host_provenance.as_ref(),
-            &provenance,
+            provenance,
             c.allow_downgrades,
             |old, new| checks::git_relation(&deployment.dir, old, new),
         );
@@ -298,9 +385,11 @@ fn deploy_local(
         Outcome::RolledBack { from, to, reason } => {
             (false, to, format!("{reason}; rolled back from generation {from} to {to}"))
         }
-        Outcome::Failed { generation, reason } => {
-            (false, generation, format!("{reason}; no previous generation to return to"))
-        }
+        Outcome::Failed { generation, reason } => (
+            false,
+            generation,
+            format!("{reason}; no previous generation to return to (none is current now)"),
+        ),
         Outcome::RollbackFailed { from, to, reason, rollback_error } => (
             false,
             from,
@@ -347,6 +436,12 @@ fn drive(profiles: &Profiles, m: &Machine, mut activation: Activation) -> anyhow
                         Err(why) => Input::Rejected(why),
                     };
                     activation.handle(Instant::now(), input)?;
+                    continue;
+                }
+                Action::ClearProfile => {
+                    if let Err(e) = profiles.clear() {
+                        eprintln!("{}: warning: {e}", m.name);
+                    }
                     continue;
                 }
                 Action::Report(event) => {
