@@ -519,7 +519,19 @@ where
         let mut decoder = Decoder::new();
         let mut hasher = NarHasher::new();
         let out_ctx = Ctx { op: "DumpStorePath (writing the NAR out)", path: Some(&name) };
-        while !decoder.is_done() {
+        loop {
+            // Events that need no more input (the end of the archive after its last byte)
+            // come first: the server sends nothing after the NAR, so waiting for input
+            // before them would wait forever.
+            while decoder
+                .step(&[])
+                .map_err(|source| ServeError::BadNar { path: name.clone(), source })?
+                .event
+                .is_some()
+            {}
+            if decoder.is_done() {
+                break;
+            }
             let input = self.reader.fill_buf().await.map_err(|e| ctx.io(e))?;
             if input.is_empty() {
                 return Err(ServeError::Closed { op: ctx.op, path: Some(name.clone()) });
