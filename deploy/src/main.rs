@@ -13,6 +13,7 @@ mod checks;
 mod cmd;
 mod deployment;
 mod generations;
+mod host;
 mod system;
 
 #[derive(Debug, Parser)]

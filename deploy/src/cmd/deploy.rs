@@ -34,10 +34,11 @@ use anyhow::{anyhow, bail, Context};
 use closure::{LayoutOptions, Store, StoreLayout};
 
 use super::GlobalOpts;
-use crate::activation::{Action, Activation, Config, Event, Input, Outcome};
+use crate::activation::{Activation, Config, Event, Input, Outcome};
 use crate::checks::{self, Verdict};
 use crate::deployment::{Deployment, Environment, HealthCheck, Machine};
 use crate::generations::Profiles;
+use crate::host::{self, HostOutput};
 use crate::system::{self, BuiltSystem, Provenance};
 
 /// `ferry deploy` arguments.
@@ -368,7 +369,28 @@ fn deploy_built(
         confirm_timeout: c.confirm_timeout,
         host_health_checks: m.os.health_checks.iter().any(HealthCheck::runs_on_host),
     };
-    let outcome = drive(&profiles, m, Activation::new(new, current, config))?;
+    let name = &m.name;
+    let outcome = host::run_activation(
+        &profiles,
+        Activation::new(new, current, config),
+        &m.os.health_checks,
+        &mut |o| match o {
+            HostOutput::Line(l) => eprintln!("{name}: {l}"),
+            HostOutput::Warning(w) => eprintln!("{name}: warning: {w}"),
+            HostOutput::Event(Event::RollingBack { from, to, reason }) => {
+                eprintln!("{name}: {reason}; rolling back from generation {from} to {to}")
+            }
+            HostOutput::Event(Event::CannotRollBack { generation, reason }) => {
+                eprintln!("{name}: {reason}; generation {generation} has no previous generation")
+            }
+            HostOutput::Event(_) => {}
+        },
+        // The coordinator's own probes, then confirm: a local root is always reachable.
+        &mut |_deadline| match coordinator_probes(m) {
+            Ok(()) => Some(Input::Confirmed),
+            Err(why) => Some(Input::Rejected(why)),
+        },
+    )?;
     let (success, generation, detail) = match outcome {
         Outcome::Deployed { generation } if c.confirm_timeout.is_none() => {
             // TCP/HTTP probes belong to confirmation; without it they only warn.
@@ -409,157 +431,6 @@ fn copy_path(from: &Store, to: &mut Store, info: &closure::PathInfo) -> anyhow::
     tmp.rewind()?;
     to.import_nar(info, &mut BufReader::new(tmp))?;
     Ok(())
-}
-
-/// Carry out the state machine's actions on a local host root.
-fn drive(profiles: &Profiles, m: &Machine, mut activation: Activation) -> anyhow::Result<Outcome> {
-    let root = profiles.root();
-    let system_of = |g: u64| -> anyhow::Result<PathBuf> { Ok(profiles.generation(g)?.system) };
-    loop {
-        while let Some(action) = activation.poll_action() {
-            let input = match action {
-                Action::SwitchProfile { generation } => Input::ProfileSwitched(
-                    profiles.switch_to(generation).map_err(|e| e.to_string()),
-                ),
-                Action::RunActivate { generation, previous } => {
-                    let system = system_of(generation)?;
-                    let prev = previous.map(system_of).transpose()?;
-                    profiles.set_current_system(&system)?;
-                    Input::ActivateExited(run_activate(&m.name, root, &system, prev.as_deref()))
-                }
-                Action::RunHealthChecks { .. } => Input::HealthChecks(host_checks(m, root)),
-                Action::ArmConfirmDeadline { .. } => {
-                    // The coordinator's own probes, then confirm (a local root is always
-                    // reachable); the deadline only matters when these take too long.
-                    let input = match coordinator_probes(m) {
-                        Ok(()) => Input::Confirmed,
-                        Err(why) => Input::Rejected(why),
-                    };
-                    activation.handle(Instant::now(), input)?;
-                    continue;
-                }
-                Action::ClearProfile => {
-                    if let Err(e) = profiles.clear() {
-                        eprintln!("{}: warning: {e}", m.name);
-                    }
-                    continue;
-                }
-                Action::Report(event) => {
-                    report(&m.name, &event);
-                    continue;
-                }
-            };
-            activation.handle(Instant::now(), input)?;
-        }
-        if let Some(outcome) = activation.outcome() {
-            return Ok(outcome.clone());
-        }
-        // Local driving never waits: confirmation is answered as soon as it is asked for.
-        match activation.poll_timeout() {
-            Some(deadline) => {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                activation.handle_timeout(Instant::now());
-            }
-            None => bail!("activation of {} stalled", m.name),
-        }
-    }
-}
-
-fn report(name: &str, event: &Event) {
-    match event {
-        Event::RollingBack { from, to, reason } => {
-            eprintln!("{name}: {reason}; rolling back from generation {from} to {to}")
-        }
-        Event::CannotRollBack { generation, reason } => {
-            eprintln!("{name}: {reason}; generation {generation} has no previous generation")
-        }
-        Event::AwaitingConfirmation { .. } => eprintln!("{name}: confirming"),
-        _ => {}
-    }
-}
-
-/// Run a system's `activate`, its output prefixed with the machine name.
-fn run_activate(name: &str, root: &Path, system: &Path, previous: Option<&Path>) -> Option<i32> {
-    let out = Command::new(system.join("activate"))
-        .env("FERRY_ROOT", root)
-        .env("FERRY_PREVIOUS_SYSTEM", previous.map(Path::as_os_str).unwrap_or_default())
-        .stdin(Stdio::null())
-        .output();
-    match out {
-        Ok(out) => {
-            let mut err = std::io::stderr().lock();
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = writeln!(err, "{name}: {line}");
-            }
-            for line in String::from_utf8_lossy(&out.stderr).lines() {
-                let _ = writeln!(err, "{name}: {line}");
-            }
-            out.status.code()
-        }
-        Err(e) => {
-            eprintln!("{name}: cannot run {}: {e}", system.join("activate").display());
-            None
-        }
-    }
-}
-
-/// Run the host's health-check commands (with their timeouts).
-fn host_checks(m: &Machine, root: &Path) -> Result<(), Vec<String>> {
-    let mut failures = Vec::new();
-    for check in &m.os.health_checks {
-        let HealthCheck::Command { command, timeout } = check else { continue };
-        let root_env = root.to_string_lossy().trim_end_matches('/').to_owned();
-        let child = Command::new("sh")
-            .arg("-c")
-            .arg(command)
-            .current_dir(root)
-            .env("FERRY_ROOT", root_env)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn();
-        let mut child = match child {
-            Ok(c) => c,
-            Err(e) => {
-                failures.push(format!("`{command}`: cannot run: {e}"));
-                continue;
-            }
-        };
-        let deadline = Instant::now() + *timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => break None,
-            }
-        };
-        match status {
-            Some(s) if s.success() => {}
-            Some(s) => {
-                let mut stderr = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut stderr);
-                }
-                let stderr = stderr.trim();
-                failures.push(format!(
-                    "`{command}` exited with {}{}",
-                    s.code().map_or("a signal".to_owned(), |c| format!("code {c}")),
-                    if stderr.is_empty() { String::new() } else { format!(": {stderr}") }
-                ));
-            }
-            None => failures.push(format!("`{command}` timed out after {}s", timeout.as_secs())),
-        }
-    }
-    if failures.is_empty() {
-        Ok(())
-    } else {
-        Err(failures)
-    }
 }
 
 /// TCP and HTTP probes from this machine (host: the SSH host name, `localhost` for `local`).
@@ -619,30 +490,20 @@ fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
 
 fn roll_back_local(m: &Machine) -> anyhow::Result<HostResult> {
     let profiles = Profiles::new(&m.configuration.root);
-    let (from, to) = profiles.roll_back()?;
-    let from_system = profiles.generation(from)?.system;
-    let to_system = profiles.generation(to)?.system;
-    profiles.set_current_system(&to_system)?;
-    eprintln!("{}: rolling back from generation {from} to {to}", m.name);
-    match run_activate(&m.name, profiles.root(), &to_system, Some(&from_system)) {
-        Some(0) => Ok(HostResult {
-            success: true,
-            generation: Some(to),
-            paths: 0,
-            bytes: 0,
-            detail: format!("rolled back from generation {from}"),
-        }),
-        code => Ok(HostResult {
-            success: false,
-            generation: Some(to),
-            paths: 0,
-            bytes: 0,
-            detail: format!(
+    let name = &m.name;
+    let (from, to, code) = host::roll_back(&profiles, &mut |l| eprintln!("{name}: {l}"))?;
+    eprintln!("{name}: rolled back from generation {from} to {to}");
+    let (success, detail) = match code {
+        Some(0) => (true, format!("rolled back from generation {from}")),
+        code => (
+            false,
+            format!(
                 "the profile is on generation {to}, but its activate exited with {code:?} \
                  (needs attention)"
             ),
-        }),
-    }
+        ),
+    };
+    Ok(HostResult { success, generation: Some(to), paths: 0, bytes: 0, detail })
 }
 
 fn human(bytes: u64) -> String {
