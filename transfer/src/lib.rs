@@ -9,6 +9,7 @@
 //! | [`framed`] | blocking adapters: frames over any `Read`/`Write`, one path's data as a stream |
 //! | [`agent`] | `ferry serve`: verify, restore, register, acknowledge; partial files for resume |
 //! | [`transport`] | the [`transport::Transport`] trait: local subprocess, in-process |
+//! | [`ssh_transport`] | the agent over SSH (russh), with bootstrap by upload |
 //! | [`push`] | the copy pipeline: one-round-trip diff, pipelined signed zstd streams, summary |
 //! | [`trust`] | what a path's signature covers; the local signing key |
 //! | [`uri`] | `ssh://`, `local://`, `nix+ssh://`, `file://` targets |
@@ -39,6 +40,7 @@ pub mod nix_serve;
 pub mod protocol;
 pub mod push;
 pub mod ssh;
+pub mod ssh_transport;
 pub mod transport;
 pub mod trust;
 pub mod uri;

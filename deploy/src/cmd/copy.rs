@@ -153,7 +153,15 @@ impl Progress for Render {
     }
 }
 
-fn transport_for(target: &Target, uri: &str) -> anyhow::Result<Box<dyn Transport>> {
+/// SSH settings from the command line.
+#[derive(Debug, Clone, Default)]
+struct SshArgs {
+    identity: Option<PathBuf>,
+    host_key: Option<String>,
+    known_hosts: Option<PathBuf>,
+}
+
+fn transport_for(target: &Target, uri: &str, ssh: &SshArgs) -> anyhow::Result<Box<dyn Transport>> {
     match target {
         Target::Local { store } => {
             let root = store.root.clone().expect("local:// has a root");
@@ -162,7 +170,19 @@ fn transport_for(target: &Target, uri: &str) -> anyhow::Result<Box<dyn Transport
             t.state_dir = store.state_dir.clone();
             Ok(Box::new(t))
         }
-        Target::Ssh { .. } => bail!("{uri}: the SSH transport is not wired into `ferry copy` yet"),
+        Target::Ssh { endpoint, store } => {
+            let mut config = transfer::ssh::SshConfig::new(endpoint.host.clone());
+            if let Some(port) = endpoint.port {
+                config.port = port;
+            }
+            if let Some(user) = &endpoint.user {
+                config.user = user.clone();
+            }
+            config.identity = ssh.identity.clone();
+            config.host_key = ssh.host_key.clone();
+            config.known_hosts = ssh.known_hosts.clone();
+            Ok(Box::new(transfer::ssh_transport::SshTransport::new(config, store.clone())?))
+        }
         Target::NixSsh { .. } => bail!("{uri}: nix+ssh:// is not wired into `ferry copy` yet"),
         Target::File { .. } => bail!("{uri}: file:// is not wired into `ferry copy` yet"),
     }
@@ -262,7 +282,13 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
         ..PushOptions::default()
     };
     let render = Render::new(false);
-    let results = push_all(&layout, &closure, &targets, &key, &options, &render, closure_time);
+    let ssh = SshArgs {
+        identity: args.identity.clone(),
+        host_key: args.host_key.clone(),
+        known_hosts: args.known_hosts.clone(),
+    };
+    let results =
+        push_all(&layout, &closure, &targets, &key, &options, &render, closure_time, &ssh);
     render.finish();
     let mut failed = false;
     let mut hosts_json = Vec::new();
@@ -306,6 +332,7 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn push_all(
     layout: &StoreLayout,
     closure: &ValidatedClosure,
@@ -314,13 +341,14 @@ fn push_all(
     options: &PushOptions,
     render: &Render,
     closure_time: Duration,
+    ssh: &SshArgs,
 ) -> Vec<anyhow::Result<PushSummary>> {
     std::thread::scope(|scope| {
         let handles: Vec<_> = targets
             .iter()
             .map(|(uri, target)| {
                 scope.spawn(move || -> anyhow::Result<PushSummary> {
-                    let transport = transport_for(target, uri)?;
+                    let transport = transport_for(target, uri, ssh)?;
                     let mut summary =
                         push_closure(layout, closure, transport.as_ref(), key, options, render)?;
                     summary.phases.closure = closure_time;

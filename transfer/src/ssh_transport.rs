@@ -1,0 +1,278 @@
+//! [`SshTransport`]: the agent over an exec channel of a [`crate::ssh::SshSession`] (russh), with
+//! agent bootstrap.
+//!
+//! One SSH session per host is opened on first use and reused for every channel (the probe, the
+//! upload, each agent session). Before the first agent starts, one probe command reports the
+//! remote uid and `$HOME`, and which `ferry` of **this** version the host has: `ferry` on `PATH`,
+//! or `~/.cache/ferry/ferry-<version>`, each checked with `--version`. When there is none, the
+//! host's architecture (`uname -m`) must equal this build's; then the running executable is
+//! uploaded (SFTP, or `cat` over exec without SFTP) to `~/.cache/ferry/ferry-<version>` and run
+//! from there. Nothing needs to be installed on a host but sshd.
+//!
+//! The agent runs as `[sudo -n] FERRY --root R [--store-dir D] [--state-dir S] serve`; `sudo -n`
+//! is added when the remote user is not root and the target is the host's own store (no
+//! `root=` parameter), since only root may write it.
+//!
+//! The blocking [`crate::transport::Connection`] halves drive the async channel through a
+//! tokio runtime owned by the transport.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::runtime::Runtime;
+
+use crate::ssh::{RemoteExit, RemoteStdin, RemoteStdout, SshConfig, SshSession};
+use crate::transport::{AgentHandle, Connection, Transport, TransportError};
+use crate::uri::StoreParams;
+
+/// What the probe found.
+#[derive(Debug, Clone)]
+struct AgentProgram {
+    path: String,
+    sudo: bool,
+    uploaded: bool,
+}
+
+/// The ferry agent over SSH.
+pub struct SshTransport {
+    config: SshConfig,
+    store: StoreParams,
+    runtime: Arc<Runtime>,
+    session: tokio::sync::Mutex<Option<Arc<SshSession>>>,
+    program: Mutex<Option<AgentProgram>>,
+    /// The executable uploaded when the host has no ferry of this version.
+    pub local_executable: Option<PathBuf>,
+}
+
+impl fmt::Debug for SshTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshTransport")
+            .field("config", &self.config)
+            .field("store", &self.store)
+            .finish_non_exhaustive()
+    }
+}
+
+fn other(e: impl fmt::Display) -> TransportError {
+    TransportError::Other(e.to_string())
+}
+
+/// The remote architecture name (`uname -m`) of this build.
+pub fn local_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86" => "i686",
+        arch => arch,
+    }
+}
+
+impl SshTransport {
+    /// A transport to `config`'s host and the store chosen by `store`.
+    pub fn new(config: SshConfig, store: StoreParams) -> io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("ferry-ssh")
+            .enable_all()
+            .build()?;
+        Ok(SshTransport {
+            config,
+            store,
+            runtime: Arc::new(runtime),
+            session: tokio::sync::Mutex::new(None),
+            program: Mutex::new(None),
+            local_executable: std::env::current_exe().ok(),
+        })
+    }
+
+    /// Whether the agent was uploaded by this transport (after the first connection).
+    pub fn uploaded_agent(&self) -> Option<bool> {
+        self.program.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|p| p.uploaded)
+    }
+
+    async fn session(&self) -> Result<Arc<SshSession>, TransportError> {
+        let mut slot = self.session.lock().await;
+        if let Some(s) = slot.as_ref() {
+            if !s.is_closed() {
+                return Ok(s.clone());
+            }
+        }
+        let s = Arc::new(SshSession::connect(&self.config).await.map_err(other)?);
+        *slot = Some(s.clone());
+        Ok(s)
+    }
+
+    async fn agent_program(&self, session: &SshSession) -> Result<AgentProgram, TransportError> {
+        if let Some(p) = self.program.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(p);
+        }
+        let version = env!("CARGO_PKG_VERSION");
+        let script = r#"v="$1"
+echo "uid $(id -u)"
+echo "home $HOME"
+echo "arch $(uname -m)"
+for f in "$(command -v ferry 2>/dev/null)" "$HOME/.cache/ferry/ferry-$v"; do
+  if [ -n "$f" ] && [ -x "$f" ] && [ "$("$f" --version 2>/dev/null)" = "ferry $v" ]; then
+    echo "found $f"; break
+  fi
+done"#;
+        let out = session.run(&["sh", "-c", script, "sh", version]).await.map_err(other)?;
+        let text = String::from_utf8_lossy(&out);
+        let field = |name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        };
+        let uid = field("uid").unwrap_or("").trim().to_owned();
+        let sudo = uid != "0" && self.store.root.is_none();
+        let program = if let Some(found) = field("found") {
+            AgentProgram { path: found.to_owned(), sudo, uploaded: false }
+        } else {
+            let arch = field("arch").unwrap_or("unknown");
+            if arch != local_arch() {
+                return Err(TransportError::Other(format!(
+                    "{}: the host has no ferry {version} and is {arch}, while this ferry is \
+                     built for {}; install ferry {version} on the host",
+                    self.config.target(),
+                    local_arch()
+                )));
+            }
+            let home = field("home").filter(|h| h.starts_with('/')).ok_or_else(|| {
+                other(format!("{}: the remote $HOME is not an absolute path", self.config.target()))
+            })?;
+            let local = self.local_executable.clone().ok_or_else(|| {
+                other("cannot find the running executable to upload it to the host")
+            })?;
+            let remote = format!("{home}/.cache/ferry/ferry-{version}");
+            session.upload(&local, &remote, 0o755).await.map_err(other)?;
+            AgentProgram { path: remote, sudo, uploaded: true }
+        };
+        *self.program.lock().unwrap_or_else(|p| p.into_inner()) = Some(program.clone());
+        Ok(program)
+    }
+
+    fn argv(&self, program: &AgentProgram) -> Vec<String> {
+        let mut argv = Vec::new();
+        if program.sudo {
+            argv.extend(["sudo".to_owned(), "-n".to_owned(), "--".to_owned()]);
+        }
+        argv.push(program.path.clone());
+        if let Some(root) = &self.store.root {
+            argv.extend(["--root".to_owned(), root.display().to_string()]);
+        }
+        if let Some(d) = &self.store.store_dir {
+            argv.extend(["--store-dir".to_owned(), d.clone()]);
+        }
+        if let Some(d) = &self.store.state_dir {
+            argv.extend(["--state-dir".to_owned(), d.display().to_string()]);
+        }
+        argv.push("serve".to_owned());
+        argv
+    }
+}
+
+impl Transport for SshTransport {
+    fn describe(&self) -> String {
+        format!("ssh://{}@{}", self.config.user, self.config.target())
+    }
+
+    fn connect(&self) -> Result<Connection, TransportError> {
+        let process = self.runtime.block_on(async {
+            let session = self.session().await?;
+            let program = self.agent_program(&session).await?;
+            session.exec(&self.argv(&program)).await.map_err(other)
+        })?;
+        let (stdin, stdout, exit) = process.split();
+        let handle = self.runtime.handle().clone();
+        Ok(Connection {
+            reader: Box::new(BlockingReader { inner: stdout, rt: handle.clone() }),
+            writer: Box::new(BlockingWriter { inner: Some(stdin), rt: handle.clone() }),
+            agent: Box::new(SshAgent {
+                exit: Some(exit),
+                rt: handle,
+                host: self.describe(),
+                stderr: String::new(),
+            }),
+        })
+    }
+}
+
+struct BlockingReader {
+    inner: RemoteStdout,
+    rt: tokio::runtime::Handle,
+}
+
+impl Read for BlockingReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.rt.block_on(self.inner.read(buf))
+    }
+}
+
+struct BlockingWriter {
+    inner: Option<RemoteStdin>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Write for BlockingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let inner =
+            self.inner.as_mut().ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        self.rt.block_on(inner.write(buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self.inner.as_mut() {
+            Some(inner) => self.rt.block_on(inner.flush()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for BlockingWriter {
+    fn drop(&mut self) {
+        // End of stream for the agent.
+        if let Some(mut inner) = self.inner.take() {
+            let _ = self.rt.block_on(inner.shutdown());
+        }
+    }
+}
+
+struct SshAgent {
+    exit: Option<RemoteExit>,
+    rt: tokio::runtime::Handle,
+    host: String,
+    stderr: String,
+}
+
+impl fmt::Debug for SshAgent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SshAgent").field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
+impl AgentHandle for SshAgent {
+    fn wait(&mut self) -> Result<(), TransportError> {
+        let Some(exit) = self.exit.take() else { return Ok(()) };
+        self.stderr = exit.stderr();
+        match self.rt.block_on(exit.wait()) {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => Err(TransportError::AgentFailed {
+                host: self.host.clone(),
+                status: status.to_string(),
+                stderr: self.stderr.clone(),
+            }),
+            Err(e) => Err(TransportError::AgentFailed {
+                host: self.host.clone(),
+                status: e.to_string(),
+                stderr: self.stderr.clone(),
+            }),
+        }
+    }
+    fn stderr(&self) -> String {
+        match &self.exit {
+            Some(exit) => exit.stderr(),
+            None => self.stderr.clone(),
+        }
+    }
+    fn kill(&mut self) {
+        self.exit = None;
+    }
+}
