@@ -136,6 +136,18 @@ fn the_demo_deploys_redeploys_and_rolls_back() {
     // The next deploy takes generation 3: generation 2 is never overwritten.
     env.expect(0, &["deploy", changed, "--on", "demo1"]);
     assert_eq!(env.current("demo1").as_deref(), Some("system-3-link"));
+
+    // -x: on every machine, output prefixed, the profile's programs on PATH.
+    let out = env.expect(0, &["deploy", demo, "-x", "--", "hello", "x"]);
+    assert!(out.contains("demo1: Hello, x, from demo1!"), "{out}");
+    assert!(out.contains("demo2: Hello, x, from demo2!"), "{out}");
+    assert!(out.contains("demo2: command succeeded"), "{out}");
+    let out = env.expect(1, &["deploy", demo, "--on", "demo2", "-x", "--", "sh", "-c", "exit 3"]);
+    assert!(out.contains("demo2: command exited with code 3"), "{out}");
+    let out = env.expect(1, &["deploy", demo, "-x"]);
+    assert!(out.contains("'-x' specified but no command given"), "{out}");
+    let out = env.expect(1, &["deploy", demo, "--", "true"]);
+    assert!(out.contains("'--' was used, but '-x' was not specified"), "{out}");
 }
 
 const FLEET: &str = r#"

@@ -15,6 +15,9 @@
 //! deployment and rolls back); with `confirm-timeout = false` they run after activation and
 //! only warn.
 //!
+//! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (for a `local`
+//! machine: in its root, with its current system's `profile/bin` on `PATH`).
+//!
 //! `managed-host` machines need the SSH transfer engine, which is wired in separately; until
 //! then they are reported as failed with that reason (and `--dry-run` lists them).
 //!
@@ -64,6 +67,13 @@ pub struct DeployArgs {
     /// Start no further machine after the first failure (default: keep going).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Run the command after `--` on every selected machine in parallel (as `guix deploy -x`);
+    /// each output line is prefixed with the machine; exit 0 only if it exited 0 everywhere.
+    #[arg(short = 'x', long, conflicts_with_all = ["dry_run", "roll_back", "list_generations"])]
+    pub execute: bool,
+    /// The command for `-x`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// Run `ferry deploy`.
@@ -72,6 +82,12 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
     let machines = deployment.select(args.on.as_deref())?;
     if args.list_generations {
         return list_generations(&machines);
+    }
+    match (args.execute, args.command.is_empty()) {
+        (true, true) => bail!("'-x' specified but no command given"),
+        (false, false) => bail!("'--' was used, but '-x' was not specified"),
+        (true, false) => return execute(&machines, &args.command, args.jobs as usize),
+        (false, true) => {}
     }
     let layout = StoreLayout::resolve(&LayoutOptions {
         root: global.root.clone(),
@@ -215,6 +231,82 @@ struct HostResult {
     paths: usize,
     bytes: u64,
     detail: String,
+}
+
+/// `-x -- CMD ARGS...`: run on every machine in parallel, output prefixed with the machine.
+/// A `local` machine runs it here in its root, with `FERRY_ROOT` set and its current system's
+/// `profile/bin` first on `PATH`.
+fn execute(machines: &[&Machine], command: &[String], jobs: usize) -> anyhow::Result<ExitCode> {
+    let codes: Vec<Mutex<Option<Result<Option<i32>, String>>>> =
+        machines.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(machines.len()).max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(m) = machines.get(i) else { break };
+                let result = match m.environment {
+                    Environment::ManagedHost => Err(
+                        "managed-host machines need the SSH transfer engine, which `ferry deploy` \
+                         does not drive yet"
+                            .to_owned(),
+                    ),
+                    Environment::Local => run_local_command(m, command),
+                };
+                *codes[i].lock().unwrap() = Some(result);
+            });
+        }
+    });
+    let mut ok = true;
+    for (m, code) in machines.iter().zip(codes) {
+        match code.into_inner().unwrap().expect("every machine ran") {
+            Ok(Some(0)) => eprintln!("{}: command succeeded", m.name),
+            Ok(Some(c)) => {
+                ok = false;
+                eprintln!("{}: command exited with code {c}", m.name);
+            }
+            Ok(None) => {
+                ok = false;
+                eprintln!("{}: command was killed by a signal", m.name);
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("{}: error: {e}", m.name);
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn run_local_command(m: &Machine, command: &[String]) -> Result<Option<i32>, String> {
+    let root = &m.configuration.root;
+    if !root.is_dir() {
+        return Err(format!("{} does not exist: deploy to it first", root.display()));
+    }
+    let bin = Profiles::new(root).current_system_link().join("profile/bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
+        .map_err(|e| e.to_string())?;
+    let child = Command::new(&command[0])
+        .args(&command[1..])
+        .current_dir(root)
+        .env("FERRY_ROOT", root.to_string_lossy().trim_end_matches('/'))
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let mut stdout = std::io::stdout().lock();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = writeln!(stdout, "{}: {line}", m.name);
+    }
+    drop(stdout);
+    for line in String::from_utf8_lossy(&out.stderr).lines() {
+        eprintln!("{}: {line}", m.name);
+    }
+    Ok(out.status.code())
 }
 
 fn list_generations(machines: &[&Machine]) -> anyhow::Result<ExitCode> {
