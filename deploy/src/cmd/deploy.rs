@@ -237,8 +237,8 @@ struct HostResult {
 /// A `local` machine runs it here in its root, with `FERRY_ROOT` set and its current system's
 /// `profile/bin` first on `PATH`.
 fn execute(machines: &[&Machine], command: &[String], jobs: usize) -> anyhow::Result<ExitCode> {
-    let codes: Vec<Mutex<Option<Result<Option<i32>, String>>>> =
-        machines.iter().map(|_| Mutex::new(None)).collect();
+    type Exit = Result<Option<i32>, String>;
+    let codes: Vec<Mutex<Option<Exit>>> = machines.iter().map(|_| Mutex::new(None)).collect();
     let next = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(machines.len()).max(1) {
