@@ -201,6 +201,19 @@ pub fn evaluate(checks: &[DeviceCheck], answer: &str) -> Vec<SafetyError> {
         .collect()
 }
 
+/// The system-type check (guix-spec §4.5 step 3a, when building locally): the host must report
+/// the declared `system`.
+pub fn system_type_check(given: &str, reported: &str) -> Result<(), String> {
+    if given == reported {
+        Ok(())
+    } else {
+        Err(format!(
+            "incorrect target system ('{given}' was given, while the system reports that it is \
+             '{reported}')"
+        ))
+    }
+}
+
 /// How the host's commit relates to the one being deployed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relation {
@@ -453,6 +466,16 @@ mod tests {
                 SafetyError::NoAnswer("/boot".into()),
                 SafetyError::NoAnswer("/f".into()),
             ]
+        );
+    }
+
+    #[test]
+    fn system_type() {
+        assert_eq!(system_type_check("x86_64-linux", "x86_64-linux"), Ok(()));
+        assert_eq!(
+            system_type_check("aarch64-linux", "x86_64-linux").unwrap_err(),
+            "incorrect target system ('aarch64-linux' was given, while the system reports that \
+             it is 'x86_64-linux')"
         );
     }
 

@@ -377,4 +377,11 @@ fn file_errors_have_line_and_column() {
     );
     let out = env.expect(1, &["deploy", &file, "--on", "zz"]);
     assert!(out.contains("no machine named 'zz'"), "{out}");
+    let file = env.write(
+        "ok.toml",
+        "[[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = {}\n\
+         [machine.configuration]\nsystem = \"mips64el-linux\"\n",
+    );
+    let out = env.expect(1, &["deploy", &file]);
+    assert!(out.contains("incorrect target system ('mips64el-linux' was given"), "{out}");
 }

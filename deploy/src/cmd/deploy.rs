@@ -369,6 +369,12 @@ fn deploy_built(
     let root = &c.root;
     let say = |msg: &str| eprintln!("{}: {msg}", m.name);
 
+    // A local machine is this machine.
+    if c.build_locally {
+        checks::system_type_check(&c.system, &crate::deployment::this_system())
+            .map_err(|e| anyhow!(e))?;
+    }
+
     // Safety checks, in one probe.
     if c.safety_checks {
         let device_checks = checks::device_checks(&m.os);
