@@ -53,6 +53,10 @@
 //!   be absolute.
 //! - **`local` root default**: `$XDG_DATA_HOME/ferry/hosts/<name>` (or
 //!   `~/.local/share/ferry/hosts/<name>`), so a deployment needs no set-up and no privileges.
+//! - **Services and `command` health checks** run on the host with `sh`, in the host root,
+//!   with `FERRY_ROOT` set to the root without its trailing slash (empty on a real host) and,
+//!   for services, the system's `profile/bin` first on `PATH` (see `system`). `tcp` and `http`
+//!   checks run on the coordinator as part of confirmation.
 //! - **Errors** name the file, line and column: wrong types and unknown keys (from the TOML
 //!   parser), and semantic errors (unknown declaration, inheritance cycle, duplicate machine,
 //!   missing SSH host name, bad names) at the offending value.

@@ -36,7 +36,8 @@
 //! 3. starts new and changed services in start order (each `start` must exit 0, else activation
 //!    fails and the driver rolls back). Unchanged services are left alone.
 //!
-//! Service commands run with `sh` in `$FERRY_ROOT` (or `/`), with the system's `profile/bin`
+//! There is no service supervisor: `start` must return (start a daemon, or do a one-shot job)
+//! and `stop` undoes it. Service commands run with `sh` in `$FERRY_ROOT` (or `/`), with the system's `profile/bin`
 //! first on `PATH`, `FERRY_ROOT` set to the root without its trailing slash (empty on a real
 //! host, so `"$FERRY_ROOT/var/x"` is `/var/x`) and `FERRY_SYSTEM` to the system. Every step is
 //! printed on stdout.
