@@ -85,8 +85,22 @@ CREATE TABLE IF NOT EXISTS DerivationOutputs (
 CREATE INDEX IF NOT EXISTS IndexDerivationOutputs ON DerivationOutputs(path);
 ";
 
+/// Databases with at most this many paths and references compute closures by scanning
+/// ([`Database::closure`]); larger ones with a recursive query.
+pub const SCAN_LIMIT: i64 = 8_000_000;
+
 /// `PRAGMA application_id` of a ferry database ("ferr").
 const APPLICATION_ID: i64 = 0x6665_7272;
+
+/// Path infos with their references also given as indexes into `infos` (self-references
+/// left out): what [`crate::ValidatedClosure::from_indexed`] validates without hashing paths.
+#[derive(Debug, Clone, Default)]
+pub struct IndexedGraph {
+    /// The members.
+    pub infos: Vec<PathInfo>,
+    /// For each member, the indexes of its references other than itself.
+    pub edges: Vec<Vec<u32>>,
+}
 
 /// An open store database.
 #[derive(Debug)]
@@ -339,18 +353,39 @@ impl Database {
 
     /// Every valid path with its info (one pass over both tables).
     pub fn all_path_infos(&self) -> Result<Vec<PathInfo>, DbError> {
-        self.infos_where("SELECT id FROM ValidPaths", &[])
+        Ok(self.infos_where("SELECT id FROM ValidPaths", &[])?.infos)
     }
 
     /// The closure of `roots` under references: every path info reachable, with references
     /// filled, in no particular order. Errors when a root is not valid.
     pub fn closure(&self, roots: &[StorePath]) -> Result<Vec<PathInfo>, DbError> {
+        Ok(self.closure_graph(roots)?.infos)
+    }
+
+    /// The closure of `roots` with its edges as indexes into the infos (references other than
+    /// self), so it can be validated and ordered without hashing paths.
+    pub fn closure_graph(&self, roots: &[StorePath]) -> Result<IndexedGraph, DbError> {
         let mut ids = Vec::with_capacity(roots.len());
         for root in roots {
             ids.push(self.path_id(root)?.ok_or_else(|| self.not_valid(root))?);
         }
+        let max = |sql: &str| -> Result<i64, DbError> {
+            self.conn.query_row(sql, [], |row| row.get(0)).map_err(|e| self.sql(e))
+        };
+        // Both are O(log n): the last rowid of each table.
+        let max_id = max("SELECT coalesce(max(id), 0) FROM ValidPaths")?;
+        let max_ref = max("SELECT coalesce(max(rowid), 0) FROM Refs")?;
+        if max_id <= SCAN_LIMIT && max_ref <= SCAN_LIMIT {
+            self.closure_by_scan(&ids, max_id)
+        } else {
+            self.closure_by_query(&ids)
+        }
+    }
+
+    /// The closure with one recursive query inside SQLite (any database size).
+    pub(crate) fn closure_by_query(&self, root_ids: &[i64]) -> Result<IndexedGraph, DbError> {
         let seed =
-            format!("[{}]", ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(","));
+            format!("[{}]", root_ids.iter().map(|id| id.to_string()).collect::<Vec<_>>().join(","));
         let cte = "WITH RECURSIVE closure(id) AS (
                 SELECT value FROM json_each(?1)
                 UNION
@@ -359,12 +394,105 @@ impl Database {
         self.infos_where(cte, &[&seed])
     }
 
+    /// The closure from two sequential scans (Refs through its primary-key index, then
+    /// ValidPaths) and a breadth-first walk in memory: for databases up to [`SCAN_LIMIT`] rows,
+    /// several times faster than the recursive query for large closures.
+    fn closure_by_scan(&self, root_ids: &[i64], max_id: i64) -> Result<IndexedGraph, DbError> {
+        let n = usize::try_from(max_id).unwrap_or(0) + 1;
+        // Adjacency in compressed-row form; Refs' primary key index yields rows by referrer.
+        let mut offsets = vec![0u32; n + 1];
+        let mut targets: Vec<u32> = Vec::new();
+        {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT referrer, reference FROM Refs ORDER BY referrer")
+                .map_err(|e| self.sql(e))?;
+            let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+            let mut last = 0usize;
+            while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+                let from: i64 = row.get(0).map_err(|e| self.sql(e))?;
+                let to: i64 = row.get(1).map_err(|e| self.sql(e))?;
+                let (from, to) = match (usize::try_from(from), u32::try_from(to)) {
+                    (Ok(f), Ok(t)) if f < n && (t as usize) < n => (f, t),
+                    _ => return Err(self.dangling(from, to)),
+                };
+                while last < from {
+                    last += 1;
+                    offsets[last] = targets.len() as u32;
+                }
+                targets.push(to);
+            }
+            while last < n {
+                last += 1;
+                offsets[last] = targets.len() as u32;
+            }
+        }
+        let refs_of = |id: usize| &targets[offsets[id] as usize..offsets[id + 1] as usize];
+        let mut seen = vec![false; n];
+        let mut queue: Vec<usize> = Vec::new();
+        for &id in root_ids {
+            let id = id as usize;
+            if !seen[id] {
+                seen[id] = true;
+                queue.push(id);
+            }
+        }
+        let mut head = 0;
+        while head < queue.len() {
+            let id = queue[head];
+            head += 1;
+            for &r in refs_of(id) {
+                if !seen[r as usize] {
+                    seen[r as usize] = true;
+                    queue.push(r as usize);
+                }
+            }
+        }
+        let sql = format!("SELECT {} FROM ValidPaths v", self.columns);
+        let mut stmt = self.conn.prepare(&sql).map_err(|e| self.sql(e))?;
+        let mut rows = stmt.query([]).map_err(|e| self.sql(e))?;
+        let mut position = vec![u32::MAX; n];
+        let mut infos = Vec::with_capacity(queue.len());
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let id: i64 = row.get(0).map_err(|e| self.sql(e))?;
+            if !usize::try_from(id).is_ok_and(|i| i < n && seen[i]) {
+                continue;
+            }
+            let (id, info) = self.convert(RawRow::read(row).map_err(|e| self.sql(e))?)?;
+            position[id as usize] = infos.len() as u32;
+            infos.push(info);
+        }
+        let mut edges = vec![Vec::new(); infos.len()];
+        for &id in &queue {
+            let from = position[id] as usize;
+            for &r in refs_of(id) {
+                let to = position[r as usize];
+                if to == u32::MAX || from == u32::MAX as usize {
+                    return Err(self.dangling(id as i64, i64::from(r)));
+                }
+                let target = infos[to as usize].path.clone();
+                infos[from].references.insert(target);
+                if to as usize != from {
+                    edges[from].push(to);
+                }
+            }
+        }
+        Ok(IndexedGraph { infos, edges })
+    }
+
+    fn dangling(&self, referrer: i64, reference: i64) -> DbError {
+        DbError::Corrupt {
+            path: self.path.clone(),
+            reason: format!("Refs row ({referrer}, {reference}) points at no ValidPaths row"),
+        }
+    }
+
     /// Infos for the ids `id_query` selects, with references, in two queries.
     fn infos_where(
         &self,
         id_query: &str,
         args: &[&dyn rusqlite::ToSql],
-    ) -> Result<Vec<PathInfo>, DbError> {
+    ) -> Result<IndexedGraph, DbError> {
         let rows_sql = format!(
             "WITH sel(id) AS MATERIALIZED ({id_query}) \
              SELECT {} FROM ValidPaths v JOIN sel ON v.id = sel.id",
@@ -391,6 +519,7 @@ impl Database {
             let reference: i64 = row.get(1).map_err(|e| self.sql(e))?;
             edges.push((referrer, reference));
         }
+        let mut graph = vec![Vec::new(); infos.len()];
         for (referrer, reference) in edges {
             let (Some(&from), Some(&to)) = (index.get(&referrer), index.get(&reference)) else {
                 return Err(DbError::Corrupt {
@@ -402,8 +531,11 @@ impl Database {
             };
             let target = infos[to].path.clone();
             infos[from].references.insert(target);
+            if to != from {
+                graph[from].push(to as u32);
+            }
         }
-        Ok(infos)
+        Ok(IndexedGraph { infos, edges: graph })
     }
 
     /// Delete `path` from the database; fails when another valid path still refers to it.
@@ -744,6 +876,33 @@ mod tests {
         drop(db);
         let db = Database::open_read_only(&file, DbKind::Ferry, StoreDir::nix()).unwrap();
         assert_eq!(db.query_path_info(&a).unwrap().unwrap().sigs.len(), 2);
+    }
+
+    #[test]
+    fn scan_and_query_strategies_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut db = Database::open_ferry(&dir.path().join("db.sqlite"), StoreDir::guix()).unwrap();
+        let paths: Vec<StorePath> = (0..300).map(|i| sp(i, &format!("p{i}"))).collect();
+        let mut x = 12345u64;
+        let infos: Vec<PathInfo> = (0..300usize)
+            .map(|i| {
+                let mut refs = vec![&paths[i]];
+                for _ in 0..(i % 4) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    refs.push(&paths[(x >> 33) as usize % i]);
+                }
+                info(&paths[i], &refs)
+            })
+            .collect();
+        db.register(&infos).unwrap();
+        for root in [0usize, 17, 150, 299] {
+            let id = db.path_id(&paths[root]).unwrap().unwrap();
+            let mut a = db.closure(std::slice::from_ref(&paths[root])).unwrap();
+            let mut b = db.closure_by_query(&[id]).unwrap().infos;
+            a.sort_by(|x, y| x.path.cmp(&y.path));
+            b.sort_by(|x, y| x.path.cmp(&y.path));
+            assert_eq!(a, b, "closure of p{root}");
+        }
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! register them in. The order is deterministic: a depth-first post-order visiting paths and
 //! references in `StorePath` order.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use nar_core::store_path::{StoreDir, StorePath};
 
@@ -39,9 +40,40 @@ fn cycle_text(cycle: &[StorePath]) -> String {
 /// Path infos being collected into a closure.
 #[derive(Debug, Default, Clone)]
 pub struct ClosureBuilder {
-    nodes: BTreeMap<StorePath, PathInfo>,
+    nodes: Vec<PathInfo>,
+    index: PathMap<usize>,
     roots: BTreeSet<StorePath>,
 }
+
+/// A fast hasher for keys that are (or start with) uniformly random digests: store paths and
+/// hash parts. Not DoS-resistant; the digests are SHA-256 output.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        // murmur3's fmix64, so every output bit depends on every input bit.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+/// A map keyed by store path with [`DigestHasher`].
+pub(crate) type PathMap<V> = HashMap<StorePath, V, BuildHasherDefault<DigestHasher>>;
 
 impl ClosureBuilder {
     /// An empty builder.
@@ -51,13 +83,18 @@ impl ClosureBuilder {
 
     /// Add one member. Adding the same path twice is fine when the information agrees.
     pub fn add(&mut self, info: PathInfo) -> Result<(), ClosureError> {
-        match self.nodes.get(&info.path) {
-            Some(old) if old.nar_hash != info.nar_hash || old.references != info.references => {
-                Err(ClosureError::Conflict(info.path))
+        match self.index.get(&info.path) {
+            Some(&i) => {
+                let old = &self.nodes[i];
+                if old.nar_hash != info.nar_hash || old.references != info.references {
+                    Err(ClosureError::Conflict(info.path))
+                } else {
+                    Ok(())
+                }
             }
-            Some(_) => Ok(()),
             None => {
-                self.nodes.insert(info.path.clone(), info);
+                self.index.insert(info.path.clone(), self.nodes.len());
+                self.nodes.push(info);
                 Ok(())
             }
         }
@@ -79,19 +116,23 @@ impl ClosureBuilder {
     /// Validate: roots present, references closed, no cycles; order references first.
     pub fn build(self) -> Result<ValidatedClosure, ClosureError> {
         for root in &self.roots {
-            if !self.nodes.contains_key(root) {
+            if !self.index.contains_key(root) {
                 return Err(ClosureError::MissingRoot(root.clone()));
             }
         }
-        let infos: Vec<PathInfo> = self.nodes.into_values().collect();
-        let index: HashMap<&StorePath, u32> =
-            infos.iter().enumerate().map(|(i, info)| (&info.path, i as u32)).collect();
+        // Visit in path order, so the result does not depend on the order of insertion.
+        let mut infos = self.nodes;
+        infos.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let mut index = self.index;
+        for (i, info) in infos.iter().enumerate() {
+            *index.get_mut(&info.path).expect("indexed") = i;
+        }
         let mut edges: Vec<Vec<u32>> = Vec::with_capacity(infos.len());
         for info in &infos {
             let mut out = Vec::with_capacity(info.references.len());
             for r in info.references_except_self() {
                 match index.get(r) {
-                    Some(&j) => out.push(j),
+                    Some(&j) => out.push(j as u32),
                     None => {
                         return Err(ClosureError::Dangling {
                             referrer: info.path.clone(),
@@ -102,15 +143,18 @@ impl ClosureBuilder {
             }
             edges.push(out);
         }
-        drop(index);
         let order = topo_order(&edges).map_err(|cycle| ClosureError::Cycle {
             cycle: cycle.into_iter().map(|i| infos[i as usize].path.clone()).collect(),
         })?;
         let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
         let ordered: Vec<PathInfo> =
             order.into_iter().map(|i| slots[i as usize].take().expect("each once")).collect();
-        let index = ordered.iter().enumerate().map(|(i, info)| (info.path.clone(), i)).collect();
-        Ok(ValidatedClosure { infos: ordered, index, roots: self.roots })
+        for (i, info) in ordered.iter().enumerate() {
+            *index.get_mut(&info.path).expect("indexed") = i;
+        }
+        let lazy = std::sync::OnceLock::new();
+        let _ = lazy.set(index);
+        Ok(ValidatedClosure { infos: ordered, index: lazy, roots: self.roots })
     }
 }
 
@@ -159,7 +203,8 @@ fn topo_order(edges: &[Vec<u32>]) -> Result<Vec<u32>, Vec<u32>> {
 #[derive(Debug, Clone)]
 pub struct ValidatedClosure {
     infos: Vec<PathInfo>,
-    index: HashMap<StorePath, usize>,
+    /// Path → position, built on first use (validation from an indexed graph needs none).
+    index: std::sync::OnceLock<PathMap<usize>>,
     roots: BTreeSet<StorePath>,
 }
 
@@ -169,6 +214,59 @@ impl ValidatedClosure {
         let mut b = ClosureBuilder::new();
         b.extend(infos)?;
         b.build()
+    }
+
+    /// Validate a graph whose edges are already indexes (as [`crate::db::IndexedGraph`]):
+    /// every edge must point inside, every reference of an info must be one of its edges'
+    /// targets (or itself), and there must be no cycle. Records `roots` (which must be members).
+    pub fn from_indexed(
+        graph: crate::db::IndexedGraph,
+        roots: impl IntoIterator<Item = StorePath>,
+    ) -> Result<Self, ClosureError> {
+        let crate::db::IndexedGraph { infos, edges } = graph;
+        assert_eq!(infos.len(), edges.len(), "one edge list per info");
+        for (info, out) in infos.iter().zip(&edges) {
+            // The edges must be exactly the references other than self: each edge target is a
+            // distinct reference, and there are as many edges as such references.
+            let mut ok = out.len() == info.references_except_self().count();
+            for &j in out {
+                ok &= infos
+                    .get(j as usize)
+                    .is_some_and(|t| t.path != info.path && info.references.contains(&t.path));
+            }
+            if !ok {
+                let reference = info
+                    .references_except_self()
+                    .find(|r| {
+                        !out.iter().any(|&j| infos.get(j as usize).is_some_and(|t| t.path == **r))
+                    })
+                    .unwrap_or(&info.path)
+                    .clone();
+                return Err(ClosureError::Dangling { referrer: info.path.clone(), reference });
+            }
+        }
+        let order = topo_order(&edges).map_err(|cycle| ClosureError::Cycle {
+            cycle: cycle.into_iter().map(|i| infos[i as usize].path.clone()).collect(),
+        })?;
+        let mut slots: Vec<Option<PathInfo>> = infos.into_iter().map(Some).collect();
+        let ordered: Vec<PathInfo> =
+            order.into_iter().map(|i| slots[i as usize].take().expect("each once")).collect();
+        let roots: BTreeSet<StorePath> = roots.into_iter().collect();
+        if let Some(missing) = roots.iter().find(|r| !ordered.iter().any(|i| i.path == **r)) {
+            return Err(ClosureError::MissingRoot(missing.clone()));
+        }
+        Ok(ValidatedClosure { infos: ordered, index: std::sync::OnceLock::new(), roots })
+    }
+
+    fn index(&self) -> &PathMap<usize> {
+        self.index.get_or_init(|| {
+            let mut map = PathMap::default();
+            map.reserve(self.infos.len());
+            for (i, info) in self.infos.iter().enumerate() {
+                map.insert(info.path.clone(), i);
+            }
+            map
+        })
     }
 
     /// Members in topological order, references first.
@@ -203,17 +301,17 @@ impl ValidatedClosure {
 
     /// Is `path` a member?
     pub fn contains(&self, path: &StorePath) -> bool {
-        self.index.contains_key(path)
+        self.index().contains_key(path)
     }
 
     /// A member's info.
     pub fn get(&self, path: &StorePath) -> Option<&PathInfo> {
-        self.index.get(path).map(|&i| &self.infos[i])
+        self.index().get(path).map(|&i| &self.infos[i])
     }
 
     /// Position of a member in the topological order.
     pub fn position(&self, path: &StorePath) -> Option<usize> {
-        self.index.get(path).copied()
+        self.index().get(path).copied()
     }
 
     /// Sum of the members' NAR sizes.
@@ -272,6 +370,33 @@ mod tests {
         let mut b = ClosureBuilder::new();
         b.add_root(sp(9));
         assert_eq!(b.build().unwrap_err(), ClosureError::MissingRoot(sp(9)));
+    }
+
+    #[test]
+    fn from_indexed_validates() {
+        use crate::db::IndexedGraph;
+        let g = IndexedGraph {
+            infos: vec![info(1, &[2, 1]), info(2, &[3]), info(3, &[])],
+            edges: vec![vec![1], vec![2], vec![]],
+        };
+        let c = ValidatedClosure::from_indexed(g.clone(), [sp(1)]).unwrap();
+        assert_eq!(c.paths().cloned().collect::<Vec<_>>(), vec![sp(3), sp(2), sp(1)]);
+        assert_eq!(c.position(&sp(1)), Some(2));
+        let mut bad = g.clone();
+        bad.edges[0].clear();
+        let err = ValidatedClosure::from_indexed(bad, []).unwrap_err();
+        assert_eq!(err, ClosureError::Dangling { referrer: sp(1), reference: sp(2) });
+        let mut cyclic = g.clone();
+        cyclic.infos[2] = info(3, &[1]);
+        cyclic.edges[2] = vec![0];
+        assert!(matches!(
+            ValidatedClosure::from_indexed(cyclic, []),
+            Err(ClosureError::Cycle { .. })
+        ));
+        assert_eq!(
+            ValidatedClosure::from_indexed(g, [sp(9)]).unwrap_err(),
+            ClosureError::MissingRoot(sp(9))
+        );
     }
 
     #[test]

@@ -7,8 +7,8 @@
 //! The search is Boyer-Moore-like. A match needs 32 consecutive nix-base32 characters, so the
 //! scanner looks at the last byte of the 32-byte window first and, on any byte that is not
 //! nix-base32, jumps past it; inside a run of nix-base32 bytes it slides one byte at a time and
-//! tests each window against a 32768-bit prefilter on its first three characters before the hash
-//! set. Every byte is looked at O(1) times, and binary data is mostly skipped 32 bytes at a time.
+//! tests each window against a 2^20-bit prefilter on its first four characters (kept rolling)
+//! before the hash set. Every byte is looked at O(1) times, and binary data is mostly skipped 32 bytes at a time.
 //!
 //! [`RefScanner`] is streaming (it implements [`std::io::Write`]): it keeps the last 31 bytes of
 //! each buffer so matches across buffer boundaries are found. [`scan_tree`] scans a file, a
@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
+use std::hash::BuildHasherDefault;
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
@@ -27,10 +28,16 @@ use std::path::{Path, PathBuf};
 use nar_core::store_path::{StorePath, HASH_PART_LEN};
 use rayon::prelude::*;
 
+use crate::graph::DigestHasher;
+
 /// Files larger than this are scanned as several parallel segments.
 pub const SEGMENT: u64 = 8 << 20;
 const BUF: usize = 256 << 10;
 const W: usize = HASH_PART_LEN;
+/// The prefilter is a bitset over the first four characters of each candidate (20 bits,
+/// 128 KiB): with 10,000 candidates about 1 % of windows reach the hash table.
+const PREFIX_CHARS: usize = 4;
+const PREFILTER_WORDS: usize = (1 << (5 * PREFIX_CHARS)) / 64;
 
 /// nix-base32 digit value of each byte, or 0xff.
 static VALUE: [u8; 256] = {
@@ -63,8 +70,8 @@ pub struct ScanError {
 #[derive(Debug, Clone)]
 pub struct Candidates {
     paths: Vec<StorePath>,
-    by_hash: HashMap<[u8; W], u32>,
-    prefilter: Box<[u64; 512]>,
+    by_hash: HashMap<[u8; W], u32, BuildHasherDefault<DigestHasher>>,
+    prefilter: Box<[u64; PREFILTER_WORDS]>,
 }
 
 impl Candidates {
@@ -72,8 +79,8 @@ impl Candidates {
     pub fn new(paths: impl IntoIterator<Item = StorePath>) -> Self {
         let mut c = Candidates {
             paths: Vec::new(),
-            by_hash: HashMap::new(),
-            prefilter: Box::new([0u64; 512]),
+            by_hash: HashMap::default(),
+            prefilter: vec![0u64; PREFILTER_WORDS].into_boxed_slice().try_into().expect("size"),
         };
         for p in paths {
             let mut key = [0u8; W];
@@ -105,12 +112,11 @@ impl Candidates {
     }
 
     #[inline(always)]
-    fn test(&self, window: &[u8], found: &mut Found) {
-        let bit = prefix(window);
-        if self.prefilter[bit >> 6] & (1 << (bit & 63)) == 0 {
+    fn test(&self, prefix: usize, window: &[u8], found: &mut Found) {
+        if self.prefilter[prefix >> 6] & (1 << (prefix & 63)) == 0 {
             return;
         }
-        let key: &[u8; W] = window[..W].try_into().expect("window is 32 bytes");
+        let key: &[u8; W] = window.try_into().expect("window is 32 bytes");
         if let Some(&i) = self.by_hash.get(key) {
             found.insert(i);
         }
@@ -125,24 +131,22 @@ impl Candidates {
         let mut i = 0;
         while i + W <= n {
             // Check the window from its end: any non-base32 byte lets us jump past it.
-            let mut j = W;
-            let mut bad = None;
-            while j > 0 {
-                j -= 1;
-                if !is_b32(data[i + j]) {
-                    bad = Some(j);
-                    break;
-                }
-            }
-            if let Some(j) = bad {
+            let window = &data[i..i + W];
+            if let Some(j) = window.iter().rposition(|&b| !is_b32(b)) {
                 i += j + 1;
                 continue;
             }
-            // A run of at least 32 base32 bytes starts at i: slide through it.
-            self.test(&data[i..i + W], found);
-            while i + W < n && is_b32(data[i + W]) {
+            // A run of at least 32 base32 bytes starts at i: slide through it, keeping the
+            // prefilter index of the window's first four characters rolling.
+            let mut pre = prefix(window);
+            loop {
+                self.test(pre, &data[i..i + W], found);
+                if i + W >= n || !is_b32(data[i + W]) {
+                    break;
+                }
+                pre = ((pre << 5) | VALUE[data[i + PREFIX_CHARS] as usize] as usize)
+                    & (PREFILTER_WORDS * 64 - 1);
                 i += 1;
-                self.test(&data[i..i + W], found);
             }
             i += W + 1;
         }
@@ -155,9 +159,7 @@ impl Candidates {
 
 #[inline(always)]
 fn prefix(window: &[u8]) -> usize {
-    ((VALUE[window[0] as usize] as usize & 31) << 10)
-        | ((VALUE[window[1] as usize] as usize & 31) << 5)
-        | (VALUE[window[2] as usize] as usize & 31)
+    window[..PREFIX_CHARS].iter().fold(0, |acc, &b| (acc << 5) | (VALUE[b as usize] as usize & 31))
 }
 
 /// Indexes of candidates found.

@@ -44,7 +44,7 @@ use rayon::prelude::*;
 use rustix::fs::{flock, FlockOperation};
 
 use crate::db::{Database, DbError};
-use crate::graph::{ClosureBuilder, ClosureError, ValidatedClosure};
+use crate::graph::{ClosureError, ValidatedClosure};
 use crate::layout::StoreLayout;
 use crate::path_info::PathInfo;
 use crate::scan::{scan_tree, Candidates, ScanError};
@@ -488,12 +488,8 @@ impl Store {
 
     /// The closure of `roots`, validated, in topological order (references first).
     pub fn closure(&self, roots: &[StorePath]) -> Result<ValidatedClosure, StoreError> {
-        let mut builder = ClosureBuilder::new();
-        builder.extend(self.db.closure(roots)?)?;
-        for r in roots {
-            builder.add_root(r.clone());
-        }
-        Ok(builder.build()?)
+        let graph = self.db.closure_graph(roots)?;
+        Ok(ValidatedClosure::from_indexed(graph, roots.iter().cloned())?)
     }
 
     /// Check the database, that every valid path exists, and with `check_contents` that its
