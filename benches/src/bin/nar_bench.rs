@@ -48,6 +48,9 @@ struct Args {
     /// Print the result as JSON on stdout (progress still goes to stderr).
     #[arg(long)]
     json: bool,
+    /// Also write the JSON result to this file (with the table on stdout).
+    #[arg(long)]
+    json_file: Option<PathBuf>,
     /// Size in bytes of the file of the generated one-file tree (0: skip that data set).
     #[arg(long, default_value_t = 2_000_000_000)]
     big_size: u64,
@@ -820,15 +823,19 @@ fn bench(args: &Args) -> Result<()> {
         "runs": runs,
         "rss_from": if ctx.time.is_some() { "/usr/bin/time -f %M" } else { "not measured" },
     });
-    if args.json {
-        let result = json!({
+    let result = json!({
             "environment": env,
             "data_sets": data_set_info,
             "rows": rows.iter().map(row_json).collect::<Vec<_>>(),
             "targets": targets(&rows).iter().map(|(what, met, detail)| json!({
                 "target": what, "met": met, "detail": detail,
             })).collect::<Vec<_>>(),
-        });
+    });
+    if let Some(file) = &args.json_file {
+        fs::write(file, serde_json::to_string_pretty(&result)? + "\n")
+            .with_context(|| format!("writing {}", file.display()))?;
+    }
+    if args.json {
         println!("{}", serde_json::to_string_pretty(&result)?);
     } else {
         print_report(&env, &data_set_info, &rows);
