@@ -151,6 +151,17 @@ pub enum ServeError {
     /// An earlier error left the connection in an unknown state.
     #[error("nix-store --serve: the connection is unusable after an earlier error")]
     Poisoned,
+    /// A path pulled from the server was refused by the local store (hash mismatch, ...).
+    #[error("nix-store --serve: importing {path} from the server: {source}")]
+    Import { path: String, source: Box<closure::StoreError> },
+    /// A path pulled from the server has no signature by a trusted key.
+    #[error(
+        "nix-store --serve: {path} lacks a valid signature by a trusted key (signatures: {sigs:?})"
+    )]
+    Untrusted { path: String, sigs: Vec<String> },
+    /// The server does not have a path asked for, or its closure is not closed.
+    #[error("nix-store --serve: the server does not have {0}")]
+    Missing(String),
 }
 
 fn fmt_path(path: &Option<String>) -> String {
@@ -166,6 +177,17 @@ pub struct PushReport {
     pub paths_present: usize,
     /// NAR bytes sent.
     pub nar_bytes_sent: u64,
+}
+
+/// What [`NixServeClient::pull_closure`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Paths imported into the local store.
+    pub paths_received: usize,
+    /// Paths the local store had already.
+    pub paths_present: usize,
+    /// NAR bytes received.
+    pub nar_bytes_received: u64,
 }
 
 /// A connection to `nix-store --serve [--write]`.
@@ -548,6 +570,161 @@ where
         self.poisoned = false;
         Ok(hasher.finish())
     }
+}
+
+impl<R, W> NixServeClient<R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    /// The server's records of the closure of `roots` (QueryPathInfos, one round trip per
+    /// level of references), references first.
+    pub async fn query_closure(
+        &mut self,
+        roots: &[StorePath],
+    ) -> Result<ValidatedClosure, ServeError> {
+        let mut infos: std::collections::BTreeMap<StorePath, PathInfo> = Default::default();
+        let mut todo: Vec<StorePath> = roots.to_vec();
+        while !todo.is_empty() {
+            todo.sort();
+            todo.dedup();
+            let answer = self.query_path_infos(&todo).await?;
+            for p in &todo {
+                if !answer.iter().any(|i| &i.path == p) {
+                    return Err(ServeError::Missing(self.abs(p)));
+                }
+            }
+            todo.clear();
+            for info in answer {
+                todo.extend(info.references.iter().filter(|r| !infos.contains_key(*r)).cloned());
+                infos.insert(info.path.clone(), info);
+            }
+            todo.retain(|p| !infos.contains_key(p));
+        }
+        ValidatedClosure::from_infos(infos.into_values()).map_err(|e| ServeError::Protocol {
+            op: "QueryPathInfos",
+            path: None,
+            reason: format!("the server's closure is not valid: {e}"),
+        })
+    }
+
+    /// Pull the closure of `roots` into `store` (`--from nix+ssh://`): the server's path infos,
+    /// then for each path the local store lacks, references first, DumpStorePath streamed
+    /// straight into [`closure::Store::import_nar`] (which checks the NAR hash and size before
+    /// the path becomes valid). With `trusted`, every path must carry a signature by one of
+    /// those keys; `None` accepts unsigned paths (Nix does so for `nix copy --from ssh://`).
+    ///
+    /// The store's import is synchronous: it runs in [`tokio::task::block_in_place`], so this
+    /// needs tokio's multi-threaded runtime.
+    pub async fn pull_closure(
+        &mut self,
+        roots: &[StorePath],
+        store: &mut closure::Store,
+        trusted: Option<&[signing::nix::VerifyingKey]>,
+    ) -> Result<PullReport, ServeError> {
+        let closure = self.query_closure(roots).await?;
+        let local = store
+            .query_valid(closure.paths())
+            .map_err(|e| ServeError::Import { path: String::new(), source: Box::new(e) })?;
+        let missing: Vec<&PathInfo> = closure.iter().filter(|i| !local.contains(&i.path)).collect();
+        if let Some(keys) = trusted {
+            for info in &missing {
+                let fp = signing::nix::fingerprint(
+                    &self.store_dir,
+                    &info.path,
+                    &info.nar_hash,
+                    info.nar_size,
+                    &info.references.iter().cloned().collect::<Vec<_>>(),
+                );
+                let sigs: Vec<signing::nix::Signature> = info
+                    .sigs
+                    .iter()
+                    .filter_map(|s| signing::nix::Signature::parse(s).ok())
+                    .collect();
+                if !signing::nix::verify_any(keys, &fp, &sigs) {
+                    return Err(ServeError::Untrusted {
+                        path: self.abs(&info.path),
+                        sigs: info.sigs.clone(),
+                    });
+                }
+            }
+        }
+        let mut report = PullReport { paths_present: local.len(), ..Default::default() };
+        for info in missing {
+            self.check()?;
+            self.poisoned = true;
+            let name = self.abs(&info.path);
+            let ctx = Ctx { op: "DumpStorePath", path: Some(&name) };
+            let mut buf = Vec::with_capacity(16 + name.len());
+            wire::put_u64(&mut buf, op::DUMP_STORE_PATH);
+            wire::put_str(&mut buf, name.as_bytes());
+            self.send(&buf, ctx).await?;
+            let handle = tokio::runtime::Handle::current();
+            let reader = &mut self.reader;
+            let result = tokio::task::block_in_place(|| {
+                let mut bridge = SyncReader { handle, reader, tracker: Decoder::new() };
+                store.import_nar(info, &mut bridge)
+            });
+            // The import stops right after the archive, so the stream stays in step; a hash
+            // mismatch is reported after the whole NAR was read.
+            result.map_err(|e| ServeError::Import { path: name.clone(), source: Box::new(e) })?;
+            self.poisoned = false;
+            report.paths_received += 1;
+            report.nar_bytes_received += info.nar_size;
+        }
+        Ok(report)
+    }
+}
+
+/// A blocking [`io::BufRead`] over the connection's async reader, for the store's synchronous
+/// import (inside `block_in_place`). It tracks the NAR with its own decoder and reports end of
+/// input once the archive's last byte was consumed: the server sends nothing after a NAR, and a
+/// reader asking for more there would wait forever.
+struct SyncReader<'a, R> {
+    handle: tokio::runtime::Handle,
+    reader: &'a mut BufReader<R>,
+    tracker: Decoder,
+}
+
+impl<R: AsyncRead + Unpin> io::Read for SyncReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let available = io::BufRead::fill_buf(self)?;
+            let n = available.len().min(buf.len());
+            buf[..n].copy_from_slice(&available[..n]);
+            n
+        };
+        io::BufRead::consume(self, n);
+        Ok(n)
+    }
+}
+
+impl<R: AsyncRead + Unpin> io::BufRead for SyncReader<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.tracker.step(&[]).map_err(invalid_data)?.event.is_some() {}
+        if self.tracker.is_done() {
+            return Ok(&[]);
+        }
+        let reader = &mut *self.reader;
+        self.handle.block_on(reader.fill_buf())
+    }
+    fn consume(&mut self, amt: usize) {
+        let mut consumed = &self.reader.buffer()[..amt];
+        // The store's decoder already accepted these bytes, so this one does too.
+        while !consumed.is_empty() {
+            match self.tracker.step(consumed) {
+                Ok(step) if step.consumed > 0 || step.event.is_some() => {
+                    consumed = &consumed[step.consumed..]
+                }
+                _ => break,
+            }
+        }
+        std::pin::Pin::new(&mut *self.reader).consume(amt);
+    }
+}
+
+fn invalid_data(e: nar_core::error::DecodeError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 /// Stream the NAR of `source` to `writer`, checking it against `info` as it goes; never writes

@@ -153,3 +153,42 @@ async fn refusals_name_the_path() {
     );
     assert!(!out.status.success(), "app became valid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_closure_from_nix_into_a_ferry_store() {
+    require_nix();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = build(&tmp.path().join("ferry"));
+    let nix_root = tmp.path().join("nix");
+    let closure = fx.store.closure(&fx.roots()).unwrap();
+    let layout = fx.store.layout().clone();
+    let (mut client, child) = connect(&nix_root).await;
+    client.push_closure(&closure, &move |p: &_| layout.physical_path(p)).await.unwrap();
+    finish(client, child).await;
+
+    let dest_layout =
+        closure::StoreLayout::new(tmp.path().join("dest"), StoreDir::nix(), None).unwrap();
+    let mut dest = closure::Store::open(dest_layout).unwrap();
+    let (mut client, child) = connect(&nix_root).await;
+    // Nix holds these paths unsigned: refused when signatures are required.
+    let key = signing::nix::SigningKey::generate("k-1", &mut rand::thread_rng()).verifying_key();
+    let err = client.pull_closure(&fx.roots(), &mut dest, Some(&[key])).await.unwrap_err();
+    assert!(matches!(err, ServeError::Untrusted { .. }), "{err}");
+    assert!(dest.all_valid_paths().unwrap().is_empty());
+
+    let report = client.pull_closure(&fx.roots(), &mut dest, None).await.unwrap();
+    assert_eq!((report.paths_received, report.paths_present), (4, 0));
+    assert_eq!(report.nar_bytes_received, closure.total_nar_size());
+    assert!(dest.verify(true).unwrap().is_clean());
+    for p in fx.all() {
+        let (got, want) = (dest.path_info(&p).unwrap(), fx.info(&p));
+        assert_eq!(
+            (got.nar_hash, &got.references, &got.deriver),
+            (want.nar_hash, &want.references, &want.deriver)
+        );
+    }
+    let again = client.pull_closure(std::slice::from_ref(&fx.top), &mut dest, None).await.unwrap();
+    assert_eq!((again.paths_received, again.paths_present), (0, 3));
+    let stderr = finish(client, child).await;
+    assert!(stderr.is_empty(), "server stderr: {stderr}");
+}
