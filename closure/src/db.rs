@@ -8,11 +8,16 @@
 //!   layout Nix's schema 10 and Guix's schema 7 share, so the same queries read all three.
 //! - ferry's own database is opened read-write, in WAL mode with `synchronous = FULL`, foreign
 //!   keys on and a 30 s busy timeout. A Nix or Guix database is opened **read-only**; columns it
-//!   lacks (Guix has no `sigs`/`ca`/`ultimate`) read as empty.
-//! - Registration ([`register`]) takes infos in topological order (references first) inside
+//!   lacks (Guix has no `sigs`/`ca`/`ultimate`) read as empty. (Reading a WAL-mode database,
+//!   as Nix's is, makes SQLite create its `-wal`/`-shm` side files when they are missing; the
+//!   database file itself is never written, which the Nix interop test checks.)
+//! - Registration ([`Database::register`]) takes infos in topological order (references first) inside
 //!   one transaction; every reference must be valid already or earlier in the batch.
-//! - Closures are computed inside SQLite with one recursive query ([`Database::closure`]), so a
-//!   100,000-path closure costs two queries, not 100,000.
+//! - Closures ([`Database::closure_graph`]): up to [`SCAN_LIMIT`] rows, by one ordered scan of
+//!   `Refs` (its primary-key index) into a compressed adjacency array, a breadth-first walk in
+//!   memory, and one scan of `ValidPaths`; beyond that, by one recursive query inside SQLite.
+//!   Either way a 100,000-path closure costs a few statements, not 100,000, and comes back
+//!   with its edges as indexes, ready for validation without hashing paths.
 //!
 //! A file that is not an SQLite database, or lacks the tables, is reported as
 //! [`DbError::Corrupt`] naming the file and SQLite's reason.
