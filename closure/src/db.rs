@@ -911,6 +911,43 @@ mod tests {
     }
 
     #[test]
+    fn reads_a_guix_schema_database() {
+        // Guix's schema 7: no ultimate/sigs/ca columns; hashes as sha256:<hex>.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db.sqlite");
+        let conn = Connection::open(&file).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE ValidPaths (id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+               path TEXT UNIQUE NOT NULL, hash TEXT NOT NULL, registrationTime INTEGER NOT NULL,
+               deriver TEXT, narSize INTEGER);
+             CREATE TABLE Refs (referrer INTEGER NOT NULL, reference INTEGER NOT NULL,
+               PRIMARY KEY (referrer, reference));",
+        )
+        .unwrap();
+        let (a, b) = (sp(1, "a"), sp(2, "b"));
+        let dir_g = StoreDir::guix();
+        let h = Sha256Hash::of(b"x");
+        for (id, p) in [(1, &a), (2, &b)] {
+            conn.execute(
+                "INSERT INTO ValidPaths VALUES (?1, ?2, ?3, 5, NULL, 120)",
+                params![id, p.to_absolute(&dir_g), h.to_typed_hex()],
+            )
+            .unwrap();
+        }
+        conn.execute_batch("INSERT INTO Refs VALUES (2, 1), (2, 2)").unwrap();
+        drop(conn);
+        let before = std::fs::read(&file).unwrap();
+        let mut db = Database::open_read_only(&file, DbKind::Guix, dir_g).unwrap();
+        let info = db.query_path_info(&b).unwrap().unwrap();
+        assert_eq!(info.references, [a.clone(), b.clone()].into_iter().collect());
+        assert_eq!((info.nar_hash, info.nar_size, info.sigs.len(), info.ca), (h, 120, 0, None));
+        assert_eq!(db.closure(std::slice::from_ref(&b)).unwrap().len(), 2);
+        assert!(matches!(db.delete(&b), Err(DbError::ReadOnly { .. })));
+        drop(db);
+        assert_eq!(std::fs::read(&file).unwrap(), before, "never written");
+    }
+
+    #[test]
     fn corrupt_file_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("db.sqlite");
