@@ -12,6 +12,12 @@
 //! with every session process it forked. [`Sshd::kill_connections`] cuts the live sessions while
 //! the listener stays up (a dropped connection); [`Sshd::kill`] takes the whole server down.
 //!
+//! Remote sessions get `HOME` set to the fixture's own `home/` (`SetEnv HOME=...`): the
+//! login user's shell startup files are not run (Debian's bash sources `~/.bashrc` for commands
+//! over SSH, and a slow or locking one — pyenv's rehash lock, say — would stall every channel),
+//! and each host of a fleet has its own `~/.cache`. The working directory of a session is still
+//! the user's home from the password database, so tests should give remote paths absolutely.
+//!
 //! A missing `sshd` or `ssh-keygen` is a panic that says which package to install, never a skip.
 
 use std::fs;
@@ -146,6 +152,7 @@ impl Sshd {
             authorized.push('\n');
         }
         write_private(&dir.path().join("authorized_keys"), &authorized);
+        fs::create_dir(dir.path().join("home")).expect("create the sessions' HOME");
 
         let mut sshd = Sshd { dir, child: None, port: 0, user, host_keys, options };
         let mut last_log = String::new();
@@ -212,9 +219,12 @@ impl Sshd {
         if self.options.sftp {
             config.push_str("Subsystem sftp internal-sftp\n");
         }
+        let mut setenv = format!("SetEnv HOME={}", self.home().display());
         if let Some(path) = &self.options.path {
-            config.push_str(&format!("SetEnv PATH={path}\n"));
+            setenv.push_str(&format!(" PATH={path}"));
         }
+        config.push_str(&setenv);
+        config.push('\n');
         for line in &self.options.extra_config {
             config.push_str(line);
             config.push('\n');
@@ -324,6 +334,11 @@ impl Sshd {
         self.dir.path()
     }
 
+    /// `HOME` of remote sessions: an empty directory of the fixture's own.
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
     /// The generated `sshd_config`.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("sshd_config")
@@ -348,6 +363,21 @@ impl Sshd {
     pub fn kill_connections(&self) {
         if let Some(pid) = self.pid() {
             kill_all(&descendants(pid));
+        }
+    }
+
+    /// SIGSTOP every session process: connections stay open but go silent, as behind a dead
+    /// link (only keepalives notice). [`Sshd::thaw_connections`] resumes them; drop kills them.
+    pub fn freeze_connections(&self) {
+        if let Some(pid) = self.pid() {
+            signal_all("-STOP", &descendants(pid));
+        }
+    }
+
+    /// SIGCONT the processes [`Sshd::freeze_connections`] stopped.
+    pub fn thaw_connections(&self) {
+        if let Some(pid) = self.pid() {
+            signal_all("-CONT", &descendants(pid));
         }
     }
 
@@ -465,11 +495,15 @@ fn descendants(pid: u32) -> Vec<u32> {
 }
 
 fn kill_all(pids: &[u32]) {
+    signal_all("-KILL", pids);
+}
+
+fn signal_all(signal: &str, pids: &[u32]) {
     if pids.is_empty() {
         return;
     }
     let _ = Command::new("kill")
-        .arg("-KILL")
+        .arg(signal)
         .args(pids.iter().map(u32::to_string))
         .stdout(Stdio::null())
         .stderr(Stdio::null())

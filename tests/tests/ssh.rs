@@ -1,6 +1,8 @@
 //! The SSH transport (`transfer::ssh`) against Debian's OpenSSH server on loopback.
 //!
-//! `FERRY_SSH_THROUGHPUT_MIB` sets the size of the throughput run (1024 MiB by default).
+//! `FERRY_SSH_THROUGHPUT_MIB` sets the size of the throughput run: 1024 MiB by default in an
+//! optimized build (`cargo test --release -p ferry-tests --test ssh throughput -- --nocapture`),
+//! 256 MiB in a debug build, where russh's packet handling runs unoptimized.
 
 use std::path::Path;
 use std::process::Command;
@@ -10,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::sshd::{remote_path, KeyKind, Sshd, SshdOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use transfer::ssh::{SshConfig, SshError, SshSession, UploadMethod};
+use transfer::ssh::{Keepalive, SshConfig, SshError, SshSession, UploadMethod};
 
 fn config(sshd: &Sshd) -> SshConfig {
     let mut cfg = SshConfig::new(sshd.host());
@@ -244,8 +246,10 @@ async fn large_stream_round_trip_through_cat() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_into_cat_dev_null() {
-    let mib: usize =
-        std::env::var("FERRY_SSH_THROUGHPUT_MIB").ok().and_then(|s| s.parse().ok()).unwrap_or(1024);
+    let mib: usize = std::env::var("FERRY_SSH_THROUGHPUT_MIB")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if cfg!(debug_assertions) { 256 } else { 1024 });
     let sshd = Sshd::start();
     let session = connect(&sshd).await;
     let (mut stdin, _stdout, exit) =
@@ -359,6 +363,9 @@ async fn remote_path_option_reaches_commands() {
     });
     let session = connect(&sshd).await;
     assert_eq!(text(session.run(&["ferry-probe"]).await.unwrap()), "probe-ok\n");
+    // Sessions run with the fixture's own HOME, not the user's (no ~/.bashrc of the machine).
+    let home = session.run(&["sh", "-c", "echo $HOME"]).await.unwrap();
+    assert_eq!(text(home).trim(), sshd.home().to_str().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -432,4 +439,30 @@ async fn killed_sshd_mid_stream_errors_without_hanging() {
         assert!(matches!(err, SshError::ConnectionLost { .. }), "{err}");
         assert!(session.is_closed() || whole_server || !session.is_closed());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connection_is_detected_by_keepalive() {
+    let sshd = Sshd::start();
+    let mut cfg = config(&sshd);
+    cfg.keepalive = Some(Keepalive { interval: Duration::from_millis(500), max_missed: 2 });
+    let session = SshSession::connect(&cfg).await.unwrap();
+    let (mut stdin, mut stdout, exit) = session.exec(&["cat"]).await.unwrap().split();
+    stdin.write_all(b"ping\n").await.unwrap();
+    let mut line = [0u8; 5];
+    stdout.read_exact(&mut line).await.unwrap();
+    // The host goes silent: TCP stays up, nothing answers.
+    sshd.freeze_connections();
+    let start = Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 64];
+        let read = stdout.read(&mut buf).await;
+        (read, exit.wait().await)
+    })
+    .await
+    .expect("a silent host hung the client: keepalive did not fire");
+    println!("dead connection noticed after {:?}: {:?}", start.elapsed(), outcome.1);
+    assert!(matches!(outcome.0, Ok(0) | Err(_)));
+    assert!(matches!(outcome.1, Err(SshError::ConnectionLost { .. })), "{:?}", outcome.1);
+    assert!(stdin.write_all(b"more").await.is_err());
 }
