@@ -614,6 +614,8 @@ impl Store {
         self.check_writable()?;
         let lock = self.lock.as_ref().expect("writable");
         if flock(lock, FlockOperation::NonBlockingLockExclusive).is_err() {
+            // A failed conversion may have dropped the shared lock (flock(2)): take it again.
+            let _ = flock(lock, FlockOperation::LockShared);
             return Err(StoreError::Busy(self.layout.physical_store_dir()));
         }
         let result = self.collect_garbage_locked(extra_roots, dry_run);
