@@ -466,3 +466,25 @@ async fn silent_connection_is_detected_by_keepalive() {
     assert!(matches!(outcome.1, Err(SshError::ConnectionLost { .. })), "{:?}", outcome.1);
     assert!(stdin.write_all(b"more").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_of_hosts_each_with_its_own_key_and_home() {
+    let fleet = ferry_tests::sshd::Fleet::start(3);
+    let mut ports = std::collections::BTreeSet::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for host in fleet.iter() {
+        ports.insert(host.port());
+        keys.insert(host.host_key().to_owned());
+        let mut cfg = config(host);
+        cfg.known_hosts = None;
+        cfg.host_key = Some(host.host_key().to_owned());
+        let session = SshSession::connect(&cfg).await.unwrap();
+        let home = session.run(&["sh", "-c", "echo $HOME"]).await.unwrap();
+        assert_eq!(text(home).trim(), host.home().to_str().unwrap());
+    }
+    assert_eq!((ports.len(), keys.len()), (3, 3));
+    // Another host's key is refused: keys are per host.
+    let mut cfg = config(&fleet.hosts[0]);
+    cfg.host_key = Some(fleet.hosts[1].host_key().to_owned());
+    assert!(matches!(SshSession::connect(&cfg).await, Err(SshError::HostKeyMismatch { .. })));
+}
