@@ -91,7 +91,14 @@ impl SshTransport {
         self.program.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|p| p.uploaded)
     }
 
-    async fn session(&self) -> Result<Arc<SshSession>, TransportError> {
+    /// The runtime the session's tasks run on (for callers driving other protocols over it,
+    /// such as `nix-store --serve`).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The host's session, connected on first use and reused.
+    pub async fn session(&self) -> Result<Arc<SshSession>, TransportError> {
         let mut slot = self.session.lock().await;
         if let Some(s) = slot.as_ref() {
             if !s.is_closed() {

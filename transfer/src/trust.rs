@@ -25,6 +25,8 @@ pub enum KeyError {
     KeyFile(#[from] signing::keyfile::KeyFileError),
     #[error("cannot create {0:?}: {1}")]
     CreateDir(PathBuf, std::io::Error),
+    #[error("cannot write {0:?}: {1}")]
+    Write(PathBuf, std::io::Error),
 }
 
 /// The digest a path's signature covers.
@@ -88,6 +90,35 @@ pub fn load_or_generate_key(state_dir: &Path) -> Result<(SigningKey, Option<Path
     }
     std::fs::create_dir_all(state_dir).map_err(|e| KeyError::CreateDir(state_dir.to_owned(), e))?;
     let key = signing::keyfile::generate_guix_key_pair(state_dir, &mut rand::thread_rng())?;
+    Ok((key, Some(state_dir.to_owned())))
+}
+
+/// The local Nix signing key `<state>/nix-signing-key.sec` (for binary caches), generated on
+/// first use with the name `default_name` (and its `.pub`); the second value is the directory
+/// where a new key pair was written.
+pub fn load_or_generate_nix_key(
+    state_dir: &Path,
+    default_name: &str,
+) -> Result<(signing::nix::SigningKey, Option<PathBuf>), KeyError> {
+    let sec = state_dir.join("nix-signing-key.sec");
+    if sec.symlink_metadata().is_ok() {
+        return Ok((signing::keyfile::load_nix_signing_key(&sec)?, None));
+    }
+    std::fs::create_dir_all(state_dir).map_err(|e| KeyError::CreateDir(state_dir.to_owned(), e))?;
+    let key = signing::nix::SigningKey::generate(default_name, &mut rand::thread_rng());
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |e| KeyError::Write(path, e)
+    };
+    signing::keyfile::write_atomically_with_mode(&sec, key.to_keyfile_string().as_bytes(), 0o400)
+        .map_err(io(&sec))?;
+    let public = state_dir.join("nix-signing-key.pub");
+    signing::keyfile::write_atomically_with_mode(
+        &public,
+        key.verifying_key().to_string().as_bytes(),
+        0o444,
+    )
+    .map_err(io(&public))?;
     Ok((key, Some(state_dir.to_owned())))
 }
 

@@ -161,6 +161,110 @@ struct SshArgs {
     known_hosts: Option<PathBuf>,
 }
 
+fn ssh_config(endpoint: &transfer::uri::SshEndpoint, ssh: &SshArgs) -> transfer::ssh::SshConfig {
+    let mut config = transfer::ssh::SshConfig::new(endpoint.host.clone());
+    if let Some(port) = endpoint.port {
+        config.port = port;
+    }
+    if let Some(user) = &endpoint.user {
+        config.user = user.clone();
+    }
+    config.identity = ssh.identity.clone();
+    config.host_key = ssh.host_key.clone();
+    config.known_hosts = ssh.known_hosts.clone();
+    config
+}
+
+/// `file:///DIR`: write the closure into a binary cache directory, narinfos signed with the
+/// local Nix key (`<state>/nix-signing-key.sec`, generated on first use).
+fn copy_to_cache(
+    layout: &StoreLayout,
+    closure: &ValidatedClosure,
+    dir: &std::path::Path,
+    uri: &str,
+    level: i32,
+) -> anyhow::Result<PushSummary> {
+    let started = Instant::now();
+    let (key, generated) =
+        transfer::trust::load_or_generate_nix_key(layout.state_dir(), "ferry-1")?;
+    if let Some(d) = generated {
+        eprintln!(
+            "ferry: generated a Nix signing key pair in {} (nix-signing-key.sec, \
+             nix-signing-key.pub: {}); add the public key to trusted-public-keys to use the cache",
+            d.display(),
+            key.verifying_key()
+        );
+    }
+    let options = transfer::cache::CacheOptions { zstd_level: level, ..Default::default() };
+    let writer =
+        transfer::cache::CacheWriter::open(dir, layout.store_dir().clone(), Some(key), options)?;
+    let mut summary = PushSummary {
+        host: uri.to_owned(),
+        closure_paths: closure.len(),
+        diff_round_trips: 1,
+        ..Default::default()
+    };
+    for info in closure.iter() {
+        if let transfer::cache::WriteOutcome::Written(n) =
+            writer.write_path(info, &layout.physical_path(&info.path))?
+        {
+            summary.paths_missing += 1;
+            summary.paths_sent += 1;
+            summary.paths_landed += 1;
+            summary.nar_bytes_sent += n.nar_size;
+            summary.wire_bytes += n.file_size.unwrap_or(0);
+        }
+    }
+    summary.phases.send = started.elapsed();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// `nix+ssh://`: push into a host running Nix through `nix-store --serve --write`.
+fn copy_to_nix_serve(
+    layout: &StoreLayout,
+    closure: &ValidatedClosure,
+    endpoint: &transfer::uri::SshEndpoint,
+    store: &transfer::uri::StoreParams,
+    uri: &str,
+    ssh: &SshArgs,
+) -> anyhow::Result<PushSummary> {
+    let started = Instant::now();
+    let transport =
+        transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, ssh), store.clone())?;
+    let mut argv: Vec<String> = vec!["nix-store".into()];
+    if let Some(root) = &store.root {
+        argv.extend(["--store".into(), root.display().to_string()]);
+    }
+    argv.extend(["--serve".into(), "--write".into()]);
+    let store_dir = layout.store_dir().clone();
+    let report = transport.runtime().block_on(async {
+        let session = transport.session().await?;
+        let (stdin, stdout, exit) = session.exec(&argv).await?.split();
+        let mut client =
+            transfer::nix_serve::NixServeClient::handshake(stdout, stdin, store_dir).await?;
+        let report = client.push_closure(closure, |p| layout.physical_path(p)).await?;
+        client.shutdown().await?;
+        drop(client);
+        exit.wait_checked().await?;
+        anyhow::Ok(report)
+    })?;
+    let elapsed = started.elapsed();
+    Ok(PushSummary {
+        host: uri.to_owned(),
+        closure_paths: closure.len(),
+        paths_missing: report.paths_sent,
+        paths_sent: report.paths_sent,
+        paths_landed: report.paths_sent,
+        nar_bytes_sent: report.nar_bytes_sent,
+        wire_bytes: report.nar_bytes_sent,
+        diff_round_trips: 1,
+        seconds: elapsed.as_secs_f64(),
+        phases: transfer::push::Phases { send: elapsed, ..Default::default() },
+        ..Default::default()
+    })
+}
+
 fn transport_for(target: &Target, uri: &str, ssh: &SshArgs) -> anyhow::Result<Box<dyn Transport>> {
     match target {
         Target::Local { store } => {
@@ -170,21 +274,12 @@ fn transport_for(target: &Target, uri: &str, ssh: &SshArgs) -> anyhow::Result<Bo
             t.state_dir = store.state_dir.clone();
             Ok(Box::new(t))
         }
-        Target::Ssh { endpoint, store } => {
-            let mut config = transfer::ssh::SshConfig::new(endpoint.host.clone());
-            if let Some(port) = endpoint.port {
-                config.port = port;
-            }
-            if let Some(user) = &endpoint.user {
-                config.user = user.clone();
-            }
-            config.identity = ssh.identity.clone();
-            config.host_key = ssh.host_key.clone();
-            config.known_hosts = ssh.known_hosts.clone();
-            Ok(Box::new(transfer::ssh_transport::SshTransport::new(config, store.clone())?))
+        Target::Ssh { endpoint, store } => Ok(Box::new(
+            transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, ssh), store.clone())?,
+        )),
+        Target::NixSsh { .. } | Target::File { .. } => {
+            unreachable!("{uri}: handled without a ferry agent")
         }
-        Target::NixSsh { .. } => bail!("{uri}: nix+ssh:// is not wired into `ferry copy` yet"),
-        Target::File { .. } => bail!("{uri}: file:// is not wired into `ferry copy` yet"),
     }
 }
 
@@ -348,9 +443,18 @@ fn push_all(
             .iter()
             .map(|(uri, target)| {
                 scope.spawn(move || -> anyhow::Result<PushSummary> {
-                    let transport = transport_for(target, uri, ssh)?;
-                    let mut summary =
-                        push_closure(layout, closure, transport.as_ref(), key, options, render)?;
+                    let mut summary = match target {
+                        Target::File { dir } => {
+                            copy_to_cache(layout, closure, dir, uri, options.zstd_level)?
+                        }
+                        Target::NixSsh { endpoint, store } => {
+                            copy_to_nix_serve(layout, closure, endpoint, store, uri, ssh)?
+                        }
+                        _ => {
+                            let transport = transport_for(target, uri, ssh)?;
+                            push_closure(layout, closure, transport.as_ref(), key, options, render)?
+                        }
+                    };
                     summary.phases.closure = closure_time;
                     summary.seconds += closure_time.as_secs_f64();
                     Ok(summary)
