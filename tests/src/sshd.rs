@@ -219,16 +219,31 @@ impl Sshd {
         if self.options.sftp {
             config.push_str("Subsystem sftp internal-sftp\n");
         }
-        let mut setenv = format!("SetEnv HOME={}", self.home().display());
+        // sshd honours only the first SetEnv directive: merge ours with any in extra_config
+        // (theirs win) into one line.
+        let mut env = vec![format!("HOME={}", self.default_home().display())];
         if let Some(path) = &self.options.path {
-            setenv.push_str(&format!(" PATH={path}"));
+            env.push(format!("PATH={path}"));
         }
-        config.push_str(&setenv);
-        config.push('\n');
+        let mut extra = String::new();
         for line in &self.options.extra_config {
-            config.push_str(line);
-            config.push('\n');
+            match setenv_vars(line) {
+                Some(vars) => env.extend(vars),
+                None => {
+                    extra.push_str(line);
+                    extra.push('\n');
+                }
+            }
         }
+        let mut merged: Vec<String> = Vec::new();
+        for var in env.into_iter().rev() {
+            let name = var.split('=').next().unwrap_or_default().to_owned();
+            if !merged.iter().any(|m| m.split('=').next() == Some(name.as_str())) {
+                merged.push(var);
+            }
+        }
+        merged.reverse();
+        config.push_str(&format!("SetEnv {}\n{extra}", merged.join(" ")));
         fs::write(self.config_path(), config).expect("write sshd_config");
 
         let mut known = String::new();
@@ -334,8 +349,18 @@ impl Sshd {
         self.dir.path()
     }
 
-    /// `HOME` of remote sessions: an empty directory of the fixture's own.
+    /// `HOME` of remote sessions: an empty directory of the fixture's own, unless a
+    /// `SetEnv HOME=...` line in [`SshdOptions::extra_config`] chose another.
     pub fn home(&self) -> PathBuf {
+        let vars: Vec<String> =
+            self.options.extra_config.iter().filter_map(|l| setenv_vars(l)).flatten().collect();
+        vars.iter()
+            .rev()
+            .find_map(|v| v.strip_prefix("HOME=").map(PathBuf::from))
+            .unwrap_or_else(|| self.default_home())
+    }
+
+    fn default_home(&self) -> PathBuf {
         self.dir.path().join("home")
     }
 
@@ -465,6 +490,13 @@ fn write_private(path: &Path, text: &str) {
     fs::write(path, text).expect("write file");
     let out = Command::new("chmod").arg("600").arg(path).output().expect("chmod");
     assert!(out.status.success());
+}
+
+/// The `VAR=VALUE` words of a `SetEnv` config line (`None` for other lines).
+fn setenv_vars(line: &str) -> Option<Vec<String>> {
+    let mut words = line.split_whitespace();
+    let keyword = words.next()?;
+    keyword.eq_ignore_ascii_case("SetEnv").then(|| words.map(str::to_owned).collect())
 }
 
 /// Every live descendant of `pid`, read from `/proc/*/stat`.

@@ -366,6 +366,18 @@ async fn remote_path_option_reaches_commands() {
     // Sessions run with the fixture's own HOME, not the user's (no ~/.bashrc of the machine).
     let home = session.run(&["sh", "-c", "echo $HOME"]).await.unwrap();
     assert_eq!(text(home).trim(), sshd.home().to_str().unwrap());
+
+    // A SetEnv line of the caller's own is merged (sshd honours only the first SetEnv).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start_with(SshdOptions {
+        path: Some(remote_path(&[bin.path()])),
+        extra_config: vec![format!("SetEnv HOME={} FERRY_X=1", elsewhere.path().display())],
+        ..SshdOptions::default()
+    });
+    assert_eq!(sshd.home(), elsewhere.path());
+    let session = connect(&sshd).await;
+    let out = session.run(&["sh", "-c", "echo $HOME $FERRY_X; ferry-probe"]).await.unwrap();
+    assert_eq!(text(out), format!("{} 1\nprobe-ok\n", elsewhere.path().display()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
