@@ -230,3 +230,86 @@ fn ferry_reads_its_own_and_nix_written_caches() {
 fn open_store(root: &Path) -> Store {
     Store::open(StoreLayout::new(root, StoreDir::nix(), None).unwrap()).unwrap()
 }
+
+fn leftovers(cache: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for d in [cache.to_owned(), cache.join("nar")] {
+        for e in fs::read_dir(&d).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if name != "nar" && name != "nix-cache-info" {
+                out.push(name);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_failed_write_leaves_no_narinfo_and_no_temp_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = StoreDir::nix();
+    let src = tmp.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), vec![7u8; 1 << 20]).unwrap();
+    let digest = nar_core::dump::hash_path(&src).unwrap();
+    let path = made_up_path("x");
+    let cache = tmp.path().join("cache");
+    let writer = CacheWriter::open(&cache, dir.clone(), None, CacheOptions::default()).unwrap();
+
+    // The files no longer match what the store recorded.
+    let mut info = closure::PathInfo::new(path.clone(), digest, Default::default());
+    info.nar_size += 1;
+    let err = writer.write_path(&info, &src).unwrap_err();
+    assert!(matches!(err, CacheError::Changed { .. }), "{err}");
+    assert!(err.to_string().contains("-x has NAR hash"), "{err}");
+    assert_eq!(leftovers(&cache), Vec::<String>::new());
+
+    // The files cannot be read.
+    let info = closure::PathInfo::new(path.clone(), digest, Default::default());
+    let err = writer.write_path(&info, &tmp.path().join("missing")).unwrap_err();
+    assert!(matches!(err, CacheError::Dump { .. }), "{err}");
+    assert_eq!(leftovers(&cache), Vec::<String>::new());
+    assert!(!writer.contains(&path));
+
+    // And then it works: one NAR, one narinfo.
+    writer.write_path(&info, &src).unwrap();
+    assert!(writer.contains(&path));
+    assert_eq!(leftovers(&cache).len(), 2, "{:?}", leftovers(&cache));
+
+    // An existing cache for another store dir is refused.
+    let err =
+        CacheWriter::open(&cache, StoreDir::guix(), None, CacheOptions::default()).unwrap_err();
+    assert!(matches!(err, CacheError::StoreDirMismatch { .. }), "{err}");
+}
+
+#[test]
+fn narinfo_text_round_trips_with_references_in_nix_order() {
+    let dir = StoreDir::nix();
+    // Digest order and base-name order differ for these two.
+    let a = nar_core::store_path::StorePath::from_base_name("00000000000000000000000000000001-a")
+        .unwrap();
+    let b = nar_core::store_path::StorePath::from_base_name("10000000000000000000000000000000-b")
+        .unwrap();
+    let me = made_up_path("me");
+    let digest =
+        nar_core::hash::NarDigest { hash: nar_core::hash::Sha256Hash::of(b"nar"), size: 8 };
+    let mut info =
+        closure::PathInfo::new(me.clone(), digest, [a.clone(), b.clone(), me.clone()].into());
+    info.deriver = Some(made_up_path("me.drv"));
+    let file = nar_core::hash::NarDigest { hash: nar_core::hash::Sha256Hash::of(b"zst"), size: 5 };
+    let mut narinfo = NarInfo::from_path_info(&info, "nar/x.nar.zst".into(), "zstd", file);
+    let key = SigningKey::generate("k-1", &mut rand::thread_rng());
+    narinfo.sign(&dir, &key);
+    narinfo.sign(&dir, &key);
+    assert_eq!(narinfo.sigs.len(), 1);
+    let text = narinfo.to_text(&dir);
+    let refs_line = text.lines().find(|l| l.starts_with("References: ")).unwrap();
+    let mut sorted: Vec<&str> = refs_line["References: ".len()..].split(' ').collect();
+    let written = sorted.clone();
+    sorted.sort();
+    assert_eq!(written, sorted);
+    let parsed = NarInfo::parse(&text, &dir, Path::new("t.narinfo")).unwrap();
+    assert_eq!(parsed, narinfo);
+    assert!(parsed.verify(&dir, &[key.verifying_key()]));
+    assert!(NarInfo::parse("StorePath: /nix/store/x\n", &dir, Path::new("bad")).is_err());
+}
