@@ -620,7 +620,24 @@ impl Cx<'_> {
                 ),
             };
             let os = self.finish_os(name, merged)?;
-            let configuration = self.configuration(name, m, m_span)?;
+            let configuration = self.configuration(name, m, m_span.clone())?;
+            if m.environment == Environment::Local {
+                let same_root = machines.iter().find(|o: &&Machine| {
+                    o.environment == Environment::Local
+                        && o.configuration.root == configuration.root
+                });
+                if let Some(other) = same_root {
+                    return Err(self.at(
+                        m_span,
+                        format!(
+                            "machines '{}' and '{name}' are both local with the root {}: each \
+                             needs its own",
+                            other.name,
+                            configuration.root.display()
+                        ),
+                    ));
+                }
+            }
             machines.push(Machine {
                 name: name.clone(),
                 tags,
@@ -1208,6 +1225,15 @@ health-checks = [{ command = "true" }, { tcp = 22, timeout = 2 }, { http = "http
         assert_eq!(db1.os.file_systems.len(), 2);
         assert_eq!(ssh.machines[1].configuration.port, 2222);
         assert_eq!(ssh.machines[0].os.health_checks.len(), 3);
+    }
+
+    #[test]
+    fn local_machines_need_their_own_roots() {
+        let e = err("[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n\
+                     [machine.configuration]\nroot = \"/r\"\n\
+                     [[machine]]\nname = \"b\"\nenvironment = \"local\"\noperating-system = {}\n\
+                     [machine.configuration]\nroot = \"/r/\"\n");
+        assert!(e.contains("machines 'a' and 'b' are both local with the root /r"), "{e}");
     }
 
     #[test]
