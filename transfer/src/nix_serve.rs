@@ -306,7 +306,9 @@ where
         (self.reader.into_inner(), self.writer.into_inner())
     }
 
-    /// Close the writing side so the server exits after its last answer.
+    /// Flush and shut down the writing side. Some writers do not close on shutdown (tokio's
+    /// `ChildStdin` only closes when dropped): drop the client afterwards so the server sees
+    /// end of input and exits.
     pub async fn shutdown(&mut self) -> Result<(), ServeError> {
         let ctx = Ctx { op: "shutdown", path: None };
         self.writer.shutdown().await.map_err(|e| ctx.io(e))
