@@ -12,6 +12,7 @@
 
 use std::fs::{self, File, FileType};
 use std::io::{self, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -58,7 +59,16 @@ fn unsupported_kind(file_type: &FileType) -> &'static str {
 
 /// Write the NAR of `path` to `out`; returns the number of bytes written.
 pub fn dump<W: Write>(path: &Path, out: W) -> Result<u64, DumpError> {
-    let mut writer = NarWriter::new(out);
+    dump_with(path, NarWriter::new(out))
+}
+
+/// Write the NAR of `path` to a file descriptor (stdout, a pipe, a file); large files move with
+/// `sendfile(2)`, without passing through user space. Returns the number of bytes written.
+pub fn dump_to_fd<W: Write + AsFd>(path: &Path, out: W) -> Result<u64, DumpError> {
+    dump_with(path, NarWriter::new(out).with_kernel_copy())
+}
+
+fn dump_with<W: Write>(path: &Path, mut writer: NarWriter<W>) -> Result<u64, DumpError> {
     let file_type = fs::symlink_metadata(path)
         .map_err(|source| DumpError::Read { path: path.to_owned(), source })?
         .file_type();
@@ -93,7 +103,7 @@ fn dump_node<W: Write>(
 ) -> Result<(), DumpError> {
     let read_error = |path: &Path, source| DumpError::Read { path: path.to_owned(), source };
     if file_type.is_file() {
-        let mut file = fs::OpenOptions::new()
+        let file = fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&*path)
@@ -106,7 +116,7 @@ fn dump_node<W: Write>(
             });
         }
         let executable = meta.permissions().mode() & 0o100 != 0;
-        return copy_file(writer, path, &mut file, executable, meta.len());
+        return copy_file(writer, path, &file, executable, meta.len());
     }
     if file_type.is_symlink() {
         let target = fs::read_link(&*path).map_err(|e| read_error(path, e))?;
@@ -138,12 +148,12 @@ fn dump_node<W: Write>(
 fn copy_file<W: Write>(
     writer: &mut NarWriter<W>,
     path: &Path,
-    file: &mut File,
+    file: &File,
     executable: bool,
     size: u64,
 ) -> Result<(), DumpError> {
-    writer.file(executable, size, file).map_err(|err| match err {
-        // `io::copy` mixes read and write errors; a read error names the file.
+    writer.file_from_disk(executable, size, file).map_err(|err| match err {
+        // Copying mixes read and write errors; a read error names the file.
         WriteError::Io(source) if source.kind() != io::ErrorKind::BrokenPipe => {
             DumpError::Read { path: path.to_owned(), source }
         }

@@ -39,9 +39,15 @@ pub enum NarCommand {
     Ls,
 }
 
-/// Stdout as a `File`, so large file contents move with `sendfile`/`splice`, not through buffers.
+/// Stdout as a `File`, so large file contents move with `sendfile`, not through buffers. When
+/// stdout is a pipe, it is widened to 1 MiB so each `sendfile` and each read of the consumer
+/// moves more than the default 64 KiB (best effort: the kernel may refuse).
 fn stdout_file() -> io::Result<File> {
-    Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
+    let file = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+    if file.metadata().is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())) {
+        let _ = rustix::pipe::fcntl_setpipe_size(&file, 1 << 20);
+    }
+    Ok(file)
 }
 
 fn stdin_file() -> io::Result<File> {
@@ -51,7 +57,7 @@ fn stdin_file() -> io::Result<File> {
 pub fn run(_global: &GlobalOpts, command: NarCommand) -> anyhow::Result<ExitCode> {
     match command {
         NarCommand::Dump { path } => {
-            nar_core::dump::dump(&path, stdout_file()?)?;
+            nar_core::dump::dump_to_fd(&path, stdout_file()?)?;
         }
         NarCommand::Restore { dir } => {
             nar_core::restore::restore(stdin_file()?, &dir)
