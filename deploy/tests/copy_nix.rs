@@ -117,4 +117,22 @@ fn nix_ssh_lands_paths_nix_verifies() {
     check(nix("nix-store").arg("--store").arg(&nix_root).args(["--verify", "--check-contents"]));
     let second = copy(&root);
     assert_eq!(second["paths_sent"], 0, "{second}");
+
+    // And back: --from nix+ssh:// into a fresh ferry store.
+    let back = tmp.path().join("back");
+    let out = check(
+        ferry(&back)
+            .args(["copy", "--json", "--identity"])
+            .arg(sshd.identity_ed25519())
+            .arg("--known-hosts")
+            .arg(sshd.known_hosts())
+            .args(["--from", &uri])
+            .args(app.split(' ')),
+    );
+    let pulled: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(pulled["paths_received"], 2, "{pulled}");
+    check(ferry(&back).args(["store", "verify", "--check-contents"]));
+    for p in &closure {
+        check(ferry(&back).args(["store", "info", "--hash", p]));
+    }
 }
