@@ -13,6 +13,9 @@
 //! | [`push`] | the copy pipeline: one-round-trip diff, pipelined signed zstd streams, summary |
 //! | [`trust`] | what a path's signature covers; the local signing key |
 //! | [`uri`] | `ssh://`, `local://`, `nix+ssh://`, `file://` targets |
+//! | [`delta`] | delta frames (zstd with the base NAR as prefix), base selection |
+//! | [`adaptive`] | zstd level and delta on/off from the measured link and compressor |
+//! | [`shaping`] | emulated link rate and latency inside a transport (`ferry bench`) |
 //!
 //! # Example: push a closure to an agent on a thread
 //! ```no_run
@@ -33,12 +36,15 @@
 //! # Ok(()) }
 //! ```
 
+pub mod adaptive;
 pub mod agent;
 pub mod cache;
+pub mod delta;
 pub mod framed;
 pub mod nix_serve;
 pub mod protocol;
 pub mod push;
+pub mod shaping;
 pub mod ssh;
 pub mod ssh_transport;
 pub mod transport;

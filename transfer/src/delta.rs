@@ -1,0 +1,889 @@
+//! Delta frames: a new NAR sent as zstd with an older NAR the host already has as reference.
+//!
+//! This is what `zstd --patch-from=OLD NEW` does (the base NAR is a *reference prefix* of the
+//! frame, long-distance matching on, window sized to cover base and new), made streaming and
+//! memory-bounded, with the base's integrity checked before anything is applied.
+//!
+//! # Stream format (all integers little-endian)
+//!
+//! ```text
+//! header:   "FERRYDL1"            8 bytes, magic + format version
+//!           base_nar_size         u64
+//!           base_nar_sha256       32 bytes   (the base the encoder used)
+//!           new_nar_size          u64
+//!           segment_count         u32
+//! segment:  base_offset           u64  \ the reference prefix of this frame is
+//!           base_len              u64  /   base_nar[base_offset .. base_offset + base_len]
+//!           new_len               u64      NAR bytes this frame decodes to
+//!           frame_len             u64      bytes of the zstd frame that follows
+//!           frame                 frame_len bytes: one zstd frame (content size and checksum
+//!                                 flags set) compressed with that prefix
+//! ```
+//!
+//! The segments' `new_len` add up to `new_nar_size`; the decoded segments, concatenated, are the
+//! new NAR. The caller verifies the new NAR's hash (the decoder returns the digest it computed).
+//!
+//! # Bounds (where memory goes)
+//!
+//! - **Base in memory, both sides.** zstd needs the reference prefix as one contiguous buffer:
+//!   the encoder takes the base NAR as `&[u8]`, the decoder rebuilds it into a `Vec` with
+//!   [`VerifiedBase::rebuild`]. A base above [`MAX_BASE_NAR`] (512 MiB) is refused with
+//!   [`DeltaError::TooLarge`]: the path goes in full.
+//! - **One frame = prefix + segment ≤ [`FRAME_BUDGET`] (512 MiB = the largest window, log 29).**
+//!   If base + new fit, the pair is one frame with the whole base as prefix (exactly
+//!   `--patch-from`). Otherwise the new NAR is cut into equal segments of at most
+//!   [`SEGMENT_MAX`] (128 MiB); each segment's prefix is the part of the base aligned with it
+//!   (found by content anchors, see below), widened by a margin, capped so that prefix + segment
+//!   ≤ `FRAME_BUDGET`.
+//! - **Encoder peak** ≈ base + one segment of new (read from the stream, ≤ 128 MiB, or the whole
+//!   new NAR when the pair is one frame) + the compressed frame + zstd's tables (≈ 120 MiB at
+//!   level 19 with LDM): ≤ 512 + 128 + 128 + frame for the largest allowed base; for the kernel
+//!   pair (408 MB NARs) ≈ 0.7 GB.
+//! - **Decoder peak** ≈ base + zstd's window buffer, which is min(window, segment) ≤ 128 MiB when
+//!   segmented: ≤ 512 + 128 MiB + a few MiB; ≈ 0.55 GB for the kernel pair. The output is written
+//!   as a stream.
+//!
+//! # Alignment of segments
+//!
+//! A gear rolling hash over the base marks content-defined anchors (about one per 4 KiB); each is
+//! indexed by its 64-byte-window hash. The anchors of a new segment that are found in the base
+//! vote for base offsets; the prefix spans their 2nd to 98th percentile plus [`ALIGN_MARGIN`]. With
+//! too few votes the prefix is the proportional position of the segment in the base, plus the
+//! margin. Only the encoder aligns; the decoder reads the ranges from the stream.
+//!
+//! # Failures
+//!
+//! Every [`DeltaError`] means the same to the protocol: **fall back to a full transfer of this
+//! path**. A decode error may come after some output was written: the caller discards what it
+//! wrote (as it does for a NAR whose hash does not match).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::path::Path;
+
+use nar_core::hash::{NarDigest, NarHasher, Sha256Hash};
+use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
+
+/// Magic and version of the delta stream.
+pub const MAGIC: &[u8; 8] = b"FERRYDL1";
+/// Largest base NAR held in memory as reference (both sides).
+pub const MAX_BASE_NAR: u64 = 512 << 20;
+/// Largest prefix + segment in one zstd frame: the window (log 29).
+pub const FRAME_BUDGET: u64 = 512 << 20;
+/// Largest window log used (covers `FRAME_BUDGET`).
+pub const MAX_WINDOW_LOG: u32 = 29;
+/// Largest part of the new NAR in one frame when the pair does not fit one frame.
+pub const SEGMENT_MAX: u64 = 128 << 20;
+/// Extra base bytes on each side of the aligned range of a segment.
+pub const ALIGN_MARGIN: u64 = 16 << 20;
+/// Highest zstd level the delta encoder uses (`--compress max`). Ultra levels (20–22) would
+/// need several times the table memory for a few percent.
+pub const MAX_LEVEL: i32 = 19;
+
+const HEADER_LEN: usize = 8 + 8 + 32 + 8 + 4;
+const SEGMENT_HEADER_LEN: usize = 32;
+
+/// Why a delta could not be made or applied. Every variant means: send this path in full.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    /// The host does not have the base (or cannot read it).
+    #[error("delta base {path} unavailable: {reason}")]
+    BaseUnavailable {
+        /// The base store path as given.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The base rebuilt from the host's store does not have the expected NAR hash/size.
+    #[error("delta base {path} is corrupt: NAR {found} ({found_size} B), expected {expected} ({expected_size} B)")]
+    BaseCorrupt {
+        /// The base store path.
+        path: String,
+        /// Hash found.
+        found: Sha256Hash,
+        /// Size found.
+        found_size: u64,
+        /// Hash expected.
+        expected: Sha256Hash,
+        /// Size expected.
+        expected_size: u64,
+    },
+    /// The delta was made against another base than the one the host verified.
+    #[error("delta stream is for base {stream} but the host's base is {host}")]
+    BaseMismatch {
+        /// Base hash named by the stream.
+        stream: Sha256Hash,
+        /// Base hash verified on the host.
+        host: Sha256Hash,
+    },
+    /// A base or pair beyond the memory bounds of this module.
+    #[error("delta refused: {what} is {size} B, bound {bound} B")]
+    TooLarge {
+        /// What is too large.
+        what: &'static str,
+        /// Its size.
+        size: u64,
+        /// The bound.
+        bound: u64,
+    },
+    /// The stream is not a well-formed delta stream.
+    #[error("malformed delta stream: {0}")]
+    Malformed(String),
+    /// zstd refused to compress or decompress.
+    #[error("zstd {op}: {message}")]
+    Zstd {
+        /// compress / decompress / parameter.
+        op: &'static str,
+        /// zstd's error name.
+        message: String,
+    },
+    /// The decoded NAR does not have the expected hash.
+    #[error(
+        "delta result is NAR {found} ({found_size} B), expected {expected} ({expected_size} B)"
+    )]
+    NewHashMismatch {
+        /// Hash found.
+        found: Sha256Hash,
+        /// Size found.
+        found_size: u64,
+        /// Hash expected.
+        expected: Sha256Hash,
+        /// Size expected.
+        expected_size: u64,
+    },
+    /// Reading the new NAR, the stream, or writing the output failed.
+    #[error("delta I/O: {0}")]
+    Io(#[from] io::Error),
+}
+
+impl DeltaError {
+    /// Always true: the protocol sends the path in full after any delta error. Present so that
+    /// call sites read as the decision they make.
+    pub fn falls_back_to_full(&self) -> bool {
+        true
+    }
+}
+
+fn zstd_err(op: &'static str, code: usize) -> DeltaError {
+    DeltaError::Zstd { op, message: zstd_safe::get_error_name(code).to_owned() }
+}
+
+/// A base NAR whose hash has been checked against what the host's store records.
+#[derive(Debug)]
+pub struct VerifiedBase {
+    nar: Vec<u8>,
+    digest: NarDigest,
+}
+
+impl VerifiedBase {
+    /// Rebuild the NAR of `path` (a base store path on the host) and check it against `expected`
+    /// before anything is applied. Stops reading as soon as the NAR grows beyond the expected size.
+    pub fn rebuild(path: &Path, expected: &NarDigest) -> Result<Self, DeltaError> {
+        if expected.size > MAX_BASE_NAR {
+            return Err(DeltaError::TooLarge {
+                what: "base NAR",
+                size: expected.size,
+                bound: MAX_BASE_NAR,
+            });
+        }
+        let unavailable = |reason: String| DeltaError::BaseUnavailable {
+            path: path.display().to_string(),
+            reason,
+        };
+        if std::fs::symlink_metadata(path).is_err() {
+            return Err(unavailable("not in the store".into()));
+        }
+        let mut buf = BoundedVec {
+            data: Vec::with_capacity(expected.size as usize),
+            cap: expected.size,
+            overflow: false,
+        };
+        let digest = match nar_core::dump::dump_hashed(path, &mut buf) {
+            Ok(d) => d,
+            Err(_) if buf.overflow => {
+                return Err(DeltaError::BaseCorrupt {
+                    path: path.display().to_string(),
+                    found: Sha256Hash([0; 32]),
+                    found_size: buf.data.len() as u64 + 1,
+                    expected: expected.hash,
+                    expected_size: expected.size,
+                })
+            }
+            Err(e) => return Err(unavailable(e.to_string())),
+        };
+        if digest != *expected {
+            return Err(DeltaError::BaseCorrupt {
+                path: path.display().to_string(),
+                found: digest.hash,
+                found_size: digest.size,
+                expected: expected.hash,
+                expected_size: expected.size,
+            });
+        }
+        Ok(VerifiedBase { nar: buf.data, digest })
+    }
+
+    /// A base NAR already in memory, checked against `expected` (for callers that hold the NAR).
+    pub fn from_nar(nar: Vec<u8>, expected: &NarDigest) -> Result<Self, DeltaError> {
+        let digest = digest_of(&nar);
+        if digest != *expected {
+            return Err(DeltaError::BaseCorrupt {
+                path: "(in memory)".into(),
+                found: digest.hash,
+                found_size: digest.size,
+                expected: expected.hash,
+                expected_size: expected.size,
+            });
+        }
+        Ok(VerifiedBase { nar, digest })
+    }
+
+    /// The NAR bytes.
+    pub fn nar(&self) -> &[u8] {
+        &self.nar
+    }
+
+    /// Its hash and size.
+    pub fn digest(&self) -> &NarDigest {
+        &self.digest
+    }
+}
+
+/// A `Write` into a `Vec` that refuses to grow past `cap` (a corrupt, larger base must not make
+/// the host allocate without bound).
+struct BoundedVec {
+    data: Vec<u8>,
+    cap: u64,
+    overflow: bool,
+}
+
+impl Write for BoundedVec {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.data.len() as u64 + buf.len() as u64 > self.cap {
+            self.overflow = true;
+            return Err(io::Error::other("base NAR larger than expected"));
+        }
+        self.data.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn digest_of(bytes: &[u8]) -> NarDigest {
+    let mut h = NarHasher::new();
+    h.update(bytes);
+    h.finish()
+}
+
+/// How to encode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeParams {
+    /// zstd level, 1..=[`MAX_LEVEL`] (higher is clamped).
+    pub level: i32,
+    /// Largest part of the new NAR per frame when the pair does not fit one frame.
+    pub segment_max: u64,
+    /// Largest prefix + segment per frame.
+    pub frame_budget: u64,
+}
+
+impl EncodeParams {
+    /// Defaults with the given level.
+    pub fn level(level: i32) -> Self {
+        EncodeParams { level, segment_max: SEGMENT_MAX, frame_budget: FRAME_BUDGET }
+    }
+}
+
+impl Default for EncodeParams {
+    fn default() -> Self {
+        Self::level(3)
+    }
+}
+
+/// What the encoder did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodeStats {
+    /// Bytes of the delta stream written.
+    pub delta_bytes: u64,
+    /// NAR bytes read from the new NAR.
+    pub new_bytes: u64,
+    /// Digest of the new NAR as read (the caller may compare it with the path's NAR hash).
+    pub new_digest: Option<NarDigest>,
+    /// The frames: (base offset, base len, new len, frame len).
+    pub segments: Vec<(u64, u64, u64, u64)>,
+}
+
+/// The plan for a pair: how many segments, and whether the whole base is each one's prefix.
+fn segment_lengths(base_len: u64, new_len: u64, p: &EncodeParams) -> Vec<u64> {
+    if new_len == 0 {
+        return Vec::new();
+    }
+    if base_len + new_len <= p.frame_budget {
+        return vec![new_len];
+    }
+    let seg_max = p.segment_max.clamp(1, p.frame_budget / 2);
+    let count = new_len.div_ceil(seg_max);
+    let each = new_len / count;
+    let mut v = vec![each; count as usize];
+    v[count as usize - 1] += new_len - each * count;
+    v
+}
+
+/// Encode the new NAR (read as a stream from `new`, `new_size` bytes) against `base` (the base
+/// NAR, in memory), writing the delta stream to `out`.
+///
+/// `base` must be the NAR whose digest the host will verify: pass its digest as `base_digest`
+/// (the encoder does not rehash the base). The new NAR is hashed while read; a short read is an
+/// error.
+pub fn encode<R: Read, W: Write>(
+    base: &[u8],
+    base_digest: &NarDigest,
+    mut new: R,
+    new_size: u64,
+    params: &EncodeParams,
+    mut out: W,
+) -> Result<EncodeStats, DeltaError> {
+    if base.len() as u64 > MAX_BASE_NAR {
+        return Err(DeltaError::TooLarge {
+            what: "base NAR",
+            size: base.len() as u64,
+            bound: MAX_BASE_NAR,
+        });
+    }
+    if base.len() as u64 != base_digest.size {
+        return Err(DeltaError::Malformed(format!(
+            "base is {} B but its digest says {} B",
+            base.len(),
+            base_digest.size
+        )));
+    }
+    let level = params.level.clamp(1, MAX_LEVEL);
+    let segs = segment_lengths(base.len() as u64, new_size, params);
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(MAGIC);
+    header.extend_from_slice(&base_digest.size.to_le_bytes());
+    header.extend_from_slice(&base_digest.hash.0);
+    header.extend_from_slice(&new_size.to_le_bytes());
+    header.extend_from_slice(&(segs.len() as u32).to_le_bytes());
+    out.write_all(&header)?;
+    let mut stats = EncodeStats { delta_bytes: HEADER_LEN as u64, ..Default::default() };
+
+    let index = if segs.len() > 1 { Some(AnchorIndex::build(base)) } else { None };
+    let mut hasher = NarHasher::new();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut done = 0u64;
+    for &seg_len in &segs {
+        buf.clear();
+        buf.reserve_exact(seg_len as usize);
+        (&mut new).take(seg_len).read_to_end(&mut buf)?;
+        if buf.len() as u64 != seg_len {
+            return Err(DeltaError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("new NAR ended after {} of {new_size} B", done + buf.len() as u64),
+            )));
+        }
+        hasher.update(&buf);
+        let (b_off, b_len) = match &index {
+            None => (0, base.len() as u64),
+            Some(ix) => ix.align(
+                &buf,
+                done,
+                new_size,
+                base.len() as u64,
+                params.frame_budget.saturating_sub(seg_len),
+            ),
+        };
+        let prefix = &base[b_off as usize..(b_off + b_len) as usize];
+        let frame = compress_frame(prefix, &buf, level)?;
+        let mut sh = [0u8; SEGMENT_HEADER_LEN];
+        sh[0..8].copy_from_slice(&b_off.to_le_bytes());
+        sh[8..16].copy_from_slice(&b_len.to_le_bytes());
+        sh[16..24].copy_from_slice(&seg_len.to_le_bytes());
+        sh[24..32].copy_from_slice(&(frame.len() as u64).to_le_bytes());
+        out.write_all(&sh)?;
+        out.write_all(&frame)?;
+        stats.delta_bytes += (SEGMENT_HEADER_LEN + frame.len()) as u64;
+        stats.segments.push((b_off, b_len, seg_len, frame.len() as u64));
+        done += seg_len;
+    }
+    drop(buf);
+    // The stream must end where the caller said: one more byte is an error too.
+    let mut probe = [0u8; 1];
+    if new.read(&mut probe)? != 0 {
+        return Err(DeltaError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("new NAR longer than {new_size} B"),
+        )));
+    }
+    out.flush()?;
+    stats.new_bytes = done;
+    stats.new_digest = Some(hasher.finish());
+    Ok(stats)
+}
+
+/// Window log covering `n` bytes.
+fn window_log_for(n: u64) -> u32 {
+    let mut log = 10u32;
+    while (1u64 << log) < n && log < MAX_WINDOW_LOG {
+        log += 1;
+    }
+    log
+}
+
+fn compress_frame(prefix: &[u8], src: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
+    let mut cctx = CCtx::create();
+    let set =
+        |c: &mut CCtx, p| c.set_parameter(p).map(|_| ()).map_err(|e| zstd_err("parameter", e));
+    set(&mut cctx, CParameter::CompressionLevel(level))?;
+    set(&mut cctx, CParameter::WindowLog(window_log_for(prefix.len() as u64 + src.len() as u64)))?;
+    set(&mut cctx, CParameter::EnableLongDistanceMatching(true))?;
+    set(&mut cctx, CParameter::ChecksumFlag(true))?;
+    set(&mut cctx, CParameter::ContentSizeFlag(true))?;
+    cctx.ref_prefix(prefix).map_err(|e| zstd_err("prefix", e))?;
+    // Capacity is reserved, not touched: only the written bytes become resident.
+    let mut out = Vec::with_capacity(zstd_safe::compress_bound(src.len()));
+    cctx.compress2(&mut out, src).map_err(|e| zstd_err("compress", e))?;
+    Ok(out)
+}
+
+/// Apply a delta stream read from `input` to the verified `base`, writing the new NAR to `out`
+/// as it is decoded. Returns the digest of what was written; the caller compares it with the
+/// path's NAR hash (or use [`decode_verified`]).
+pub fn decode<R: Read, W: Write>(
+    base: &VerifiedBase,
+    mut input: R,
+    mut out: W,
+) -> Result<NarDigest, DeltaError> {
+    let mut header = [0u8; HEADER_LEN];
+    input.read_exact(&mut header).map_err(|e| eof_malformed(e, "header"))?;
+    if &header[0..8] != MAGIC {
+        return Err(DeltaError::Malformed("bad magic".into()));
+    }
+    let base_size = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+    let base_hash = Sha256Hash(header[16..48].try_into().expect("32 bytes"));
+    let new_size = u64::from_le_bytes(header[48..56].try_into().expect("8 bytes"));
+    let count = u32::from_le_bytes(header[56..60].try_into().expect("4 bytes"));
+    if base_hash != base.digest.hash || base_size != base.digest.size {
+        return Err(DeltaError::BaseMismatch { stream: base_hash, host: base.digest.hash });
+    }
+    let mut hasher = NarHasher::new();
+    let mut dctx = DCtx::create();
+    dctx.set_parameter(DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(|e| zstd_err("parameter", e))?;
+    let mut in_buf = vec![0u8; zstd_safe::DCtx::in_size()];
+    let mut out_buf = vec![0u8; zstd_safe::DCtx::out_size()];
+    let mut total = 0u64;
+    for _ in 0..count {
+        let mut sh = [0u8; SEGMENT_HEADER_LEN];
+        input.read_exact(&mut sh).map_err(|e| eof_malformed(e, "segment header"))?;
+        let word = |i: usize| u64::from_le_bytes(sh[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        let (b_off, b_len, new_len, frame_len) = (word(0), word(1), word(2), word(3));
+        let b_end = b_off
+            .checked_add(b_len)
+            .filter(|&e| e <= base.nar.len() as u64)
+            .ok_or_else(|| DeltaError::Malformed(format!("prefix {b_off}+{b_len} beyond base")))?;
+        if b_len.saturating_add(new_len) > FRAME_BUDGET || total + new_len > new_size {
+            return Err(DeltaError::Malformed(format!("segment {b_len}+{new_len} out of bounds")));
+        }
+        dctx.reset(zstd_safe::ResetDirective::SessionOnly).map_err(|e| zstd_err("reset", e))?;
+        dctx.ref_prefix(&base.nar[b_off as usize..b_end as usize])
+            .map_err(|e| zstd_err("prefix", e))?;
+        let mut frame = (&mut input).take(frame_len);
+        let mut produced = 0u64;
+        let mut frame_done = false;
+        loop {
+            let n = frame.read(&mut in_buf)?;
+            if n == 0 {
+                break;
+            }
+            if frame_done {
+                return Err(DeltaError::Malformed("bytes after the zstd frame".into()));
+            }
+            let mut inb = InBuffer::around(&in_buf[..n]);
+            while inb.pos < n {
+                let mut outb = OutBuffer::around(&mut out_buf[..]);
+                let hint = dctx
+                    .decompress_stream(&mut outb, &mut inb)
+                    .map_err(|e| zstd_err("decompress", e))?;
+                let w = outb.pos();
+                produced += w as u64;
+                if produced > new_len {
+                    return Err(DeltaError::Malformed(
+                        "segment decodes to more than announced".into(),
+                    ));
+                }
+                hasher.update(&out_buf[..w]);
+                out.write_all(&out_buf[..w])?;
+                if hint == 0 {
+                    frame_done = true;
+                    if inb.pos < n {
+                        return Err(DeltaError::Malformed("bytes after the zstd frame".into()));
+                    }
+                }
+            }
+        }
+        // Drain what zstd still holds (output buffer was full on the last call).
+        while !frame_done {
+            let mut inb = InBuffer::around(&[]);
+            let mut outb = OutBuffer::around(&mut out_buf[..]);
+            let hint = dctx
+                .decompress_stream(&mut outb, &mut inb)
+                .map_err(|e| zstd_err("decompress", e))?;
+            let w = outb.pos();
+            if w == 0 && hint != 0 {
+                return Err(DeltaError::Malformed("zstd frame truncated".into()));
+            }
+            produced += w as u64;
+            if produced > new_len {
+                return Err(DeltaError::Malformed("segment decodes to more than announced".into()));
+            }
+            hasher.update(&out_buf[..w]);
+            out.write_all(&out_buf[..w])?;
+            frame_done = hint == 0;
+        }
+        if frame.limit() != 0 {
+            return Err(DeltaError::Malformed("delta stream truncated".into()));
+        }
+        if produced != new_len {
+            return Err(DeltaError::Malformed(format!(
+                "segment decoded to {produced} B, announced {new_len} B"
+            )));
+        }
+        total += produced;
+    }
+    if total != new_size {
+        return Err(DeltaError::Malformed(format!("decoded {total} B, announced {new_size} B")));
+    }
+    out.flush()?;
+    Ok(hasher.finish())
+}
+
+fn eof_malformed(e: io::Error, what: &str) -> DeltaError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        DeltaError::Malformed(format!("stream ends in the {what}"))
+    } else {
+        DeltaError::Io(e)
+    }
+}
+
+/// [`decode`], then compare the result with the new path's NAR digest.
+pub fn decode_verified<R: Read, W: Write>(
+    base: &VerifiedBase,
+    input: R,
+    out: W,
+    expected_new: &NarDigest,
+) -> Result<NarDigest, DeltaError> {
+    let got = decode(base, input, out)?;
+    if got != *expected_new {
+        return Err(DeltaError::NewHashMismatch {
+            found: got.hash,
+            found_size: got.size,
+            expected: expected_new.hash,
+            expected_size: expected_new.size,
+        });
+    }
+    Ok(got)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Alignment of segments: content-defined anchors.
+
+const GEAR: [u64; 256] = gear_table();
+
+const fn gear_table() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut s: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut i = 0;
+    while i < 256 {
+        // splitmix64
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        t[i] = z ^ (z >> 31);
+        i += 1;
+    }
+    t
+}
+
+/// An anchor every ~4 KiB (12 bits of the gear hash zero), at least 256 B apart.
+const ANCHOR_MASK: u64 = (1 << 12) - 1;
+const ANCHOR_MIN_GAP: usize = 256;
+
+/// Calls `f(position, hash)` for each anchor of `data`.
+fn anchors(data: &[u8], mut f: impl FnMut(usize, u64)) {
+    let mut h = 0u64;
+    let mut last = 0usize;
+    for (i, &b) in data.iter().enumerate() {
+        h = (h << 1).wrapping_add(GEAR[b as usize]);
+        if i >= 64 && (h >> 40) & ANCHOR_MASK == 0 && i - last >= ANCHOR_MIN_GAP {
+            last = i;
+            f(i, h);
+        }
+    }
+}
+
+/// Anchor hash → base offset (ambiguous hashes dropped).
+struct AnchorIndex {
+    map: HashMap<u64, u64>,
+}
+
+impl AnchorIndex {
+    fn build(base: &[u8]) -> Self {
+        let mut map: HashMap<u64, u64> = HashMap::new();
+        anchors(base, |pos, h| {
+            map.entry(h).and_modify(|v| *v = u64::MAX).or_insert(pos as u64);
+        });
+        map.retain(|_, v| *v != u64::MAX);
+        AnchorIndex { map }
+    }
+
+    /// The base range to use as prefix for `seg`, which starts at `seg_start` of a new NAR of
+    /// `new_len` bytes: at most `cap` bytes.
+    fn align(
+        &self,
+        seg: &[u8],
+        seg_start: u64,
+        new_len: u64,
+        base_len: u64,
+        cap: u64,
+    ) -> (u64, u64) {
+        let mut hits = Vec::new();
+        anchors(seg, |_, h| {
+            if let Some(&off) = self.map.get(&h) {
+                hits.push(off);
+            }
+        });
+        let (lo, hi) = if hits.len() >= 16 {
+            hits.sort_unstable();
+            let lo = hits[hits.len() * 2 / 100];
+            let hi = hits[(hits.len() * 98 / 100).min(hits.len() - 1)];
+            (lo.saturating_sub(ALIGN_MARGIN), (hi + ALIGN_MARGIN).min(base_len))
+        } else {
+            let scale = |x: u64| ((x as u128 * base_len as u128) / new_len.max(1) as u128) as u64;
+            let lo = scale(seg_start);
+            let hi = scale(seg_start + seg.len() as u64);
+            (lo.saturating_sub(ALIGN_MARGIN), (hi + ALIGN_MARGIN).min(base_len))
+        };
+        let len = hi - lo;
+        if len <= cap {
+            return (lo, len);
+        }
+        // Too wide (content spread over the base): keep `cap` bytes centred on the median hit,
+        // or on the proportional position.
+        let centre = if hits.len() >= 16 { hits[hits.len() / 2] } else { (lo + hi) / 2 };
+        let start = centre.saturating_sub(cap / 2).min(base_len.saturating_sub(cap));
+        (start, cap.min(base_len))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Base selection (pure).
+
+/// Split a store path name into name and version as Nix's `parseDrvName` does: the version
+/// starts after the first `-` that is followed by a character that is not a letter.
+/// `"foo-1.2.3"` → `("foo", "1.2.3")`; `"foo-bar-2"` → `("foo-bar", "2")`; `"foo"` → `("foo", "")`.
+pub fn parse_name_version(full: &str) -> (&str, &str) {
+    let b = full.as_bytes();
+    for i in 0..b.len() {
+        if b[i] == b'-' && i + 1 < b.len() && !b[i + 1].is_ascii_alphabetic() {
+            return (&full[..i], &full[i + 1..]);
+        }
+    }
+    (full, "")
+}
+
+/// Nix's `compareVersions`: components split at `.`/`-`, numbers compare numerically, `pre`
+/// sorts before anything, a number sorts after a string, the empty component before a number.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    fn next(s: &str) -> (&str, &str) {
+        let s = s.trim_start_matches(['.', '-']);
+        if s.is_empty() {
+            return ("", "");
+        }
+        let digit = s.as_bytes()[0].is_ascii_digit();
+        let end = s
+            .find(|c: char| c == '.' || c == '-' || c.is_ascii_digit() != digit)
+            .unwrap_or(s.len());
+        (&s[..end], &s[end..])
+    }
+    fn lt(c1: &str, c2: &str) -> bool {
+        let n1 = c1.parse::<u128>().ok().filter(|_| !c1.is_empty());
+        let n2 = c2.parse::<u128>().ok().filter(|_| !c2.is_empty());
+        match (n1, n2) {
+            (Some(x), Some(y)) => x < y,
+            _ if c1.is_empty() && n2.is_some() => true,
+            _ if c1 == "pre" && c2 != "pre" => true,
+            _ if c2 == "pre" => false,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (None, None) => c1 < c2,
+        }
+    }
+    let (mut x, mut y) = (a, b);
+    while !x.is_empty() || !y.is_empty() {
+        let (c1, r1) = next(x);
+        let (c2, r2) = next(y);
+        if lt(c1, c2) {
+            return Ordering::Less;
+        }
+        if lt(c2, c1) {
+            return Ordering::Greater;
+        }
+        x = r1;
+        y = r2;
+    }
+    Ordering::Equal
+}
+
+/// A path the host holds, offered as a possible base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldPath {
+    /// The store path name (after the hash part), e.g. `libreoffice-core-7.4.7`.
+    pub name: String,
+    /// An identifier the caller uses for it (base name or full path).
+    pub id: String,
+    /// Its NAR size, if known.
+    pub nar_size: Option<u64>,
+    /// It sits at the same place in the closure of the host's current generation as the missing
+    /// path does in the new one (see [`closure_counterparts`]).
+    pub same_place: bool,
+}
+
+/// Why a candidate was ranked where it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BaseReason {
+    /// Same place in the previous generation's closure and same name.
+    SamePlaceSameName,
+    /// Same name apart from hash and version.
+    SameName,
+    /// Same place in the previous generation's closure, another name (a rename).
+    SamePlace,
+}
+
+/// A ranked base candidate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RankedBase {
+    /// [`HeldPath::id`].
+    pub id: String,
+    /// Why it is a candidate.
+    pub reason: BaseReason,
+}
+
+/// Rank the host's held paths as delta bases for the missing path named `missing_name` (the
+/// part after the hash), best first. Candidates are: the same name apart from hash and version,
+/// and whatever sits at the same place in the closure of the host's current generation. Among
+/// same-name candidates the closest older version wins, then the closest newer one; NAR sizes
+/// (when both known) off by more than 4x drop a candidate, and sizes closer to the missing one
+/// break ties. Identical names (same version, other hash: a rebuild) rank first of their class.
+pub fn rank_bases(
+    missing_name: &str,
+    missing_nar_size: Option<u64>,
+    held: &[HeldPath],
+) -> Vec<RankedBase> {
+    use std::cmp::Ordering;
+    let (name, version) = parse_name_version(missing_name);
+    let mut c: Vec<(BaseReason, u8, &str, u64, &HeldPath)> = Vec::new();
+    for h in held {
+        if let (Some(a), Some(b)) = (missing_nar_size, h.nar_size) {
+            let (lo, hi) = (a.min(b), a.max(b));
+            if hi > lo.saturating_mul(4).max(4096) {
+                continue;
+            }
+        }
+        let (hn, hv) = parse_name_version(&h.name);
+        let same_name = hn == name;
+        let reason = match (h.same_place, same_name) {
+            (true, true) => BaseReason::SamePlaceSameName,
+            (false, true) => BaseReason::SameName,
+            (true, false) => BaseReason::SamePlace,
+            (false, false) => continue,
+        };
+        // 0: same version (rebuild), 1: older, 2: newer.
+        let side = match compare_versions(hv, version) {
+            Ordering::Equal => 0,
+            Ordering::Less => 1,
+            Ordering::Greater => 2,
+        };
+        let size_gap = match (missing_nar_size, h.nar_size) {
+            (Some(a), Some(b)) => a.abs_diff(b),
+            _ => u64::MAX,
+        };
+        c.push((reason, side, hv, size_gap, h));
+    }
+    c.sort_by(|a, b| {
+        a.0.cmp(&b.0)
+            .then(a.1.cmp(&b.1))
+            .then_with(|| match a.1 {
+                // older: the newest of the older ones first; newer: the oldest first.
+                1 => compare_versions(b.2, a.2),
+                2 => compare_versions(a.2, b.2),
+                _ => Ordering::Equal,
+            })
+            .then(a.3.cmp(&b.3))
+            .then(a.4.id.cmp(&b.4.id))
+    });
+    c.into_iter().map(|(reason, _, _, _, h)| RankedBase { id: h.id.clone(), reason }).collect()
+}
+
+/// Pair the paths of a new closure with the paths at the same place in an old closure.
+///
+/// Both closures are given as `path → references` with a root. Starting from the roots, a
+/// matched pair's references are paired by name without version (when that name occurs once on
+/// each side) and, failing that, a single unmatched reference left on each side is paired.
+/// Returns `new path → old path` for every pair found (the roots included). Paths are any
+/// identifiers; names are read with `name_of`.
+pub fn closure_counterparts<'a>(
+    old_root: &'a str,
+    old_refs: &'a HashMap<String, Vec<String>>,
+    new_root: &'a str,
+    new_refs: &'a HashMap<String, Vec<String>>,
+    name_of: impl Fn(&str) -> &str,
+) -> HashMap<&'a str, &'a str> {
+    let mut pairs: HashMap<&str, &str> = HashMap::new();
+    let mut queue = vec![(new_root, old_root)];
+    pairs.insert(new_root, old_root);
+    static EMPTY: Vec<String> = Vec::new();
+    while let Some((n, o)) = queue.pop() {
+        let nr = new_refs.get(n).unwrap_or(&EMPTY);
+        let or = old_refs.get(o).unwrap_or(&EMPTY);
+        let key = |p: &str| parse_name_version(name_of(p)).0.to_owned();
+        let mut by_name: HashMap<String, Vec<&str>> = HashMap::new();
+        for r in or.iter().filter(|r| r.as_str() != o) {
+            by_name.entry(key(r)).or_default().push(r);
+        }
+        let mut new_by_name: HashMap<String, usize> = HashMap::new();
+        for r in nr.iter().filter(|r| r.as_str() != n) {
+            *new_by_name.entry(key(r)).or_default() += 1;
+        }
+        let mut unmatched_new = Vec::new();
+        let mut used_old: std::collections::HashSet<&str> = Default::default();
+        for r in nr.iter().filter(|r| r.as_str() != n) {
+            if pairs.contains_key(r.as_str()) {
+                continue;
+            }
+            let k = key(r);
+            match by_name.get(&k) {
+                Some(v) if v.len() == 1 && new_by_name[&k] == 1 => {
+                    pairs.insert(r, v[0]);
+                    used_old.insert(v[0]);
+                    queue.push((r, v[0]));
+                }
+                _ => unmatched_new.push(r.as_str()),
+            }
+        }
+        let unmatched_old: Vec<&str> = or
+            .iter()
+            .map(String::as_str)
+            .filter(|r| *r != o && !used_old.contains(r) && by_name[&key(r)].len() == 1)
+            .filter(|r| !new_by_name.contains_key(&key(r)))
+            .collect();
+        if unmatched_new.len() == 1 && unmatched_old.len() == 1 {
+            pairs.insert(unmatched_new[0], unmatched_old[0]);
+            queue.push((unmatched_new[0], unmatched_old[0]));
+        }
+    }
+    pairs
+}

@@ -1,0 +1,258 @@
+//! Link shaping: emulate a link's rate and one-way latency inside the transport, so that
+//! `ferry bench` measures slow links on any machine (no `tc netem` needed).
+//!
+//! - [`DelayLine`] is the pure accounting: bytes handed to the link at time `t` are serialized
+//!   at `rate` after whatever is still on the wire (a token bucket with `burst` bytes of credit)
+//!   and arrive `latency` after their last byte left. Time is a [`Duration`] since any epoch:
+//!   tests drive it with numbers.
+//! - [`Shaped`] wraps an `AsyncRead (+ AsyncWrite)` stream and applies a delay line to what is
+//!   *read*: each chunk read from the inner stream is released to the caller at its arrival
+//!   time, like the receiving end of the emulated link. Writes pass through. To shape both
+//!   directions of a connection, wrap both ends (each shapes what it receives):
+//!   [`shaped_duplex`] does this for an in-process pair. It uses `tokio::time`, so a test with
+//!   paused time (`#[tokio::test(start_paused = true)]`) runs in simulated time.
+//! - Memory: at most [`LinkSpec::queue_limit`] bytes are held per direction (about twice the
+//!   bandwidth-delay product); beyond it the wrapper stops reading the inner stream, so the
+//!   sender sees backpressure as on a real link.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// One direction of an emulated link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkSpec {
+    /// Bytes per second; `f64::INFINITY` for no rate limit.
+    pub rate: f64,
+    /// One-way latency.
+    pub latency: Duration,
+    /// Bytes that may leave at once before the rate applies (token bucket depth).
+    pub burst: u64,
+}
+
+impl LinkSpec {
+    /// `mbit` megabits per second (10^6), `latency_ms` one way, 16 KiB burst.
+    pub fn mbit(mbit: f64, latency_ms: u64) -> Self {
+        LinkSpec {
+            rate: mbit * 1e6 / 8.0,
+            latency: Duration::from_millis(latency_ms),
+            burst: 16 * 1024,
+        }
+    }
+
+    /// No shaping at all.
+    pub fn unlimited() -> Self {
+        LinkSpec { rate: f64::INFINITY, latency: Duration::ZERO, burst: 0 }
+    }
+
+    /// Bytes held by the receiving wrapper at most: twice the bandwidth-delay product, at least
+    /// 256 KiB, at most 64 MiB.
+    pub fn queue_limit(&self) -> usize {
+        let bdp = if self.rate.is_finite() { self.rate * self.latency.as_secs_f64() } else { 0.0 };
+        (2.0 * bdp).clamp(256.0 * 1024.0, 64.0 * 1024.0 * 1024.0) as usize
+    }
+
+    /// Largest chunk released at once: 5 ms worth of rate, between 1 KiB and 64 KiB.
+    pub fn chunk_limit(&self) -> usize {
+        if self.rate.is_finite() {
+            (self.rate * 0.005).clamp(1024.0, 65536.0) as usize
+        } else {
+            65536
+        }
+    }
+}
+
+/// The pure accounting of one direction: when do bytes arrive.
+#[derive(Debug, Clone)]
+pub struct DelayLine {
+    spec: LinkSpec,
+    busy_until: Duration,
+    sent: u64,
+}
+
+impl DelayLine {
+    /// An idle link.
+    pub fn new(spec: LinkSpec) -> Self {
+        DelayLine { spec, busy_until: Duration::ZERO, sent: 0 }
+    }
+
+    /// `len` bytes handed to the link at `now`: the time their last byte arrives.
+    pub fn schedule(&mut self, now: Duration, len: u64) -> Duration {
+        self.sent += len;
+        if !self.spec.rate.is_finite() {
+            return now + self.spec.latency;
+        }
+        let start = self.busy_until.max(now);
+        let done = start + Duration::from_secs_f64(len as f64 / self.spec.rate);
+        self.busy_until = done;
+        let credit = Duration::from_secs_f64(self.spec.burst as f64 / self.spec.rate);
+        done.saturating_sub(credit).max(now) + self.spec.latency
+    }
+
+    /// Bytes scheduled so far.
+    pub fn bytes(&self) -> u64 {
+        self.sent
+    }
+
+    /// When the link is idle again (last byte serialized), not counting latency.
+    pub fn busy_until(&self) -> Duration {
+        self.busy_until
+    }
+}
+
+enum Item {
+    Data { due: Instant, bytes: Vec<u8>, pos: usize },
+    Eof { due: Instant },
+}
+
+/// A stream whose reads go through an emulated link (see the module docs). Writes pass through.
+pub struct Shaped<S> {
+    inner: S,
+    line: DelayLine,
+    epoch: Instant,
+    queue: VecDeque<Item>,
+    queued: usize,
+    inner_done: bool,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> std::fmt::Debug for Shaped<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shaped")
+            .field("spec", &self.line.spec)
+            .field("bytes", &self.line.bytes())
+            .field("queued", &self.queued)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Shaped<S> {
+    /// Wrap `inner`; what is read from it goes through a link with `spec`.
+    pub fn new(inner: S, spec: LinkSpec) -> Self {
+        Shaped {
+            inner,
+            line: DelayLine::new(spec),
+            epoch: Instant::now(),
+            queue: VecDeque::new(),
+            queued: 0,
+            inner_done: false,
+            sleep: None,
+        }
+    }
+
+    /// The accounting so far.
+    pub fn line(&self) -> &DelayLine {
+        &self.line
+    }
+
+    /// The wrapped stream.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> Shaped<S> {
+    /// Read what the inner stream has, up to the queue limit, and schedule it.
+    fn fill(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let limit = self.line.spec.queue_limit();
+        let chunk = self.line.spec.chunk_limit();
+        while !self.inner_done && self.queued < limit {
+            let mut tmp = vec![0u8; chunk];
+            let mut rb = ReadBuf::new(&mut tmp);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut rb) {
+                Poll::Pending => break,
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Ready(Ok(())) => {
+                    let n = rb.filled().len();
+                    let now = Instant::now();
+                    let at = now.duration_since(self.epoch);
+                    if n == 0 {
+                        self.inner_done = true;
+                        // EOF arrives after the last byte, one latency after now at least.
+                        let last = self.line.busy_until().max(at) + self.line.spec.latency;
+                        self.queue.push_back(Item::Eof { due: self.epoch + last });
+                    } else {
+                        tmp.truncate(n);
+                        let due = self.epoch + self.line.schedule(at, n as u64);
+                        self.queued += n;
+                        self.queue.push_back(Item::Data { due, bytes: tmp, pos: 0 });
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Shaped<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            this.fill(cx)?;
+            let now = Instant::now();
+            let due = match this.queue.front() {
+                None => return Poll::Pending, // inner registered the waker
+                Some(Item::Eof { due }) | Some(Item::Data { due, .. }) => *due,
+            };
+            if due <= now {
+                this.sleep = None;
+                match this.queue.front_mut().expect("front exists") {
+                    Item::Eof { .. } => return Poll::Ready(Ok(())),
+                    Item::Data { bytes, pos, .. } => {
+                        let n = (bytes.len() - *pos).min(buf.remaining());
+                        buf.put_slice(&bytes[*pos..*pos + n]);
+                        *pos += n;
+                        this.queued -= n;
+                        if *pos == bytes.len() {
+                            this.queue.pop_front();
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            if this.sleep.as_ref().is_none_or(|s| s.deadline() != due) {
+                this.sleep = Some(Box::pin(tokio::time::sleep_until(due)));
+            }
+            let sleep = this.sleep.as_mut().expect("just set");
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Shaped<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Two connected in-process ends, `a` and `b`: what `a` writes reaches `b` through a link with
+/// `a_to_b`, and the other way with `b_to_a`.
+pub fn shaped_duplex(
+    a_to_b: LinkSpec,
+    b_to_a: LinkSpec,
+) -> (Shaped<DuplexStream>, Shaped<DuplexStream>) {
+    let (a, b) = tokio::io::duplex(256 * 1024);
+    (Shaped::new(a, b_to_a), Shaped::new(b, a_to_b))
+}
