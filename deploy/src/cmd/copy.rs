@@ -10,7 +10,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -73,7 +72,8 @@ type Bars = (MultiProgress, Mutex<Vec<(String, ProgressBar)>>);
 /// Renders progress: one bar per host on a terminal, plain lines otherwise.
 struct Render {
     bars: Option<Bars>,
-    sent: AtomicU64,
+    /// Per host: NAR bytes sent, paths landed, paths missing.
+    hosts: Mutex<std::collections::BTreeMap<String, (u64, usize, usize)>>,
     last_line: Mutex<Instant>,
     quiet: bool,
 }
@@ -82,7 +82,7 @@ impl Render {
     fn new(quiet: bool) -> Self {
         let bars = (std::io::stderr().is_terminal() && !quiet)
             .then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
-        Render { bars, sent: AtomicU64::new(0), last_line: Mutex::new(Instant::now()), quiet }
+        Render { bars, hosts: Mutex::default(), last_line: Mutex::new(Instant::now()), quiet }
     }
 
     fn bar(&self, host: &str) -> Option<ProgressBar> {
@@ -121,6 +121,12 @@ impl Progress for Render {
         let bar = self.bar(host);
         match event {
             ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, resumed_bytes } => {
+                self.hosts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(host.to_owned())
+                    .or_default()
+                    .2 = *missing_paths;
                 if let Some(bar) = bar {
                     bar.set_length(*nar_bytes);
                     bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
@@ -136,15 +142,26 @@ impl Progress for Render {
                     );
                 }
             }
-            ProgressEvent::Sent { nar_bytes } => {
+            ProgressEvent::Sent { .. } | ProgressEvent::Landed { .. } => {
+                let (sent, landed, missing) = {
+                    let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = hosts.entry(host.to_owned()).or_default();
+                    match event {
+                        ProgressEvent::Sent { nar_bytes } => entry.0 += nar_bytes,
+                        _ => entry.1 += 1,
+                    }
+                    *entry
+                };
                 if let Some(bar) = bar {
-                    bar.inc(*nar_bytes);
+                    if let ProgressEvent::Sent { nar_bytes } = event {
+                        bar.inc(*nar_bytes);
+                    }
+                    bar.set_message(format!("{landed}/{missing} paths landed"));
                 } else {
-                    let total = self.sent.fetch_add(*nar_bytes, Ordering::Relaxed) + nar_bytes;
                     let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
                     if last.elapsed() >= Duration::from_secs(2) {
                         *last = Instant::now();
-                        eprintln!("{host}: {} sent", mib(total));
+                        eprintln!("{host}: {} sent, {landed}/{missing} paths landed", mib(sent));
                     }
                 }
             }
