@@ -367,7 +367,12 @@ impl Store {
         };
         let path = make_source_path(self.store_dir(), &name, &digest.hash)?;
         let mut info = PathInfo::new(path, digest, references);
-        info.ca = Some(format!("fixed:r:{}", digest.hash.to_typed_nix32()));
+        // The path is content-addressed in Nix's sense only without references: as in Guix,
+        // found references do not change a source path, so a path with references must not
+        // claim `ca` (Nix rejects such a path: "claims to be content-addressed but isn't").
+        if info.references_except_self().next().is_none() {
+            info.ca = Some(format!("fixed:r:{}", digest.hash.to_typed_nix32()));
+        }
         info.ultimate = true;
         self.commit(temp, &info)?;
         Ok(self.db.query_path_info(&info.path)?.unwrap_or(info))

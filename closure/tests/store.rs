@@ -37,6 +37,7 @@ fn add_is_canonical_idempotent_and_finds_references() {
     assert_eq!(a.nar_digest(), nar);
     assert_eq!(a.path, make_source_path(&StoreDir::guix(), "a", &nar.hash).unwrap());
     assert!(a.references.is_empty());
+    assert_eq!(a.ca, Some(format!("fixed:r:{}", nar.hash.to_typed_nix32())), "content-addressed");
     let phys = store.physical_path(&a.path);
     assert_eq!(hash_path(&phys).unwrap(), nar, "the stored copy has the same NAR");
     assert_eq!(fs::metadata(phys.join("bin/run")).unwrap().permissions().mode() & 0o777, 0o555);
@@ -49,6 +50,7 @@ fn add_is_canonical_idempotent_and_finds_references() {
     let b = store.add_path(&b_src, Some("b-1.0")).unwrap();
     assert_eq!(b.references, [a.path.clone()].into_iter().collect());
     assert_eq!(store.path_info(&b.path).unwrap().references, b.references);
+    assert_eq!(b.ca, None, "a source path with references is not content-addressed for Nix");
 
     let c = store.closure(std::slice::from_ref(&b.path)).unwrap();
     let order: Vec<_> = c.paths().cloned().collect();
