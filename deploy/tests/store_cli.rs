@@ -47,7 +47,17 @@ fn add_info_requisites_verify_delete_gc() {
     assert_eq!(ok(r, &["store", "info", "--referrers", &lib_path]), format!("{app_path}\n"));
     let full = ok(r, &["store", "info", &app_path]);
     assert!(full.contains("nar-hash: sha256:") && full.contains(&format!("reference: {lib_path}")));
-    assert!(full.contains("ca: fixed:r:sha256:"), "{full}");
+    // With a reference, the item is not content-addressed in Nix's sense (no `ca`); without, it is.
+    assert!(!full.contains("ca:"), "{full}");
+    assert!(ok(r, &["store", "info", &lib_path]).contains("ca: fixed:r:sha256:"));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(r, &["store", "info", "--json", &app_path])).unwrap();
+    assert_eq!(json[0]["path"], app_path.as_str());
+    assert_eq!(json[0]["references"][0], lib_path.as_str());
+    assert!(json[0]["narHash"].as_str().unwrap().starts_with("sha256:"));
+    assert!(json[0]["narSize"].as_u64().unwrap() > 0);
+    assert_eq!(ok(r, &["gc", "--references", &app_path]), format!("{lib_path}\n"));
+    assert_eq!(ok(r, &["gc", "--references", &lib_path]), "");
     let hash = ok(r, &["store", "info", "--hash", "--size", &app_path]);
     let lines: Vec<&str> = hash.lines().collect();
     assert_eq!(lines.len(), 2);
@@ -58,6 +68,7 @@ fn add_info_requisites_verify_delete_gc() {
     let phys = format!("{}{app_path}", r.display());
     assert_eq!(ok(r, &["gc", "-R", &phys]), format!("{lib_path}\n{app_path}\n"));
     assert_eq!(ok(r, &["store", "list"]).lines().count(), 2);
+    assert_eq!(ok(r, &["store", "ls"]), ok(r, &["store", "list"]));
     ok(r, &["store", "verify", "--check-contents"]);
 
     let out = ferry(r, &["store", "delete", &lib_path]);

@@ -24,6 +24,9 @@ pub struct GcArgs {
     /// Print the valid paths that refer to PATHS.
     #[arg(long, conflicts_with_all = ["print_roots", "dry_run"])]
     pub referrers: bool,
+    /// Print the direct references of PATHS.
+    #[arg(long, conflicts_with_all = ["requisites", "referrers", "print_roots", "dry_run"])]
+    pub references: bool,
     /// Print the GC roots.
     #[arg(long, conflicts_with = "dry_run")]
     pub print_roots: bool,
@@ -36,9 +39,9 @@ pub struct GcArgs {
 
 pub fn run(global: &GlobalOpts, args: GcArgs) -> anyhow::Result<ExitCode> {
     let mut out = io::BufWriter::new(io::stdout().lock());
-    if args.requisites || args.referrers {
+    if args.requisites || args.referrers || args.references {
         if args.paths.is_empty() {
-            anyhow::bail!("--requisites and --referrers need at least one PATH");
+            anyhow::bail!("--references, --requisites and --referrers need at least one PATH");
         }
         let store = open_read_only(global)?;
         let dir = store.store_dir().clone();
@@ -52,7 +55,11 @@ pub fn run(global: &GlobalOpts, args: GcArgs) -> anyhow::Result<ExitCode> {
         } else {
             let mut all = BTreeSet::new();
             for p in &paths {
-                all.extend(store.referrers(p)?);
+                if args.references {
+                    all.extend(store.path_info(p)?.references);
+                } else {
+                    all.extend(store.referrers(p)?);
+                }
             }
             let mut all: Vec<String> = all.iter().map(|p| p.to_absolute(&dir)).collect();
             all.sort();

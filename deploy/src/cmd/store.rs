@@ -56,6 +56,10 @@ pub enum StoreCommand {
         /// Valid paths referring to it, sorted.
         #[arg(long)]
         referrers: bool,
+        /// Print one JSON object per path (an array of them): path, narHash, narSize,
+        /// references, deriver, signatures, ca, registrationTime, referrers.
+        #[arg(long, conflicts_with_all = ["hash", "size", "references", "referrers", "deriver"])]
+        json: bool,
         /// Deriver (`unknown-deriver` when none).
         #[arg(long)]
         deriver: bool,
@@ -64,6 +68,7 @@ pub enum StoreCommand {
         paths: Vec<String>,
     },
     /// List every valid path, sorted.
+    #[command(visible_alias = "ls")]
     List,
     /// Check the database and that every valid path exists; exit 1 on any problem.
     ///
@@ -152,7 +157,33 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             }
             ExitCode::SUCCESS
         }
-        StoreCommand::Info { hash, size, references, referrers, deriver, paths } => {
+        StoreCommand::Info { json: true, paths, .. } => {
+            let store = open_read_only(global)?;
+            let dir = store.store_dir().clone();
+            let mut objects = Vec::new();
+            for text in &paths {
+                let path = parse_store_arg(&store, text)?;
+                let info = store.path_info(&path)?;
+                let mut referrers: Vec<String> =
+                    store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
+                referrers.sort();
+                objects.push(serde_json::json!({
+                    "path": path.to_absolute(&dir),
+                    "narHash": info.nar_hash.to_string(),
+                    "narSize": info.nar_size,
+                    "references": info.absolute_references(&dir),
+                    "deriver": info.deriver.as_ref().map(|d| d.to_absolute(&dir)),
+                    "signatures": info.sigs,
+                    "ca": info.ca,
+                    "registrationTime": info.registration_time,
+                    "referrers": referrers,
+                }));
+            }
+            serde_json::to_writer_pretty(&mut out, &objects)?;
+            writeln!(out)?;
+            ExitCode::SUCCESS
+        }
+        StoreCommand::Info { hash, size, references, referrers, deriver, paths, .. } => {
             let store = open_read_only(global)?;
             let dir = store.store_dir().clone();
             let all = !(hash || size || references || referrers || deriver);
