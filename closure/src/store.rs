@@ -135,6 +135,8 @@ pub enum VerifyProblem {
     Modified { path: String, expected: NarDigest, actual: NarDigest },
     /// A valid path that cannot be read.
     Unreadable { path: String, reason: String },
+    /// A path given to check that is not valid.
+    NotValid(String),
 }
 
 impl std::fmt::Display for VerifyProblem {
@@ -150,6 +152,7 @@ impl std::fmt::Display for VerifyProblem {
                 actual.hash, actual.size, expected.hash, expected.size
             ),
             VerifyProblem::Unreadable { path, reason } => write!(f, "{path}: unreadable: {reason}"),
+            VerifyProblem::NotValid(p) => write!(f, "{p}: not a valid path"),
         }
     }
 }
@@ -458,6 +461,25 @@ impl Store {
         result
     }
 
+    /// Record in the database the NAR hash and size found on disk for every path `report` found
+    /// modified (`ferry store verify --repair-db`); returns the paths repaired. Missing and
+    /// unreadable paths cannot be repaired from the database and are left as they are.
+    pub fn repair_db(&mut self, report: &VerifyReport) -> Result<Vec<StorePath>, StoreError> {
+        self.check_writable()?;
+        let mut repaired = Vec::new();
+        for problem in &report.problems {
+            if let VerifyProblem::Modified { path, actual, .. } = problem {
+                let path = self.parse_path(path)?;
+                let mut info = self.path_info(&path)?;
+                info.nar_hash = actual.hash;
+                info.nar_size = actual.size;
+                self.db.register(std::slice::from_ref(&info))?;
+                repaired.push(path);
+            }
+        }
+        Ok(repaired)
+    }
+
     /// Is `path` valid?
     pub fn is_valid(&self, path: &StorePath) -> Result<bool, StoreError> {
         Ok(self.db.is_valid(path)?)
@@ -500,9 +522,31 @@ impl Store {
     /// Check the database, that every valid path exists, and with `check_contents` that its
     /// NAR hash and size still match (hashed in parallel).
     pub fn verify(&self, check_contents: bool) -> Result<VerifyReport, StoreError> {
+        self.verify_paths(None, check_contents)
+    }
+
+    /// [`Store::verify`] restricted to `only` (every valid path when `None`); a path given that
+    /// is not valid is a problem.
+    pub fn verify_paths(
+        &self,
+        only: Option<&[StorePath]>,
+        check_contents: bool,
+    ) -> Result<VerifyReport, StoreError> {
         let mut report = VerifyReport { cleaned: self.cleaned.clone(), ..Default::default() };
         report.problems.extend(self.db.check_integrity()?.into_iter().map(VerifyProblem::Database));
-        let infos = self.db.all_path_infos()?;
+        let infos = match only {
+            None => self.db.all_path_infos()?,
+            Some(paths) => {
+                let mut infos = Vec::with_capacity(paths.len());
+                for path in paths {
+                    match self.db.query_path_info(path)? {
+                        Some(info) => infos.push(info),
+                        None => report.problems.push(VerifyProblem::NotValid(self.absolute(path))),
+                    }
+                }
+                infos
+            }
+        };
         report.checked = infos.len();
         let layout = &self.layout;
         let problems: Vec<VerifyProblem> = infos

@@ -101,6 +101,24 @@ fn verify_reports_tampering_and_corrupt_db_is_clear() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&p) && text.contains("modified"), "{text}");
 
+    // Only the paths named are checked; a path that is not valid is a problem.
+    let g = files.path().join("g");
+    std::fs::write(&g, b"untouched").unwrap();
+    let q = ok(r, &["store", "add", g.to_str().unwrap()]).trim().to_owned();
+    ok(r, &["store", "verify", "--check-contents", &q]);
+    let out = ferry(r, &["store", "verify", &p.replace(&p[11..15], "0000")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not a valid path"));
+
+    // --repair-db records what is on disk; then the store verifies clean.
+    let out = ferry(r, &["store", "verify", "--repair-db", &p]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("repaired the database entry"));
+    ok(r, &["store", "verify", "--check-contents"]);
+    let hash = ok(r, &["store", "info", "--hash", &p]);
+    let on_disk = ok(r, &["nar", "hash", &phys]);
+    assert_eq!(hash.trim(), format!("sha256:{}", on_disk.trim()));
+
     std::fs::write(r.join("var/ferry/db/db.sqlite"), vec![b'x'; 4096]).unwrap();
     let out = ferry(r, &["store", "list"]);
     assert_eq!(out.status.code(), Some(1));

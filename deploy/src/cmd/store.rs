@@ -78,6 +78,12 @@ pub enum StoreCommand {
         /// Also recompute every path's NAR hash and size (in parallel) and compare.
         #[arg(long)]
         check_contents: bool,
+        /// Record the hash and size found on disk for paths whose contents changed (implies
+        /// --check-contents); missing paths cannot be repaired this way and still fail.
+        #[arg(long)]
+        repair_db: bool,
+        /// Check only these store paths (default: every valid path).
+        paths: Vec<String>,
     },
     /// Delete valid paths that no other valid path refers to.
     Delete {
@@ -247,14 +253,37 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             }
             ExitCode::SUCCESS
         }
-        StoreCommand::Verify { check_contents } => {
+        StoreCommand::Verify { check_contents, repair_db, paths } => {
+            let check_contents = check_contents || repair_db;
             let layout = layout(global)?;
-            let store = if layout.database().0 != closure::DbKind::Ferry {
-                Store::open_read_only(layout)?
-            } else {
-                Store::open(layout)?
-            };
-            let report = store.verify(check_contents)?;
+            let foreign_db = layout.database().0 != closure::DbKind::Ferry;
+            if repair_db && foreign_db {
+                anyhow::bail!(
+                    "--repair-db: the store under {} is a Nix or Guix database, which ferry \
+                     only reads",
+                    layout.root().display()
+                );
+            }
+            let mut store =
+                if foreign_db { Store::open_read_only(layout)? } else { Store::open(layout)? };
+            let only = paths
+                .iter()
+                .map(|p| parse_store_arg(&store, p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let only = (!paths.is_empty()).then_some(only.as_slice());
+            let mut report = store.verify_paths(only, check_contents)?;
+            if repair_db {
+                let repaired = store.repair_db(&report)?;
+                for path in &repaired {
+                    eprintln!(
+                        "ferry: repaired the database entry of {}",
+                        path.to_absolute(store.store_dir())
+                    );
+                }
+                report
+                    .problems
+                    .retain(|problem| !matches!(problem, closure::VerifyProblem::Modified { .. }));
+            }
             for cleaned in &report.cleaned {
                 eprintln!("ferry: removed leftover {}", cleaned.display());
             }
