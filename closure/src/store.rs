@@ -31,10 +31,9 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
 use nar_core::dump::{dump, DumpError};
 use nar_core::hash::{NarDigest, Sha256Hash};
@@ -730,14 +729,11 @@ fn write_marker(marker: &Path) -> Result<(), StoreError> {
 /// Copy `source` to `target` canonically (what restoring its NAR gives), streaming the NAR
 /// from `dump` on a second thread through a bounded in-memory pipe. Returns the NAR digest.
 fn copy_via_nar(source: &Path, target: &Path) -> Result<NarDigest, StoreError> {
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(8);
+    let (writer, receiver) = nar_core::pipe::chunk_pipe(8);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || {
-            let writer = io::BufWriter::with_capacity(256 << 10, ChannelWriter(tx));
-            dump(source, writer)
-        });
-        let mut reader =
-            BufReader::with_capacity(256 << 10, ChannelReader { rx, current: Vec::new(), pos: 0 });
+        let producer =
+            scope.spawn(move || dump(source, io::BufWriter::with_capacity(256 << 10, writer)));
+        let mut reader = receiver.into_reader();
         let restored = restore_with(&mut reader, target, &RestoreOptions { fsync: true }, true);
         drop(reader); // unblocks the producer if the restore stopped early
         let dumped = producer.join().expect("the NAR dump thread panicked");
@@ -755,40 +751,4 @@ fn copy_via_nar(source: &Path, target: &Path) -> Result<NarDigest, StoreError> {
             }
         }
     })
-}
-
-struct ChannelWriter(mpsc::SyncSender<Vec<u8>>);
-
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf.to_vec()).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
 }

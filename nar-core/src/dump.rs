@@ -16,10 +16,10 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 
 use crate::encode::EncodeError;
 use crate::hash::{NarDigest, NarHasher};
+use crate::pipe::chunk_pipe;
 use crate::write::{NarWriter, WriteError};
 
 /// Why a tree could not be serialized.
@@ -166,39 +166,17 @@ const HASH_CHUNK: usize = 1 << 20;
 /// Chunks in flight between the threads (bounds memory to about 18 MiB).
 const HASH_CHUNKS_IN_FLIGHT: usize = 16;
 
-/// Sends each write as a chunk to the hashing thread, reusing returned buffers.
-struct ChunkSender {
-    full: mpsc::SyncSender<Vec<u8>>,
-    empty: mpsc::Receiver<Vec<u8>>,
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut chunk = self.empty.try_recv().unwrap_or_else(|_| Vec::with_capacity(HASH_CHUNK));
-        chunk.clear();
-        chunk.extend_from_slice(buf);
-        self.full.send(chunk).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The NAR hash and size of `path` (what `nix-hash --type sha256` prints), without writing
 /// the archive anywhere. The walk and reads run on a second thread, overlapped with hashing.
 pub fn hash_path(path: &Path) -> Result<NarDigest, DumpError> {
-    let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(HASH_CHUNKS_IN_FLIGHT);
-    let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+    let (writer, receiver) = chunk_pipe(HASH_CHUNKS_IN_FLIGHT);
     std::thread::scope(|scope| {
-        let producer = scope.spawn(move || {
-            let sender = ChunkSender { full: full_tx, empty: empty_rx };
-            dump(path, BufWriter::with_capacity(HASH_CHUNK, sender))
-        });
+        let producer =
+            scope.spawn(move || dump(path, BufWriter::with_capacity(HASH_CHUNK, writer)));
         let mut hasher = NarHasher::new();
-        for chunk in full_rx {
+        while let Some(chunk) = receiver.recv() {
             hasher.update(&chunk);
-            let _ = empty_tx.send(chunk);
+            receiver.recycle(chunk);
         }
         let size = producer.join().expect("the NAR walker thread panicked")?;
         debug_assert_eq!(size, hasher.size());

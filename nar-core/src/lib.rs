@@ -8,6 +8,7 @@ pub mod dump;
 pub mod encode;
 pub mod error;
 pub mod hash;
+pub mod pipe;
 pub mod read;
 pub mod restore;
 pub mod store_path;

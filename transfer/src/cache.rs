@@ -48,12 +48,12 @@
 //! [`closure::Store::import_nar`], which checks the NAR hash and size before the path becomes
 //! valid. Closures are fetched references first.
 
+use nar_core::pipe::chunk_pipe;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc;
 
 use closure::{PathInfo, Store, StoreError};
 use nar_core::dump::{dump, DumpError};
@@ -600,24 +600,20 @@ impl CacheWriter {
                 .multithread(self.options.zstd_workers)
                 .map_err(io_err("start zstd for", temp))?;
         }
-        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(CHUNKS_IN_FLIGHT);
-        let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
+        let (writer, receiver) = chunk_pipe(CHUNKS_IN_FLIGHT);
         let (nar, encoder) = std::thread::scope(|scope| {
-            let walker = scope.spawn(move || {
-                let sender = ChunkSender { full: full_tx, empty: empty_rx };
-                dump(source, BufWriter::with_capacity(CHUNK, sender))
-            });
+            let walker = scope.spawn(move || dump(source, BufWriter::with_capacity(CHUNK, writer)));
             let mut hasher = NarHasher::new();
             let mut write_result = Ok(());
-            for chunk in full_rx.iter() {
+            while let Some(chunk) = receiver.recv() {
                 hasher.update(&chunk);
                 if let Err(e) = encoder.write_all(&chunk) {
                     write_result = Err(e);
                     break; // dropping the receiver stops the walker
                 }
-                let _ = empty_tx.send(chunk);
+                receiver.recycle(chunk);
             }
-            drop(full_rx);
+            drop(receiver);
             let dumped = walker.join().expect("the NAR walker thread panicked");
             write_result.map_err(io_err("write", temp))?;
             dumped.map_err(|source| CacheError::Dump { path: abs.to_owned(), source })?;
@@ -652,25 +648,6 @@ impl CacheWriter {
             }
         }
         Ok(report)
-    }
-}
-
-/// Sends each write as one chunk to the compressing thread, reusing returned buffers.
-struct ChunkSender {
-    full: mpsc::SyncSender<Vec<u8>>,
-    empty: mpsc::Receiver<Vec<u8>>,
-}
-
-impl Write for ChunkSender {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let mut chunk = self.empty.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        chunk.clear();
-        chunk.extend_from_slice(buf);
-        self.full.send(chunk).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

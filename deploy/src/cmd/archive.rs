@@ -55,10 +55,10 @@
 //! When `acl` does not exist but `signing-key.pub` does, import creates the ACL holding this
 //! machine's own key first, as Guix's `ensure-acl` does, so a host can import its own exports.
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use nar_core::pipe::{chunk_pipe, ChunkWriter};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::mpsc;
 
 use anyhow::{bail, Context};
 use closure::{PathInfo, StagedNar, Store, StoreError};
@@ -389,11 +389,11 @@ fn export_item<W: Write>(
         deriver: info.deriver.clone(),
     };
     let physical = store.physical_path(&info.path);
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+    let (pipe_writer, receiver) = chunk_pipe(16);
     std::thread::scope(|scope| {
-        let dumper = scope.spawn(|| nar_core::dump::dump(&physical, ChannelWriter(tx)));
+        let dumper = scope.spawn(|| nar_core::dump::dump(&physical, pipe_writer));
         let mut nar = CheckedNar {
-            inner: ChannelReader::new(rx),
+            inner: receiver.into_reader(),
             hasher: NarHasher::new(),
             expected: info.nar_digest(),
             path: &abs,
@@ -450,49 +450,6 @@ impl<R: Read> Read for CheckedNar<'_, R> {
     }
 }
 
-struct ChannelWriter(mpsc::SyncSender<Vec<u8>>);
-
-impl Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.send(buf.to_vec()).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The receiving end of a bounded in-memory pipe; EOF when the sender is gone.
-struct ChannelReader {
-    rx: mpsc::Receiver<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-}
-
-impl ChannelReader {
-    fn new(rx: mpsc::Receiver<Vec<u8>>) -> Self {
-        ChannelReader { rx, current: Vec::new(), pos: 0 }
-    }
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            match self.rx.recv() {
-                Ok(chunk) => {
-                    self.current = chunk;
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Import
 
@@ -501,7 +458,7 @@ impl Read for ChannelReader {
 struct NarPipe {
     encoder: Encoder,
     buf: Vec<u8>,
-    tx: mpsc::SyncSender<Vec<u8>>,
+    out: ChunkWriter,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -533,7 +490,7 @@ impl NarPipe {
     fn flush(&mut self) -> Result<(), BoxError> {
         if !self.buf.is_empty() {
             let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(Self::CHUNK));
-            self.tx.send(chunk).map_err(|_| "the store stopped unpacking the NAR")?;
+            self.out.write_all(&chunk).map_err(|_| "the store stopped unpacking the NAR")?;
         }
         Ok(())
     }
@@ -548,14 +505,14 @@ fn read_item<R: Read>(
 ) -> anyhow::Result<Option<(UnverifiedItem, StagedNar)>> {
     let start = reader.offset();
     let mut staged = store.stage()?;
-    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(16);
+    let (pipe_writer, receiver) = chunk_pipe(16);
     let (read, staged, restored) = std::thread::scope(|scope| {
         let restorer = scope.spawn(move || {
-            let mut input = BufReader::with_capacity(NarPipe::CHUNK, ChannelReader::new(rx));
+            let mut input = receiver.into_reader();
             let restored = staged.restore(&mut input);
             (staged, restored)
         });
-        let mut pipe = NarPipe { encoder: Encoder::new(), buf: Vec::new(), tx };
+        let mut pipe = NarPipe { encoder: Encoder::new(), buf: Vec::new(), out: pipe_writer };
         let read = reader.next_item_with(|event, _| pipe.event(event));
         drop(pipe); // EOF for the restorer
         let (staged, restored) = restorer.join().expect("the NAR restore thread panicked");
