@@ -309,13 +309,16 @@ impl Database {
 
     fn references_of_id(&self, id: Option<i64>) -> Result<BTreeSet<StorePath>, DbError> {
         let Some(id) = id else { return Ok(BTreeSet::new()) };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT v.path FROM Refs r JOIN ValidPaths v ON r.reference = v.id \
-                 WHERE r.referrer = ?1",
-            )
-            .map_err(|e| self.sql(e))?;
+        self.paths_for_id(
+            "SELECT v.path FROM Refs r JOIN ValidPaths v ON r.reference = v.id \
+             WHERE r.referrer = ?1",
+            id,
+        )
+    }
+
+    /// The store paths a one-column query over the row id `id` returns.
+    fn paths_for_id(&self, sql: &str, id: i64) -> Result<BTreeSet<StorePath>, DbError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql(e))?;
         let rows = stmt.query_map([id], |row| row.get::<_, String>(0)).map_err(|e| self.sql(e))?;
         let mut out = BTreeSet::new();
         for text in rows {
@@ -327,19 +330,11 @@ impl Database {
     /// The valid paths that refer to `path` (including itself when self-referencing).
     pub fn query_referrers(&self, path: &StorePath) -> Result<BTreeSet<StorePath>, DbError> {
         let id = self.path_id(path)?.ok_or_else(|| self.not_valid(path))?;
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT v.path FROM Refs r JOIN ValidPaths v ON r.referrer = v.id \
-                 WHERE r.reference = ?1",
-            )
-            .map_err(|e| self.sql(e))?;
-        let rows = stmt.query_map([id], |row| row.get::<_, String>(0)).map_err(|e| self.sql(e))?;
-        let mut out = BTreeSet::new();
-        for text in rows {
-            out.insert(self.parse(&text.map_err(|e| self.sql(e))?)?);
-        }
-        Ok(out)
+        self.paths_for_id(
+            "SELECT v.path FROM Refs r JOIN ValidPaths v ON r.referrer = v.id \
+             WHERE r.reference = ?1",
+            id,
+        )
     }
 
     /// Every valid path.
