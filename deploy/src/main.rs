@@ -14,6 +14,8 @@ mod cmd;
 mod deployment;
 mod generations;
 mod host;
+mod host_protocol;
+mod link;
 mod system;
 
 #[derive(Debug, Parser)]
@@ -45,9 +47,12 @@ enum Command {
     Copy(cmd::copy::CopyArgs),
     /// The host agent: the ferry protocol on stdin/stdout (started by `ferry copy` and deploy).
     Serve(cmd::serve::ServeArgs),
-    /// Deploy the machines of a deployment file (local machines today), list their
-    /// generations, or roll them back.
+    /// Deploy the machines of a deployment file (local roots and SSH hosts), list their
+    /// generations, roll them back, or run a command on them.
     Deploy(cmd::deploy::DeployArgs),
+    /// The host side of `ferry deploy` (run on hosts by the agent program).
+    #[command(subcommand, hide = true)]
+    Host(cmd::host::HostCommand),
 }
 
 fn main() -> ExitCode {
@@ -67,6 +72,7 @@ fn main() -> ExitCode {
         Command::Copy(args) => cmd::copy::run(&cli.global, args),
         Command::Serve(args) => cmd::serve::run(&cli.global, args),
         Command::Deploy(args) => cmd::deploy::run(&cli.global, args),
+        Command::Host(command) => cmd::host::run(&cli.global, command),
     };
     match result {
         Ok(code) => code,

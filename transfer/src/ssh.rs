@@ -1234,6 +1234,15 @@ impl RemoteExit {
         }
     }
 
+    /// [`RemoteExit::wait`], also returning the command's stderr (the tail, all of it received).
+    pub async fn wait_with_stderr(self) -> Result<(RemoteStatus, String), SshError> {
+        let stderr = self.stderr.clone();
+        let status = self.wait().await?;
+        let text =
+            String::from_utf8_lossy(&stderr.lock().unwrap_or_else(|p| p.into_inner())).into_owned();
+        Ok((status, text))
+    }
+
     /// [`RemoteExit::wait`], with a non-zero status as [`SshError::CommandFailed`].
     pub async fn wait_checked(self) -> Result<RemoteStatus, SshError> {
         let target = self.target.clone();

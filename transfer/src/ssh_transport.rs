@@ -158,6 +158,11 @@ done"#;
     }
 
     fn argv(&self, program: &AgentProgram) -> Vec<String> {
+        self.argv_for(program, &["serve".to_owned()])
+    }
+
+    /// `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] ARGS...`.
+    fn argv_for(&self, program: &AgentProgram, args: &[String]) -> Vec<String> {
         let mut argv = Vec::new();
         if program.sudo {
             argv.extend(["sudo".to_owned(), "-n".to_owned(), "--".to_owned()]);
@@ -172,9 +177,86 @@ done"#;
         if let Some(d) = &self.store.state_dir {
             argv.extend(["--state-dir".to_owned(), d.display().to_string()]);
         }
-        argv.push("serve".to_owned());
+        argv.extend(args.iter().cloned());
         argv
     }
+
+    /// Run `ferry ARGS...` on the host with the agent's program (found or uploaded as for the
+    /// agent, with the same store options and `sudo -n` when the agent would get it), on this
+    /// transport's session: write `stdin` to it and close it, hand each stdout line (without
+    /// its newline) to `line` as it comes, and return how it ended with its stderr. `line` is
+    /// called outside the runtime, so it may block or use this transport again.
+    pub fn run_ferry(
+        &self,
+        args: &[String],
+        stdin: &[u8],
+        line: &mut dyn FnMut(&str),
+    ) -> Result<RemoteRun, TransportError> {
+        let session = self.runtime.block_on(self.session())?;
+        self.run_ferry_on(&session, args, stdin, line)
+    }
+
+    /// [`SshTransport::run_ferry`] over a new SSH connection of its own, closed afterwards: for
+    /// messages that must not depend on the connection carrying another command (a deploy's
+    /// confirmation proves the host is still reachable).
+    pub fn run_ferry_on_new_connection(
+        &self,
+        args: &[String],
+        stdin: &[u8],
+        line: &mut dyn FnMut(&str),
+    ) -> Result<RemoteRun, TransportError> {
+        let session = self.runtime.block_on(SshSession::connect(&self.config)).map_err(other)?;
+        let result = self.run_ferry_on(&session, args, stdin, line);
+        self.runtime.block_on(session.close());
+        result
+    }
+
+    fn run_ferry_on(
+        &self,
+        session: &SshSession,
+        args: &[String],
+        stdin: &[u8],
+        line: &mut dyn FnMut(&str),
+    ) -> Result<RemoteRun, TransportError> {
+        let rt = self.runtime.handle().clone();
+        let (mut input, output, exit) = rt
+            .block_on(async {
+                let program = self.agent_program(session).await?;
+                session.exec(&self.argv_for(&program, args)).await.map_err(other)
+            })?
+            .split();
+        // A command that does not read its input may end first: that is not an error here.
+        let _ = rt.block_on(async {
+            input.write_all(stdin).await?;
+            input.shutdown().await
+        });
+        let mut reader = io::BufReader::new(BlockingReader { inner: output, rt: rt.clone() });
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match io::BufRead::read_until(&mut reader, b'\n', &mut buf) {
+                Ok(0) => break,
+                Ok(_) => {
+                    if buf.last() == Some(&b'\n') {
+                        buf.pop();
+                    }
+                    line(&String::from_utf8_lossy(&buf));
+                }
+                Err(e) => return Err(other(format!("{}: reading output: {e}", self.describe()))),
+            }
+        }
+        let (status, stderr) = rt.block_on(exit.wait_with_stderr()).map_err(other)?;
+        Ok(RemoteRun { status, stderr })
+    }
+}
+
+/// How a command run by [`SshTransport::run_ferry`] ended.
+#[derive(Debug, Clone)]
+pub struct RemoteRun {
+    /// Its exit status.
+    pub status: crate::ssh::RemoteStatus,
+    /// Its stderr (the tail).
+    pub stderr: String,
 }
 
 impl Transport for SshTransport {

@@ -1,48 +1,61 @@
-//! `ferry deploy FILE`: build each selected machine's system and activate it, for `local`
-//! machines (a root directory on this machine).
+//! `ferry deploy FILE`: build each selected machine's system, copy it to the machine and
+//! activate it there; or list generations, roll back, run a command (`-x`).
 //!
-//! Per machine: build the system into the local store; safety checks (devices) and the
-//! downgrade check; copy the closure into the host root's store; add a generation; then drive
-//! [`crate::activation::Activation`] (switch the profile, run `activate`, run the host's
-//! health-check commands, run the coordinator's TCP/HTTP probes and confirm or reject), rolling
-//! back on failure. A host already on the same system is left alone. Systems are built first
-//! (one writer on the local store); then the machines' pipelines run in parallel (`-j`,
-//! default 8), each on its own read-only connection to the local store; one machine's failure
-//! never stops the others unless `--fail-fast`. The run ends with one line per machine and
-//! exits 0 only if every selected machine succeeded.
+//! One pipeline for both environments (`local` roots and `managed-host` machines over SSH),
+//! through a [`Link`] per machine: the copy goes through the transfer engine
+//! (`push_closure`, signed with this machine's key, generated on first use), and every step on
+//! the host is a `ferry host ...` command (see [`crate::host_protocol`]) run by the agent
+//! program (a local subprocess, or over the host's one SSH session).
 //!
-//! TCP and HTTP health checks run from here as part of confirmation (a failure rejects the
-//! deployment and rolls back); with `confirm-timeout = false` they run after activation and
-//! only warn.
+//! Per machine, after every system was built into the local store (one writer):
+//! 1. `facts`, one round trip: system type, current generation and its provenance, the
+//!    safety-check device probe, and which paths of the closure the host lacks;
+//! 2. the system-type check, the safety checks, the downgrade check (the host's provenance
+//!    commit must be an ancestor of ours unless `allow-downgrades`);
+//! 3. the copy of the missing paths (`authorize` adds our key to the host's ACL first); a
+//!    host already on the system stops here;
+//! 4. `activate`: the host registers generation N+1 and drives the activation state machine,
+//!    streaming `activate`'s output; when it waits for confirmation, this side runs the TCP
+//!    and HTTP probes and answers `ferry host confirm TOKEN` (or `--reject REASON`) over a new
+//!    connection. Without an answer before the deadline the host rolls back by itself. With
+//!    `confirm-timeout = false` the probes run after activation and only warn.
 //!
-//! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (for a `local`
-//! machine: in its root, with its current system's `profile/bin` on `PATH`).
+//! Machines run in parallel (`-j`, default 8); one machine's failure never stops the others
+//! unless `--fail-fast`. Progress is one line per machine; the run ends with a table (or
+//! `--json`) and exits 0 only if every selected machine succeeded. Errors name the machine
+//! and the step.
 //!
-//! `managed-host` machines need the SSH transfer engine, which is wired in separately; until
-//! then they are reported as failed with that reason (and `--dry-run` lists them).
-//!
-//! The copy into a local host's store is a plain NAR export/import between two stores on this
-//! machine (`copy_closure`), the local stand-in for the transfer engine.
+//! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (in its root, with
+//! its current system's `profile/bin` first on `PATH`); output lines are prefixed with the
+//! machine as they come. `--dry-run` asks each host what it lacks (the `facts` round trip) and
+//! prints the paths and exact NAR bytes, changing nothing.
 
-use std::fs;
-use std::io::{BufReader, Read, Seek, Write};
+use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use closure::{LayoutOptions, Store, StoreLayout};
+use serde_json::json;
+use signing::guix::SigningKey;
+use transfer::push::{push_closure, PushOptions};
 
+use super::board::{Board, HostBar};
 use super::GlobalOpts;
-use crate::activation::{Activation, Config, Event, Input, Outcome};
-use crate::checks::{self, Verdict};
-use crate::deployment::{Deployment, Environment, HealthCheck, Machine};
-use crate::generations::Profiles;
-use crate::host::{self, HostOutput};
+use crate::checks::{self, Device, Verdict};
+use crate::deployment::{Deployment, HealthCheck, Machine};
+use crate::host_protocol::{
+    ActivateRequest, DeviceSpec, Facts, FactsRequest, GenerationInfo, HostCheck, HostLine,
+};
+use crate::link::Link;
 use crate::system::{self, BuiltSystem, Provenance};
+
+/// Test hook: the coordinator never confirms an activation (the host must roll back).
+pub const NEVER_CONFIRM_ENV: &str = "FERRY_TEST_NEVER_CONFIRM";
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
@@ -67,6 +80,9 @@ pub struct DeployArgs {
     /// Start no further machine after the first failure (default: keep going).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Print the result table as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
     /// Run the command after `--` on every selected machine in parallel (as `guix deploy -x`);
     /// each output line is prefixed with the machine; exit 0 only if it exited 0 everywhere.
     #[arg(short = 'x', long, conflicts_with_all = ["dry_run", "roll_back", "list_generations"])]
@@ -76,17 +92,63 @@ pub struct DeployArgs {
     pub command: Vec<String>,
 }
 
+/// One machine's result for the table.
+#[derive(Debug, Default)]
+struct HostResult {
+    success: bool,
+    generation: Option<u64>,
+    paths: usize,
+    bytes: u64,
+    detail: String,
+}
+
+/// A machine's result and how long its pipeline took.
+type Ran = (anyhow::Result<HostResult>, Duration);
+
+/// Run `work` for every machine, `jobs` at a time; results in machine order.
+fn for_each_machine(
+    machines: &[&Machine],
+    jobs: usize,
+    fail_fast: bool,
+    work: &(dyn Fn(usize, &Machine) -> anyhow::Result<HostResult> + Sync),
+) -> Vec<Ran> {
+    let slots: Vec<Mutex<Option<Ran>>> = machines.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(machines.len()).max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(m) = machines.get(i) else { break };
+                if fail_fast && failed.load(Ordering::SeqCst) {
+                    let skipped = Err(anyhow!("skipped: an earlier machine failed (--fail-fast)"));
+                    *slots[i].lock().unwrap() = Some((skipped, Duration::ZERO));
+                    continue;
+                }
+                let start = Instant::now();
+                let result = work(i, m);
+                if !result.as_ref().is_ok_and(|r| r.success) {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                *slots[i].lock().unwrap() = Some((result, start.elapsed()));
+            });
+        }
+    });
+    slots.into_iter().map(|s| s.into_inner().unwrap().expect("every machine ran")).collect()
+}
+
 /// Run `ferry deploy`.
 pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
     let deployment = Deployment::load(&args.file)?;
     let machines = deployment.select(args.on.as_deref())?;
+    let jobs = args.jobs as usize;
     if args.list_generations {
-        return list_generations(&machines);
+        return list_generations(&machines, jobs);
     }
     match (args.execute, args.command.is_empty()) {
         (true, true) => bail!("'-x' specified but no command given"),
         (false, false) => bail!("'--' was used, but '-x' was not specified"),
-        (true, false) => return execute(&machines, &args.command, args.jobs as usize),
+        (true, false) => return execute(&machines, &args.command, jobs),
         (false, true) => {}
     }
     let layout = StoreLayout::resolve(&LayoutOptions {
@@ -106,92 +168,77 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         machines.len(),
         machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
     );
-    // Build every system first (one writer on the local store), then run the hosts' pipelines
-    // in parallel, each reading the local store on its own connection.
     let started = Instant::now();
-    let mut built: Vec<Option<Built>> = Vec::new();
-    if !args.roll_back {
-        let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
-        for m in &machines {
-            built.push(Some(if m.environment == Environment::Local {
-                build_for(&mut store, &deployment, m)
-            } else {
-                Err(anyhow!(
-                    "managed-host machines need the SSH transfer engine, which `ferry deploy` \
-                     does not drive yet; use a `local` machine"
-                ))
-            }));
-        }
-    }
-    let build_time = started.elapsed();
-    let slots: Vec<Mutex<Option<Ran>>> = machines.iter().map(|_| Mutex::new(None)).collect();
-    let built: Vec<Mutex<Option<Built>>> = built.into_iter().map(Mutex::new).collect();
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let workers = (args.jobs as usize).min(machines.len()).max(1);
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(m) = machines.get(i) else { break };
-                if args.fail_fast && failed.load(Ordering::SeqCst) {
-                    let skipped = Err(anyhow!("skipped: an earlier machine failed (--fail-fast)"));
-                    *slots[i].lock().unwrap() = Some((skipped, Duration::ZERO));
-                    continue;
-                }
-                let start = Instant::now();
-                let result = if args.roll_back {
-                    match m.environment {
-                        Environment::Local => roll_back_local(m),
-                        Environment::ManagedHost => Err(anyhow!(
-                            "managed-host machines need the SSH transfer engine, which \
-                             `ferry deploy` does not drive yet"
-                        )),
-                    }
-                } else {
-                    match built[i].lock().unwrap().take().expect("built once") {
-                        Ok((system, provenance)) => Store::open_read_only(layout.clone())
-                            .context("cannot open the local store")
-                            .and_then(|store| {
-                                deploy_built(
-                                    &store,
-                                    &deployment,
-                                    m,
-                                    &system,
-                                    &provenance,
-                                    args.dry_run,
-                                )
-                            }),
-                        Err(e) => Err(e),
-                    }
-                };
-                if let Err(e) = &result {
-                    eprintln!("{}: error: {e:#}", m.name);
-                }
-                if !result.as_ref().is_ok_and(|r| r.success) {
-                    failed.store(true, Ordering::SeqCst);
-                }
-                *slots[i].lock().unwrap() = Some((result, start.elapsed()));
-            });
-        }
-    });
-    let results: Vec<(String, anyhow::Result<HostResult>, Duration)> = machines
-        .iter()
-        .zip(slots)
-        .map(|(m, slot)| {
-            let (result, elapsed) = slot.into_inner().unwrap().expect("every machine ran");
-            (m.name.clone(), result, elapsed)
+    let board = Board::new();
+    let results = if args.roll_back {
+        for_each_machine(&machines, jobs, args.fail_fast, &|_, m| {
+            let bar = board.host(&m.name);
+            let r = roll_back(m, &bar).context("roll back");
+            bar.finish(if r.as_ref().is_ok_and(|r| r.success) { "rolled back" } else { "FAILED" });
+            r
         })
-        .collect();
-    if !args.roll_back {
-        eprintln!("built {} system(s) in {:.1}s", machines.len(), build_time.as_secs_f64());
-    }
-    println!(
-        "{:<16} {:<10} {:>10} {:>12} {:>8}  DETAIL",
+    } else {
+        // Build every system first (one writer on the local store).
+        let mut built: Vec<Mutex<Option<Built>>> = Vec::new();
+        {
+            let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
+            for m in &machines {
+                built.push(Mutex::new(Some(build_for(&mut store, &deployment, m))));
+            }
+        }
+        eprintln!("built {} system(s) in {:.1}s", machines.len(), started.elapsed().as_secs_f64());
+        let key = if args.dry_run {
+            None
+        } else {
+            let (key, generated) = transfer::trust::load_or_generate_key(layout.state_dir())
+                .context("cannot load or generate the signing key")?;
+            if let Some(dir) = generated {
+                eprintln!(
+                    "ferry: generated a signing key pair in {} (signing-key.sec, \
+                     signing-key.pub); machines with `authorize = true` (the default) get it \
+                     added to their ACL",
+                    dir.display()
+                );
+            }
+            Some(key)
+        };
+        let ctx = Ctx { layout: &layout, deployment: &deployment, key: key.as_ref() };
+        for_each_machine(&machines, jobs, args.fail_fast, &|i, m| {
+            let bar = board.host(&m.name);
+            let r = match built[i].lock().unwrap().take().expect("built once") {
+                Ok((system, provenance)) => {
+                    deploy_machine(&ctx, m, &system, &provenance, args.dry_run, &bar)
+                }
+                Err(e) => Err(e.context("build")),
+            };
+            if let Err(e) = &r {
+                bar.say(&format!("error: {e:#}"));
+            }
+            bar.finish(match &r {
+                Ok(r) if r.success => "ok",
+                _ => "FAILED",
+            });
+            r
+        })
+    };
+    let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    report(&names, &results, args.json, started.elapsed())
+}
+
+/// Print the table (or JSON); the exit code.
+fn report(
+    names: &[&str],
+    results: &[Ran],
+    json: bool,
+    total: Duration,
+) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    let mut rows = Vec::new();
+    let mut table = format!(
+        "{:<16} {:<10} {:>10} {:>16} {:>8}  DETAIL\n",
         "MACHINE", "RESULT", "GENERATION", "SENT", "TIME"
     );
-    let mut ok = true;
-    for (name, result, elapsed) in &results {
+    for (name, (result, elapsed)) in names.iter().zip(results) {
         let time = format!("{:.1}s", elapsed.as_secs_f64());
         match result {
             Ok(r) => {
@@ -202,153 +249,47 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
                 } else {
                     format!("{} ({})", human(r.bytes), r.paths)
                 };
-                println!(
-                    "{name:<16} {:<10} {generation:>10} {sent:>12} {time:>8}  {}",
+                table.push_str(&format!(
+                    "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {}\n",
                     if r.success { "ok" } else { "FAILED" },
                     r.detail
-                );
+                ));
+                rows.push(json!({
+                    "machine": name, "success": r.success, "generation": r.generation,
+                    "paths_sent": r.paths, "bytes_sent": r.bytes,
+                    "seconds": elapsed.as_secs_f64(), "detail": r.detail,
+                }));
             }
             Err(e) => {
                 ok = false;
-                let first = format!("{e:#}").lines().next().unwrap_or_default().to_owned();
-                println!("{name:<16} {:<10} {:>10} {:>12} {time:>8}  {first}", "FAILED", "-", "-");
+                let full = format!("{e:#}");
+                let first = full.lines().next().unwrap_or_default().to_owned();
+                table.push_str(&format!(
+                    "{name:<16} {:<10} {:>10} {:>16} {time:>8}  {first}\n",
+                    "FAILED", "-", "-"
+                ));
+                rows.push(json!({
+                    "machine": name, "success": false, "generation": null, "paths_sent": 0,
+                    "bytes_sent": 0, "seconds": elapsed.as_secs_f64(), "detail": full,
+                }));
             }
         }
+    }
+    if json {
+        eprint!("{table}");
+        let out = json!({ "success": ok, "seconds": total.as_secs_f64(), "machines": rows });
+        writeln!(std::io::stdout().lock(), "{out}")?;
+    } else {
+        print!("{table}");
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// A machine's built system and its provenance, or why it could not be built.
 type Built = anyhow::Result<(BuiltSystem, Provenance)>;
-/// A machine's result and how long its pipeline took.
-type Ran = (anyhow::Result<HostResult>, Duration);
-
-/// One machine's result for the table.
-#[derive(Debug)]
-struct HostResult {
-    success: bool,
-    generation: Option<u64>,
-    paths: usize,
-    bytes: u64,
-    detail: String,
-}
-
-/// `-x -- CMD ARGS...`: run on every machine in parallel, output prefixed with the machine.
-/// A `local` machine runs it here in its root, with `FERRY_ROOT` set and its current system's
-/// `profile/bin` first on `PATH`.
-fn execute(machines: &[&Machine], command: &[String], jobs: usize) -> anyhow::Result<ExitCode> {
-    type Exit = Result<Option<i32>, String>;
-    let codes: Vec<Mutex<Option<Exit>>> = machines.iter().map(|_| Mutex::new(None)).collect();
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.min(machines.len()).max(1) {
-            scope.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(m) = machines.get(i) else { break };
-                let result = match m.environment {
-                    Environment::ManagedHost => Err(
-                        "managed-host machines need the SSH transfer engine, which `ferry deploy` \
-                         does not drive yet"
-                            .to_owned(),
-                    ),
-                    Environment::Local => run_local_command(m, command),
-                };
-                *codes[i].lock().unwrap() = Some(result);
-            });
-        }
-    });
-    let mut ok = true;
-    for (m, code) in machines.iter().zip(codes) {
-        match code.into_inner().unwrap().expect("every machine ran") {
-            Ok(Some(0)) => eprintln!("{}: command succeeded", m.name),
-            Ok(Some(c)) => {
-                ok = false;
-                eprintln!("{}: command exited with code {c}", m.name);
-            }
-            Ok(None) => {
-                ok = false;
-                eprintln!("{}: command was killed by a signal", m.name);
-            }
-            Err(e) => {
-                ok = false;
-                eprintln!("{}: error: {e}", m.name);
-            }
-        }
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn run_local_command(m: &Machine, command: &[String]) -> Result<Option<i32>, String> {
-    let root = &m.configuration.root;
-    if !root.is_dir() {
-        return Err(format!("{} does not exist: deploy to it first", root.display()));
-    }
-    let bin = Profiles::new(root).current_system_link().join("profile/bin");
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))
-        .map_err(|e| e.to_string())?;
-    let child = Command::new(&command[0])
-        .args(&command[1..])
-        .current_dir(root)
-        .env("FERRY_ROOT", root.to_string_lossy().trim_end_matches('/'))
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", command[0]))?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    let mut stdout = std::io::stdout().lock();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let _ = writeln!(stdout, "{}: {line}", m.name);
-    }
-    drop(stdout);
-    for line in String::from_utf8_lossy(&out.stderr).lines() {
-        eprintln!("{}: {line}", m.name);
-    }
-    Ok(out.status.code())
-}
-
-fn list_generations(machines: &[&Machine]) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    for m in machines {
-        println!("{} ({}):", m.name, m.configuration.root.display());
-        if m.environment != Environment::Local {
-            println!("  (managed-host: listing over SSH is not wired yet)");
-            ok = false;
-            continue;
-        }
-        let gens = Profiles::new(&m.configuration.root).list()?;
-        if gens.is_empty() {
-            println!("  no generations");
-        }
-        for g in gens {
-            println!(
-                "  {:>4}  {}  {}{}",
-                g.number,
-                format_time(g.time),
-                g.system.display(),
-                if g.current { "  (current)" } else { "" }
-            );
-        }
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn host_store(store_dir: &nar_core::store_path::StoreDir, root: &Path) -> anyhow::Result<Store> {
-    fs::create_dir_all(root)
-        .with_context(|| format!("cannot create host root {}", root.display()))?;
-    let layout = StoreLayout::new(root, store_dir.clone(), None)?;
-    Store::open(layout)
-        .with_context(|| format!("cannot open the host store under {}", root.display()))
-}
 
 /// Build a machine's system into the local store.
-fn build_for(
-    store: &mut Store,
-    deployment: &Deployment,
-    m: &Machine,
-) -> anyhow::Result<(BuiltSystem, Provenance)> {
+fn build_for(store: &mut Store, deployment: &Deployment, m: &Machine) -> Built {
     let provenance = Provenance::of_file(&deployment.file, m.declaration.as_deref());
     let built = system::build(store, &m.os, &provenance)
         .with_context(|| format!("building the system of {}", m.name))?;
@@ -356,179 +297,324 @@ fn build_for(
     Ok((built, provenance))
 }
 
-/// One local machine's pipeline: checks, copy, generation, activation.
-fn deploy_built(
-    store: &Store,
-    deployment: &Deployment,
+/// What every machine's pipeline shares.
+struct Ctx<'a> {
+    layout: &'a StoreLayout,
+    deployment: &'a Deployment,
+    /// `None` for a dry run.
+    key: Option<&'a SigningKey>,
+}
+
+/// The device text of a safety check, as the declaration spells it.
+fn device_text(d: &Device) -> String {
+    match d {
+        Device::Path(p) => p.clone(),
+        Device::Label(l) => format!("LABEL={l}"),
+        Device::Uuid(u) => format!("UUID={u}"),
+    }
+}
+
+/// One machine's pipeline: facts and checks, copy, activation.
+fn deploy_machine(
+    ctx: &Ctx<'_>,
     m: &Machine,
     built: &BuiltSystem,
     provenance: &Provenance,
     dry_run: bool,
+    bar: &HostBar,
 ) -> anyhow::Result<HostResult> {
     let c = &m.configuration;
-    let root = &c.root;
-    let say = |msg: &str| eprintln!("{}: {msg}", m.name);
+    let store_dir = ctx.layout.store_dir();
+    let closure = Store::open_read_only(ctx.layout.clone())
+        .and_then(|store| store.closure(std::slice::from_ref(&built.path)))
+        .context("closure of the system in the local store")?;
 
-    // A local machine is this machine.
-    if c.build_locally {
-        checks::system_type_check(&c.system, &crate::deployment::this_system())
-            .map_err(|e| anyhow!(e))?;
+    // 1. Facts: one round trip.
+    bar.phase("connect");
+    let link = Link::new(m).context("connect")?;
+    let devices = if c.safety_checks {
+        checks::device_checks(&m.os)
+            .iter()
+            .map(|d| DeviceSpec {
+                device: device_text(&d.device),
+                mount_point: d.mount_point.clone(),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let request = FactsRequest {
+        system: Some(built.absolute.clone()),
+        devices,
+        paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
+    };
+    let facts: Facts = link.host_json(&["facts"], &request).context("connect and facts")?;
+
+    // 2. Checks.
+    bar.phase("check");
+    checks::system_type_check(&c.system, &facts.system_type)
+        .map_err(|e| anyhow!("system type check: {e}"))?;
+    if !facts.safety_errors.is_empty() {
+        bail!(
+            "safety checks failed: {} (set `safety-checks = false` to skip them)",
+            facts.safety_errors.join("; ")
+        );
     }
-
-    // Safety checks, in one probe.
-    if c.safety_checks {
-        let device_checks = checks::device_checks(&m.os);
-        if !device_checks.is_empty() {
-            let out = Command::new("sh")
-                .arg("-c")
-                .arg(checks::probe_script(&device_checks))
-                .env("FERRY_ROOT", root)
-                .stdin(Stdio::null())
-                .output()
-                .context("running the safety checks")?;
-            let errors = checks::evaluate(&device_checks, &String::from_utf8_lossy(&out.stdout));
-            if !errors.is_empty() {
-                let list: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
-                bail!(
-                    "safety checks failed: {} (set `safety-checks = false` to skip them)",
-                    list.join("; ")
-                );
-            }
-        }
-    }
-
-    let profiles = Profiles::new(root);
-    // Downgrade check against the host's current system.
-    let host_provenance = profiles
-        .current_system()?
-        .and_then(|s| fs::read_to_string(s.join("provenance")).ok())
-        .and_then(|t| Provenance::parse(&t));
-    if profiles.current_system()?.is_some() {
+    if facts.generation.is_some() {
+        let host_provenance = facts.provenance.as_deref().and_then(Provenance::parse);
         let verdict = checks::downgrade_check(
             host_provenance.as_ref(),
             provenance,
             c.allow_downgrades,
-            |old, new| checks::git_relation(&deployment.dir, old, new),
+            |old, new| checks::git_relation(&ctx.deployment.dir, old, new),
         );
         match verdict {
             Verdict::Proceed => {}
-            Verdict::Warn(w) => say(&format!("warning: {w}")),
-            Verdict::Refuse(r) => bail!("{r}"),
+            Verdict::Warn(w) => bar.say(&format!("warning: {w}")),
+            Verdict::Refuse(r) => bail!("downgrade check: {r}"),
         }
     }
-
-    let closure = store.closure(std::slice::from_ref(&built.path))?;
-    let host_layout = StoreLayout::new(root, store.store_dir().clone(), None)?;
-    let valid = if host_layout.ferry_db_path().exists() {
-        // Read-only: a dry run changes nothing on the host.
-        Store::open_read_only(host_layout)?.query_valid(closure.paths())?
-    } else {
-        Default::default()
-    };
-    let missing: Vec<_> = closure.iter().filter(|i| !valid.contains(&i.path)).collect();
-    let bytes: u64 = missing.iter().map(|i| i.nar_size).sum();
+    let missing: std::collections::BTreeSet<&str> =
+        facts.missing.iter().map(String::as_str).collect();
+    let to_send: Vec<_> = closure
+        .iter()
+        .filter(|i| missing.contains(i.path.to_absolute(store_dir).as_str()))
+        .collect();
+    let bytes: u64 = to_send.iter().map(|i| i.nar_size).sum();
     if dry_run {
-        println!("{}: would copy {} path(s), {} bytes:", m.name, missing.len(), bytes);
-        for i in &missing {
-            println!("  {} {}", i.path.to_absolute(store.store_dir()), i.nar_size);
+        let mut text =
+            format!("{}: would copy {} path(s), {} bytes:\n", m.name, to_send.len(), bytes);
+        for i in &to_send {
+            text.push_str(&format!("  {} {}\n", i.path.to_absolute(store_dir), i.nar_size));
         }
+        print!("{text}");
         return Ok(HostResult {
             success: true,
-            generation: profiles.current()?,
-            paths: missing.len(),
+            generation: facts.generation,
+            paths: to_send.len(),
             bytes,
             detail: "dry run: nothing changed".into(),
         });
     }
-    let mut host = host_store(store.store_dir(), root)?;
-    for info in &missing {
-        copy_path(store, &mut host, info)?;
-    }
-    let paths = missing.len();
-    if paths > 0 {
-        say(&format!("copied {paths} path(s), {} bytes", bytes));
-    }
-    let on_host = profiles.on_host(Path::new(&built.absolute));
-    let current = profiles.current()?;
-    if let Some(cur) = current {
-        if profiles.generation(cur).map(|g| g.system == on_host).unwrap_or(false) {
-            return Ok(HostResult {
-                success: true,
-                generation: Some(cur),
-                paths,
-                bytes,
-                detail: "already on this system".into(),
-            });
+
+    // 3. Copy.
+    let (mut paths, mut sent) = (0, 0);
+    if !to_send.is_empty() {
+        bar.phase("copy");
+        let options = PushOptions { authorize: c.authorize, ..PushOptions::default() };
+        let key = ctx.key.expect("a key unless dry run");
+        let summary = push_closure(ctx.layout, &closure, link.transport(), key, &options, bar)
+            .context("copy")?;
+        if !summary.rejected.is_empty() {
+            let list: Vec<String> =
+                summary.rejected.iter().map(|r| format!("{}: {}", r.path, r.message)).collect();
+            bail!(
+                "copy: the host refused {} path(s): {}{}",
+                list.len(),
+                list.join("; "),
+                if c.authorize {
+                    ""
+                } else {
+                    " (set `authorize = true` to add this machine's signing key to its ACL)"
+                }
+            );
         }
+        (paths, sent) = (summary.paths_sent, summary.nar_bytes_sent);
     }
-    let new = profiles.add(&on_host)?;
-    say(&format!("generation {new}"));
-    let config = Config {
-        confirm_timeout: c.confirm_timeout,
-        host_health_checks: m.os.health_checks.iter().any(HealthCheck::runs_on_host),
-    };
-    let name = &m.name;
-    let outcome = host::run_activation(
-        &profiles,
-        Activation::new(new, current, config),
-        &m.os.health_checks,
-        &mut |o| match o {
-            HostOutput::Line(l) => eprintln!("{name}: {l}"),
-            HostOutput::Warning(w) => eprintln!("{name}: warning: {w}"),
-            HostOutput::Event(Event::RollingBack { from, to, reason }) => {
-                eprintln!("{name}: {reason}; rolling back from generation {from} to {to}")
-            }
-            HostOutput::Event(Event::CannotRollBack { generation, reason }) => {
-                eprintln!("{name}: {reason}; generation {generation} has no previous generation")
-            }
-            HostOutput::Event(_) => {}
-        },
-        // The coordinator's own probes, then confirm: a local root is always reachable.
-        &mut |_deadline| match coordinator_probes(m) {
-            Ok(()) => Some(Input::Confirmed),
-            Err(why) => Some(Input::Rejected(why)),
-        },
-    )?;
-    let (success, generation, detail) = match outcome {
-        Outcome::Deployed { generation } if c.confirm_timeout.is_none() => {
-            // TCP/HTTP probes belong to confirmation; without it they only warn.
-            match coordinator_probes(m) {
-                Ok(()) => (true, generation, "activated".to_owned()),
-                Err(why) => (
-                    true,
-                    generation,
-                    format!("activated; warning: {why} (confirmation is off: no rollback)"),
-                ),
-            }
-        }
-        Outcome::Deployed { generation } => (true, generation, "activated".to_owned()),
-        Outcome::RolledBack { from, to, reason } => {
-            (false, to, format!("{reason}; rolled back from generation {from} to {to}"))
-        }
-        Outcome::Failed { generation, reason } => (
-            false,
-            generation,
-            format!("{reason}; no previous generation to return to (none is current now)"),
-        ),
-        Outcome::RollbackFailed { from, to, reason, rollback_error } => (
-            false,
-            from,
-            format!(
-                "{reason}; rolling back to {to} failed too: {rollback_error} (needs attention)"
-            ),
-        ),
-    };
-    Ok(HostResult { success, generation: Some(generation), paths, bytes, detail })
+    if facts.on_this_system {
+        return Ok(HostResult {
+            success: true,
+            generation: facts.generation,
+            paths,
+            bytes: sent,
+            detail: "already on this system".into(),
+        });
+    }
+
+    // 4. Activate, confirm.
+    bar.phase("activate");
+    let r = activate(&link, m, &built.absolute, bar).context("activate")?;
+    Ok(HostResult { paths, bytes: sent, ..r })
 }
 
-/// Copy one valid path into another store on this machine (references must be there already).
-fn copy_path(from: &Store, to: &mut Store, info: &closure::PathInfo) -> anyhow::Result<()> {
-    let mut tmp = tempfile::tempfile().context("cannot create a temporary file")?;
-    nar_core::dump::dump(&from.physical_path(&info.path), &mut tmp)
-        .with_context(|| format!("cannot read {}", info.path.to_absolute(from.store_dir())))?;
-    tmp.rewind()?;
-    to.import_nar(info, &mut BufReader::new(tmp))?;
-    Ok(())
+/// Run `ferry host activate` and answer its confirmation request.
+fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Result<HostResult> {
+    let c = &m.configuration;
+    let request = ActivateRequest {
+        system: system.to_owned(),
+        confirm_timeout_ms: c.confirm_timeout.map(|d| d.as_millis() as u64),
+        health_checks: m
+            .os
+            .health_checks
+            .iter()
+            .filter_map(|h| match h {
+                HealthCheck::Command { command, timeout } => Some(HostCheck {
+                    command: command.clone(),
+                    timeout_ms: timeout.as_millis() as u64,
+                }),
+                _ => None,
+            })
+            .collect(),
+        token: format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()),
+    };
+    let never_confirm = std::env::var_os(NEVER_CONFIRM_ENV).is_some();
+    let mut result = None;
+    let mut generation = None;
+    let mut confirm_error = None;
+    let exit = link.host(&["activate"], &serde_json::to_vec(&request)?, &mut |line| {
+        match HostLine::parse(line) {
+            Some(HostLine::Generation(n)) => {
+                generation = Some(n);
+                bar.say(&format!("generation {n}"));
+            }
+            Some(HostLine::Line(l)) => bar.say(&l),
+            Some(HostLine::Warning(w)) => bar.say(&format!("warning: {w}")),
+            Some(HostLine::Event(e)) => bar.say(&e),
+            Some(HostLine::Confirm { seconds, token }) => {
+                bar.phase("confirm");
+                if never_confirm {
+                    bar.say(&format!(
+                        "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"
+                    ));
+                    return;
+                }
+                let verdict = coordinator_probes(m);
+                let mut args = vec!["confirm", token.as_str()];
+                if let Err(why) = &verdict {
+                    bar.say(&format!("rejecting: {why}"));
+                    args.extend(["--reject", why.as_str()]);
+                }
+                match link.host_on_new_connection(&args, b"", &mut |_| {}) {
+                    Ok(exit) if exit.success() => {}
+                    Ok(exit) => confirm_error = Some(exit.describe()),
+                    Err(e) => confirm_error = Some(format!("{e:#}")),
+                }
+                if let Some(e) = &confirm_error {
+                    bar.say(&format!(
+                        "cannot confirm over a new connection: {e}; the host rolls back in {seconds}s"
+                    ));
+                }
+            }
+            Some(HostLine::Result(r)) => result = Some(r),
+            None => bar.say(line),
+        }
+    })?;
+    let Some(r) = result else {
+        let hint = match generation {
+            Some(n) => format!(
+                " after registering generation {n}; unless confirmed, the host returns to its \
+                 previous generation by itself"
+            ),
+            None => String::new(),
+        };
+        bail!("the host ended without a result ({}){hint}", exit.describe());
+    };
+    let mut detail = r.detail;
+    if r.success && c.confirm_timeout.is_none() && detail == "activated" {
+        // TCP/HTTP probes belong to confirmation; without it they only warn.
+        if let Err(why) = coordinator_probes(m) {
+            detail = format!("activated; warning: {why} (confirmation is off: no rollback)");
+        }
+    }
+    Ok(HostResult { success: r.success, generation: r.generation, detail, ..HostResult::default() })
+}
+
+fn roll_back(m: &Machine, bar: &HostBar) -> anyhow::Result<HostResult> {
+    let link = Link::new(m)?;
+    let mut result = None;
+    let exit = link.host(&["roll-back"], b"", &mut |line| match HostLine::parse(line) {
+        Some(HostLine::Result(r)) => result = Some(r),
+        Some(HostLine::Line(l)) => bar.say(&l),
+        _ => bar.say(line),
+    })?;
+    let r = result.ok_or_else(|| anyhow!("{}", exit.describe()))?;
+    Ok(HostResult {
+        success: r.success,
+        generation: r.generation,
+        detail: r.detail,
+        ..HostResult::default()
+    })
+}
+
+/// `-x -- CMD ARGS...`: run on every machine in parallel, output prefixed with the machine.
+fn execute(machines: &[&Machine], command: &[String], jobs: usize) -> anyhow::Result<ExitCode> {
+    let mut args = vec!["exec", "--"];
+    args.extend(command.iter().map(String::as_str));
+    let results = for_each_machine(machines, jobs, false, &|_, m| {
+        let link = Link::new(m)?;
+        let name = &m.name;
+        let exit = link.host(&args, b"", &mut |line| {
+            let _ = writeln!(std::io::stdout().lock(), "{name}: {line}");
+        })?;
+        let stderr = exit.stderr.trim();
+        if !stderr.is_empty() {
+            for l in stderr.lines() {
+                eprintln!("{name}: {l}");
+            }
+        }
+        Ok(HostResult { success: exit.success(), generation: None, ..HostResult::default() }
+            .with_code(exit.code))
+    });
+    let mut ok = true;
+    for (m, (r, _)) in machines.iter().zip(results) {
+        match r {
+            Ok(r) if r.success => eprintln!("{}: command succeeded", m.name),
+            Ok(r) => {
+                ok = false;
+                eprintln!("{}: {}", m.name, r.detail);
+            }
+            Err(e) => {
+                ok = false;
+                eprintln!("{}: error: {e:#}", m.name);
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+impl HostResult {
+    fn with_code(mut self, code: Option<i32>) -> HostResult {
+        self.detail = match code {
+            Some(c) => format!("command exited with code {c}"),
+            None => "command was killed by a signal".to_owned(),
+        };
+        self
+    }
+}
+
+fn list_generations(machines: &[&Machine], jobs: usize) -> anyhow::Result<ExitCode> {
+    let listings: Vec<Mutex<String>> = machines.iter().map(|_| Mutex::default()).collect();
+    let results = for_each_machine(machines, jobs, false, &|i, m| {
+        let link = Link::new(m)?;
+        let gens: Vec<GenerationInfo> = link.host_json(&["generations", "--json"], &())?;
+        let mut text = String::new();
+        if gens.is_empty() {
+            text.push_str("  no generations\n");
+        }
+        for g in gens {
+            text.push_str(&format!(
+                "  {:>4}  {}  {}{}\n",
+                g.number,
+                format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(g.time)),
+                g.system,
+                if g.current { "  (current)" } else { "" }
+            ));
+        }
+        *listings[i].lock().unwrap() = text;
+        Ok(HostResult { success: true, ..HostResult::default() })
+    });
+    let mut ok = true;
+    for ((m, (r, _)), text) in machines.iter().zip(results).zip(listings) {
+        println!("{} ({}):", m.name, m.configuration.root.display());
+        match r {
+            Ok(_) => print!("{}", text.into_inner().unwrap()),
+            Err(e) => {
+                ok = false;
+                println!("  error: {e:#}");
+            }
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// TCP and HTTP probes from this machine (host: the SSH host name, `localhost` for `local`).
@@ -584,24 +670,6 @@ fn http_status(url: &str, timeout: Duration) -> Result<u16, String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("not an HTTP response: {:?}", line.lines().next().unwrap_or("")))
-}
-
-fn roll_back_local(m: &Machine) -> anyhow::Result<HostResult> {
-    let profiles = Profiles::new(&m.configuration.root);
-    let name = &m.name;
-    let (from, to, code) = host::roll_back(&profiles, &mut |l| eprintln!("{name}: {l}"))?;
-    eprintln!("{name}: rolled back from generation {from} to {to}");
-    let (success, detail) = match code {
-        Some(0) => (true, format!("rolled back from generation {from}")),
-        code => (
-            false,
-            format!(
-                "the profile is on generation {to}, but its activate exited with {code:?} \
-                 (needs attention)"
-            ),
-        ),
-    };
-    Ok(HostResult { success, generation: Some(to), paths: 0, bytes: 0, detail })
 }
 
 fn human(bytes: u64) -> String {

@@ -1,9 +1,11 @@
 //! One module per subcommand, and what they share.
 
 pub mod archive;
+pub mod board;
 pub mod copy;
 pub mod deploy;
 pub mod gc;
+pub mod host;
 pub mod nar;
 pub mod serve;
 pub mod store;

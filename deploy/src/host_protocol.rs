@@ -1,0 +1,223 @@
+//! What the deploy coordinator and `ferry host ...` (run on the host by the agent program, over
+//! SSH or as a local subprocess) say to each other. Sans-IO: types, encoding and parsing only.
+//!
+//! Every exchange is one command run on the host: a JSON request on its stdin (closed after
+//! it), then its stdout.
+//!
+//! - `ferry host facts`: request [`FactsRequest`]; stdout is one JSON line, [`Facts`]: the
+//!   system type, the current generation and system, the current system's `provenance`, the
+//!   safety-check (device probe) errors and which of the closure's paths the host's store
+//!   lacks. Everything the checks before the copy need, in one round trip.
+//! - `ferry host activate`: request [`ActivateRequest`]; stdout is a stream of lines, each
+//!   `KIND TEXT` ([`HostLine`]):
+//!   - `generation N`: generation N was registered for the system;
+//!   - `line TEXT`: a line printed by `activate`;
+//!   - `warning TEXT`, `event TEXT`: things to show the operator;
+//!   - `confirm SECONDS TOKEN`: activation and the host's health checks passed; the host waits
+//!     up to SECONDS for `ferry host confirm TOKEN` (or `--reject REASON`) run over a **new**
+//!     connection, then rolls back by itself;
+//!   - `result JSON`: the [`HostResult`], last.
+//!     The host keeps going when its stdout is gone (the first connection dropped): it ignores
+//!     write errors, and the confirmation deadline still applies.
+//! - `ferry host confirm TOKEN [--reject REASON]`: no request; writes the answer marker
+//!   `<root>/var/ferry/confirm/TOKEN` that the waiting activation polls.
+//! - `ferry host roll-back`: no request; `line`/`result` lines as for `activate`.
+//! - `ferry host generations --json`: one JSON line, a list of [`GenerationInfo`].
+//! - `ferry host exec -- CMD ARGS...`: runs the command in the root with `FERRY_ROOT` set and
+//!   the current system's `profile/bin` first on `PATH`; its stdout and stderr both go to
+//!   stdout; the exit code is the command's.
+
+use serde::{Deserialize, Serialize};
+
+/// A file system to look for on the host (the safety checks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// A path, `LABEL=…` or `UUID=…`.
+    pub device: String,
+    pub mount_point: String,
+}
+
+/// `ferry host facts` request.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FactsRequest {
+    /// The system about to be deployed (logical store path): is the host on it already?
+    pub system: Option<String>,
+    /// Devices to probe (empty: no safety checks).
+    pub devices: Vec<DeviceSpec>,
+    /// Store paths (logical) whose presence in the host's store to report.
+    pub paths: Vec<String>,
+}
+
+/// `ferry host facts` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Facts {
+    /// The host's system type (`x86_64-linux`).
+    pub system_type: String,
+    /// The current generation.
+    pub generation: Option<u64>,
+    /// The current generation's system (as a path on the host).
+    pub current_system: Option<String>,
+    /// True when the current generation is the requested system.
+    pub on_this_system: bool,
+    /// The current system's `provenance` file.
+    pub provenance: Option<String>,
+    /// Failed device checks, one message each (Guix's texts).
+    pub safety_errors: Vec<String>,
+    /// The requested paths the host's store lacks.
+    pub missing: Vec<String>,
+}
+
+/// A health-check command for the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCheck {
+    pub command: String,
+    pub timeout_ms: u64,
+}
+
+/// `ferry host activate` request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivateRequest {
+    /// The system to activate (logical store path; in the host's store already).
+    pub system: String,
+    /// How long to wait for confirmation (`None`: no confirmation round).
+    pub confirm_timeout_ms: Option<u64>,
+    /// The `command` health checks.
+    pub health_checks: Vec<HostCheck>,
+    /// The confirmation token (letters, digits, `-`).
+    pub token: String,
+}
+
+/// How a host command ended (the last line of `activate` and `roll-back`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostResult {
+    pub success: bool,
+    /// The generation the host is on now.
+    pub generation: Option<u64>,
+    /// What happened, for the operator.
+    pub detail: String,
+}
+
+/// One generation in `ferry host generations --json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationInfo {
+    pub number: u64,
+    /// Seconds since the epoch.
+    pub time: u64,
+    pub system: String,
+    pub current: bool,
+}
+
+/// A line of `activate` or `roll-back` output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostLine {
+    Generation(u64),
+    Line(String),
+    Warning(String),
+    Event(String),
+    Confirm { seconds: u64, token: String },
+    Result(HostResult),
+}
+
+impl HostLine {
+    /// The line, without newline (texts with newlines are cut into several `Line`s by the
+    /// sender; here a newline is replaced by a space).
+    pub fn encode(&self) -> String {
+        let flat = |s: &str| s.replace(['\n', '\r'], " ");
+        match self {
+            HostLine::Generation(n) => format!("generation {n}"),
+            HostLine::Line(l) => format!("line {}", flat(l)),
+            HostLine::Warning(w) => format!("warning {}", flat(w)),
+            HostLine::Event(e) => format!("event {}", flat(e)),
+            HostLine::Confirm { seconds, token } => format!("confirm {seconds} {token}"),
+            HostLine::Result(r) => {
+                format!("result {}", serde_json::to_string(r).expect("serializable"))
+            }
+        }
+    }
+
+    /// Parse a line; `None` for anything else (printed as is by the coordinator).
+    pub fn parse(line: &str) -> Option<HostLine> {
+        let (kind, rest) = line.split_once(' ').unwrap_or((line, ""));
+        Some(match kind {
+            "generation" => HostLine::Generation(rest.parse().ok()?),
+            "line" => HostLine::Line(rest.to_owned()),
+            "warning" => HostLine::Warning(rest.to_owned()),
+            "event" => HostLine::Event(rest.to_owned()),
+            "confirm" => {
+                let (seconds, token) = rest.split_once(' ')?;
+                if !valid_token(token) {
+                    return None;
+                }
+                HostLine::Confirm { seconds: seconds.parse().ok()?, token: token.to_owned() }
+            }
+            "result" => HostLine::Result(serde_json::from_str(rest).ok()?),
+            _ => return None,
+        })
+    }
+}
+
+/// A confirmation token is 1 to 64 ASCII letters, digits or `-` (it names a file).
+pub fn valid_token(token: &str) -> bool {
+    (1..=64).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// The confirmation marker's content: `confirm`, or `reject REASON`.
+pub fn encode_answer(rejection: Option<&str>) -> String {
+    match rejection {
+        None => "confirm\n".to_owned(),
+        Some(why) => format!("reject {}\n", why.replace('\n', " ")),
+    }
+}
+
+/// Read a marker: `Ok(())` confirmed, `Err(reason)` rejected; `None` when not understood.
+pub fn parse_answer(text: &str) -> Option<Result<(), String>> {
+    let text = text.trim_end();
+    if text == "confirm" {
+        Some(Ok(()))
+    } else {
+        text.strip_prefix("reject ").map(|why| Err(why.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip() {
+        let lines = [
+            HostLine::Generation(7),
+            HostLine::Line("activate: starting service web".into()),
+            HostLine::Warning("w".into()),
+            HostLine::Event("rolling back".into()),
+            HostLine::Confirm { seconds: 30, token: "ab-12".into() },
+            HostLine::Result(HostResult {
+                success: false,
+                generation: Some(3),
+                detail: "activate exited with code 1; rolled back".into(),
+            }),
+        ];
+        for l in lines {
+            assert_eq!(HostLine::parse(&l.encode()), Some(l));
+        }
+        assert_eq!(HostLine::parse("line a\nb"), Some(HostLine::Line("a\nb".into())));
+        assert_eq!(HostLine::Line("a\nb".into()).encode(), "line a b");
+        assert_eq!(HostLine::parse("hello"), None);
+        assert_eq!(HostLine::parse("confirm 3 ../x"), None);
+        assert_eq!(HostLine::parse("generation x"), None);
+    }
+
+    #[test]
+    fn answers_and_tokens() {
+        assert_eq!(parse_answer(&encode_answer(None)), Some(Ok(())));
+        assert_eq!(
+            parse_answer(&encode_answer(Some("tcp :80\nrefused"))),
+            Some(Err("tcp :80 refused".into()))
+        );
+        assert_eq!(parse_answer("maybe"), None);
+        assert!(valid_token("a1-B"));
+        assert!(!valid_token(""));
+        assert!(!valid_token("a/b"));
+        assert!(!valid_token(&"a".repeat(65)));
+    }
+}
