@@ -54,8 +54,14 @@ impl Exit {
 
 /// One machine, reachable.
 pub enum Link {
-    Local { transport: LocalTransport },
-    Ssh { transport: Box<SshTransport> },
+    Local {
+        transport: LocalTransport,
+    },
+    Ssh {
+        transport: Box<SshTransport>,
+        /// What to do about a host key error, for this machine.
+        host_key_hint: String,
+    },
 }
 
 /// The SSH settings of a managed host.
@@ -86,7 +92,16 @@ impl Link {
                     root: (root != std::path::Path::new("/")).then_some(root),
                     ..StoreParams::default()
                 };
-                Link::Ssh { transport: Box::new(SshTransport::new(ssh_config(m)?, store)?) }
+                let config = ssh_config(m)?;
+                let host_key_hint = format!(
+                    "To pin the host's key for machine '{}', check it out of band, for example \
+                     with\n  ssh-keyscan -t ed25519 -p {} {}\nand set `host-key = \"ssh-ed25519 \
+                     AAAA...\"` in its [machine.configuration].",
+                    m.name,
+                    config.port,
+                    transfer::ssh::shell_quote(&config.host)
+                );
+                Link::Ssh { transport: Box::new(SshTransport::new(config, store)?), host_key_hint }
             }
         })
     }
@@ -95,7 +110,7 @@ impl Link {
     pub fn transport(&self) -> &dyn Transport {
         match self {
             Link::Local { transport } => transport,
-            Link::Ssh { transport } => transport.as_ref(),
+            Link::Ssh { transport, .. } => transport.as_ref(),
         }
     }
 
@@ -132,12 +147,20 @@ impl Link {
         argv.extend(args.iter().map(|a| a.to_string()));
         match self {
             Link::Local { transport } => run_local(transport, &argv, stdin, line),
-            Link::Ssh { transport } => {
+            Link::Ssh { transport, host_key_hint } => {
                 let run = if fresh {
-                    transport.run_ferry_on_new_connection(&argv, stdin, line)?
+                    transport.run_ferry_on_new_connection(&argv, stdin, line)
                 } else {
-                    transport.run_ferry(&argv, stdin, line)?
+                    transport.run_ferry(&argv, stdin, line)
                 };
+                let run = run.map_err(|e| {
+                    let text = e.to_string();
+                    if text.contains(": host key: ") {
+                        anyhow!("{text}\n{host_key_hint}")
+                    } else {
+                        anyhow!(e)
+                    }
+                })?;
                 Ok(Exit { code: run.status.code.map(|c| c as i32), stderr: run.stderr })
             }
         }
