@@ -378,3 +378,56 @@ fn downgrade_and_safety_checks_over_ssh() {
     assert!(stderr.contains("warning: moving from"), "{stderr}");
     assert_eq!(current(&root(sshd)).as_deref(), Some("system-3-link"));
 }
+
+#[test]
+fn the_host_rolls_back_by_itself_when_the_coordinator_goes_away() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    let fleet = fleet(1);
+    let sshd = &fleet.hosts[0];
+    let file = |motd: &str| {
+        let mut text = BASE.replace("MOTD", motd);
+        text.push_str(&machine("m", sshd, "\"base\"", "confirm-timeout = 3"));
+        env.write("m.toml", &text)
+    };
+    env.deploy(0, &file("one"), &[], &[]);
+    // The coordinator dies while the host waits for confirmation: the channel carrying the
+    // activation closes under the host, which must still roll back at the deadline.
+    let f = file("two");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["deploy", &f])
+        .current_dir(env.path())
+        .env_remove("FERRY_STORE_DIR")
+        .env_remove("FERRY_STATE_DIR")
+        .env("FERRY_ROOT", env.path().join("coordinator"))
+        .env("HOME", env.path().join("home"))
+        .env("FERRY_TEST_NEVER_CONFIRM", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let waiting = line.contains("not confirming");
+        seen.push(line);
+        if waiting {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen.iter().any(|l| l.contains("not confirming")), "{seen:#?}");
+    assert_eq!(current(&root(sshd)).as_deref(), Some("system-2-link"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while current(&root(sshd)).as_deref() != Some("system-1-link") {
+        assert!(std::time::Instant::now() < deadline, "no rollback on the host: {seen:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Give the old activate time to finish before looking at what it wrote.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while fs::read_to_string(root(sshd).join("etc/motd")).unwrap_or_default() != "one" {
+        assert!(std::time::Instant::now() < deadline, "the old system is not active again");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
