@@ -38,9 +38,6 @@
 //! - A rollback that itself fails ends in [`Outcome::RollbackFailed`]: the report says the
 //!   host needs attention.
 
-// Parts are used only once the deploy run is wired to the transfer engine.
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};

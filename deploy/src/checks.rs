@@ -27,9 +27,6 @@
 //! host's commit is the same or an ancestor (`git merge-base --is-ancestor`), or
 //! `allow-downgrades` is set, in which case it warns.
 
-// Parts are used only once the deploy run is wired to the transfer engine.
-#![allow(dead_code)]
-
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Stdio};

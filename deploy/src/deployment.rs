@@ -61,9 +61,6 @@
 //!   parser), and semantic errors (unknown declaration, inheritance cycle, duplicate machine,
 //!   missing SSH host name, bad names) at the offending value.
 
-// Parts are used only once the deploy run is wired to the transfer engine.
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;

@@ -1,7 +1,7 @@
 //! The host side of activation: carries out the [`Activation`] state machine's actions on a
-//! host root. Used by `ferry deploy` for `local` machines, and meant for the agent
-//! (`ferry serve`) on a managed host, which passes a `confirm` callback that waits for the
-//! coordinator's confirmation over its new connection.
+//! host root. Used by `ferry host activate` and `ferry host roll-back` (run on the host for
+//! `ferry deploy`, locally or over SSH), whose `confirm` callback waits for the coordinator's
+//! answer, given over a new connection.
 //!
 //! - `SwitchProfile` → [`Profiles::switch_to`];
 //! - `RunActivate` → point `current-system` at the generation's system, run its `activate`
@@ -12,9 +12,6 @@
 //!   (`Some(Input::Confirmed)`), rejects (`Some(Input::Rejected(why))`) or the deadline passes
 //!   (`None`, after which the machine is told the time is `at` and rolls back);
 //! - `ClearProfile` → [`Profiles::clear`].
-
-// Parts are used only once the deploy run is wired to the transfer engine.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

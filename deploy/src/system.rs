@@ -42,9 +42,6 @@
 //! host, so `"$FERRY_ROOT/var/x"` is `/var/x`) and `FERRY_SYSTEM` to the system. Every step is
 //! printed on stdout.
 
-// Parts are used only once the deploy run is wired to the transfer engine.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io;

@@ -447,6 +447,7 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
             .os
             .health_checks
             .iter()
+            .filter(|h| h.runs_on_host())
             .filter_map(|h| match h {
                 HealthCheck::Command { command, timeout } => Some(HostCheck {
                     command: command.clone(),
