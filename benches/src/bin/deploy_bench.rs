@@ -107,7 +107,7 @@ health-checks = [{ command = 'grep -q app "$FERRY_ROOT/var/app.txt"' }]
 /// One `ferry deploy` under `/usr/bin/time`: wall seconds, and the coordinator's CPU
 /// seconds (user + system of the `ferry deploy` process and its local children; the hosts'
 /// sshd and agents are not its children).
-fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64)> {
+fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64, String)> {
     let cpu_file = work.join("cpu");
     let t = Instant::now();
     let out = Command::new("/usr/bin/time")
@@ -138,7 +138,21 @@ fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64)> {
         .split_whitespace()
         .filter_map(|v| v.parse::<f64>().ok())
         .sum();
-    Ok((secs, cpu))
+    // Per step, the slowest machine: `facts 0.05 copy 0.40 activate 0.20`.
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let mut steps = String::new();
+    for step in ["facts", "copy", "activate"] {
+        let slowest = summary["machines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["steps"][step].as_f64())
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+        if let Some(v) = slowest {
+            steps.push_str(&format!(" {step} {v:.2}"));
+        }
+    }
+    Ok((secs, cpu, steps))
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -186,12 +200,13 @@ fn main() -> Result<()> {
             deploy(&ferry, w, &w.join("warm.toml"))?;
         }
         let l = load();
-        let (a, cpu_a) = deploy(&ferry, w, &single_file)?;
-        let (b, cpu_b) = deploy(&ferry, w, &fleet_file)?;
-        let (c, _) = deploy(&ferry, w, &fleet_file)?;
+        let (a, cpu_a, steps_a) = deploy(&ferry, w, &single_file)?;
+        let (b, cpu_b, steps_b) = deploy(&ferry, w, &fleet_file)?;
+        let (c, _, _) = deploy(&ferry, w, &fleet_file)?;
         eprintln!(
-            "run {run}: 1 host {a:.2}s (coordinator CPU {cpu_a:.2}s), {} hosts {b:.2}s \
-             (coordinator CPU {cpu_b:.2}s), {} hosts no change {c:.2}s (load {l})",
+            "run {run}: 1 host {a:.2}s (coordinator CPU {cpu_a:.2}s; slowest steps{steps_a}), \
+             {} hosts {b:.2}s (coordinator CPU {cpu_b:.2}s; slowest steps{steps_b}), {} hosts \
+             no change {c:.2}s (load {l})",
             args.hosts, args.hosts
         );
         t1.push(a);

@@ -100,6 +100,8 @@ struct HostResult {
     paths: usize,
     bytes: u64,
     detail: String,
+    /// Seconds spent in each step (for `--json`).
+    steps: Vec<(&'static str, f64)>,
 }
 
 /// A machine's result and how long its pipeline took.
@@ -258,6 +260,8 @@ fn report(
                     "machine": name, "success": r.success, "generation": r.generation,
                     "paths_sent": r.paths, "bytes_sent": r.bytes,
                     "seconds": elapsed.as_secs_f64(), "detail": r.detail,
+                    "steps": r.steps.iter().map(|(k, v)| (k.to_string(), json!(v)))
+                        .collect::<serde_json::Map<_, _>>(),
                 }));
             }
             Err(e) => {
@@ -329,6 +333,12 @@ fn deploy_machine(
         .and_then(|store| store.closure(std::slice::from_ref(&built.path)))
         .context("closure of the system in the local store")?;
 
+    let mut steps = Vec::new();
+    let mut t = Instant::now();
+    let mut lap = |name: &'static str| {
+        steps.push((name, t.elapsed().as_secs_f64()));
+        t = Instant::now();
+    };
     // 1. Facts: one round trip.
     bar.phase("connect");
     let link = Link::new(m).context("connect")?;
@@ -349,6 +359,7 @@ fn deploy_machine(
         paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
     };
     let facts: Facts = link.host_json(&["facts"], &request).context("connect and facts")?;
+    lap("facts");
 
     // 2. Checks.
     bar.phase("check");
@@ -394,6 +405,7 @@ fn deploy_machine(
             paths: to_send.len(),
             bytes,
             detail: "dry run: nothing changed".into(),
+            steps,
         });
     }
 
@@ -420,6 +432,7 @@ fn deploy_machine(
             );
         }
         (paths, sent) = (summary.paths_sent, summary.nar_bytes_sent);
+        lap("copy");
     }
     if facts.on_this_system {
         return Ok(HostResult {
@@ -428,13 +441,15 @@ fn deploy_machine(
             paths,
             bytes: sent,
             detail: "already on this system".into(),
+            steps,
         });
     }
 
     // 4. Activate, confirm.
     bar.phase("activate");
     let r = activate(&link, m, &built.absolute, bar).context("activate")?;
-    Ok(HostResult { paths, bytes: sent, ..r })
+    lap("activate");
+    Ok(HostResult { paths, bytes: sent, steps, ..r })
 }
 
 /// Run `ferry host activate` and answer its confirmation request.
