@@ -20,7 +20,9 @@
 //!     The host keeps going when its stdout is gone (the first connection dropped): it ignores
 //!     write errors, and the confirmation deadline still applies.
 //! - `ferry host confirm TOKEN [--reject REASON]`: no request; writes the answer marker
-//!   `<root>/var/ferry/confirm/TOKEN` that the waiting activation polls.
+//!   `<root>/var/ferry/confirm/TOKEN` ([`encode_answer`]) that the waiting activation polls.
+//!   It fails when no activation waits for TOKEN (`TOKEN.waiting` is there only while one
+//!   does): a confirmation after the deadline is an error, not a file left behind.
 //! - `ferry host roll-back`: no request; `line`/`result` lines as for `activate`.
 //! - `ferry host generations --json`: one JSON line, a list of [`GenerationInfo`].
 //! - `ferry host exec -- CMD ARGS...`: runs the command in the root with `FERRY_ROOT` set and

@@ -313,6 +313,15 @@ fn confirmation_withheld_or_rejected_rolls_back() {
         "{detail}"
     );
     assert_eq!(current(&root(sshd)).as_deref(), Some("system-1-link"));
+    // A confirmation nobody waits for (too late) is refused, and leaves nothing behind.
+    let r = root(sshd);
+    let (_, stderr) = env.expect(1, &["--root", r.to_str().unwrap(), "host", "confirm", "late-1"]);
+    assert!(
+        stderr.contains("no activation on this host waits for confirmation late-1"),
+        "{stderr}"
+    );
+    let left: Vec<_> = fs::read_dir(r.join("var/ferry/confirm")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 fn git(dir: &Path, args: &[&str]) -> String {

@@ -55,6 +55,11 @@ fn confirm_marker(root: &Path, token: &str) -> PathBuf {
     root.join("var/ferry/confirm").join(token)
 }
 
+/// Present while an activation waits for the answer `marker`.
+fn waiting_marker(marker: &Path) -> PathBuf {
+    marker.with_extension("waiting")
+}
+
 /// Print one protocol line; a vanished reader is ignored (the work goes on).
 fn emit(line: &HostLine) {
     let mut out = io::stdout().lock();
@@ -90,7 +95,12 @@ pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode
             }
             let marker = confirm_marker(&root, &token);
             let dir = marker.parent().expect("has a parent");
-            fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            if !waiting_marker(&marker).exists() {
+                bail!(
+                    "no activation on this host waits for confirmation {token}: its deadline \
+                     passed (it rolled back by itself) or it ended"
+                );
+            }
             let tmp = dir.join(format!(".{token}.tmp"));
             fs::write(&tmp, proto::encode_answer(reject.as_deref()))
                 .and_then(|()| fs::rename(&tmp, &marker))
@@ -292,19 +302,32 @@ fn activate(profiles: &Profiles, req: &ActivateRequest) -> anyhow::Result<HostRe
 
 /// Tell the coordinator we wait, then poll the marker until the deadline.
 fn wait_for_answer(marker: &Path, token: &str, deadline: Instant) -> Option<Input> {
+    let waiting = waiting_marker(marker);
+    let created =
+        marker.parent().map_or(Ok(()), fs::create_dir_all).and_then(|()| fs::write(&waiting, b""));
+    if let Err(e) = created {
+        emit(&HostLine::Warning(format!(
+            "cannot create {}: {e}; a confirmation cannot be received",
+            waiting.display()
+        )));
+    }
     let seconds = deadline.saturating_duration_since(Instant::now()).as_secs();
     emit(&HostLine::Confirm { seconds, token: token.to_owned() });
-    while Instant::now() < deadline {
+    let mut answer = None;
+    while answer.is_none() && Instant::now() < deadline {
         if let Ok(text) = fs::read_to_string(marker) {
-            match proto::parse_answer(&text) {
-                Some(Ok(())) => return Some(Input::Confirmed),
-                Some(Err(why)) => return Some(Input::Rejected(why)),
-                None => {}
-            }
+            answer = match proto::parse_answer(&text) {
+                Some(Ok(())) => Some(Input::Confirmed),
+                Some(Err(why)) => Some(Input::Rejected(why)),
+                None => None,
+            };
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if answer.is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
-    None
+    let _ = fs::remove_file(&waiting);
+    answer
 }
 
 /// `exec`: the command's stdout and stderr both go to our stdout (one stream of lines).
