@@ -83,10 +83,13 @@ impl Link {
     pub fn new(m: &Machine) -> anyhow::Result<Link> {
         let root = m.configuration.root.clone();
         Ok(match m.environment {
-            Environment::Local => Link::Local {
-                transport: LocalTransport::new(root)
-                    .context("cannot find the running ferry executable")?,
-            },
+            Environment::Local => {
+                let mut transport = LocalTransport::new(root.clone())
+                    .context("cannot find the running ferry executable")?;
+                // The host's own state dir, whatever FERRY_STATE_DIR says for ours.
+                transport.state_dir = Some(root.join("var/ferry"));
+                Link::Local { transport }
+            }
             Environment::ManagedHost => {
                 let store = StoreParams {
                     root: (root != std::path::Path::new("/")).then_some(root),
