@@ -191,12 +191,27 @@ pub const GENERATED_ETC: [&str; 3] = ["hostname", "timezone", "locale.conf"];
 
 /// Build `os` into the store: add local package directories, lay the system out in a temporary
 /// directory, add it. Same inputs, same path.
+#[cfg_attr(not(test), allow(dead_code))] // deploy uses build_with
 pub fn build(
     store: &mut Store,
     os: &OperatingSystem,
     provenance: &Provenance,
 ) -> Result<BuiltSystem, SystemError> {
-    let packages = add_packages(store, &os.packages)?;
+    build_with(store, os, provenance, &mut AddedPackages::default())
+}
+
+/// Local package directories already added during this run, with their store paths: many
+/// machines sharing a declaration share its packages, which are then hashed once.
+pub type AddedPackages = std::collections::BTreeMap<PathBuf, StorePath>;
+
+/// [`build`], adding each local package directory at most once per `added`.
+pub fn build_with(
+    store: &mut Store,
+    os: &OperatingSystem,
+    provenance: &Provenance,
+    added: &mut AddedPackages,
+) -> Result<BuiltSystem, SystemError> {
+    let packages = add_packages(store, &os.packages, added)?;
     let tmp = tempfile::Builder::new()
         .prefix("ferry-system-")
         .tempdir()
@@ -209,10 +224,12 @@ pub fn build(
     Ok(BuiltSystem { path: info.path, absolute, packages })
 }
 
-/// Packages as store paths: store paths must be valid; directories are added.
+/// Packages as store paths: store paths must be valid; directories are added (unless `added`
+/// has them already).
 pub fn add_packages(
     store: &mut Store,
     packages: &[PathBuf],
+    added: &mut AddedPackages,
 ) -> Result<Vec<StorePath>, SystemError> {
     let mut out = Vec::new();
     for p in packages {
@@ -226,11 +243,14 @@ pub fn add_packages(
                 return Err(SystemError::PackageMissing(text.into_owned()));
             }
             out.push(item);
+        } else if let Some(path) = added.get(p) {
+            out.push(path.clone());
         } else if p.is_dir() {
             let info = store.add_path(p, None).map_err(|e| SystemError::AddPackage {
                 path: text.to_string(),
                 source: Box::new(e),
             })?;
+            added.insert(p.clone(), info.path.clone());
             out.push(info.path);
         } else {
             return Err(SystemError::PackageNotFound(text.into_owned()));

@@ -141,6 +141,13 @@ fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64, String)> 
     // Per step, the slowest machine: `facts 0.05 copy 0.40 activate 0.20`.
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let mut steps = String::new();
+    // "built N system(s) in 0.4s"
+    if let Some(built) = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find_map(|l| l.strip_prefix("built ").and_then(|r| r.split(" in ").nth(1)))
+    {
+        steps.push_str(&format!(" build {built}"));
+    }
     for step in ["facts", "copy", "activate"] {
         let slowest = summary["machines"]
             .as_array()
@@ -202,11 +209,11 @@ fn main() -> Result<()> {
         let l = load();
         let (a, cpu_a, steps_a) = deploy(&ferry, w, &single_file)?;
         let (b, cpu_b, steps_b) = deploy(&ferry, w, &fleet_file)?;
-        let (c, _, _) = deploy(&ferry, w, &fleet_file)?;
+        let (c, _, steps_c) = deploy(&ferry, w, &fleet_file)?;
         eprintln!(
             "run {run}: 1 host {a:.2}s (coordinator CPU {cpu_a:.2}s; slowest steps{steps_a}), \
              {} hosts {b:.2}s (coordinator CPU {cpu_b:.2}s; slowest steps{steps_b}), {} hosts \
-             no change {c:.2}s (load {l})",
+             no change {c:.2}s (slowest steps{steps_c}) (load {l})",
             args.hosts, args.hosts
         );
         t1.push(a);

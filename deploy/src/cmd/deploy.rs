@@ -184,8 +184,13 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         let mut built: Vec<Mutex<Option<Built>>> = Vec::new();
         {
             let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
+            let mut added = system::AddedPackages::default();
+            // git runs once for the file; each machine adds its declaration's name.
+            let provenance = Provenance::of_file(&deployment.file, None);
             for m in &machines {
-                built.push(Mutex::new(Some(build_for(&mut store, &deployment, m))));
+                let provenance =
+                    Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
+                built.push(Mutex::new(Some(build_for(&mut store, m, provenance, &mut added))));
             }
         }
         eprintln!("built {} system(s) in {:.1}s", machines.len(), started.elapsed().as_secs_f64());
@@ -293,9 +298,13 @@ fn report(
 type Built = anyhow::Result<(BuiltSystem, Provenance)>;
 
 /// Build a machine's system into the local store.
-fn build_for(store: &mut Store, deployment: &Deployment, m: &Machine) -> Built {
-    let provenance = Provenance::of_file(&deployment.file, m.declaration.as_deref());
-    let built = system::build(store, &m.os, &provenance)
+fn build_for(
+    store: &mut Store,
+    m: &Machine,
+    provenance: Provenance,
+    added: &mut system::AddedPackages,
+) -> Built {
+    let built = system::build_with(store, &m.os, &provenance, added)
         .with_context(|| format!("building the system of {}", m.name))?;
     eprintln!("{}: system {}", m.name, built.absolute);
     Ok((built, provenance))
