@@ -176,6 +176,9 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         for_each_machine(&machines, jobs, args.fail_fast, &|_, m| {
             let bar = board.host(&m.name);
             let r = roll_back(m, &bar).context("roll back");
+            if let Err(e) = &r {
+                bar.say(&format!("error: {e:#}"));
+            }
             bar.finish(if r.as_ref().is_ok_and(|r| r.success) { "rolled back" } else { "FAILED" });
             r
         })
