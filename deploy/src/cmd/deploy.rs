@@ -526,15 +526,20 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
             Some(HostLine::Result(r)) => result = Some(r),
             None => bar.say(line),
         }
-    })?;
+    });
+    let hint = match (generation, c.confirm_timeout) {
+        (Some(n), Some(_)) => format!(
+            " after registering generation {n}; unconfirmed, the host returns to its previous \
+             generation by itself (check with --list-generations)"
+        ),
+        (Some(n), None) => format!(
+            " after registering generation {n}; confirmation is off, so the host may be left on \
+             it (check with --list-generations, return with --roll-back)"
+        ),
+        (None, _) => String::new(),
+    };
+    let exit = exit.map_err(|e| anyhow!("{e:#}{hint}"))?;
     let Some(r) = result else {
-        let hint = match generation {
-            Some(n) => format!(
-                " after registering generation {n}; unless confirmed, the host returns to its \
-                 previous generation by itself"
-            ),
-            None => String::new(),
-        };
         bail!("the host ended without a result ({}){hint}", exit.describe());
     };
     let mut detail = r.detail;
