@@ -1,0 +1,395 @@
+//! How the coordinator encodes each path it sends: full zstd or a delta, at which level, and
+//! whether the bytes come from another session's encoding (compress once).
+//!
+//! [`PathEncoder::prepare`] decides, before the path's `PathStart` goes out (its encoding is part
+//! of it): with the adaptive controller ([`crate::adaptive::Controller`]) the level and delta on/off
+//! follow the measured link; otherwise the fixed level is used, and a delta whenever the host
+//! offered a base the local store holds. A base whose local NAR does not check out means a full
+//! transfer. [`PathEncoder::write_data`] then writes the path's `Data` frames and feeds the
+//! controller what it measured:
+//! - **link rate**: wire bytes of the path over its send time, when the sender spent at least
+//!   half of that time blocked in writes (the link was the limit); otherwise the link is faster
+//!   than what was offered, and the estimate is wire bytes over max(blocked time, 1/4 of the
+//!   time), an upper estimate that moves the controller towards cheaper levels;
+//! - **compressor speed and ratio**: NAR bytes over the time not blocked in writes (the sender
+//!   thread dumps and compresses), and NAR bytes over encoded bytes.
+//!
+//! With a [`FrameCache`] shared by the sessions of a multi-host push, the encoded stream of a
+//! (path, base, level) is produced by one session and copied by the others.
+
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use closure::{PathInfo, StoreLayout};
+use nar_core::store_path::StorePath;
+
+use crate::adaptive::{AdaptiveConfig, Choice, CompressSetting, Controller};
+use crate::delta::VerifiedBase;
+use crate::delta_path::LocalBases;
+use crate::frame_cache::{Claim, Follower, FrameCache, Key, Producer};
+use crate::framed::{DataWriter, FrameWriter};
+use crate::protocol::Encoding;
+
+/// Time the sender spent blocked writing to the connection.
+#[derive(Debug, Default)]
+pub struct LinkMeter {
+    blocked_ns: AtomicU64,
+}
+
+impl LinkMeter {
+    /// Seconds blocked so far.
+    pub fn blocked_secs(&self) -> f64 {
+        self.blocked_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+}
+
+/// A writer that adds the time spent in each write to a [`LinkMeter`].
+#[derive(Debug)]
+pub struct Metered<W> {
+    pub inner: W,
+    pub meter: Arc<LinkMeter>,
+}
+
+impl<W: Write> Write for Metered<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = Instant::now();
+        let r = self.inner.write(buf);
+        self.meter.blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let t = Instant::now();
+        let r = self.inner.flush();
+        self.meter.blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+/// How paths are encoded for one session.
+#[derive(Debug, Clone)]
+pub struct EncodeOptions {
+    /// `None` sends NARs as they are (no compression, no delta).
+    pub compress: bool,
+    /// `None`: the fixed `level`; `Some`: the adaptive controller with these overrides.
+    pub adaptive: Option<CompressSetting>,
+    /// zstd level when not adaptive.
+    pub level: i32,
+    /// zstd worker threads for full streams (0: on the sender thread).
+    pub workers: u32,
+    /// Deltas allowed (the peer speaks `delta` and the user did not say `--no-delta`).
+    pub delta: bool,
+    /// A link rate (wire bytes/s) to start the controller from.
+    pub link_rate_hint: Option<f64>,
+}
+
+/// What the encoder did in a session.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EncodeStats {
+    /// Paths sent as deltas.
+    pub paths_delta: usize,
+    /// NAR bytes of the paths sent as deltas.
+    pub delta_nar_bytes: u64,
+    /// Paths whose encoded stream was copied from another session's (compress once).
+    pub paths_shared: usize,
+    /// (level, paths) used, in order of first use.
+    pub levels: Vec<(i32, usize)>,
+    /// The controller's last link estimate (wire bytes/s).
+    pub link_rate: Option<f64>,
+}
+
+enum Job {
+    Follow(Follower),
+    Full { producer: Option<Producer> },
+    Delta { base: VerifiedBase, producer: Option<Producer> },
+}
+
+/// The decision for one path, made before its `PathStart`.
+pub struct Prepared {
+    /// The encoding to announce.
+    pub encoding: Encoding,
+    level: i32,
+    job: Job,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("encoding", &self.encoding)
+            .field("level", &self.level)
+            .finish()
+    }
+}
+
+/// Encodes one session's paths.
+#[derive(Debug)]
+pub struct PathEncoder<'a> {
+    layout: &'a StoreLayout,
+    options: EncodeOptions,
+    controller: Option<Controller>,
+    bases: Option<LocalBases>,
+    cache: Option<Arc<FrameCache>>,
+    meter: Arc<LinkMeter>,
+    wire: Arc<AtomicU64>,
+    /// What was done.
+    pub stats: EncodeStats,
+}
+
+/// Copies writes to a second writer (the cache entry).
+struct Tee<'a, A, B> {
+    a: A,
+    b: Option<&'a mut B>,
+}
+
+impl<A: Write, B: Write> Write for Tee<'_, A, B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.a.write(buf)?;
+        if let Some(b) = self.b.as_mut() {
+            b.write_all(&buf[..n])?;
+        }
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.a.flush()
+    }
+}
+
+/// Drops the first `skip` bytes written (a resumed path), passes the rest on, and reports
+/// progress every MiB.
+struct Skip<'r, W> {
+    inner: W,
+    skip: u64,
+    passed: u64,
+    unreported: u64,
+    report: &'r dyn Fn(u64),
+}
+
+impl<W: Write> Write for Skip<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let skipped = buf.len().min(self.skip as usize);
+        self.skip -= skipped as u64;
+        if skipped < buf.len() {
+            self.inner.write_all(&buf[skipped..])?;
+            let n = (buf.len() - skipped) as u64;
+            self.passed += n;
+            self.unreported += n;
+            if self.unreported >= 1 << 20 {
+                (self.report)(self.unreported);
+                self.unreported = 0;
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<'a> PathEncoder<'a> {
+    /// An encoder reading paths from the store at `layout`; `meter` and `wire` observe the
+    /// session's connection.
+    pub fn new(
+        layout: &'a StoreLayout,
+        options: EncodeOptions,
+        cache: Option<Arc<FrameCache>>,
+        meter: Arc<LinkMeter>,
+        wire: Arc<AtomicU64>,
+    ) -> Self {
+        let controller = options.adaptive.map(|compress| {
+            let c = Controller::new(AdaptiveConfig { compress, no_delta: !options.delta });
+            match options.link_rate_hint {
+                Some(r) => c.with_link_rate(r),
+                None => c,
+            }
+        });
+        let bases = (options.delta && options.compress).then(|| LocalBases::open(layout));
+        PathEncoder {
+            layout,
+            options,
+            controller,
+            bases,
+            cache,
+            meter,
+            wire,
+            stats: EncodeStats::default(),
+        }
+    }
+
+    fn claim(&self, key: Key) -> Option<Claim> {
+        self.cache.as_ref().and_then(|c| c.claim(&key))
+    }
+
+    /// Decide how to send `info` (from NAR byte `offset`), given the bases the host offered.
+    pub fn prepare(&mut self, info: &PathInfo, offset: u64, candidates: &[StorePath]) -> Prepared {
+        if !self.options.compress {
+            return Prepared {
+                encoding: Encoding::None,
+                level: 0,
+                job: Job::Full { producer: None },
+            };
+        }
+        let base = match (&self.bases, offset) {
+            (Some(b), 0) if !candidates.is_empty() => b.pick(candidates),
+            _ => None,
+        };
+        let choice = match &self.controller {
+            Some(c) => c.choose(base.is_some()),
+            None => Choice { level: self.options.level, delta: base.is_some() },
+        };
+        if choice.level <= 0 {
+            return Prepared {
+                encoding: Encoding::None,
+                level: 0,
+                job: Job::Full { producer: None },
+            };
+        }
+        let level = choice.level;
+        if let (true, Some((base_path, digest))) = (choice.delta, base) {
+            let encoding = Encoding::ZstdDelta { base: base_path.clone() };
+            let key = Key { path: info.path.clone(), base: Some(base_path.clone()), level };
+            let producer = match self.claim(key) {
+                Some(Claim::Follow(f)) => return Prepared { encoding, level, job: Job::Follow(f) },
+                Some(Claim::Produce(p)) => Some(p),
+                None => None,
+            };
+            let loaded = self.bases.as_ref().map(|b| b.load(&base_path, &digest));
+            if let Some(Ok(base)) = loaded {
+                return Prepared { encoding, level, job: Job::Delta { base, producer } };
+            }
+            // The local base does not check out: full transfer (the producer, dropped, marks
+            // its entry failed so that other sessions encode for themselves).
+        }
+        let producer = if offset == 0 {
+            match self.claim(Key { path: info.path.clone(), base: None, level }) {
+                Some(Claim::Follow(f)) => {
+                    return Prepared { encoding: Encoding::Zstd, level, job: Job::Follow(f) }
+                }
+                Some(Claim::Produce(p)) => Some(p),
+                None => None,
+            }
+        } else {
+            None
+        };
+        Prepared { encoding: Encoding::Zstd, level, job: Job::Full { producer } }
+    }
+
+    /// Write the `Data` frames of `info` as `prepared` says; returns the NAR bytes sent.
+    pub fn write_data<W: Write>(
+        &mut self,
+        prepared: Prepared,
+        info: &PathInfo,
+        offset: u64,
+        out: &mut FrameWriter<W>,
+        report: &dyn Fn(u64),
+    ) -> io::Result<u64> {
+        let t = Instant::now();
+        let blocked0 = self.meter.blocked_secs();
+        let wire0 = self.wire.load(Ordering::Relaxed);
+        let phys = self.layout.physical_path(&info.path);
+        let level = prepared.level;
+        let mut data = DataWriter::new(out);
+        let (nar_sent, is_delta, shared) = match prepared.job {
+            Job::Follow(f) => {
+                let n = f.copy_to(&mut data)?;
+                if let Some(c) = &self.cache {
+                    c.note_shared_bytes(n);
+                }
+                report(info.nar_size - offset);
+                (
+                    info.nar_size - offset,
+                    matches!(prepared.encoding, Encoding::ZstdDelta { .. }),
+                    true,
+                )
+            }
+            Job::Delta { base, mut producer } => {
+                let mut tee = Tee { a: &mut data, b: producer.as_mut() };
+                crate::delta_path::encode_path(&base, &phys, info.nar_size, level, &mut tee)
+                    .map_err(|e| match e {
+                        crate::delta::DeltaError::Io(io) => io,
+                        other => io::Error::other(other.to_string()),
+                    })?;
+                drop(base);
+                if let Some(p) = producer {
+                    p.finish();
+                }
+                report(info.nar_size);
+                self.stats.paths_delta += 1;
+                self.stats.delta_nar_bytes += info.nar_size;
+                (info.nar_size, true, false)
+            }
+            Job::Full { mut producer } => {
+                let tee = Tee { a: &mut data, b: producer.as_mut() };
+                let sent = full_stream(&phys, offset, level, self.options.workers, tee, report)?;
+                if let Some(p) = producer {
+                    p.finish();
+                }
+                (sent, false, false)
+            }
+        };
+        data.finish()?;
+        if shared {
+            self.stats.paths_shared += 1;
+        }
+        match self.stats.levels.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, n)) => *n += 1,
+            None => self.stats.levels.push((level, 1)),
+        }
+        let elapsed = t.elapsed().as_secs_f64();
+        let blocked = self.meter.blocked_secs() - blocked0;
+        let wire = self.wire.load(Ordering::Relaxed) - wire0;
+        if let Some(c) = &mut self.controller {
+            if blocked >= 0.5 * elapsed {
+                c.record_link(wire, elapsed);
+            } else {
+                c.record_link(wire, blocked.max(0.25 * elapsed));
+            }
+            if level > 0 && !shared {
+                c.record_compression(
+                    level,
+                    is_delta,
+                    nar_sent,
+                    wire,
+                    (elapsed - blocked).max(1e-3),
+                );
+            }
+            self.stats.link_rate = c.link_rate();
+        }
+        Ok(nar_sent)
+    }
+}
+
+/// Dump the NAR at `phys` from byte `offset` on into `out`, zstd-compressed at `level` (0: as
+/// is); returns the NAR bytes passed on.
+fn full_stream<W: Write>(
+    phys: &std::path::Path,
+    offset: u64,
+    level: i32,
+    workers: u32,
+    out: W,
+    report: &dyn Fn(u64),
+) -> io::Result<u64> {
+    if level <= 0 {
+        let mut skip = Skip { inner: out, skip: offset, passed: 0, unreported: 0, report };
+        dump_into(phys, &mut skip)?;
+        report(skip.unreported);
+        return Ok(skip.passed);
+    }
+    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+    if workers > 0 {
+        enc.multithread(workers)?;
+    }
+    let mut skip = Skip { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
+    dump_into(phys, &mut skip)?;
+    report(skip.unreported);
+    let passed = skip.passed;
+    enc.finish()?;
+    Ok(passed)
+}
+
+fn dump_into<W: Write>(path: &std::path::Path, out: W) -> io::Result<()> {
+    nar_core::dump::dump(path, out).map(|_| ()).map_err(|e| match e {
+        nar_core::dump::DumpError::Write(io) => io,
+        other => io::Error::other(other.to_string()),
+    })
+}
