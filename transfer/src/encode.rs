@@ -296,11 +296,12 @@ impl<'a> PathEncoder<'a> {
                     c.note_shared_bytes(n);
                 }
                 report(info.nar_size - offset);
-                (
-                    info.nar_size - offset,
-                    matches!(prepared.encoding, Encoding::ZstdDelta { .. }),
-                    true,
-                )
+                let is_delta = matches!(prepared.encoding, Encoding::ZstdDelta { .. });
+                if is_delta {
+                    self.stats.paths_delta += 1;
+                    self.stats.delta_nar_bytes += info.nar_size;
+                }
+                (info.nar_size - offset, is_delta, true)
             }
             Job::Delta { base, mut producer } => {
                 let mut tee = Tee { a: &mut data, b: producer.as_mut() };

@@ -179,10 +179,10 @@ impl Progress for Render {
 
 /// SSH settings from the command line.
 #[derive(Debug, Clone, Default)]
-struct SshArgs {
-    identity: Option<PathBuf>,
-    host_key: Option<String>,
-    known_hosts: Option<PathBuf>,
+pub(crate) struct SshArgs {
+    pub(crate) identity: Option<PathBuf>,
+    pub(crate) host_key: Option<String>,
+    pub(crate) known_hosts: Option<PathBuf>,
 }
 
 fn ssh_config(endpoint: &transfer::uri::SshEndpoint, ssh: &SshArgs) -> transfer::ssh::SshConfig {
@@ -289,7 +289,11 @@ fn copy_to_nix_serve(
     })
 }
 
-fn transport_for(target: &Target, uri: &str, ssh: &SshArgs) -> anyhow::Result<Box<dyn Transport>> {
+pub(crate) fn transport_for(
+    target: &Target,
+    uri: &str,
+    ssh: &SshArgs,
+) -> anyhow::Result<Box<dyn Transport>> {
     match target {
         Target::Local { store } => {
             let root = store.root.clone().expect("local:// has a root");
