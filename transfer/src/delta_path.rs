@@ -144,13 +144,13 @@ pub struct Encoded {
     pub delta_bytes: u64,
 }
 
-/// Encode the path at `new_path` (`new_size` NAR bytes) against `base` at `level`, writing the
-/// delta stream to `out`. The NAR is dumped on a second thread into a bounded pipe.
+/// Encode the path at `new_path` (`new_size` NAR bytes) against `base`, segment `i` at zstd level
+/// `level_for(i)`, writing the delta stream to `out`. The NAR is dumped on a second thread into a bounded pipe.
 pub fn encode_path<W: Write>(
     base: &VerifiedBase,
     new_path: &std::path::Path,
     new_size: u64,
-    level: i32,
+    level_for: &mut dyn FnMut(usize) -> i32,
     out: W,
 ) -> Result<Encoded, DeltaError> {
     let (writer, receiver) = nar_core::pipe::chunk_pipe(8);
@@ -161,13 +161,14 @@ pub fn encode_path<W: Write>(
             w.flush().map_err(nar_core::dump::DumpError::Write)
         });
         let mut reader = receiver.into_reader();
-        let stats = delta::encode(
+        let stats = delta::encode_with_levels(
             base.nar(),
             base.digest(),
             &mut reader,
             new_size,
-            &EncodeParams::level(level),
+            &EncodeParams::default(),
             out,
+            level_for,
         );
         drop(reader);
         let dumped = dumper.join().unwrap_or_else(|p| std::panic::resume_unwind(p));

@@ -19,7 +19,7 @@
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use closure::{PathInfo, StoreLayout};
@@ -127,7 +127,7 @@ impl std::fmt::Debug for Prepared {
 pub struct PathEncoder<'a> {
     layout: &'a StoreLayout,
     options: EncodeOptions,
-    controller: Option<Controller>,
+    controller: Option<Mutex<Controller>>,
     bases: Option<LocalBases>,
     cache: Option<Arc<FrameCache>>,
     meter: Arc<LinkMeter>,
@@ -198,10 +198,10 @@ impl<'a> PathEncoder<'a> {
     ) -> Self {
         let controller = options.adaptive.map(|compress| {
             let c = Controller::new(AdaptiveConfig { compress, no_delta: !options.delta });
-            match options.link_rate_hint {
+            Mutex::new(match options.link_rate_hint {
                 Some(r) => c.with_link_rate(r),
                 None => c,
-            }
+            })
         });
         let bases = (options.delta && options.compress).then(|| LocalBases::open(layout));
         PathEncoder {
@@ -234,7 +234,7 @@ impl<'a> PathEncoder<'a> {
             _ => None,
         };
         let choice = match &self.controller {
-            Some(c) => c.choose(base.is_some()),
+            Some(c) => lock(c).choose(base.is_some()),
             None => Choice { level: self.options.level, delta: base.is_some() },
         };
         if choice.level <= 0 {
@@ -275,89 +275,179 @@ impl<'a> PathEncoder<'a> {
     }
 
     /// Write the `Data` frames of `info` as `prepared` says; returns the NAR bytes sent.
+    ///
+    /// Encoding runs on a helper thread feeding a bounded pipe (16 chunks of 128 KiB) that this
+    /// thread forwards to the connection, so compressing overlaps sending; every MiB forwarded
+    /// updates the link estimate, and a delta's later segments take the level the controller
+    /// picks then.
     pub fn write_data<W: Write>(
         &mut self,
         prepared: Prepared,
         info: &PathInfo,
         offset: u64,
         out: &mut FrameWriter<W>,
-        report: &dyn Fn(u64),
+        report: &(dyn Fn(u64) + Sync),
     ) -> io::Result<u64> {
         let t = Instant::now();
         let blocked0 = self.meter.blocked_secs();
         let wire0 = self.wire.load(Ordering::Relaxed);
         let phys = self.layout.physical_path(&info.path);
         let level = prepared.level;
+        let is_delta = matches!(prepared.encoding, Encoding::ZstdDelta { .. });
         let mut data = DataWriter::new(out);
-        let (nar_sent, is_delta, shared) = match prepared.job {
+        let (nar_sent, shared, cpu, levels) = match prepared.job {
             Job::Follow(f) => {
                 let n = f.copy_to(&mut data)?;
                 if let Some(c) = &self.cache {
                     c.note_shared_bytes(n);
                 }
                 report(info.nar_size - offset);
-                let is_delta = matches!(prepared.encoding, Encoding::ZstdDelta { .. });
-                if is_delta {
-                    self.stats.paths_delta += 1;
-                    self.stats.delta_nar_bytes += info.nar_size;
-                }
-                (info.nar_size - offset, is_delta, true)
+                (info.nar_size - offset, true, None, vec![level])
             }
             Job::Delta { base, mut producer } => {
-                let mut tee = Tee { a: &mut data, b: producer.as_mut() };
-                crate::delta_path::encode_path(&base, &phys, info.nar_size, level, &mut tee)
-                    .map_err(|e| match e {
-                        crate::delta::DeltaError::Io(io) => io,
-                        other => io::Error::other(other.to_string()),
-                    })?;
+                let controller = &self.controller;
+                let levels = Mutex::new(Vec::new());
+                let encode = |w: &mut dyn Write| {
+                    let mut level_for = |i: usize| {
+                        let l = match (i, controller) {
+                            (0, _) | (_, None) => level,
+                            (_, Some(c)) => lock(c).choose(true).level.max(1),
+                        };
+                        lock(&levels).push(l);
+                        l
+                    };
+                    crate::delta_path::encode_path(&base, &phys, info.nar_size, &mut level_for, w)
+                        .map(|_| info.nar_size)
+                        .map_err(|e| match e {
+                            crate::delta::DeltaError::Io(io) => io,
+                            other => io::Error::other(other.to_string()),
+                        })
+                };
+                let tee = Tee { a: &mut data, b: producer.as_mut() };
+                let (sent, cpu) = self.pipelined(encode, tee, t)?;
                 drop(base);
                 if let Some(p) = producer {
                     p.finish();
                 }
                 report(info.nar_size);
-                self.stats.paths_delta += 1;
-                self.stats.delta_nar_bytes += info.nar_size;
-                (info.nar_size, true, false)
+                (sent, false, Some(cpu), levels.into_inner().unwrap_or_else(|p| p.into_inner()))
             }
             Job::Full { mut producer } => {
+                let workers = self.options.workers;
+                let encode =
+                    |w: &mut dyn Write| full_stream(&phys, offset, level, workers, w, report);
                 let tee = Tee { a: &mut data, b: producer.as_mut() };
-                let sent = full_stream(&phys, offset, level, self.options.workers, tee, report)?;
+                let (sent, cpu) = self.pipelined(encode, tee, t)?;
                 if let Some(p) = producer {
                     p.finish();
                 }
-                (sent, false, false)
+                (sent, false, Some(cpu), vec![level])
             }
         };
         data.finish()?;
+        if is_delta {
+            self.stats.paths_delta += 1;
+            self.stats.delta_nar_bytes += info.nar_size;
+        }
         if shared {
             self.stats.paths_shared += 1;
         }
-        match self.stats.levels.iter_mut().find(|(l, _)| *l == level) {
-            Some((_, n)) => *n += 1,
-            None => self.stats.levels.push((level, 1)),
+        for l in levels {
+            match self.stats.levels.iter_mut().find(|(x, _)| *x == l) {
+                Some((_, n)) => *n += 1,
+                None => self.stats.levels.push((l, 1)),
+            }
         }
         let elapsed = t.elapsed().as_secs_f64();
         let blocked = self.meter.blocked_secs() - blocked0;
         let wire = self.wire.load(Ordering::Relaxed) - wire0;
-        if let Some(c) = &mut self.controller {
-            if blocked >= 0.5 * elapsed {
-                c.record_link(wire, elapsed);
-            } else {
-                c.record_link(wire, blocked.max(0.25 * elapsed));
+        if let Some(c) = &self.controller {
+            let mut c = lock(c);
+            // A path shorter than the windows of `pipelined`: measure it whole.
+            if wire < WINDOW_BYTES {
+                observe_link(&mut c, wire, elapsed, blocked);
             }
-            if level > 0 && !shared {
-                c.record_compression(
-                    level,
-                    is_delta,
-                    nar_sent,
-                    wire,
-                    (elapsed - blocked).max(1e-3),
-                );
+            if let (true, Some(cpu)) = (level > 0, cpu) {
+                c.record_compression(level, is_delta, nar_sent, wire, cpu.max(1e-3));
             }
             self.stats.link_rate = c.link_rate();
         }
         Ok(nar_sent)
     }
+
+    /// Run `encode` on a helper thread into a bounded pipe, forwarding what it writes to `out`
+    /// on this thread; returns what `encode` returned and the helper's CPU seconds.
+    fn pipelined<E, W>(&self, encode: E, mut out: W, started: Instant) -> io::Result<(u64, f64)>
+    where
+        E: FnOnce(&mut dyn Write) -> io::Result<u64> + Send,
+        W: Write,
+    {
+        let (writer, receiver) = nar_core::pipe::chunk_pipe(16);
+        std::thread::scope(|scope| {
+            let helper = scope.spawn(move || {
+                let cpu0 = thread_cpu_secs();
+                let mut w = io::BufWriter::with_capacity(128 << 10, writer);
+                let r = encode(&mut w).and_then(|n| w.flush().map(|()| n));
+                drop(w);
+                (r, thread_cpu_secs() - cpu0)
+            });
+            let mut window =
+                (started, self.meter.blocked_secs(), self.wire.load(Ordering::Relaxed));
+            let forwarded = (|| -> io::Result<()> {
+                while let Some(chunk) = receiver.recv() {
+                    out.write_all(&chunk)?;
+                    receiver.recycle(chunk);
+                    let wire = self.wire.load(Ordering::Relaxed);
+                    if wire - window.2 >= WINDOW_BYTES {
+                        if let Some(c) = &self.controller {
+                            let blocked = self.meter.blocked_secs();
+                            let elapsed = window.0.elapsed().as_secs_f64();
+                            observe_link(
+                                &mut lock(c),
+                                wire - window.2,
+                                elapsed,
+                                blocked - window.1,
+                            );
+                        }
+                        window = (Instant::now(), self.meter.blocked_secs(), wire);
+                    }
+                }
+                Ok(())
+            })();
+            // On a forwarding error the helper sees a broken pipe and stops.
+            drop(receiver);
+            let (encoded, cpu) = helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            forwarded?;
+            Ok((encoded?, cpu))
+        })
+    }
+}
+
+/// Link windows: wire bytes between two link observations.
+const WINDOW_BYTES: u64 = 1 << 20;
+
+/// Feed one window's observation to the controller (rules in the module docs).
+fn observe_link(c: &mut Controller, wire: u64, elapsed: f64, blocked: f64) {
+    if blocked >= 0.5 * elapsed {
+        c.record_link(wire, elapsed);
+    } else {
+        c.record_link(wire, blocked.max(0.25 * elapsed));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// CPU seconds (user + system) of the calling thread (`/proc/thread-self/stat`, 10 ms ticks);
+/// 0 where that file does not exist.
+fn thread_cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else { return 0.0 };
+    let Some(close) = stat.rfind(')') else { return 0.0 };
+    let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // After the command: state is field 3; utime and stime are fields 14 and 15.
+    let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 /// Dump the NAR at `phys` from byte `offset` on into `out`, zstd-compressed at `level` (0: as
@@ -368,7 +458,7 @@ fn full_stream<W: Write>(
     level: i32,
     workers: u32,
     out: W,
-    report: &dyn Fn(u64),
+    report: &(dyn Fn(u64) + Sync),
 ) -> io::Result<u64> {
     if level <= 0 {
         let mut skip = Skip { inner: out, skip: offset, passed: 0, unreported: 0, report };
