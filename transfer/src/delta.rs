@@ -352,11 +352,12 @@ pub fn encode<R: Read, W: Write>(
     params: &EncodeParams,
     out: W,
 ) -> Result<EncodeStats, DeltaError> {
-    encode_with_levels(base, base_digest, new, new_size, params, out, &mut |_| params.level)
+    encode_with_levels(base, base_digest, new, new_size, params, out, &mut |_, _| params.level)
 }
 
-/// [`encode`], asking `level_for(i)` for the zstd level of segment `i` just before compressing
-/// it (the adaptive controller follows the link between segments); `params.level` is unused.
+/// [`encode`], asking `level_for(i, done)` for the zstd level of segment `i` just before
+/// compressing it, `done` being the stats of the segments before it (the adaptive controller
+/// follows the link and the measured speed between segments); `params.level` is unused.
 pub fn encode_with_levels<R: Read, W: Write>(
     base: &[u8],
     base_digest: &NarDigest,
@@ -364,7 +365,7 @@ pub fn encode_with_levels<R: Read, W: Write>(
     new_size: u64,
     params: &EncodeParams,
     mut out: W,
-    level_for: &mut dyn FnMut(usize) -> i32,
+    level_for: &mut dyn FnMut(usize, &EncodeStats) -> i32,
 ) -> Result<EncodeStats, DeltaError> {
     if base.len() as u64 > MAX_BASE_NAR {
         return Err(DeltaError::TooLarge {
@@ -421,7 +422,7 @@ pub fn encode_with_levels<R: Read, W: Write>(
         sh[8..16].copy_from_slice(&b_len.to_le_bytes());
         sh[16..24].copy_from_slice(&seg_len.to_le_bytes());
         out.write_all(&sh)?;
-        let level = level_for(i).clamp(1, MAX_LEVEL);
+        let level = level_for(i, &stats).clamp(1, MAX_LEVEL);
         let (frame_len, written) = compress_frame(prefix, &buf, level, &mut out)?;
         stats.delta_bytes += SEGMENT_HEADER_LEN as u64 + written;
         stats.segments.push((b_off, b_len, seg_len, frame_len));

@@ -135,24 +135,15 @@ impl LocalBases {
     }
 }
 
-/// What [`encode_path`] did.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Encoded {
-    /// NAR bytes of the new path read.
-    pub nar_bytes: u64,
-    /// Delta stream bytes written.
-    pub delta_bytes: u64,
-}
-
 /// Encode the path at `new_path` (`new_size` NAR bytes) against `base`, segment `i` at zstd level
-/// `level_for(i)`, writing the delta stream to `out`. The NAR is dumped on a second thread into a bounded pipe.
+/// `level_for(i, done)` ([`delta::encode_with_levels`]), writing the delta stream to `out`. The NAR is dumped on a second thread into a bounded pipe.
 pub fn encode_path<W: Write>(
     base: &VerifiedBase,
     new_path: &std::path::Path,
     new_size: u64,
-    level_for: &mut dyn FnMut(usize) -> i32,
+    level_for: &mut dyn FnMut(usize, &delta::EncodeStats) -> i32,
     out: W,
-) -> Result<Encoded, DeltaError> {
+) -> Result<delta::EncodeStats, DeltaError> {
     let (writer, receiver) = nar_core::pipe::chunk_pipe(8);
     std::thread::scope(|scope| {
         let dumper = scope.spawn(move || {
@@ -173,7 +164,7 @@ pub fn encode_path<W: Write>(
         drop(reader);
         let dumped = dumper.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         match (stats, dumped) {
-            (Ok(s), Ok(())) => Ok(Encoded { nar_bytes: s.new_bytes, delta_bytes: s.delta_bytes }),
+            (Ok(s), Ok(())) => Ok(s),
             // The dump's own error explains a short or broken stream better.
             (Err(_), Err(e)) | (Ok(_), Err(e)) => Err(DeltaError::Io(io::Error::other(format!(
                 "dumping {}: {e}",

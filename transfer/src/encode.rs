@@ -308,7 +308,24 @@ impl<'a> PathEncoder<'a> {
                 let controller = &self.controller;
                 let levels = Mutex::new(Vec::new());
                 let encode = |w: &mut dyn Write| {
-                    let mut level_for = |i: usize| {
+                    // Each segment's compression is recorded at the level it used, with the
+                    // helper thread's CPU time since the segment began.
+                    let mut segment_start = thread_cpu_secs();
+                    let mut record = |done: &crate::delta::EncodeStats, level: i32| {
+                        let now = thread_cpu_secs();
+                        if let (Some(c), Some(&(_, _, new_len, frame_len))) =
+                            (controller, done.segments.last())
+                        {
+                            let cpu = (now - segment_start).max(1e-3);
+                            lock(c).record_compression(level, true, new_len, frame_len, cpu);
+                        }
+                        segment_start = now;
+                    };
+                    let mut level_for = |i: usize, done: &crate::delta::EncodeStats| {
+                        if i > 0 {
+                            let last = *lock(&levels).last().expect("segment 0 recorded");
+                            record(done, last);
+                        }
                         let l = match (i, controller) {
                             (0, _) | (_, None) => level,
                             (_, Some(c)) => lock(c).choose(true).level.max(1),
@@ -316,12 +333,21 @@ impl<'a> PathEncoder<'a> {
                         lock(&levels).push(l);
                         l
                     };
-                    crate::delta_path::encode_path(&base, &phys, info.nar_size, &mut level_for, w)
-                        .map(|_| info.nar_size)
-                        .map_err(|e| match e {
-                            crate::delta::DeltaError::Io(io) => io,
-                            other => io::Error::other(other.to_string()),
-                        })
+                    let stats = crate::delta_path::encode_path(
+                        &base,
+                        &phys,
+                        info.nar_size,
+                        &mut level_for,
+                        w,
+                    )
+                    .map_err(|e| match e {
+                        crate::delta::DeltaError::Io(io) => io,
+                        other => io::Error::other(other.to_string()),
+                    })?;
+                    if let Some(&last) = lock(&levels).last() {
+                        record(&stats, last);
+                    }
+                    Ok(info.nar_size)
                 };
                 let tee = Tee { a: &mut data, b: producer.as_mut() };
                 let (sent, cpu) = self.pipelined(encode, tee, t)?;
@@ -367,8 +393,9 @@ impl<'a> PathEncoder<'a> {
             if wire < WINDOW_BYTES {
                 observe_link(&mut c, wire, elapsed, blocked);
             }
-            if let (true, Some(cpu)) = (level > 0, cpu) {
-                c.record_compression(level, is_delta, nar_sent, wire, cpu.max(1e-3));
+            // Deltas recorded each segment as it ended.
+            if let (true, false, Some(cpu)) = (level > 0, is_delta, cpu) {
+                c.record_compression(level, false, nar_sent, wire, cpu.max(1e-3));
             }
             self.stats.link_rate = c.link_rate();
         }
@@ -483,4 +510,90 @@ fn dump_into<W: Write>(path: &std::path::Path, out: W) -> io::Result<()> {
         nar_core::dump::DumpError::Write(io) => io,
         other => io::Error::other(other.to_string()),
     })
+}
+
+/// Bytes queued between the sender and the connection: encoding runs ahead of the link by at
+/// most this much (≈ 13 s at 20 Mbit/s), so that the pauses between paths (the next base's NAR
+/// rebuilt and checked, a delta segment read) do not leave the link idle.
+pub const SEND_QUEUE_BYTES: usize = 32 << 20;
+
+enum Queued {
+    Data(Vec<u8>),
+    Flush(std::sync::mpsc::SyncSender<io::Result<()>>),
+}
+
+/// A writer whose bytes a thread of its own writes to the connection (through a
+/// [`Metered`] writer there, so blocked time is the link's): writes return once queued, at most
+/// [`SEND_QUEUE_BYTES`] wait, `flush` returns once everything before it reached the connection.
+/// Dropping it lets the thread write what is queued, then close the connection.
+#[derive(Debug)]
+pub struct QueuedWriter {
+    queue: Option<std::sync::mpsc::SyncSender<Queued>>,
+    failed: Arc<Mutex<Option<(io::ErrorKind, String)>>>,
+}
+
+impl QueuedWriter {
+    /// Start the thread writing to `inner`.
+    pub fn spawn<W: Write + Send + 'static>(mut inner: W) -> Self {
+        // Frame writes are about 128 KiB each.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Queued>(SEND_QUEUE_BYTES / (128 << 10));
+        let failed: Arc<Mutex<Option<(io::ErrorKind, String)>>> = Arc::default();
+        let flag = failed.clone();
+        std::thread::spawn(move || {
+            for msg in rx {
+                match msg {
+                    Queued::Data(bytes) => {
+                        if let Err(e) = inner.write_all(&bytes) {
+                            *lock(&flag) = Some((e.kind(), e.to_string()));
+                            return;
+                        }
+                    }
+                    Queued::Flush(done) => {
+                        let r = inner.flush();
+                        if let Err(e) = &r {
+                            *lock(&flag) = Some((e.kind(), e.to_string()));
+                        }
+                        let failed = r.is_err();
+                        let _ = done.send(r);
+                        if failed {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        QueuedWriter { queue: Some(tx), failed }
+    }
+
+    fn check(&self) -> io::Result<()> {
+        match &*lock(&self.failed) {
+            Some((kind, message)) => Err(io::Error::new(*kind, message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn send(&self, msg: Queued) -> io::Result<()> {
+        self.check()?;
+        let queue = self.queue.as_ref().expect("open until dropped");
+        queue.send(msg).map_err(|_| {
+            self.check().err().unwrap_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))
+        })
+    }
+}
+
+impl Write for QueuedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if !buf.is_empty() {
+            self.send(Queued::Data(buf.to_vec()))?;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.send(Queued::Flush(tx))?;
+        match rx.recv() {
+            Ok(r) => r,
+            Err(_) => Err(self.check().err().unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())),
+        }
+    }
 }

@@ -30,7 +30,7 @@ use nar_core::store_path::StorePath;
 use signing::guix::SigningKey;
 
 use crate::adaptive::CompressSetting;
-use crate::encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder};
+use crate::encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
 use crate::frame_cache::FrameCache;
 use crate::framed::{FrameReader, FrameWriter, FramedError};
 use crate::protocol::{
@@ -238,11 +238,12 @@ pub fn push_closure(
     let wire_out = Arc::new(AtomicU64::new(0));
     let meter = Arc::new(LinkMeter::default());
     let mut frames = FrameReader::new(reader);
+    // A thread writes to the connection, so encoding runs ahead of the link.
     let out = FrameWriter::new(
-        Metered {
+        QueuedWriter::spawn(Metered {
             inner: CutWriter { inner: writer, left: options.cut_after },
             meter: meter.clone(),
-        },
+        }),
         wire_out.clone(),
     );
     let result = session(
