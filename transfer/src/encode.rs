@@ -5,14 +5,17 @@
 //! of it): with the adaptive controller ([`crate::adaptive::Controller`]) the level and delta on/off
 //! follow the measured link; otherwise the fixed level is used, and a delta whenever the host
 //! offered a base the local store holds. A base whose local NAR does not check out means a full
-//! transfer. [`PathEncoder::write_data`] then writes the path's `Data` frames and feeds the
-//! controller what it measured:
-//! - **link rate**: wire bytes of the path over its send time, when the sender spent at least
-//!   half of that time blocked in writes (the link was the limit); otherwise the link is faster
-//!   than what was offered, and the estimate is wire bytes over max(blocked time, 1/4 of the
-//!   time), an upper estimate that moves the controller towards cheaper levels;
-//! - **compressor speed and ratio**: NAR bytes over the time not blocked in writes (the sender
-//!   thread dumps and compresses), and NAR bytes over encoded bytes.
+//! transfer. [`PathEncoder::write_data`] then encodes on a helper thread, forwards the
+//! encoded bytes as `Data` frames into a [`QueuedWriter`] (a thread writing to the connection,
+//! up to [`SEND_QUEUE_BYTES`] ahead), and feeds the controller what it measured:
+//! - **link rate**, per window of 1 MiB queued: bytes the connection accepted in the window over
+//!   its duration when the writing thread spent at least half of it blocked in writes (the link
+//!   was the limit); otherwise the link is faster than what was offered, and the estimate is
+//!   those bytes over max(blocked time, 1/4 of the window), an upper estimate that moves the
+//!   controller towards cheaper levels;
+//! - **compressor speed and ratio**: NAR bytes over the helper thread's CPU time, and NAR bytes
+//!   over encoded bytes; for a delta, per segment at the level that segment used. A delta's
+//!   segments after the first take the level the controller picks when they start.
 //!
 //! With a [`FrameCache`] shared by the sessions of a multi-host push, the encoded stream of a
 //! (path, base, level) is produced by one session and copied by the others.
@@ -32,16 +35,22 @@ use crate::frame_cache::{Claim, Follower, FrameCache, Key, Producer};
 use crate::framed::{DataWriter, FrameWriter};
 use crate::protocol::Encoding;
 
-/// Time the sender spent blocked writing to the connection.
+/// Bytes written to the connection, and the time spent blocked writing them.
 #[derive(Debug, Default)]
 pub struct LinkMeter {
     blocked_ns: AtomicU64,
+    written: AtomicU64,
 }
 
 impl LinkMeter {
     /// Seconds blocked so far.
     pub fn blocked_secs(&self) -> f64 {
         self.blocked_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    /// Bytes the connection accepted so far (not those still queued in a [`QueuedWriter`]).
+    pub fn written(&self) -> u64 {
+        self.written.load(Ordering::Relaxed)
     }
 }
 
@@ -57,6 +66,9 @@ impl<W: Write> Write for Metered<W> {
         let t = Instant::now();
         let r = self.inner.write(buf);
         self.meter.blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Ok(n) = &r {
+            self.meter.written.fetch_add(*n as u64, Ordering::Relaxed);
+        }
         r
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -290,6 +302,7 @@ impl<'a> PathEncoder<'a> {
     ) -> io::Result<u64> {
         let t = Instant::now();
         let blocked0 = self.meter.blocked_secs();
+        let written0 = self.meter.written();
         let wire0 = self.wire.load(Ordering::Relaxed);
         let phys = self.layout.physical_path(&info.path);
         let level = prepared.level;
@@ -391,7 +404,7 @@ impl<'a> PathEncoder<'a> {
             let mut c = lock(c);
             // A path shorter than the windows of `pipelined`: measure it whole.
             if wire < WINDOW_BYTES {
-                observe_link(&mut c, wire, elapsed, blocked);
+                observe_link(&mut c, self.meter.written() - written0, elapsed, blocked);
             }
             // Deltas recorded each segment as it ended.
             if let (true, false, Some(cpu)) = (level > 0, is_delta, cpu) {
@@ -418,25 +431,32 @@ impl<'a> PathEncoder<'a> {
                 drop(w);
                 (r, thread_cpu_secs() - cpu0)
             });
-            let mut window =
-                (started, self.meter.blocked_secs(), self.wire.load(Ordering::Relaxed));
+            // Windows of WINDOW_BYTES queued; the link is measured by what the connection
+            // accepted in them (the queue may hold much more than the link carried).
+            let mut window = (
+                started,
+                self.meter.blocked_secs(),
+                self.wire.load(Ordering::Relaxed),
+                self.meter.written(),
+            );
             let forwarded = (|| -> io::Result<()> {
                 while let Some(chunk) = receiver.recv() {
                     out.write_all(&chunk)?;
                     receiver.recycle(chunk);
                     let wire = self.wire.load(Ordering::Relaxed);
                     if wire - window.2 >= WINDOW_BYTES {
+                        let written = self.meter.written();
                         if let Some(c) = &self.controller {
                             let blocked = self.meter.blocked_secs();
                             let elapsed = window.0.elapsed().as_secs_f64();
                             observe_link(
                                 &mut lock(c),
-                                wire - window.2,
+                                written - window.3,
                                 elapsed,
                                 blocked - window.1,
                             );
                         }
-                        window = (Instant::now(), self.meter.blocked_secs(), wire);
+                        window = (Instant::now(), self.meter.blocked_secs(), wire, written);
                     }
                 }
                 Ok(())
