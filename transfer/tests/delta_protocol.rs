@@ -274,3 +274,58 @@ fn adaptive_and_no_delta_settings() {
     assert_eq!(s.encode.levels, vec![(transfer::adaptive::MAX_LEVEL, 2)]);
     assert_eq!(s.encode.paths_delta, 2);
 }
+
+/// An older coordinator (no `delta` in its `Hello`) gets no bases; a current one gets the older
+/// version of each missing path, by name, and nothing for a path without one.
+#[test]
+fn bases_only_for_peers_that_speak_delta() {
+    use std::sync::atomic::AtomicU64;
+    use transfer::framed::{FrameReader, FrameWriter};
+    use transfer::protocol::{Frame, Hello, QueryEntry, FEATURE_DELTA};
+    use transfer::transport::{Connection, Transport};
+
+    let mut w = world();
+    let (l1, a1, l2, a2) = generations(&mut w);
+    let host = w.host("host");
+    w.push(&a1, &host, &PushOptions::default());
+    let lone = w.add("lonely-1.0", &[("f", b"x".to_vec())], &[]);
+    let closure = w.closure(&a2);
+    let mut entries: Vec<QueryEntry> = closure
+        .iter()
+        .map(|i| QueryEntry { path: i.path.clone(), nar_hash: i.nar_hash, nar_size: i.nar_size })
+        .collect();
+    let li = w.local.path_info(&lone).unwrap();
+    entries.push(QueryEntry { path: lone.clone(), nar_hash: li.nar_hash, nar_size: li.nar_size });
+    for delta in [false, true] {
+        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let Connection { reader, writer, mut agent } = t.connect().unwrap();
+        let mut frames = FrameReader::new(reader);
+        let mut out = FrameWriter::new(writer, Arc::new(AtomicU64::new(0)));
+        let mut hello = Hello::ours();
+        if !delta {
+            hello.features.retain(|f| f != FEATURE_DELTA);
+        }
+        out.send(&Frame::Hello(hello)).unwrap();
+        out.flush().unwrap();
+        let Some(Frame::Welcome(welcome)) = frames.read_frame().unwrap() else { panic!() };
+        assert!(welcome.features.iter().any(|f| f == FEATURE_DELTA));
+        out.send(&Frame::Query(entries.clone())).unwrap();
+        out.flush().unwrap();
+        let Some(Frame::Have { missing, bases }) = frames.read_frame().unwrap() else { panic!() };
+        assert_eq!(missing.len(), 3);
+        if delta {
+            let mut got = bases.clone();
+            got.sort();
+            let mut want = vec![(l2.clone(), vec![l1.clone()]), (a2.clone(), vec![a1.clone()])];
+            want.sort();
+            assert_eq!(got, want);
+        } else {
+            assert!(bases.is_empty(), "{bases:?}");
+        }
+        out.send(&Frame::Done).unwrap();
+        out.flush().unwrap();
+        assert!(matches!(frames.read_frame().unwrap(), Some(Frame::Bye { .. })));
+        drop(out);
+        agent.wait().unwrap();
+    }
+}
