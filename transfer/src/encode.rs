@@ -13,8 +13,9 @@
 //!   was the limit); otherwise the link is faster than what was offered, and the estimate is
 //!   those bytes over max(blocked time, 1/4 of the window), an upper estimate that moves the
 //!   controller towards cheaper levels;
-//! - **compressor speed and ratio**: NAR bytes over the helper thread's CPU time, and NAR bytes
-//!   over encoded bytes; for a delta, per segment at the level that segment used. A delta's
+//! - **compressor speed and ratio**: NAR bytes over the helper thread's busy time (the larger
+//!   of its CPU time and its wall time not spent blocked on its output: on a loaded machine,
+//!   waiting for a core limits it too), and NAR bytes over encoded bytes; for a delta, per segment at the level that segment used. A delta's
 //!   segments after the first take the level the controller picks when they start.
 //!
 //! With a [`FrameCache`] shared by the sessions of a multi-host push, the encoded stream of a
@@ -144,6 +145,8 @@ pub struct PathEncoder<'a> {
     cache: Option<Arc<FrameCache>>,
     meter: Arc<LinkMeter>,
     wire: Arc<AtomicU64>,
+    /// Time the encoding helper spent blocked handing its output on (the link was slower).
+    out_blocked_ns: AtomicU64,
     /// What was done.
     pub stats: EncodeStats,
 }
@@ -224,6 +227,7 @@ impl<'a> PathEncoder<'a> {
             cache,
             meter,
             wire,
+            out_blocked_ns: AtomicU64::new(0),
             stats: EncodeStats::default(),
         }
     }
@@ -322,15 +326,16 @@ impl<'a> PathEncoder<'a> {
                 let levels = Mutex::new(Vec::new());
                 let encode = |w: &mut dyn Write| {
                     // Each segment's compression is recorded at the level it used, with the
-                    // helper thread's CPU time since the segment began.
-                    let mut segment_start = thread_cpu_secs();
+                    // helper thread's busy time since the segment began.
+                    let clock = BusyClock::start(&self.out_blocked_ns);
+                    let mut segment_start = clock.now();
                     let mut record = |done: &crate::delta::EncodeStats, level: i32| {
-                        let now = thread_cpu_secs();
+                        let now = clock.now();
                         if let (Some(c), Some(&(_, _, new_len, frame_len))) =
                             (controller, done.segments.last())
                         {
-                            let cpu = (now - segment_start).max(1e-3);
-                            lock(c).record_compression(level, true, new_len, frame_len, cpu);
+                            let busy = now.since(&segment_start);
+                            lock(c).record_compression(level, true, new_len, frame_len, busy);
                         }
                         segment_start = now;
                     };
@@ -424,12 +429,15 @@ impl<'a> PathEncoder<'a> {
     {
         let (writer, receiver) = nar_core::pipe::chunk_pipe(16);
         std::thread::scope(|scope| {
+            let blocked = &self.out_blocked_ns;
             let helper = scope.spawn(move || {
-                let cpu0 = thread_cpu_secs();
-                let mut w = io::BufWriter::with_capacity(128 << 10, writer);
+                let clock = BusyClock::start(blocked);
+                let t0 = clock.now();
+                let timed = Timed { inner: writer, blocked_ns: blocked };
+                let mut w = io::BufWriter::with_capacity(128 << 10, timed);
                 let r = encode(&mut w).and_then(|n| w.flush().map(|()| n));
                 drop(w);
-                (r, thread_cpu_secs() - cpu0)
+                (r, clock.now().since(&t0))
             });
             // Windows of WINDOW_BYTES queued; the link is measured by what the connection
             // accepted in them (the queue may hold much more than the link carried).
@@ -484,6 +492,58 @@ fn observe_link(c: &mut Controller, wire: u64, elapsed: f64, blocked: f64) {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Adds the time spent in writes to a counter (the encoding helper's output).
+struct Timed<'a, W> {
+    inner: W,
+    blocked_ns: &'a AtomicU64,
+}
+
+impl<W: Write> Write for Timed<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let t = Instant::now();
+        let r = self.inner.write(buf);
+        self.blocked_ns.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        r
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// The encoding helper's time: CPU seconds, and wall seconds not spent blocked on its output.
+/// A compressor's speed is measured over the larger of the two: on a busy machine the thread
+/// waits for a core, and that wait limits it as much as its own work.
+struct BusyClock<'a> {
+    wall: Instant,
+    blocked_ns: &'a AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct BusyReading {
+    cpu: f64,
+    unblocked_wall: f64,
+}
+
+impl BusyReading {
+    /// Busy seconds between `earlier` and this reading (at least 1 ms).
+    fn since(&self, earlier: &BusyReading) -> f64 {
+        (self.cpu - earlier.cpu).max(self.unblocked_wall - earlier.unblocked_wall).max(1e-3)
+    }
+}
+
+impl<'a> BusyClock<'a> {
+    fn start(blocked_ns: &'a AtomicU64) -> Self {
+        BusyClock { wall: Instant::now(), blocked_ns }
+    }
+    fn now(&self) -> BusyReading {
+        let blocked = self.blocked_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        BusyReading {
+            cpu: thread_cpu_secs(),
+            unblocked_wall: self.wall.elapsed().as_secs_f64() - blocked,
+        }
+    }
 }
 
 /// CPU seconds (user + system) of the calling thread (`/proc/thread-self/stat`, 10 ms ticks);
