@@ -5,16 +5,27 @@
 //! 1. checks the signature against `<state>/acl` ([`crate::trust::check_path`]); a path that is
 //!    unsigned, badly signed or signed by an unauthorized key is rejected and its data skipped;
 //! 2. decodes the data (zstd) and restores the NAR into a temp dir in the store while hashing
-//!    it ([`closure::Store::import_nar`]); the hash and size must match, the references must be
-//!    valid, and the path is registered in one transaction;
-//! 3. answers `Ack`, or `Reject` with the reason, and goes on with the next path.
+//!    it; the hash and size must match and the references must be valid or received earlier
+//!    in the session ([`closure::ImportBatch::restore`]);
+//! 3. answers `Reject` with the reason at once when any of this fails, and goes on with the
+//!    next path.
+//!
+//! **Batched registration.** Restored paths wait in an [`closure::ImportBatch`] and are made
+//! durable and registered together, in one sync pass and one transaction
+//! ([`closure::ImportBatch::commit`]): when the batch holds [`AgentOptions::batch_paths`] paths
+//! or [`AgentOptions::batch_bytes`] NAR bytes, when its first path waited
+//! [`AgentOptions::batch_delay`], whenever the next frame has not arrived yet (the agent never
+//! blocks on input with paths unanswered), and at `Done`. Only then is each path answered: `Ack` once it
+//! is registered (never before), or `Reject` (a reference refused earlier in the batch). If the
+//! session breaks, the waiting paths were never acknowledged nor registered; their temp dirs are
+//! removed, and the coordinator sends them again next time.
 //!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
 //! the coordinator sends the NAR from there on. The restore then reads the held bytes followed
 //! by the new ones, so the whole NAR is hashed and checked as usual. The file is removed once
-//! the path is valid or was rejected for its contents.
+//! the path is registered or was rejected for its contents.
 //!
 //! **Locking.** The store is opened for writing ([`closure::Store::open`]), which holds the
 //! store's writer lock for the session; concurrent sessions are serialized per path by the
@@ -25,8 +36,9 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use closure::{ImportOutcome, PathInfo, Store, StoreError, StoreLayout};
+use closure::{ImportBatch, ImportOutcome, PathInfo, Store, StoreError, StoreLayout};
 use nar_core::hash::NarDigest;
 use nar_core::store_path::StorePath;
 use signing::acl::Acl;
@@ -44,12 +56,26 @@ pub struct AgentOptions {
     pub layout: StoreLayout,
     /// Paths with at least this many NAR bytes are kept in `<state>/partial/` as they arrive.
     pub partial_min: u64,
+    /// Register the waiting paths once this many are restored.
+    pub batch_paths: usize,
+    /// Register the waiting paths once they hold this many NAR bytes.
+    pub batch_bytes: u64,
+    /// Register the waiting paths once the first of them waited this long (checked as paths
+    /// arrive).
+    pub batch_delay: Duration,
 }
 
 impl AgentOptions {
-    /// Defaults for `layout` (partial files from 1 MiB).
+    /// Defaults for `layout`: partial files from 1 MiB; batches of up to 1,000 paths, 256 MiB
+    /// or 1 s.
     pub fn new(layout: StoreLayout) -> Self {
-        AgentOptions { layout, partial_min: 1 << 20 }
+        AgentOptions {
+            layout,
+            partial_min: 1 << 20,
+            batch_paths: 1000,
+            batch_bytes: 256 << 20,
+            batch_delay: Duration::from_secs(1),
+        }
     }
 }
 
@@ -78,6 +104,8 @@ pub struct ServeSummary {
     pub imported: u64,
     /// Paths refused.
     pub rejected: u64,
+    /// The paths refused, with the reasons.
+    pub rejections: Vec<(StorePath, RejectReason, String)>,
 }
 
 /// The system type of this build (`x86_64-linux`).
@@ -100,6 +128,14 @@ struct Session<R: Read, W: Write> {
     state: AgentState,
     options: AgentOptions,
     summary: ServeSummary,
+    /// Paths restored, waiting to be registered.
+    batch: ImportBatch,
+    /// Partial files of the waiting paths, removed once they are registered.
+    batch_partials: Vec<(StorePath, PathBuf)>,
+    /// When the first waiting path was restored.
+    batch_started: Option<Instant>,
+    /// The zstd decoder context, reused for every path.
+    zstd: zstd::zstd_safe::DCtx<'static>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -112,6 +148,60 @@ impl<R: Read, W: Write> Session<R, W> {
         self.out.flush().map_err(AgentError::Write)
     }
 
+    /// Send an `Ack` or `Reject` and count it.
+    fn answer(&mut self, frame: Frame) -> Result<(), AgentError> {
+        match &frame {
+            Frame::Ack { .. } => self.summary.imported += 1,
+            Frame::Reject { path, reason, message } => {
+                self.summary.rejected += 1;
+                self.summary.rejections.push((path.clone(), *reason, message.clone()));
+            }
+            _ => {}
+        }
+        self.send(frame)
+    }
+
+    /// Is it time to register the waiting paths? Also whenever the next frame has not arrived
+    /// yet: the agent never waits for input with paths unanswered (a coordinator may wait for
+    /// an answer before sending more).
+    fn batch_due(&self) -> bool {
+        !self.frames.has_frame()
+            || self.batch.len() >= self.options.batch_paths
+            || self.batch.nar_bytes() >= self.options.batch_bytes
+            || self.batch_started.is_some_and(|t| t.elapsed() >= self.options.batch_delay)
+    }
+
+    /// Register the waiting paths and answer each of them.
+    fn commit_batch(&mut self, store: &mut Store) -> Result<(), AgentError> {
+        self.batch_started = None;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let outcomes = self.batch.commit(store);
+        let partials: std::collections::HashMap<StorePath, PathBuf> =
+            std::mem::take(&mut self.batch_partials).into_iter().collect();
+        for (path, outcome) in outcomes {
+            let answer = match outcome {
+                Ok(o) => {
+                    if let Some(partial) = partials.get(&path) {
+                        let _ = fs::remove_file(partial);
+                    }
+                    let outcome = match o {
+                        ImportOutcome::Imported => AckOutcome::Imported,
+                        ImportOutcome::AlreadyValid => AckOutcome::AlreadyValid,
+                    };
+                    Frame::Ack { path, outcome }
+                }
+                Err(e @ StoreError::ReferenceNotValid { .. }) => {
+                    reject(&path, RejectReason::MissingReference, e.to_string())
+                }
+                Err(e) => reject(&path, RejectReason::Store, e.to_string()),
+            };
+            self.answer(answer)?;
+        }
+        self.flush()
+    }
+
     /// Tell the coordinator why the session ends, then return the error.
     fn fail(&mut self, err: AgentError) -> AgentError {
         let _ = self.out.send(&Frame::Error(err.to_string()));
@@ -121,7 +211,7 @@ impl<R: Read, W: Write> Session<R, W> {
 }
 
 /// Serve one session on `input`/`output` (stdin/stdout under `ferry serve`).
-pub fn serve<R: Read, W: Write>(
+pub fn serve<R: Read, W: Write + Send>(
     options: AgentOptions,
     input: R,
     output: W,
@@ -132,6 +222,10 @@ pub fn serve<R: Read, W: Write>(
         state: AgentState::new(),
         options,
         summary: ServeSummary::default(),
+        batch: ImportBatch::new(),
+        batch_partials: Vec::new(),
+        batch_started: None,
+        zstd: zstd::zstd_safe::DCtx::create(),
     };
     // Handshake.
     let hello = match s.frames.read_frame() {
@@ -230,17 +324,23 @@ pub fn serve<R: Read, W: Write>(
                 s.flush()?;
             }
             Frame::PathStart(start) => {
-                let answer = receive_path(&mut s, &mut store, &acl, &start)?;
+                let answer = receive_path(&mut s, &store, &acl, &start)?;
                 // The data reader consumed the path's `Data` frames and its `PathEnd`.
                 s.state.on_receive(&Frame::PathEnd)?;
-                match &answer {
-                    Frame::Ack { .. } => s.summary.imported += 1,
-                    _ => s.summary.rejected += 1,
+                if let Some(answer) = answer {
+                    s.answer(answer)?;
+                    s.flush()?;
                 }
-                s.send(answer)?;
-                s.flush()?;
+                if s.batch_due() {
+                    s.commit_batch(&mut store)?;
+                }
+            }
+            Frame::SendClosure { roots } => {
+                // Pull: from here on this side pushes (crate::pull).
+                return crate::pull::send_closure(&store, &roots, &mut s.frames, s.out);
             }
             Frame::Done => {
+                s.commit_batch(&mut store)?;
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
                 s.send(bye)?;
                 s.flush()?;
@@ -288,23 +388,33 @@ fn reject(path: &StorePath, reason: RejectReason, message: String) -> Frame {
     Frame::Reject { path: path.clone(), reason, message }
 }
 
-/// Receive one path's data and import it; the `Ack` or `Reject` to send. Errors end the
-/// session (the connection broke or the coordinator broke the protocol).
+/// Receive one path's data and restore it into the session's batch; the `Reject` (or `Ack` of a
+/// path valid already) to send now, or `None` when the path waits in the batch (it is answered
+/// when the batch is registered). Errors end the session (the connection broke or the
+/// coordinator broke the protocol).
 fn receive_path<R: Read, W: Write>(
     s: &mut Session<R, W>,
-    store: &mut Store,
+    store: &Store,
     acl: &Acl,
     start: &PathStart,
-) -> Result<Frame, AgentError> {
+) -> Result<Option<Frame>, AgentError> {
     let store_dir = store.store_dir().clone();
     let mut data = DataReader::new(&mut s.frames);
     if let Err((reason, message)) = crate::trust::check_path(acl, &store_dir, start) {
         data.drain()?;
-        return Ok(reject(&start.path, reason, message));
+        return Ok(Some(reject(&start.path, reason, message)));
+    }
+    if s.batch.contains(&start.path) {
+        // Sent twice: the batch answers it once.
+        data.drain()?;
+        return Ok(None);
     }
     if store.is_valid(&start.path).map_err(AgentError::Store)? {
         data.drain()?;
-        return Ok(Frame::Ack { path: start.path.clone(), outcome: AckOutcome::AlreadyValid });
+        return Ok(Some(Frame::Ack {
+            path: start.path.clone(),
+            outcome: AckOutcome::AlreadyValid,
+        }));
     }
     let digest = NarDigest { hash: start.nar_hash, size: start.nar_size };
     let mut info =
@@ -316,10 +426,10 @@ fn receive_path<R: Read, W: Write>(
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let decoded: Box<dyn Read + '_> = match start.encoding {
         Encoding::None => Box::new(&mut data),
-        Encoding::Zstd => match zstd::stream::read::Decoder::new(&mut data) {
-            Ok(d) => Box::new(d),
-            Err(e) => return Err(AgentError::Write(e)),
-        },
+        // One decoder context for the whole session, reset for each path.
+        Encoding::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_context(&mut data, &mut s.zstd))
+        }
     };
     let source: Box<dyn Read + '_> = if keep_partial {
         let opened = open_partial(&partial, start.offset);
@@ -328,25 +438,25 @@ fn receive_path<R: Read, W: Write>(
             Err(message) => {
                 drop(decoded);
                 data.drain()?;
-                return Ok(reject(&start.path, RejectReason::CorruptData, message));
+                return Ok(Some(reject(&start.path, RejectReason::CorruptData, message)));
             }
         }
     } else if start.offset != 0 {
         drop(decoded);
         data.drain()?;
-        return Ok(reject(
+        return Ok(Some(reject(
             &start.path,
             RejectReason::CorruptData,
             format!(
                 "asked to resume at NAR byte {}, but no partial data is kept for this path",
                 start.offset
             ),
-        ));
+        )));
     } else {
         decoded
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
-    let result = store.import_nar(&info, &mut reader);
+    let result = s.batch.restore(store, &info, &mut reader);
     drop(reader);
     if let Some(fatal) = data.take_fatal() {
         // The connection broke or the protocol was broken: keep the partial file for resume.
@@ -356,7 +466,11 @@ fn receive_path<R: Read, W: Write>(
     let abs = start.path.to_absolute(&store_dir);
     let answer = match result {
         Ok(ImportOutcome::Imported) => {
-            Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
+            if keep_partial {
+                s.batch_partials.push((start.path.clone(), partial));
+            }
+            s.batch_started.get_or_insert_with(Instant::now);
+            return Ok(None);
         }
         Ok(ImportOutcome::AlreadyValid) => {
             Frame::Ack { path: start.path.clone(), outcome: AckOutcome::AlreadyValid }
@@ -366,7 +480,7 @@ fn receive_path<R: Read, W: Write>(
         }
         Err(e @ StoreError::ReferenceNotValid { .. }) => {
             // Nothing of this path was read: a partial file made now is empty or unchanged.
-            return Ok(reject(&start.path, RejectReason::MissingReference, e.to_string()));
+            return Ok(Some(reject(&start.path, RejectReason::MissingReference, e.to_string())));
         }
         Err(e @ StoreError::Restore { .. }) => {
             reject(&start.path, RejectReason::CorruptData, format!("{e} (while receiving {abs})"))
@@ -376,7 +490,7 @@ fn receive_path<R: Read, W: Write>(
     if keep_partial {
         let _ = fs::remove_file(&partial);
     }
-    Ok(answer)
+    Ok(Some(answer))
 }
 
 /// Open the partial file of a path for a transfer starting at NAR byte `offset`: the bytes

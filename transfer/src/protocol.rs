@@ -34,6 +34,7 @@
 //! | 0x31 | `Reject` | agent | path, reason:u8, message:string |
 //! | 0x40 | `Done` | coordinator | (empty): no more paths |
 //! | 0x41 | `Bye` | agent | imported:u64, rejected:u64 |
+//! | 0x50 | `SendClosure` | coordinator | roots:list<path> — pull: the agent sends their closure |
 //! | 0x7f | `Error` | either | message:string; the sender closes the session |
 //!
 //! # Conversation
@@ -50,6 +51,18 @@
 //!   Done                                ──►
 //!                                       ◄──  Bye
 //! ```
+//! **Pull** (`ferry copy --from`, agents offering the feature `send`): right after the handshake
+//! the coordinator sends `SendClosure{roots}` instead of `Query`. The roles then swap on the same
+//! stream: the agent becomes the coordinator of a push of the roots' closure from its store,
+//! starting with its own `Hello`, and the side that asked serves it exactly as an agent does
+//! (the diff against its store, signatures checked against its ACL, NAR hashes, batched
+//! registration, `Ack`/`Reject`, `Bye`). The paths are signed with the sending host's key
+//! (`<state>/signing-key.sec` there), which the receiving side must have authorized.
+//! ```text
+//!   Hello ──► ◄── Welcome   SendClosure{roots} ──►
+//!   ◄── Hello   Welcome ──►   ◄── Query   Have ──►   ◄── (PathStart Data* PathEnd)*   Ack ──► …
+//! ```
+//!
 //! The diff is one round trip. Path data is pipelined; the agent acknowledges each path once it
 //! is registered, or rejects it with a [`RejectReason`] and goes on with the next.
 //!
@@ -87,8 +100,8 @@ pub const MAX_HANDSHAKE_FRAME: u32 = 64 << 10;
 /// Size of the `Data` chunks the coordinator sends.
 pub const DATA_CHUNK: usize = 128 << 10;
 /// Features this build offers: `zstd` (path data may be zstd-compressed), `resume` (partial
-/// paths are kept and resumed).
-pub const FEATURES: &[&str] = &["zstd", "resume"];
+/// paths are kept and resumed), `send` (the agent answers `SendClosure`).
+pub const FEATURES: &[&str] = &["zstd", "resume", "send"];
 
 /// Frame type bytes.
 pub mod kind {
@@ -105,6 +118,7 @@ pub mod kind {
     pub const REJECT: u8 = 0x31;
     pub const DONE: u8 = 0x40;
     pub const BYE: u8 = 0x41;
+    pub const SEND_CLOSURE: u8 = 0x50;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -329,6 +343,7 @@ pub enum Frame {
     Reject { path: StorePath, reason: RejectReason, message: String },
     Done,
     Bye { imported: u64, rejected: u64 },
+    SendClosure { roots: Vec<StorePath> },
     Error(String),
 }
 
@@ -354,6 +369,7 @@ impl Frame {
             Frame::Reject { .. } => kind::REJECT,
             Frame::Done => kind::DONE,
             Frame::Bye { .. } => kind::BYE,
+            Frame::SendClosure { .. } => kind::SEND_CLOSURE,
             Frame::Error(_) => kind::ERROR,
         }
     }
@@ -416,6 +432,7 @@ impl Frame {
             }
             Frame::Data(_) => unreachable!("handled above"),
             Frame::PathEnd | Frame::Done => {}
+            Frame::SendClosure { roots } => w.list(roots, |w, r| w.path(r)),
             Frame::Ack { path, outcome } => {
                 w.path(path);
                 w.u8(match outcome {
@@ -523,6 +540,7 @@ impl Frame {
                 },
                 kind::DONE => Frame::Done,
                 kind::BYE => Frame::Bye { imported: r.u64()?, rejected: r.u64()? },
+                kind::SEND_CLOSURE => Frame::SendClosure { roots: r.list(|r| r.path())? },
                 kind::ERROR => Frame::Error(r.string()?),
                 _ => unreachable!("unknown kinds are caught above"),
             })
@@ -568,6 +586,7 @@ fn name_of(kind: u8) -> &'static str {
         kind::REJECT => "Reject",
         kind::DONE => "Done",
         kind::BYE => "Bye",
+        kind::SEND_CLOSURE => "SendClosure",
         kind::ERROR => "Error",
         _ => "unknown",
     }
@@ -704,6 +723,15 @@ impl FrameDecoder {
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Whether a complete frame is buffered (the next [`Self::next_frame`] needs no more
+    /// bytes).
+    pub fn has_frame(&self) -> bool {
+        let avail = &self.buf[self.start..];
+        avail.len() >= 4
+            && avail.len()
+                >= 4 + u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize
     }
 
     /// Record that the handshake is done (larger frames are allowed) and the peer's version,
@@ -893,6 +921,8 @@ impl CoordinatorState {
                 P::Sending
             }
             (P::Sending | P::Ready, Frame::Done) => P::Draining,
+            // Pull: from here on the peers swap roles (a new session in the other direction).
+            (P::Ready, Frame::SendClosure { .. }) => P::Closed,
             (_, Frame::Error(_)) => P::Closed,
             (phase, f) => {
                 return Err(ProtocolError::Unexpected {
@@ -1061,6 +1091,8 @@ impl AgentState {
             (P::Ready, Frame::Authorize { .. }) => P::Authorizing,
             (P::Ready, Frame::Query(_)) => P::Answering,
             (P::Ready | P::Receiving, Frame::Done) => P::Finishing,
+            // Pull: the agent now coordinates a push the other way (a new session).
+            (P::Ready, Frame::SendClosure { .. }) => P::Closed,
             (P::Receiving, Frame::PathStart(p)) => {
                 self.unanswered.insert(p.path.clone());
                 P::InPath
@@ -1180,6 +1212,7 @@ mod tests {
             Frame::Reject { path: sp(2), reason: RejectReason::Unauthorized, message: "no".into() },
             Frame::Done,
             Frame::Bye { imported: 3, rejected: 1 },
+            Frame::SendClosure { roots: vec![sp(1), sp(2)] },
             Frame::Error("boom".into()),
         ]
     }

@@ -228,6 +228,19 @@ impl<W: Write> Write for SkipWriter<'_, W> {
     }
 }
 
+/// A zstd compression context with the options' level and workers, reused for every path of a
+/// session (each path is still its own zstd stream).
+fn zstd_context(options: &PushOptions) -> io::Result<zstd::zstd_safe::CCtx<'static>> {
+    use zstd::zstd_safe::CParameter;
+    let mut cctx = zstd::zstd_safe::CCtx::create();
+    let param = |e: usize| io::Error::other(zstd::zstd_safe::get_error_name(e));
+    cctx.set_parameter(CParameter::CompressionLevel(options.zstd_level)).map_err(param)?;
+    if options.zstd_workers > 0 {
+        cctx.set_parameter(CParameter::NbWorkers(options.zstd_workers)).map_err(param)?;
+    }
+    Ok(cctx)
+}
+
 /// Stream one path's NAR from `offset` on as `Data` frames; returns the NAR bytes sent.
 fn send_nar<W: Write>(
     layout: &StoreLayout,
@@ -235,16 +248,14 @@ fn send_nar<W: Write>(
     offset: u64,
     options: &PushOptions,
     out: &mut FrameWriter<W>,
+    zstd: &mut zstd::zstd_safe::CCtx<'static>,
     report: &dyn Fn(u64),
 ) -> io::Result<u64> {
     let phys = layout.physical_path(&info.path);
     let mut data = DataWriter::new(out);
     let sent = match options.encoding {
         Encoding::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(&mut data, options.zstd_level)?;
-            if options.zstd_workers > 0 {
-                enc.multithread(options.zstd_workers)?;
-            }
+            let mut enc = zstd::stream::write::Encoder::with_context(&mut data, zstd);
             let mut skip =
                 SkipWriter { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
             dump_into(&phys, &mut skip)?;
@@ -327,8 +338,9 @@ pub fn push_closure(
     }
 }
 
+/// One push session on an open stream (also the agent's half of a pull, [`crate::pull`]).
 #[allow(clippy::too_many_arguments)]
-fn session<R: io::Read, W: Write + Send>(
+pub(crate) fn session<R: io::Read, W: Write + Send>(
     local: &StoreLayout,
     closure: &ValidatedClosure,
     host: &str,
@@ -449,6 +461,7 @@ fn session<R: io::Read, W: Write + Send>(
             let mut nar_sent = 0u64;
             let mut paths_sent = 0usize;
             let result = (|| -> Result<(), PushError> {
+                let mut zstd = zstd_context(options).map_err(io_err)?;
                 for (info, offset) in &to_send {
                     let references: Vec<StorePath> = info.references.iter().cloned().collect();
                     let signature = crate::trust::sign_path(
@@ -471,13 +484,13 @@ fn session<R: io::Read, W: Write + Send>(
                         offset: *offset,
                     };
                     send(&mut out, Frame::PathStart(Box::new(start)))?;
-                    let sent = send_nar(local, info, *offset, options, &mut out, &report).map_err(
-                        |source| PushError::Send {
-                            host: host.to_owned(),
-                            path: info.path.to_absolute(&store_dir),
-                            error: source,
-                        },
-                    )?;
+                    let sent =
+                        send_nar(local, info, *offset, options, &mut out, &mut zstd, &report)
+                            .map_err(|source| PushError::Send {
+                                host: host.to_owned(),
+                                path: info.path.to_absolute(&store_dir),
+                                error: source,
+                            })?;
                     nar_sent += sent;
                     paths_sent += 1;
                     send(&mut out, Frame::PathEnd)?;
