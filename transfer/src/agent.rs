@@ -24,8 +24,17 @@
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
 //! the coordinator sends the NAR from there on. The restore then reads the held bytes followed
-//! by the new ones, so the whole NAR is hashed and checked as usual. The file is removed once
-//! the path is registered or was rejected for its contents.
+//! by the new ones, so the whole NAR is hashed and checked as usual. The file is removed when
+//! the path was rejected for its contents, and, once the path is complete and checked, when its
+//! batch is registered, just before the sync pass (which then has no partial data to write
+//! out): a session broken during that registration sends the path again whole.
+//!
+//! **Partial file cleanup.** At each `Query` the agent removes partial files that cannot be
+//! resumed any more: those not written for [`AgentOptions::partial_max_age`] (7 days: the
+//! transfer was abandoned), and those of a queried path that is valid now (another session
+//! registered it) or that is queried with another NAR hash (the file holds other contents).
+//! Partial files of paths this query does not name are left alone unless too old: they may
+//! belong to another coordinator's interrupted copy.
 //!
 //! **Locking.** The store is opened for writing ([`closure::Store::open`]), which holds the
 //! store's writer lock for the session; concurrent sessions are serialized per path by the
@@ -56,6 +65,8 @@ pub struct AgentOptions {
     pub layout: StoreLayout,
     /// Paths with at least this many NAR bytes are kept in `<state>/partial/` as they arrive.
     pub partial_min: u64,
+    /// Partial files untouched for this long are removed (at the next `Query`).
+    pub partial_max_age: Duration,
     /// Register the waiting paths once this many are restored.
     pub batch_paths: usize,
     /// Register the waiting paths once they hold this many NAR bytes.
@@ -66,12 +77,13 @@ pub struct AgentOptions {
 }
 
 impl AgentOptions {
-    /// Defaults for `layout`: partial files from 1 MiB; batches of up to 1,000 paths, 256 MiB
+    /// Defaults for `layout`: partial files from 1 MiB, kept up to 7 days; batches of up to 1,000 paths, 256 MiB
     /// or 1 s.
     pub fn new(layout: StoreLayout) -> Self {
         AgentOptions {
             layout,
             partial_min: 1 << 20,
+            partial_max_age: Duration::from_secs(7 * 24 * 3600),
             batch_paths: 1000,
             batch_bytes: 256 << 20,
             batch_delay: Duration::from_secs(1),
@@ -130,8 +142,8 @@ struct Session<R: Read, W: Write> {
     summary: ServeSummary,
     /// Paths restored, waiting to be registered.
     batch: ImportBatch,
-    /// Partial files of the waiting paths, removed once they are registered.
-    batch_partials: Vec<(StorePath, PathBuf)>,
+    /// Partial files of the waiting paths, removed when they are registered.
+    batch_partials: Vec<PathBuf>,
     /// When the first waiting path was restored.
     batch_started: Option<Instant>,
     /// The zstd decoder context, reused for every path.
@@ -177,15 +189,15 @@ impl<R: Read, W: Write> Session<R, W> {
         if self.batch.is_empty() {
             return Ok(());
         }
+        // The waiting paths are complete and checked: their partial files go before the sync
+        // pass, so it does not write them out (see the module docs, "Resume").
+        for partial in std::mem::take(&mut self.batch_partials) {
+            let _ = fs::remove_file(partial);
+        }
         let outcomes = self.batch.commit(store);
-        let partials: std::collections::HashMap<StorePath, PathBuf> =
-            std::mem::take(&mut self.batch_partials).into_iter().collect();
         for (path, outcome) in outcomes {
             let answer = match outcome {
                 Ok(o) => {
-                    if let Some(partial) = partials.get(&path) {
-                        let _ = fs::remove_file(partial);
-                    }
                     let outcome = match o {
                         ImportOutcome::Imported => AckOutcome::Imported,
                         ImportOutcome::AlreadyValid => AckOutcome::AlreadyValid,
@@ -320,6 +332,7 @@ pub fn serve<R: Read, W: Write + Send>(
                         ),
                     })
                     .collect();
+                prune_partials(&layout, &entries, &valid, s.options.partial_max_age);
                 s.send(Frame::Have { missing, bases: Vec::new() })?;
                 s.flush()?;
             }
@@ -364,6 +377,43 @@ pub fn partial_path(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> 
         path.hash_part(),
         &nar.hash.to_hex()[..32]
     ))
+}
+
+/// Remove the partial files that can no longer be resumed (see the module docs, "Resume"):
+/// those older than `max_age`, and those of a path in this query that is valid now or whose
+/// NAR hash is not the one queried. Returns the files removed.
+pub fn prune_partials(
+    layout: &StoreLayout,
+    entries: &[crate::protocol::QueryEntry],
+    valid: &std::collections::BTreeSet<StorePath>,
+    max_age: Duration,
+) -> Vec<PathBuf> {
+    let dir = layout.state_dir().join("partial");
+    let Ok(listing) = fs::read_dir(&dir) else { return Vec::new() };
+    let queried: std::collections::HashMap<String, &crate::protocol::QueryEntry> =
+        entries.iter().map(|e| (e.path.hash_part(), e)).collect();
+    let mut removed = Vec::new();
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        let stale = name.split_once('-').and_then(|(hash_part, nar)| {
+            queried
+                .get(hash_part)
+                .map(|e| valid.contains(&e.path) || !e.nar_hash.to_hex().starts_with(nar))
+        });
+        if old || stale == Some(true) {
+            let path = entry.path();
+            if fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed
 }
 
 fn partial_len(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> u64 {
@@ -467,7 +517,7 @@ fn receive_path<R: Read, W: Write>(
     let answer = match result {
         Ok(ImportOutcome::Imported) => {
             if keep_partial {
-                s.batch_partials.push((start.path.clone(), partial));
+                s.batch_partials.push(partial);
             }
             s.batch_started.get_or_insert_with(Instant::now);
             return Ok(None);
@@ -519,4 +569,45 @@ fn open_partial(partial: &Path, offset: u64) -> Result<(io::Take<File>, File), S
         File::open(partial).map_err(|e| format!("cannot open {}: {e}", partial.display()))?;
     file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
     Ok((held.take(offset), file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QueryEntry;
+    use nar_core::hash::Sha256Hash;
+
+    #[test]
+    fn partial_files_that_cannot_be_resumed_are_pruned() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::at_root(root.path()).unwrap();
+        let entry = |i: u8| QueryEntry {
+            path: StorePath::from_parts([i; 20], &format!("p{i}")).unwrap(),
+            nar_hash: Sha256Hash::of(&[i]),
+            nar_size: 1 << 20,
+        };
+        let (valid_now, other_hash, resumable, unqueried) =
+            (entry(1), entry(2), entry(3), entry(4));
+        let digest = |e: &QueryEntry| NarDigest { hash: e.nar_hash, size: e.nar_size };
+        let file = |e: &QueryEntry, hash: Sha256Hash| {
+            let p = partial_path(&layout, &e.path, &NarDigest { hash, size: e.nar_size });
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, b"held").unwrap();
+            p
+        };
+        let a = file(&valid_now, valid_now.nar_hash);
+        let b = file(&other_hash, Sha256Hash::of(b"other contents"));
+        let c = file(&resumable, resumable.nar_hash);
+        let d = file(&unqueried, unqueried.nar_hash);
+        let entries = vec![valid_now.clone(), other_hash.clone(), resumable.clone()];
+        let valid = [valid_now.path.clone()].into_iter().collect();
+        let removed = prune_partials(&layout, &entries, &valid, Duration::from_secs(3600));
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!a.exists() && !b.exists() && c.exists() && d.exists());
+        assert_eq!(partial_len(&layout, &resumable.path, &digest(&resumable)), 4);
+        // Too old: everything goes.
+        let removed = prune_partials(&layout, &entries, &valid, Duration::ZERO);
+        assert_eq!(removed.len(), 2);
+        assert!(!c.exists() && !d.exists());
+    }
 }
