@@ -1368,6 +1368,32 @@ mod tests {
         assert!(c.on_eof().is_ok());
     }
 
+    /// Pull: `SendClosure` right after the handshake ends this session on both sides (the
+    /// roles swap for a new one); anywhere else it is refused.
+    #[test]
+    fn send_closure_swaps_roles_only_after_the_handshake() {
+        let mut c = CoordinatorState::new();
+        let mut a = AgentState::new();
+        let ask = Frame::SendClosure { roots: vec![sp(1)] };
+        assert!(c.on_send(&ask).is_err(), "before Hello");
+        assert!(a.on_receive(&ask).is_err(), "before Hello");
+        c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+        a.on_receive(&Frame::Hello(Hello::ours())).unwrap();
+        a.on_send(&Frame::Welcome(welcome())).unwrap();
+        c.on_receive(&Frame::Welcome(welcome())).unwrap();
+        c.on_send(&ask).unwrap();
+        a.on_receive(&ask).unwrap();
+        assert_eq!(c.phase(), CoordinatorPhase::Closed);
+        assert_eq!(a.phase(), AgentPhase::Closed);
+        // Not in the middle of a push.
+        let mut c = CoordinatorState::new();
+        c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+        c.on_receive(&Frame::Welcome(welcome())).unwrap();
+        c.on_send(&Frame::Query(vec![])).unwrap();
+        c.on_receive(&Frame::Have { missing: vec![], bases: vec![] }).unwrap();
+        assert!(c.on_send(&ask).is_err());
+    }
+
     #[test]
     fn out_of_order_frames_are_refused() {
         let mut c = CoordinatorState::new();
