@@ -39,6 +39,9 @@ struct Args {
     /// Skip `nix copy` in the large run.
     #[arg(long)]
     skip_nix: bool,
+    /// Extra `ferry copy` argument for the large run (repeat), e.g. `--copy-arg=--no-compress`.
+    #[arg(long, allow_hyphen_values = true)]
+    copy_arg: Vec<String>,
     /// Where to put stores (default: a temp dir).
     #[arg(long)]
     work: Option<PathBuf>,
@@ -72,6 +75,7 @@ fn max_rss_kib(time_output: &str) -> Option<u64> {
 
 struct Bench {
     ferry: PathBuf,
+    copy_args: Vec<String>,
     sshd: Sshd,
     /// Where the agent wrapper writes its `time -v` reports.
     agent_times: PathBuf,
@@ -106,6 +110,9 @@ impl Bench {
         c.arg("--root").arg(local).args(["copy", "--json", "--authorize", "--to", uri]);
         c.arg("--identity").arg(self.sshd.identity_ed25519());
         c.arg("--known-hosts").arg(self.sshd.known_hosts());
+        if timed {
+            c.args(&self.copy_args);
+        }
         c.args(paths);
         let (secs, stdout, stderr) = run(&mut c)?;
         let json: Value = serde_json::from_str(stdout.trim()).context("copy --json output")?;
@@ -190,7 +197,8 @@ fn large(b: &Bench, work: &Path, dir: &Path, skip_nix: bool) -> Result<()> {
     println!("| tool | wall s | ratio ferry/tool | bytes | load |");
     println!("|---|---|---|---|---|");
     println!(
-        "| ferry copy --to ssh:// | {ferry_s:.2} | 1.00 | NAR {nar}, wire {wire} ({:.3} of NAR) | {l} |",
+        "| ferry copy --to ssh:// {} | {ferry_s:.2} | 1.00 | NAR {nar}, wire {wire} ({:.3} of NAR) | {l} |",
+        b.copy_args.join(" "),
         wire as f64 / nar.max(1) as f64
     );
 
@@ -254,7 +262,7 @@ fn main() -> Result<()> {
         path: Some(remote_path(&[&wrap_dir])),
         ..SshdOptions::default()
     });
-    let b = Bench { ferry, sshd, agent_times };
+    let b = Bench { ferry, copy_args: args.copy_arg.clone(), sshd, agent_times };
     println!("load average at start: {}", load());
     if args.small > 0 {
         small(&b, &work, args.small)?;
