@@ -58,5 +58,6 @@ pub use layout::{DbKind, LayoutError, LayoutOptions, StoreLayout};
 pub use path_info::PathInfo;
 pub use scan::{scan_bytes, scan_tree, Candidates, RefScanner, ScanError};
 pub use store::{
-    GcReport, ImportOutcome, StagedNar, Store, StoreError, VerifyProblem, VerifyReport,
+    BatchOutcome, GcReport, ImportBatch, ImportOutcome, StagedNar, Store, StoreError,
+    VerifyProblem, VerifyReport,
 };

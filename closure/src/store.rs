@@ -48,8 +48,10 @@ use crate::layout::StoreLayout;
 use crate::path_info::PathInfo;
 use crate::scan::{scan_tree, Candidates, ScanError};
 
+pub mod batch;
 mod signatures;
 pub mod staged;
+pub use batch::{BatchOutcome, ImportBatch};
 pub use staged::StagedNar;
 
 /// Environment variable naming a step at which the process aborts, for crash tests only:

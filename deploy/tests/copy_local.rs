@@ -300,3 +300,74 @@ fn cut_large_path_resumes_from_the_byte_the_agent_had() {
     assert_eq!(valid_paths(&host), closure);
     assert_verifies(&host);
 }
+
+/// The agent registers paths in batches (one sync pass, one transaction): killed at each step
+/// of a batch's commit (`FERRY_TEST_CRASH_AT` reaches the agent), the host's store verifies
+/// clean with every path either valid and complete or absent, and the next copy completes.
+/// The closure has 40 small paths, so a batch takes the `syncfs` branch.
+#[test]
+fn agent_killed_inside_a_batch_commit_leaves_the_store_consistent() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("local");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let items: Vec<String> = (0..40)
+        .map(|i| {
+            let p = src.join(format!("small{i}"));
+            std::fs::write(&p, format!("small path {i}\n")).unwrap();
+            p.display().to_string()
+        })
+        .collect();
+    let mut args = vec!["--root", root.to_str().unwrap(), "store", "add"];
+    args.extend(items.iter().map(String::as_str));
+    let paths = ok(&args);
+    std::fs::write(src.join("top"), &paths).unwrap();
+    let top = add(&root, &src.join("top"));
+    let closure: BTreeSet<String> =
+        ok(&["--root", root.to_str().unwrap(), "gc", "--requisites", &top])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+    assert_eq!(closure.len(), 41);
+    let hosts = tempfile::tempdir().unwrap();
+    for (i, step) in
+        ["after-restore", "after-marker", "after-rename", "after-commit"].iter().enumerate()
+    {
+        let h = hosts.path().join(format!("h{i}"));
+        let uri = format!("local://{}", h.display());
+        let copy = |env: &[(&str, String)]| {
+            run(
+                &[
+                    "--root",
+                    root.to_str().unwrap(),
+                    "copy",
+                    "--json",
+                    "--authorize",
+                    "--to",
+                    &uri,
+                    &top,
+                ],
+                env,
+            )
+        };
+        let out = copy(&[("FERRY_TEST_CRASH_AT", (*step).to_owned())]);
+        assert!(!out.status.success(), "{step}: the agent should have died");
+        assert_verifies(&h);
+        let valid = valid_paths(&h);
+        match *step {
+            "after-commit" => assert!(!valid.is_empty(), "{step}: the batch was committed"),
+            _ => assert!(valid.is_empty(), "{step}: nothing may be valid: {valid:?}"),
+        }
+        let out = copy(&[]);
+        assert!(out.status.success(), "{step}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(valid_paths(&h), closure, "{step}");
+        assert_verifies(&h);
+        // No temp dirs or intent records left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(h.join("gnu/store"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{step}: {leftovers:?}");
+    }
+}

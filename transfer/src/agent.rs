@@ -5,9 +5,20 @@
 //! 1. checks the signature against `<state>/acl` ([`crate::trust::check_path`]); a path that is
 //!    unsigned, badly signed or signed by an unauthorized key is rejected and its data skipped;
 //! 2. decodes the data (zstd) and restores the NAR into a temp dir in the store while hashing
-//!    it ([`closure::Store::import_nar`]); the hash and size must match, the references must be
-//!    valid, and the path is registered in one transaction;
-//! 3. answers `Ack`, or `Reject` with the reason, and goes on with the next path.
+//!    it; the hash and size must match and the references must be valid or received earlier
+//!    in the session ([`closure::ImportBatch::restore`]);
+//! 3. answers `Reject` with the reason at once when any of this fails, and goes on with the
+//!    next path.
+//!
+//! **Batched registration.** Restored paths wait in an [`closure::ImportBatch`] and are made
+//! durable and registered together, in one sync pass and one transaction
+//! ([`closure::ImportBatch::commit`]): when the batch holds [`AgentOptions::batch_paths`] paths
+//! or [`AgentOptions::batch_bytes`] NAR bytes, when its first path waited
+//! [`AgentOptions::batch_delay`], whenever the next frame has not arrived yet (the agent never
+//! blocks on input with paths unanswered), and at `Done`. Only then is each path answered: `Ack` once it
+//! is registered (never before), or `Reject` (a reference refused earlier in the batch). If the
+//! session breaks, the waiting paths were never acknowledged nor registered; their temp dirs are
+//! removed, and the coordinator sends them again next time.
 //!
 //! **Deltas.** When the coordinator speaks `delta`, `Have` names base candidates for the missing
 //! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
@@ -17,8 +28,17 @@
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
 //! the coordinator sends the NAR from there on. The restore then reads the held bytes followed
-//! by the new ones, so the whole NAR is hashed and checked as usual. The file is removed once
-//! the path is valid or was rejected for its contents.
+//! by the new ones, so the whole NAR is hashed and checked as usual. The file is removed when
+//! the path was rejected for its contents, and, once the path is complete and checked, when its
+//! batch is registered, just before the sync pass (which then has no partial data to write
+//! out): a session broken during that registration sends the path again whole.
+//!
+//! **Partial file cleanup.** At each `Query` the agent removes partial files that cannot be
+//! resumed any more: those not written for [`AgentOptions::partial_max_age`] (7 days: the
+//! transfer was abandoned), and those of a queried path that is valid now (another session
+//! registered it) or that is queried with another NAR hash (the file holds other contents).
+//! Partial files of paths this query does not name are left alone unless too old: they may
+//! belong to another coordinator's interrupted copy.
 //!
 //! **Locking.** The store is opened for writing ([`closure::Store::open`]), which holds the
 //! store's writer lock for the session; concurrent sessions are serialized per path by the
@@ -29,8 +49,9 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use closure::{ImportOutcome, PathInfo, Store, StoreError, StoreLayout};
+use closure::{ImportBatch, ImportOutcome, PathInfo, Store, StoreError, StoreLayout};
 use nar_core::hash::NarDigest;
 use nar_core::store_path::StorePath;
 use signing::acl::Acl;
@@ -48,12 +69,29 @@ pub struct AgentOptions {
     pub layout: StoreLayout,
     /// Paths with at least this many NAR bytes are kept in `<state>/partial/` as they arrive.
     pub partial_min: u64,
+    /// Partial files untouched for this long are removed (at the next `Query`).
+    pub partial_max_age: Duration,
+    /// Register the waiting paths once this many are restored.
+    pub batch_paths: usize,
+    /// Register the waiting paths once they hold this many NAR bytes.
+    pub batch_bytes: u64,
+    /// Register the waiting paths once the first of them waited this long (checked as paths
+    /// arrive).
+    pub batch_delay: Duration,
 }
 
 impl AgentOptions {
-    /// Defaults for `layout` (partial files from 1 MiB).
+    /// Defaults for `layout`: partial files from 1 MiB, kept up to 7 days; batches of up to 1,000 paths, 256 MiB
+    /// or 1 s.
     pub fn new(layout: StoreLayout) -> Self {
-        AgentOptions { layout, partial_min: 1 << 20 }
+        AgentOptions {
+            layout,
+            partial_min: 1 << 20,
+            partial_max_age: Duration::from_secs(7 * 24 * 3600),
+            batch_paths: 1000,
+            batch_bytes: 256 << 20,
+            batch_delay: Duration::from_secs(1),
+        }
     }
 }
 
@@ -82,6 +120,8 @@ pub struct ServeSummary {
     pub imported: u64,
     /// Paths refused.
     pub rejected: u64,
+    /// The paths refused, with the reasons.
+    pub rejections: Vec<(StorePath, RejectReason, String)>,
 }
 
 /// The system type of this build (`x86_64-linux`).
@@ -104,6 +144,14 @@ struct Session<R: Read, W: Write> {
     state: AgentState,
     options: AgentOptions,
     summary: ServeSummary,
+    /// Paths restored, waiting to be registered.
+    batch: ImportBatch,
+    /// Partial files of the waiting paths, removed when they are registered.
+    batch_partials: Vec<PathBuf>,
+    /// When the first waiting path was restored.
+    batch_started: Option<Instant>,
+    /// The zstd decoder context, reused for every path.
+    zstd: zstd::zstd_safe::DCtx<'static>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -116,6 +164,54 @@ impl<R: Read, W: Write> Session<R, W> {
         self.out.flush().map_err(AgentError::Write)
     }
 
+    /// Send an `Ack` or `Reject` and count it.
+    fn answer(&mut self, frame: Frame) -> Result<(), AgentError> {
+        match &frame {
+            Frame::Ack { .. } => self.summary.imported += 1,
+            Frame::Reject { path, reason, message } => {
+                self.summary.rejected += 1;
+                self.summary.rejections.push((path.clone(), *reason, message.clone()));
+            }
+            _ => {}
+        }
+        self.send(frame)
+    }
+
+    /// Is it time to register the waiting paths? Also whenever the next frame has not arrived
+    /// yet: the agent never waits for input with paths unanswered (a coordinator may wait for
+    /// an answer before sending more).
+    fn batch_due(&self) -> bool {
+        !self.frames.has_frame()
+            || self.batch.len() >= self.options.batch_paths
+            || self.batch.nar_bytes() >= self.options.batch_bytes
+            || self.batch_started.is_some_and(|t| t.elapsed() >= self.options.batch_delay)
+    }
+
+    /// Register the waiting paths and answer each of them.
+    fn commit_batch(&mut self, store: &mut Store) -> Result<(), AgentError> {
+        self.batch_started = None;
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        // The waiting paths are complete and checked: their partial files go before the sync
+        // pass, so it does not write them out (see the module docs, "Resume").
+        for partial in std::mem::take(&mut self.batch_partials) {
+            let _ = fs::remove_file(partial);
+        }
+        let outcomes = self.batch.commit(store);
+        for (path, outcome) in outcomes {
+            let answer = match outcome {
+                Ok(o) => Frame::Ack { path, outcome: ack_outcome(o) },
+                Err(e @ StoreError::ReferenceNotValid { .. }) => {
+                    reject(&path, RejectReason::MissingReference, e.to_string())
+                }
+                Err(e) => reject(&path, RejectReason::Store, e.to_string()),
+            };
+            self.answer(answer)?;
+        }
+        self.flush()
+    }
+
     /// Tell the coordinator why the session ends, then return the error.
     fn fail(&mut self, err: AgentError) -> AgentError {
         let _ = self.out.send(&Frame::Error(err.to_string()));
@@ -125,7 +221,7 @@ impl<R: Read, W: Write> Session<R, W> {
 }
 
 /// Serve one session on `input`/`output` (stdin/stdout under `ferry serve`).
-pub fn serve<R: Read, W: Write>(
+pub fn serve<R: Read, W: Write + Send>(
     options: AgentOptions,
     input: R,
     output: W,
@@ -136,6 +232,10 @@ pub fn serve<R: Read, W: Write>(
         state: AgentState::new(),
         options,
         summary: ServeSummary::default(),
+        batch: ImportBatch::new(),
+        batch_partials: Vec::new(),
+        batch_started: None,
+        zstd: zstd::zstd_safe::DCtx::create(),
     };
     // Handshake.
     let hello = match s.frames.read_frame() {
@@ -232,6 +332,7 @@ pub fn serve<R: Read, W: Write>(
                         ),
                     })
                     .collect();
+                prune_partials(&layout, &entries, &valid, s.options.partial_max_age);
                 let bases = if peer_delta {
                     let lacking: Vec<_> =
                         entries.iter().filter(|e| !valid.contains(&e.path)).collect();
@@ -247,14 +348,20 @@ pub fn serve<R: Read, W: Write>(
                 let answer = receive_path(&mut s, &mut store, &acl, &start)?;
                 // The data reader consumed the path's `Data` frames and its `PathEnd`.
                 s.state.on_receive(&Frame::PathEnd)?;
-                match &answer {
-                    Frame::Ack { .. } => s.summary.imported += 1,
-                    _ => s.summary.rejected += 1,
+                if let Some(answer) = answer {
+                    s.answer(answer)?;
+                    s.flush()?;
                 }
-                s.send(answer)?;
-                s.flush()?;
+                if s.batch_due() {
+                    s.commit_batch(&mut store)?;
+                }
+            }
+            Frame::SendClosure { roots } => {
+                // Pull: from here on this side pushes (crate::pull).
+                return crate::pull::send_closure(&store, &roots, &mut s.frames, s.out);
             }
             Frame::Done => {
+                s.commit_batch(&mut store)?;
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
                 s.send(bye)?;
                 s.flush()?;
@@ -280,6 +387,43 @@ pub fn partial_path(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> 
     ))
 }
 
+/// Remove the partial files that can no longer be resumed (see the module docs, "Resume"):
+/// those older than `max_age`, and those of a path in this query that is valid now or whose
+/// NAR hash is not the one queried. Returns the files removed.
+pub fn prune_partials(
+    layout: &StoreLayout,
+    entries: &[crate::protocol::QueryEntry],
+    valid: &std::collections::BTreeSet<StorePath>,
+    max_age: Duration,
+) -> Vec<PathBuf> {
+    let dir = layout.state_dir().join("partial");
+    let Ok(listing) = fs::read_dir(&dir) else { return Vec::new() };
+    let queried: std::collections::HashMap<String, &crate::protocol::QueryEntry> =
+        entries.iter().map(|e| (e.path.hash_part(), e)).collect();
+    let mut removed = Vec::new();
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > max_age);
+        let stale = name.split_once('-').and_then(|(hash_part, nar)| {
+            queried
+                .get(hash_part)
+                .map(|e| valid.contains(&e.path) || !e.nar_hash.to_hex().starts_with(nar))
+        });
+        if old || stale == Some(true) {
+            let path = entry.path();
+            if fs::remove_file(&path).is_ok() {
+                removed.push(path);
+            }
+        }
+    }
+    removed
+}
+
 fn partial_len(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> u64 {
     fs::metadata(partial_path(layout, path, nar)).map(|m| m.len().min(nar.size)).unwrap_or(0)
 }
@@ -302,23 +446,38 @@ fn reject(path: &StorePath, reason: RejectReason, message: String) -> Frame {
     Frame::Reject { path: path.clone(), reason, message }
 }
 
-/// Receive one path's data and import it; the `Ack` or `Reject` to send. Errors end the
-/// session (the connection broke or the coordinator broke the protocol).
+/// Receive one path's data and restore it into the session's batch; the `Reject` (or `Ack` of a
+/// path valid already) to send now, or `None` when the path waits in the batch (it is answered
+/// when the batch is registered). Errors end the session (the connection broke or the
+/// coordinator broke the protocol).
 fn receive_path<R: Read, W: Write>(
     s: &mut Session<R, W>,
     store: &mut Store,
     acl: &Acl,
     start: &PathStart,
-) -> Result<Frame, AgentError> {
+) -> Result<Option<Frame>, AgentError> {
     let store_dir = store.store_dir().clone();
+    if matches!(start.encoding, Encoding::ZstdDelta { .. }) {
+        // A delta is imported at once, after the paths waiting in the batch (its references
+        // may be among them).
+        s.commit_batch(store)?;
+    }
     let mut data = DataReader::new(&mut s.frames);
     if let Err((reason, message)) = crate::trust::check_path(acl, &store_dir, start) {
         data.drain()?;
-        return Ok(reject(&start.path, reason, message));
+        return Ok(Some(reject(&start.path, reason, message)));
+    }
+    if s.batch.contains(&start.path) {
+        // Sent twice: the batch answers it once.
+        data.drain()?;
+        return Ok(None);
     }
     if store.is_valid(&start.path).map_err(AgentError::Store)? {
         data.drain()?;
-        return Ok(Frame::Ack { path: start.path.clone(), outcome: AckOutcome::AlreadyValid });
+        return Ok(Some(Frame::Ack {
+            path: start.path.clone(),
+            outcome: AckOutcome::AlreadyValid,
+        }));
     }
     let digest = NarDigest { hash: start.nar_hash, size: start.nar_size };
     let mut info =
@@ -327,16 +486,16 @@ fn receive_path<R: Read, W: Write>(
     info.ca = start.ca.clone();
 
     if let Encoding::ZstdDelta { base } = &start.encoding {
-        return receive_delta(&mut data, store, &info, base, start);
+        return receive_delta(&mut data, store, &info, base, start).map(Some);
     }
     let keep_partial = start.nar_size >= s.options.partial_min;
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let decoded: Box<dyn Read + '_> = match start.encoding {
         Encoding::None => Box::new(&mut data),
-        Encoding::Zstd => match zstd::stream::read::Decoder::new(&mut data) {
-            Ok(d) => Box::new(d),
-            Err(e) => return Err(AgentError::Write(e)),
-        },
+        // One decoder context for the whole session, reset for each path.
+        Encoding::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_context(&mut data, &mut s.zstd))
+        }
         Encoding::ZstdDelta { .. } => unreachable!("handled above"),
     };
     let source: Box<dyn Read + '_> = if keep_partial {
@@ -346,25 +505,25 @@ fn receive_path<R: Read, W: Write>(
             Err(message) => {
                 drop(decoded);
                 data.drain()?;
-                return Ok(reject(&start.path, RejectReason::CorruptData, message));
+                return Ok(Some(reject(&start.path, RejectReason::CorruptData, message)));
             }
         }
     } else if start.offset != 0 {
         drop(decoded);
         data.drain()?;
-        return Ok(reject(
+        return Ok(Some(reject(
             &start.path,
             RejectReason::CorruptData,
             format!(
                 "asked to resume at NAR byte {}, but no partial data is kept for this path",
                 start.offset
             ),
-        ));
+        )));
     } else {
         decoded
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
-    let result = store.import_nar(&info, &mut reader);
+    let result = s.batch.restore(store, &info, &mut reader);
     drop(reader);
     if let Some(fatal) = data.take_fatal() {
         // The connection broke or the protocol was broken: keep the partial file for resume.
@@ -372,40 +531,55 @@ fn receive_path<R: Read, W: Write>(
     }
     data.drain()?;
     let abs = start.path.to_absolute(&store_dir);
-    if let Err(StoreError::ReferenceNotValid { .. }) = &result {
-        // Nothing of this path was read: a partial file made now is empty or unchanged.
-        return Ok(import_answer(start, result, &abs));
-    }
-    let answer = import_answer(start, result, &abs);
-    if keep_partial {
-        let _ = fs::remove_file(&partial);
-    }
-    Ok(answer)
-}
-
-/// The `Ack` or `Reject` for the outcome of an import.
-fn import_answer(start: &PathStart, result: Result<ImportOutcome, StoreError>, abs: &str) -> Frame {
-    match result {
+    let answer = match result {
         Ok(ImportOutcome::Imported) => {
-            Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
+            if keep_partial {
+                s.batch_partials.push(partial);
+            }
+            s.batch_started.get_or_insert_with(Instant::now);
+            return Ok(None);
         }
         Ok(ImportOutcome::AlreadyValid) => {
             Frame::Ack { path: start.path.clone(), outcome: AckOutcome::AlreadyValid }
         }
-        Err(e @ StoreError::HashMismatch { .. }) => {
-            reject(&start.path, RejectReason::HashMismatch, e.to_string())
-        }
         Err(e @ StoreError::ReferenceNotValid { .. }) => {
-            reject(&start.path, RejectReason::MissingReference, e.to_string())
+            // Nothing of this path was read: a partial file made now is empty or unchanged.
+            return Ok(Some(refusal(start, e, &abs)));
         }
-        Err(e @ StoreError::Restore { .. }) => {
-            reject(&start.path, RejectReason::CorruptData, format!("{e} (while receiving {abs})"))
-        }
-        Err(e) => reject(&start.path, RejectReason::Store, e.to_string()),
+        Err(e) => refusal(start, e, &abs),
+    };
+    if keep_partial {
+        let _ = fs::remove_file(&partial);
+    }
+    Ok(Some(answer))
+}
+
+fn ack_outcome(outcome: ImportOutcome) -> AckOutcome {
+    match outcome {
+        ImportOutcome::Imported => AckOutcome::Imported,
+        ImportOutcome::AlreadyValid => AckOutcome::AlreadyValid,
     }
 }
 
-/// Receive a path sent as a delta ([`crate::delta_path::apply`]); no partial file is kept.
+/// The `Reject` for a path the store refused (`abs`: the path, for messages).
+fn refusal(start: &PathStart, error: StoreError, abs: &str) -> Frame {
+    let path = &start.path;
+    match error {
+        e @ StoreError::HashMismatch { .. } => {
+            reject(path, RejectReason::HashMismatch, e.to_string())
+        }
+        e @ StoreError::ReferenceNotValid { .. } => {
+            reject(path, RejectReason::MissingReference, e.to_string())
+        }
+        e @ StoreError::Restore { .. } => {
+            reject(path, RejectReason::CorruptData, format!("{e} (while receiving {abs})"))
+        }
+        e => reject(path, RejectReason::Store, e.to_string()),
+    }
+}
+
+/// Receive a path sent as a delta ([`crate::delta_path::apply`]), imported at once (the batch
+/// was registered first, so its references are valid); no partial file is kept.
 fn receive_delta<R: Read>(
     data: &mut DataReader<'_, R>,
     store: &mut Store,
@@ -425,8 +599,8 @@ fn receive_delta<R: Read>(
     data.drain()?;
     let abs = start.path.to_absolute(store.store_dir());
     Ok(match result {
-        Ok(outcome) => import_answer(start, Ok(outcome), &abs),
-        Err(crate::delta_path::ApplyError::Store(e)) => import_answer(start, Err(e), &abs),
+        Ok(outcome) => Frame::Ack { path: start.path.clone(), outcome: ack_outcome(outcome) },
+        Err(crate::delta_path::ApplyError::Store(e)) => refusal(start, e, &abs),
         Err(crate::delta_path::ApplyError::Delta(message)) => {
             reject(&start.path, RejectReason::DeltaFailed, format!("{abs}: {message}"))
         }
@@ -459,4 +633,45 @@ fn open_partial(partial: &Path, offset: u64) -> Result<(io::Take<File>, File), S
         File::open(partial).map_err(|e| format!("cannot open {}: {e}", partial.display()))?;
     file.seek(SeekFrom::Start(offset)).map_err(|e| e.to_string())?;
     Ok((held.take(offset), file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::QueryEntry;
+    use nar_core::hash::Sha256Hash;
+
+    #[test]
+    fn partial_files_that_cannot_be_resumed_are_pruned() {
+        let root = tempfile::tempdir().unwrap();
+        let layout = StoreLayout::at_root(root.path()).unwrap();
+        let entry = |i: u8| QueryEntry {
+            path: StorePath::from_parts([i; 20], &format!("p{i}")).unwrap(),
+            nar_hash: Sha256Hash::of(&[i]),
+            nar_size: 1 << 20,
+        };
+        let (valid_now, other_hash, resumable, unqueried) =
+            (entry(1), entry(2), entry(3), entry(4));
+        let digest = |e: &QueryEntry| NarDigest { hash: e.nar_hash, size: e.nar_size };
+        let file = |e: &QueryEntry, hash: Sha256Hash| {
+            let p = partial_path(&layout, &e.path, &NarDigest { hash, size: e.nar_size });
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(&p, b"held").unwrap();
+            p
+        };
+        let a = file(&valid_now, valid_now.nar_hash);
+        let b = file(&other_hash, Sha256Hash::of(b"other contents"));
+        let c = file(&resumable, resumable.nar_hash);
+        let d = file(&unqueried, unqueried.nar_hash);
+        let entries = vec![valid_now.clone(), other_hash.clone(), resumable.clone()];
+        let valid = [valid_now.path.clone()].into_iter().collect();
+        let removed = prune_partials(&layout, &entries, &valid, Duration::from_secs(3600));
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        assert!(!a.exists() && !b.exists() && c.exists() && d.exists());
+        assert_eq!(partial_len(&layout, &resumable.path, &digest(&resumable)), 4);
+        // Too old: everything goes.
+        let removed = prune_partials(&layout, &entries, &valid, Duration::ZERO);
+        assert_eq!(removed.len(), 2);
+        assert!(!c.exists() && !d.exists());
+    }
 }

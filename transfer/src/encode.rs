@@ -149,6 +149,9 @@ pub struct PathEncoder<'a> {
     out_blocked_ns: AtomicU64,
     /// What was done.
     pub stats: EncodeStats,
+    /// One zstd compression context for the session's full-stream paths (made on first use,
+    /// reset for each path, which stays its own zstd stream).
+    zstd: ZstdContext,
 }
 
 /// Copies writes to a second writer (the cache entry).
@@ -201,6 +204,15 @@ impl<W: Write> Write for Skip<'_, W> {
     }
 }
 
+/// A reusable zstd compression context (`None` until first used).
+struct ZstdContext(Option<zstd::zstd_safe::CCtx<'static>>);
+
+impl std::fmt::Debug for ZstdContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "ZstdContext(made)" } else { "ZstdContext(none)" })
+    }
+}
+
 impl<'a> PathEncoder<'a> {
     /// An encoder reading paths from the store at `layout`; `meter` and `wire` observe the
     /// session's connection.
@@ -229,6 +241,7 @@ impl<'a> PathEncoder<'a> {
             wire,
             out_blocked_ns: AtomicU64::new(0),
             stats: EncodeStats::default(),
+            zstd: ZstdContext(None),
         }
     }
 
@@ -378,10 +391,14 @@ impl<'a> PathEncoder<'a> {
             }
             Job::Full { mut producer } => {
                 let workers = self.options.workers;
-                let encode =
-                    |w: &mut dyn Write| full_stream(&phys, offset, level, workers, w, report);
+                let mut cctx = self.zstd.0.take();
+                let encode = |w: &mut dyn Write| {
+                    full_stream(&phys, offset, level, workers, &mut cctx, w, report)
+                };
                 let tee = Tee { a: &mut data, b: producer.as_mut() };
-                let (sent, cpu) = self.pipelined(encode, tee, t)?;
+                let result = self.pipelined(encode, tee, t);
+                self.zstd.0 = cctx;
+                let (sent, cpu) = result?;
                 if let Some(p) = producer {
                     p.finish();
                 }
@@ -558,12 +575,13 @@ fn thread_cpu_secs() -> f64 {
 }
 
 /// Dump the NAR at `phys` from byte `offset` on into `out`, zstd-compressed at `level` (0: as
-/// is); returns the NAR bytes passed on.
+/// is) with the context in `cctx` (made there on first use); returns the NAR bytes passed on.
 fn full_stream<W: Write>(
     phys: &std::path::Path,
     offset: u64,
     level: i32,
     workers: u32,
+    cctx: &mut Option<zstd::zstd_safe::CCtx<'static>>,
     out: W,
     report: &(dyn Fn(u64) + Sync),
 ) -> io::Result<u64> {
@@ -573,10 +591,14 @@ fn full_stream<W: Write>(
         report(skip.unreported);
         return Ok(skip.passed);
     }
-    let mut enc = zstd::stream::write::Encoder::new(out, level)?;
-    if workers > 0 {
-        enc.multithread(workers)?;
-    }
+    use zstd::zstd_safe::CParameter;
+    let cctx = cctx.get_or_insert_with(zstd::zstd_safe::CCtx::create);
+    let param = |e: usize| io::Error::other(zstd::zstd_safe::get_error_name(e));
+    // A stream cut short by an error must not leak into this one.
+    cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly).map_err(param)?;
+    cctx.set_parameter(CParameter::CompressionLevel(level)).map_err(param)?;
+    cctx.set_parameter(CParameter::NbWorkers(workers)).map_err(param)?;
+    let mut enc = zstd::stream::write::Encoder::with_context(out, cctx);
     let mut skip = Skip { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
     dump_into(phys, &mut skip)?;
     report(skip.unreported);

@@ -4,7 +4,7 @@
 //!
 //! Both ends count the bytes they move (the "wire bytes" of the summaries).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -40,6 +40,17 @@ impl<R: Read> FrameReader<R> {
     /// Bytes read from the stream so far.
     pub fn bytes_read(&self) -> u64 {
         self.bytes_read
+    }
+
+    /// The stream; bytes read from it and not yet returned as frames are dropped (check
+    /// [`FrameDecoder::buffered`] first).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
+    /// Whether the next frame is already buffered (reading it cannot block).
+    pub fn has_frame(&self) -> bool {
+        self.decoder.has_frame()
     }
 
     /// The decoder (to record the peer's version after the handshake).
@@ -183,14 +194,16 @@ impl<'a, R: Read> DataReader<'a, R> {
     }
 }
 
-impl<R: Read> Read for DataReader<'_, R> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+impl<R: Read> DataReader<'_, R> {
+    /// Make sure unread bytes of the current `Data` frame are held, reading frames as needed;
+    /// false at the `PathEnd`.
+    fn refill(&mut self) -> io::Result<bool> {
         if self.fatal.is_some() {
             return Err(io::Error::other("the session already failed"));
         }
         while self.pos == self.current.len() {
             if self.ended {
-                return Ok(0);
+                return Ok(false);
             }
             match self.frames.read_frame() {
                 Ok(Some(Frame::Data(bytes))) => {
@@ -200,7 +213,7 @@ impl<R: Read> Read for DataReader<'_, R> {
                 }
                 Ok(Some(Frame::PathEnd)) => {
                     self.ended = true;
-                    return Ok(0);
+                    return Ok(false);
                 }
                 Ok(Some(other)) => {
                     let e = ProtocolError::Unexpected {
@@ -222,10 +235,32 @@ impl<R: Read> Read for DataReader<'_, R> {
                 }
             }
         }
+        Ok(true)
+    }
+}
+
+impl<R: Read> Read for DataReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if !self.refill()? {
+            return Ok(0);
+        }
         let n = out.len().min(self.current.len() - self.pos);
         out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// The `Data` payloads are the buffer: a decoder reading through [`BufRead`] takes them without
+/// another copy.
+impl<R: Read> BufRead for DataReader<'_, R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.refill()?;
+        Ok(&self.current[self.pos..])
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.pos = (self.pos + amt).min(self.current.len());
     }
 }
 

@@ -10,6 +10,7 @@
 //! | [`agent`] | `ferry serve`: verify, restore, register, acknowledge; partial files for resume |
 //! | [`transport`] | the [`transport::Transport`] trait: local subprocess, in-process |
 //! | [`ssh_transport`] | the agent over SSH (russh), with bootstrap by upload |
+//! | [`pull`] | `--from`: the agent pushes back on the same stream, served by the local agent code |
 //! | [`push`] | the copy pipeline: one-round-trip diff, pipelined signed zstd streams, summary |
 //! | [`trust`] | what a path's signature covers; the local signing key |
 //! | [`uri`] | `ssh://`, `local://`, `nix+ssh://`, `file://` targets |
@@ -49,6 +50,7 @@ pub mod frame_cache;
 pub mod framed;
 pub mod nix_serve;
 pub mod protocol;
+pub mod pull;
 pub mod push;
 pub mod shaping;
 pub mod ssh;

@@ -34,6 +34,7 @@
 //! | 0x31 | `Reject` | agent | path, reason:u8, message:string |
 //! | 0x40 | `Done` | coordinator | (empty): no more paths |
 //! | 0x41 | `Bye` | agent | imported:u64, rejected:u64 |
+//! | 0x50 | `SendClosure` | coordinator | roots:list<path> — pull: the agent sends their closure |
 //! | 0x7f | `Error` | either | message:string; the sender closes the session |
 //!
 //! # Conversation
@@ -50,6 +51,18 @@
 //!   Done                                ──►
 //!                                       ◄──  Bye
 //! ```
+//! **Pull** (`ferry copy --from`, agents offering the feature `send`): right after the handshake
+//! the coordinator sends `SendClosure{roots}` instead of `Query`. The roles then swap on the same
+//! stream: the agent becomes the coordinator of a push of the roots' closure from its store,
+//! starting with its own `Hello`, and the side that asked serves it exactly as an agent does
+//! (the diff against its store, signatures checked against its ACL, NAR hashes, batched
+//! registration, `Ack`/`Reject`, `Bye`). The paths are signed with the sending host's key
+//! (`<state>/signing-key.sec` there), which the receiving side must have authorized.
+//! ```text
+//!   Hello ──► ◄── Welcome   SendClosure{roots} ──►
+//!   ◄── Hello   Welcome ──►   ◄── Query   Have ──►   ◄── (PathStart Data* PathEnd)*   Ack ──► …
+//! ```
+//!
 //! The diff is one round trip. Path data is pipelined; the agent acknowledges each path once it
 //! is registered, or rejects it with a [`RejectReason`] and goes on with the next.
 //!
@@ -101,11 +114,13 @@ pub const MAX_HANDSHAKE_FRAME: u32 = 64 << 10;
 /// Size of the `Data` chunks the coordinator sends.
 pub const DATA_CHUNK: usize = 128 << 10;
 /// Features this build offers: `zstd` (path data may be zstd-compressed), `resume` (partial
-/// paths are kept and resumed).
-/// `delta` (paths may be sent as delta frames against a base the agent offers in `Have`).
-pub const FEATURES: &[&str] = &["zstd", "resume", FEATURE_DELTA];
+/// paths are kept and resumed), `delta` (paths may be sent as delta frames against a base the
+/// agent offers in `Have`), `send` (the agent answers `SendClosure`).
+pub const FEATURES: &[&str] = &["zstd", "resume", FEATURE_DELTA, FEATURE_SEND];
 /// The feature name of delta frames.
 pub const FEATURE_DELTA: &str = "delta";
+/// The feature name of the agent's send mode (`SendClosure`, used by `ferry copy --from`).
+pub const FEATURE_SEND: &str = "send";
 
 /// Frame type bytes.
 pub mod kind {
@@ -122,6 +137,7 @@ pub mod kind {
     pub const REJECT: u8 = 0x31;
     pub const DONE: u8 = 0x40;
     pub const BYE: u8 = 0x41;
+    pub const SEND_CLOSURE: u8 = 0x50;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -349,6 +365,7 @@ pub enum Frame {
     Reject { path: StorePath, reason: RejectReason, message: String },
     Done,
     Bye { imported: u64, rejected: u64 },
+    SendClosure { roots: Vec<StorePath> },
     Error(String),
 }
 
@@ -374,6 +391,7 @@ impl Frame {
             Frame::Reject { .. } => kind::REJECT,
             Frame::Done => kind::DONE,
             Frame::Bye { .. } => kind::BYE,
+            Frame::SendClosure { .. } => kind::SEND_CLOSURE,
             Frame::Error(_) => kind::ERROR,
         }
     }
@@ -439,6 +457,7 @@ impl Frame {
             }
             Frame::Data(_) => unreachable!("handled above"),
             Frame::PathEnd | Frame::Done => {}
+            Frame::SendClosure { roots } => w.list(roots, |w, r| w.path(r)),
             Frame::Ack { path, outcome } => {
                 w.path(path);
                 w.u8(match outcome {
@@ -560,6 +579,7 @@ impl Frame {
                 },
                 kind::DONE => Frame::Done,
                 kind::BYE => Frame::Bye { imported: r.u64()?, rejected: r.u64()? },
+                kind::SEND_CLOSURE => Frame::SendClosure { roots: r.list(|r| r.path())? },
                 kind::ERROR => Frame::Error(r.string()?),
                 _ => unreachable!("unknown kinds are caught above"),
             })
@@ -605,6 +625,7 @@ fn name_of(kind: u8) -> &'static str {
         kind::REJECT => "Reject",
         kind::DONE => "Done",
         kind::BYE => "Bye",
+        kind::SEND_CLOSURE => "SendClosure",
         kind::ERROR => "Error",
         _ => "unknown",
     }
@@ -741,6 +762,15 @@ impl FrameDecoder {
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
         self.buf.len() - self.start
+    }
+
+    /// Whether a complete frame is buffered (the next [`Self::next_frame`] needs no more
+    /// bytes).
+    pub fn has_frame(&self) -> bool {
+        let avail = &self.buf[self.start..];
+        avail.len() >= 4
+            && avail.len()
+                >= 4 + u32::from_le_bytes(avail[..4].try_into().expect("4 bytes")) as usize
     }
 
     /// Record that the handshake is done (larger frames are allowed) and the peer's version,
@@ -930,6 +960,8 @@ impl CoordinatorState {
                 P::Sending
             }
             (P::Sending | P::Ready, Frame::Done) => P::Draining,
+            // Pull: from here on the peers swap roles (a new session in the other direction).
+            (P::Ready, Frame::SendClosure { .. }) => P::Closed,
             (_, Frame::Error(_)) => P::Closed,
             (phase, f) => {
                 return Err(ProtocolError::Unexpected {
@@ -1098,6 +1130,8 @@ impl AgentState {
             (P::Ready, Frame::Authorize { .. }) => P::Authorizing,
             (P::Ready, Frame::Query(_)) => P::Answering,
             (P::Ready | P::Receiving, Frame::Done) => P::Finishing,
+            // Pull: the agent now coordinates a push the other way (a new session).
+            (P::Ready, Frame::SendClosure { .. }) => P::Closed,
             (P::Receiving, Frame::PathStart(p)) => {
                 self.unanswered.insert(p.path.clone());
                 P::InPath
@@ -1226,6 +1260,7 @@ mod tests {
             Frame::Reject { path: sp(2), reason: RejectReason::DeltaFailed, message: "b".into() },
             Frame::Done,
             Frame::Bye { imported: 3, rejected: 1 },
+            Frame::SendClosure { roots: vec![sp(1), sp(2)] },
             Frame::Error("boom".into()),
         ]
     }
@@ -1379,6 +1414,32 @@ mod tests {
         assert_eq!(c.phase(), CoordinatorPhase::Closed);
         assert_eq!(a.phase(), AgentPhase::Closed);
         assert!(c.on_eof().is_ok());
+    }
+
+    /// Pull: `SendClosure` right after the handshake ends this session on both sides (the
+    /// roles swap for a new one); anywhere else it is refused.
+    #[test]
+    fn send_closure_swaps_roles_only_after_the_handshake() {
+        let mut c = CoordinatorState::new();
+        let mut a = AgentState::new();
+        let ask = Frame::SendClosure { roots: vec![sp(1)] };
+        assert!(c.on_send(&ask).is_err(), "before Hello");
+        assert!(a.on_receive(&ask).is_err(), "before Hello");
+        c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+        a.on_receive(&Frame::Hello(Hello::ours())).unwrap();
+        a.on_send(&Frame::Welcome(welcome())).unwrap();
+        c.on_receive(&Frame::Welcome(welcome())).unwrap();
+        c.on_send(&ask).unwrap();
+        a.on_receive(&ask).unwrap();
+        assert_eq!(c.phase(), CoordinatorPhase::Closed);
+        assert_eq!(a.phase(), AgentPhase::Closed);
+        // Not in the middle of a push.
+        let mut c = CoordinatorState::new();
+        c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+        c.on_receive(&Frame::Welcome(welcome())).unwrap();
+        c.on_send(&Frame::Query(vec![])).unwrap();
+        c.on_receive(&Frame::Have { missing: vec![], bases: vec![] }).unwrap();
+        assert!(c.on_send(&ask).is_err());
     }
 
     #[test]

@@ -285,8 +285,9 @@ pub fn push_closure(
     }
 }
 
+/// One push session on an open stream (also the agent's half of a pull, [`crate::pull`]).
 #[allow(clippy::too_many_arguments)]
-fn session<R: io::Read, W: Write + Send>(
+pub(crate) fn session<R: io::Read, W: Write + Send>(
     local: &StoreLayout,
     closure: &ValidatedClosure,
     host: &str,

@@ -6,6 +6,10 @@
 //! `<state>/signing-key.sec` (generated on first use). Hosts run in parallel; one host's
 //! failure does not stop the others. Progress goes to stderr (bars on a terminal, plain lines
 //! otherwise); the summary too, or with `--json` one JSON object on stdout.
+//!
+//! `--from URI PATH...` copies the other way: `ssh://` (the host's agent sends the closures,
+//! signed with its key, which the local ACL must hold; `transfer::pull`), `local:///ROOT` (read
+//! from that store directly) and `nix+ssh://` (`nix-store --serve`).
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -520,7 +524,10 @@ fn copy_from(global: &GlobalOpts, args: &CopyArgs) -> anyhow::Result<ExitCode> {
         Target::NixSsh { endpoint, store } => {
             return pull_nix_serve(global, args, &endpoint, &store)
         }
-        _ => bail!("{uri}: --from supports local:///ROOT and nix+ssh:// for now"),
+        target @ Target::Ssh { .. } => return pull_agent(global, args, &target, uri),
+        Target::File { .. } => {
+            bail!("{uri}: --from supports local:///ROOT, ssh:// and nix+ssh:// (read a binary cache with `ferry archive` or nix)")
+        }
     };
     let ours = super::store::layout(global)?;
     let theirs = StoreLayout::new(
@@ -556,6 +563,67 @@ fn copy_from(global: &GlobalOpts, args: &CopyArgs) -> anyhow::Result<ExitCode> {
         print_summary(&summary);
     }
     Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--from ssh://`: the host's agent pushes the closures back on the same connection
+/// (`transfer::pull`); the paths must be signed by a key in the local ACL, and their NAR hashes
+/// are checked, as a host checks what it receives.
+fn pull_agent(
+    global: &GlobalOpts,
+    args: &CopyArgs,
+    target: &Target,
+    uri: &str,
+) -> anyhow::Result<ExitCode> {
+    let ssh = SshArgs {
+        identity: args.identity.clone(),
+        host_key: args.host_key.clone(),
+        known_hosts: args.known_hosts.clone(),
+    };
+    let layout = super::store::layout(global)?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| {
+            layout.store_dir().parse_path(p).with_context(|| format!("{p:?} is not a store path"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let transport = transport_for(target, uri, &ssh)?;
+    let options = transfer::agent::AgentOptions::new(layout);
+    let summary = transfer::pull::pull_closure(transport.as_ref(), &roots, options)?;
+    let rejections: Vec<_> = summary
+        .serve
+        .rejections
+        .iter()
+        .map(|(path, reason, message)| {
+            json!({"path": path.to_string(), "reason": reason.as_str(), "message": message})
+        })
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "host": summary.host,
+                "paths_received": summary.serve.imported,
+                "paths_rejected": summary.serve.rejected,
+                "rejected": rejections,
+                "wire_bytes": summary.wire_bytes_received + summary.wire_bytes_sent,
+                "wire_bytes_received": summary.wire_bytes_received,
+                "seconds": summary.seconds,
+            })
+        );
+    } else {
+        for (path, reason, message) in &summary.serve.rejections {
+            eprintln!("{uri}: refused {path}: {reason}: {message}");
+        }
+        eprintln!(
+            "{uri}: received {} paths ({} bytes on the wire), {} refused; {:.2} s",
+            summary.serve.imported,
+            summary.wire_bytes_received,
+            summary.serve.rejected,
+            summary.seconds
+        );
+    }
+    Ok(if summary.serve.rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `--from nix+ssh://`: pull closures from a host running Nix (`nix-store --serve`) into the

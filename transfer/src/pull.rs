@@ -1,0 +1,232 @@
+//! Pull: copy closures from an agent's store into the local one (`ferry copy --from`).
+//!
+//! The protocol's pull (see [`crate::protocol`], "Pull") swaps the roles on one stream: after
+//! the handshake the local side sends `SendClosure{roots}`; the agent then pushes the roots'
+//! closure from its store with [`crate::push`]'s session, signed with its host's key, and the
+//! local side serves that push with [`crate::agent::serve`] on the local store. So everything a
+//! host checks on push is checked here on the local side, by the same code: the one-round-trip
+//! diff against the local store, each path's signature against the local ACL
+//! (`<state>/acl`: the sending host's key must be in it), the NAR hash and size while
+//! restoring, and batched, crash-safe registration.
+//!
+//! [`send_closure`] is the agent's half, [`pull_closure`] the local half.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use closure::Store;
+use nar_core::store_path::StorePath;
+
+use crate::agent::{AgentError, AgentOptions, ServeSummary};
+use crate::framed::{FrameReader, FrameWriter, FramedError};
+use crate::protocol::{CoordinatorState, Frame, Hello, ProtocolError};
+use crate::push::{NoProgress, PushOptions};
+use crate::transport::{Connection, Transport, TransportError};
+
+/// What a pull did.
+#[derive(Debug, Clone, Default)]
+pub struct PullSummary {
+    /// The transport's description.
+    pub host: String,
+    /// Paths registered locally, and paths refused with the reasons.
+    pub serve: ServeSummary,
+    /// Bytes read from the connection.
+    pub wire_bytes_received: u64,
+    /// Bytes written to the connection.
+    pub wire_bytes_sent: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Why a pull failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PullError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("{host}: {error}{}", note(.stderr))]
+    Handshake { host: String, error: Box<FramedError>, stderr: String },
+    #[error(
+        "{host} keeps its store in {theirs}, this store is in {ours}: store paths differ between \
+         them (choose the host's store dir with ?store-dir=)"
+    )]
+    StoreDirMismatch { host: String, ours: String, theirs: String },
+    #[error(
+        "the agent on {host} (ferry {version}) cannot send paths (no `send` feature); install \
+         this ferry version there"
+    )]
+    NoSendFeature { host: String, version: String },
+    #[error("{host}: receiving: {error}{}", note(.stderr))]
+    Receive { host: String, error: Box<AgentError>, stderr: String },
+}
+
+fn note(stderr: &str) -> String {
+    let t = stderr.trim();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!("\nthe agent said:\n{t}")
+    }
+}
+
+/// Counts the bytes read through it.
+struct Counted<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Pull the closures of `roots` from the agent behind `transport` into the store of `local`
+/// (opened for writing for the session). Paths the local store refuses are listed in the
+/// summary; the session goes on without them, as on push.
+pub fn pull_closure(
+    transport: &dyn Transport,
+    roots: &[StorePath],
+    local: AgentOptions,
+) -> Result<PullSummary, PullError> {
+    let host = transport.describe();
+    let started = Instant::now();
+    let Connection { reader, writer, mut agent } = transport.connect()?;
+    let received = Arc::new(AtomicU64::new(0));
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut frames = FrameReader::new(Counted { inner: reader, count: received.clone() });
+    let mut out = FrameWriter::new(writer, sent.clone());
+    let mut state = CoordinatorState::new();
+    let ours = local.layout.store_dir().as_str().to_owned();
+    let handshake = (|| -> Result<(), PullError> {
+        let fail = |error: FramedError| PullError::Handshake {
+            host: host.clone(),
+            error: Box::new(error),
+            stderr: String::new(),
+        };
+        let hello = Frame::Hello(Hello::ours());
+        state.on_send(&hello).map_err(|e| fail(e.into()))?;
+        out.send(&hello).and_then(|()| out.flush()).map_err(|e| fail(e.into()))?;
+        let welcome = match frames.read_frame().map_err(fail)? {
+            Some(f) => f,
+            None => {
+                return Err(fail(ProtocolError::Eof { state: "before Welcome" }.into()));
+            }
+        };
+        state.on_receive(&welcome).map_err(|e| fail(e.into()))?;
+        let Frame::Welcome(welcome) = welcome else { unreachable!("checked by the state machine") };
+        if welcome.store_dir != ours {
+            return Err(PullError::StoreDirMismatch {
+                host: host.clone(),
+                ours: ours.clone(),
+                theirs: welcome.store_dir,
+            });
+        }
+        if !welcome.features.iter().any(|f| f == crate::protocol::FEATURE_SEND) {
+            return Err(PullError::NoSendFeature {
+                host: host.clone(),
+                version: welcome.ferry_version,
+            });
+        }
+        let ask = Frame::SendClosure { roots: roots.to_vec() };
+        state.on_send(&ask).map_err(|e| fail(e.into()))?;
+        out.send(&ask).and_then(|()| out.flush()).map_err(|e| fail(e.into()))
+    })();
+    let stderr_of = |agent: &mut Box<dyn crate::transport::AgentHandle>| match agent.wait() {
+        Ok(()) => agent.stderr(),
+        Err(TransportError::AgentFailed { stderr, .. }) => stderr,
+        Err(other) => other.to_string(),
+    };
+    if let Err(e) = handshake {
+        drop(frames);
+        drop(out);
+        let stderr = stderr_of(&mut agent);
+        return Err(match e {
+            PullError::Handshake { host, error, .. } => {
+                PullError::Handshake { host, error, stderr }
+            }
+            other => other,
+        });
+    }
+    // The agent sends nothing between `Welcome` and its `Hello`, which comes after our
+    // `SendClosure`: nothing is buffered, and the stream goes to the local agent as it is.
+    if frames.decoder_mut().buffered() != 0 {
+        drop(frames);
+        drop(out);
+        let stderr = stderr_of(&mut agent);
+        let error = ProtocolError::Unexpected { frame: "data", state: "before the agent's Hello" };
+        return Err(PullError::Handshake { host, error: Box::new(error.into()), stderr });
+    }
+    let reader = frames.into_inner();
+    let served = crate::agent::serve(local, reader, out.into_inner());
+    match served {
+        Ok(serve) => {
+            agent.wait()?;
+            Ok(PullSummary {
+                host,
+                serve,
+                wire_bytes_received: received.load(Ordering::Relaxed),
+                wire_bytes_sent: sent.load(Ordering::Relaxed),
+                seconds: started.elapsed().as_secs_f64(),
+            })
+        }
+        Err(error) => {
+            let stderr = stderr_of(&mut agent);
+            Err(PullError::Receive { host, error: Box::new(error), stderr })
+        }
+    }
+}
+
+/// The agent's half of a pull: push the closure of `roots` from `store` to the peer, signed
+/// with this host's key (`<state>/signing-key.sec`, made on first use).
+pub(crate) fn send_closure<R: Read, W: Write + Send>(
+    store: &Store,
+    roots: &[StorePath],
+    frames: &mut FrameReader<R>,
+    out: FrameWriter<W>,
+) -> Result<ServeSummary, AgentError> {
+    let fail = |message: String| AgentError::Protocol(ProtocolError::Peer(message));
+    let layout = store.layout().clone();
+    let closure = match store.closure(roots) {
+        Ok(c) => c,
+        Err(e) => return Err(report(out, fail(format!("cannot send the closure: {e}")))),
+    };
+    let key = match crate::trust::load_or_generate_key(layout.state_dir()) {
+        Ok((key, _)) => key,
+        Err(e) => {
+            return Err(report(out, fail(format!("cannot load this host's signing key: {e}"))))
+        }
+    };
+    // The agent's writer is not metered: the adaptive level starts from its defaults.
+    let wire = Arc::new(AtomicU64::new(0));
+    let meter = Arc::new(crate::encode::LinkMeter::default());
+    let summary = crate::push::session(
+        &layout,
+        &closure,
+        "the pulling side",
+        &key,
+        &PushOptions::default(),
+        &NoProgress,
+        frames,
+        out,
+        (&wire, &meter),
+        Instant::now(),
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(ServeSummary {
+        imported: summary.paths_landed as u64,
+        rejected: summary.rejected.len() as u64,
+        ..ServeSummary::default()
+    })
+}
+
+/// Tell the peer why the session ends (an `Error` frame), then return the error.
+fn report<W: Write>(mut out: FrameWriter<W>, err: AgentError) -> AgentError {
+    let _ = out.send(&Frame::Error(err.to_string()));
+    let _ = out.flush();
+    err
+}
