@@ -15,7 +15,6 @@
 //! rate + the measured connect and diff round trips); and the coordinator's CPU time.
 //! `--json` prints one JSON object on stdout.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,15 +67,8 @@ pub struct BenchArgs {
     /// Encode separately for each host (measure what compress-once saves).
     #[arg(long)]
     pub no_share: bool,
-    /// SSH identity file.
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// The host's SSH key.
-    #[arg(long, value_name = "KEY")]
-    pub host_key: Option<String>,
-    /// known_hosts file.
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -195,14 +187,9 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     drop(store);
     let (key, _) = transfer::trust::load_or_generate_key(layout.state_dir())?;
-    let ssh = SshArgs {
-        identity: args.identity.clone(),
-        host_key: args.host_key.clone(),
-        known_hosts: args.known_hosts.clone(),
-    };
     let transports: Vec<Box<dyn Transport>> = targets
         .iter()
-        .map(|(uri, t)| transport_for(t, uri, &ssh))
+        .map(|(uri, t)| transport_for(t, uri, &args.ssh))
         .collect::<anyhow::Result<_>>()?;
 
     // Set-up: what the hosts already have, unshaped, and our key in their ACLs.

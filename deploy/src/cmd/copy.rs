@@ -40,15 +40,8 @@ pub struct CopyArgs {
     /// Copy from this target into the local store.
     #[arg(long, value_name = "URI", conflicts_with = "to")]
     pub from: Option<String>,
-    /// SSH identity file (ed25519, RSA, ECDSA); default: ssh-agent, then ~/.ssh/id_*.
-    #[arg(long, value_name = "FILE")]
-    pub identity: Option<PathBuf>,
-    /// The host's SSH key ("ssh-ed25519 AAAA..."); default: known_hosts.
-    #[arg(long, value_name = "KEY")]
-    pub host_key: Option<String>,
-    /// known_hosts file (default ~/.ssh/known_hosts).
-    #[arg(long, value_name = "FILE")]
-    pub known_hosts: Option<PathBuf>,
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Add the local signing key to each host's ACL first.
     #[arg(long)]
     pub authorize: bool,
@@ -182,11 +175,17 @@ impl Progress for Render {
 }
 
 /// SSH settings from the command line.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SshArgs {
-    pub(crate) identity: Option<PathBuf>,
-    pub(crate) host_key: Option<String>,
-    pub(crate) known_hosts: Option<PathBuf>,
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SshArgs {
+    /// SSH identity file (ed25519, RSA, ECDSA); default: ssh-agent, then ~/.ssh/id_*.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The host's SSH key ("ssh-ed25519 AAAA..."); default: known_hosts.
+    #[arg(long, value_name = "KEY")]
+    pub host_key: Option<String>,
+    /// known_hosts file (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
 }
 
 fn ssh_config(endpoint: &transfer::uri::SshEndpoint, ssh: &SshArgs) -> transfer::ssh::SshConfig {
@@ -425,13 +424,8 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
         ..PushOptions::default()
     };
     let render = Render::new(false);
-    let ssh = SshArgs {
-        identity: args.identity.clone(),
-        host_key: args.host_key.clone(),
-        known_hosts: args.known_hosts.clone(),
-    };
     let results =
-        push_all(&layout, &closure, &targets, &key, &options, &render, closure_time, &ssh);
+        push_all(&layout, &closure, &targets, &key, &options, &render, closure_time, &args.ssh);
     render.finish();
     let mut failed = false;
     let mut hosts_json = Vec::new();
@@ -574,11 +568,6 @@ fn pull_agent(
     target: &Target,
     uri: &str,
 ) -> anyhow::Result<ExitCode> {
-    let ssh = SshArgs {
-        identity: args.identity.clone(),
-        host_key: args.host_key.clone(),
-        known_hosts: args.known_hosts.clone(),
-    };
     let layout = super::store::layout(global)?;
     let roots = args
         .paths
@@ -587,7 +576,7 @@ fn pull_agent(
             layout.store_dir().parse_path(p).with_context(|| format!("{p:?} is not a store path"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let transport = transport_for(target, uri, &ssh)?;
+    let transport = transport_for(target, uri, &args.ssh)?;
     let options = transfer::agent::AgentOptions::new(layout);
     let summary = transfer::pull::pull_closure(transport.as_ref(), &roots, options)?;
     let rejections: Vec<_> = summary
@@ -636,11 +625,6 @@ fn pull_nix_serve(
     store: &transfer::uri::StoreParams,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let ssh = SshArgs {
-        identity: args.identity.clone(),
-        host_key: args.host_key.clone(),
-        known_hosts: args.known_hosts.clone(),
-    };
     let mut local = super::store::open_writable(global)?;
     let store_dir = local.store_dir().clone();
     let roots = args
@@ -649,7 +633,7 @@ fn pull_nix_serve(
         .map(|p| store_dir.parse_path(p).with_context(|| format!("{p:?} is not a store path")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let transport =
-        transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, &ssh), store.clone())?;
+        transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, &args.ssh), store.clone())?;
     let mut argv: Vec<String> = vec!["nix-store".into()];
     if let Some(root) = &store.root {
         argv.extend(["--store".into(), root.display().to_string()]);
