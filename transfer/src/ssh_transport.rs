@@ -157,10 +157,6 @@ done"#;
         Ok(program)
     }
 
-    fn argv(&self, program: &AgentProgram) -> Vec<String> {
-        self.argv_for(program, &["serve".to_owned()])
-    }
-
     /// `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] ARGS...`.
     fn argv_for(&self, program: &AgentProgram, args: &[String]) -> Vec<String> {
         let mut argv = Vec::new();
@@ -265,10 +261,19 @@ impl Transport for SshTransport {
     }
 
     fn connect(&self) -> Result<Connection, TransportError> {
+        self.connect_ferry(&["serve".to_owned()])
+    }
+}
+
+impl SshTransport {
+    /// Start `ferry ARGS...` on the host as the agent is started (its program, store options
+    /// and `sudo -n`), on this transport's session, and connect to its stdin and stdout:
+    /// [`Transport::connect`] is this with `serve`. The handle waits for the command's exit.
+    pub fn connect_ferry(&self, args: &[String]) -> Result<Connection, TransportError> {
         let process = self.runtime.block_on(async {
             let session = self.session().await?;
             let program = self.agent_program(&session).await?;
-            session.exec(&self.argv(&program)).await.map_err(other)
+            session.exec(&self.argv_for(&program, args)).await.map_err(other)
         })?;
         let (stdin, stdout, exit) = process.split();
         let handle = self.runtime.handle().clone();

@@ -3,9 +3,10 @@
 //!
 //! One pipeline for both environments (`local` roots and `managed-host` machines over SSH),
 //! through a [`Link`] per machine: the copy goes through the transfer engine
-//! (`push_closure`, signed with this machine's key, generated on first use), and every step on
-//! the host is a `ferry host ...` command (see [`crate::host_protocol`]) run by the agent
-//! program (a local subprocess, or over the host's one SSH session).
+//! (`push_closure`, signed with this machine's key, generated on first use), and the steps on
+//! the host are requests of one `ferry host session` command per machine (see
+//! [`crate::host_protocol`]) run by the agent program (a local subprocess, or over the host's
+//! one SSH session): facts, copy and activation share one process and one channel.
 //!
 //! Per machine, after every system was built into the local store (one writer):
 //! 1. `facts`, one round trip: system type, current generation and its provenance, the
@@ -51,7 +52,7 @@ use crate::deployment::{Deployment, HealthCheck, Machine};
 use crate::host_protocol::{
     ActivateRequest, DeviceSpec, Facts, FactsRequest, GenerationInfo, HostCheck, HostLine,
 };
-use crate::link::Link;
+use crate::link::{HostSession, Link};
 use crate::system::{self, BuiltSystem, Provenance};
 
 /// Test hook: the coordinator never confirms an activation (the host must roll back).
@@ -351,9 +352,10 @@ fn deploy_machine(
         steps.push((name, t.elapsed().as_secs_f64()));
         t = Instant::now();
     };
-    // 1. Facts: one round trip.
+    // 1. Facts: one round trip, on the session that also does the copy and the activation.
     bar.phase("connect");
     let link = Link::new(m).context("connect")?;
+    let session = link.session().context("connect and facts")?;
     let devices = if c.safety_checks {
         checks::device_checks(&m.os)
             .iter()
@@ -370,7 +372,7 @@ fn deploy_machine(
         devices,
         paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
     };
-    let facts: Facts = link.host_json(&["facts"], &request).context("connect and facts")?;
+    let facts: Facts = session.facts(request).context("connect and facts")?;
     lap("facts");
 
     // 2. Checks.
@@ -411,6 +413,7 @@ fn deploy_machine(
             text.push_str(&format!("  {} {}\n", i.path.to_absolute(store_dir), i.nar_size));
         }
         print!("{text}");
+        session.end().context("facts")?;
         return Ok(HostResult {
             success: true,
             generation: facts.generation,
@@ -427,7 +430,9 @@ fn deploy_machine(
         bar.phase("copy");
         let options = PushOptions { authorize: c.authorize, ..PushOptions::default() };
         let key = ctx.key.expect("a key unless dry run");
-        let summary = push_closure(ctx.layout, &closure, link.transport(), key, &options, bar)
+        let summary = session
+            .copy(|t| push_closure(ctx.layout, &closure, t, key, &options, bar))
+            .and_then(|pushed| pushed.map_err(anyhow::Error::from))
             .context("copy")?;
         if !summary.rejected.is_empty() {
             let list: Vec<String> =
@@ -447,6 +452,7 @@ fn deploy_machine(
         lap("copy");
     }
     if facts.on_this_system {
+        session.end().context("copy")?;
         return Ok(HostResult {
             success: true,
             generation: facts.generation,
@@ -459,13 +465,19 @@ fn deploy_machine(
 
     // 4. Activate, confirm.
     bar.phase("activate");
-    let r = activate(&link, m, &built.absolute, bar).context("activate")?;
+    let r = activate(&link, session, m, &built.absolute, bar).context("activate")?;
     lap("activate");
     Ok(HostResult { paths, bytes: sent, steps, ..r })
 }
 
-/// Run `ferry host activate` and answer its confirmation request.
-fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Result<HostResult> {
+/// Ask the session to activate and answer the confirmation request (over a new connection).
+fn activate(
+    link: &Link,
+    session: HostSession,
+    m: &Machine,
+    system: &str,
+    bar: &HostBar,
+) -> anyhow::Result<HostResult> {
     let c = &m.configuration;
     let request = ActivateRequest {
         system: system.to_owned(),
@@ -489,43 +501,41 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
     let mut result = None;
     let mut generation = None;
     let mut confirm_error = None;
-    let exit = link.host(&["activate"], &serde_json::to_vec(&request)?, &mut |line| {
-        match HostLine::parse(line) {
-            Some(HostLine::Generation(n)) => {
-                generation = Some(n);
-                bar.say(&format!("generation {n}"));
-            }
-            Some(HostLine::Line(l)) => bar.say(&l),
-            Some(HostLine::Warning(w)) => bar.say(&format!("warning: {w}")),
-            Some(HostLine::Event(e)) => bar.say(&e),
-            Some(HostLine::Confirm { seconds, token }) => {
-                bar.phase("confirm");
-                if never_confirm {
-                    bar.say(&format!(
-                        "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"
-                    ));
-                    return;
-                }
-                let verdict = coordinator_probes(m);
-                let mut args = vec!["confirm", token.as_str()];
-                if let Err(why) = &verdict {
-                    bar.say(&format!("rejecting: {why}"));
-                    args.extend(["--reject", why.as_str()]);
-                }
-                match link.host_on_new_connection(&args, b"", &mut |_| {}) {
-                    Ok(exit) if exit.success() => {}
-                    Ok(exit) => confirm_error = Some(exit.describe()),
-                    Err(e) => confirm_error = Some(format!("{e:#}")),
-                }
-                if let Some(e) = &confirm_error {
-                    bar.say(&format!(
-                        "cannot confirm over a new connection: {e}; the host rolls back in {seconds}s"
-                    ));
-                }
-            }
-            Some(HostLine::Result(r)) => result = Some(r),
-            None => bar.say(line),
+    let ended = session.activate(request, &mut |line| match HostLine::parse(line) {
+        Some(HostLine::Generation(n)) => {
+            generation = Some(n);
+            bar.say(&format!("generation {n}"));
         }
+        Some(HostLine::Line(l)) => bar.say(&l),
+        Some(HostLine::Warning(w)) => bar.say(&format!("warning: {w}")),
+        Some(HostLine::Event(e)) => bar.say(&e),
+        Some(HostLine::Confirm { seconds, token }) => {
+            bar.phase("confirm");
+            if never_confirm {
+                bar.say(&format!(
+                    "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"
+                ));
+                return;
+            }
+            let verdict = coordinator_probes(m);
+            let mut args = vec!["confirm", token.as_str()];
+            if let Err(why) = &verdict {
+                bar.say(&format!("rejecting: {why}"));
+                args.extend(["--reject", why.as_str()]);
+            }
+            match link.host_on_new_connection(&args, b"", &mut |_| {}) {
+                Ok(exit) if exit.success() => {}
+                Ok(exit) => confirm_error = Some(exit.describe()),
+                Err(e) => confirm_error = Some(format!("{e:#}")),
+            }
+            if let Some(e) = &confirm_error {
+                bar.say(&format!(
+                    "cannot confirm over a new connection: {e}; the host rolls back in {seconds}s"
+                ));
+            }
+        }
+        Some(HostLine::Result(r)) => result = Some(r),
+        None => bar.say(line),
     });
     let hint = match (generation, c.confirm_timeout) {
         (Some(n), Some(_)) => format!(
@@ -538,9 +548,12 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
         ),
         (None, _) => String::new(),
     };
-    let exit = exit.map_err(|e| anyhow!("{e:#}{hint}"))?;
+    let ended = ended.map_err(|e| anyhow!("{e:#}{hint}"))?;
     let Some(r) = result else {
-        bail!("the host ended without a result ({}){hint}", exit.describe());
+        bail!(
+            "the host ended without a result ({}){hint}",
+            ended.err().unwrap_or_else(|| "exit code 0".into())
+        );
     };
     let mut detail = r.detail;
     if r.success && c.confirm_timeout.is_none() && detail == "activated" {
