@@ -419,26 +419,30 @@ fn union(out: &Path, sources: &[(PathBuf, String)], rel: &str) -> Result<(), Sys
 pub const ACTIVATE: &str = r#"#!/bin/sh
 # ferry activation program. Environment: FERRY_ROOT (host root, default /),
 # FERRY_PREVIOUS_SYSTEM (the system active before, empty if none).
+# Shell built-ins where they do (it runs on every host of every deploy): an external
+# program only to read or make a link, to list files, or to compare service definitions.
 set -eu
 say() { printf 'activate: %s\n' "$*"; }
 root=${FERRY_ROOT:-/}
 root=${root%/}
-system=$(cd "$(dirname "$0")" && pwd -P)
+case $0 in */*) dir=${0%/*} ;; *) dir=. ;; esac
+system=$(cd "$dir" && pwd -P)
 prev=${FERRY_PREVIOUS_SYSTEM:-}
 if [ -n "$prev" ]; then
   if [ -d "$prev" ]; then prev=$(cd "$prev" && pwd -P); else say "previous system $prev is gone"; prev=; fi
 fi
 say "activating $system"
-mkdir -p "$root/etc" "$root/var/ferry"
+[ -d "$root/etc" ] && [ -d "$root/var/ferry" ] || mkdir -p "$root/etc" "$root/var/ferry"
 
 etc_files() { [ -d "$1/etc" ] && (cd "$1/etc" && find . -type f | sed 's|^\./||' | sort); return 0; }
+points() { [ -L "$1" ] && [ "$(readlink "$1" 2>/dev/null || true)" = "$2" ]; } # points LINK TARGET
 link() {
-  if [ "$(readlink "$2" 2>/dev/null || true)" = "$1" ]; then return 0; fi
-  mkdir -p "$(dirname "$2")"
+  if points "$2" "$1"; then return 0; fi
+  [ -d "${2%/*}" ] || mkdir -p "${2%/*}"
   if [ -e "$2" ] && [ ! -L "$2" ]; then
     mv "$2" "$2.ferry-orig"; say "kept the original $2 as $2.ferry-orig"
   fi
-  rm -f "$2.ferry-new"
+  if [ -e "$2.ferry-new" ] || [ -L "$2.ferry-new" ]; then rm -f "$2.ferry-new"; fi
   ln -s "$1" "$2.ferry-new"
   mv -f "$2.ferry-new" "$2"
   say "linked $2"
@@ -446,7 +450,7 @@ link() {
 for f in $(etc_files "$system"); do link "$system/etc/$f" "$root/etc/$f"; done
 if [ -n "$prev" ]; then
   for f in $(etc_files "$prev"); do
-    if [ ! -e "$system/etc/$f" ] && [ "$(readlink "$root/etc/$f" 2>/dev/null || true)" = "$prev/etc/$f" ]; then
+    if [ ! -e "$system/etc/$f" ] && points "$root/etc/$f" "$prev/etc/$f"; then
       rm -f "$root/etc/$f"; say "removed $root/etc/$f"
       if [ -e "$root/etc/$f.ferry-orig" ]; then mv "$root/etc/$f.ferry-orig" "$root/etc/$f"; say "restored $root/etc/$f"; fi
     fi
@@ -462,7 +466,10 @@ same() { # same SERVICE: the definition did not change
     cmp -s "$prev/services/$1/$part" "$system/services/$1/$part" || return 1
   done
 }
-order() { [ -f "$1/services/.order" ] && cat "$1/services/.order"; return 0; }
+order() { # one service name a line
+  if [ -f "$1/services/.order" ]; then while IFS= read -r s; do echo "$s"; done < "$1/services/.order"; fi
+  return 0
+}
 reversed() { order "$1" | sed -n '1!G;h;$p'; }
 
 if [ -n "$prev" ]; then
