@@ -36,7 +36,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
@@ -184,20 +184,6 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
             r
         })
     } else {
-        // Build every system first (one writer on the local store).
-        let mut built: Vec<Mutex<Option<Built>>> = Vec::new();
-        {
-            let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
-            let mut added = system::AddedPackages::default();
-            // git runs once for the file; each machine adds its declaration's name.
-            let provenance = Provenance::of_file(&deployment.file, None);
-            for m in &machines {
-                let provenance =
-                    Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
-                built.push(Mutex::new(Some(build_for(&mut store, m, provenance, &mut added))));
-            }
-        }
-        eprintln!("built {} system(s) in {:.1}s", machines.len(), started.elapsed().as_secs_f64());
         let key = if args.dry_run {
             None
         } else {
@@ -213,23 +199,46 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
             Some(key)
         };
+        // One thread builds the systems in machine order (one writer on the local store);
+        // each machine's pipeline starts as soon as its own system is there.
+        let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
+        let built = Slots::new(machines.len());
         let ctx = Ctx { layout: &layout, deployment: &deployment, key: key.as_ref() };
-        for_each_machine(&machines, jobs, args.fail_fast, &|i, m| {
-            let bar = board.host(&m.name);
-            let r = match built[i].lock().unwrap().take().expect("built once") {
-                Ok((system, provenance)) => {
-                    deploy_machine(&ctx, m, &system, &provenance, args.dry_run, &bar)
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _close = CloseOnDrop(&built);
+                let mut added = system::AddedPackages::default();
+                // git runs once for the file; each machine adds its declaration's name.
+                let provenance = Provenance::of_file(&deployment.file, None);
+                for (i, m) in machines.iter().enumerate() {
+                    let provenance =
+                        Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
+                    built.put(i, build_for(&mut store, m, provenance, &mut added));
                 }
-                Err(e) => Err(e.context("build")),
-            };
-            if let Err(e) = &r {
-                bar.say(&format!("error: {e:#}"));
-            }
-            bar.finish(match &r {
-                Ok(r) if r.success => "ok",
-                _ => "FAILED",
+                eprintln!(
+                    "built {} system(s) in {:.1}s",
+                    machines.len(),
+                    started.elapsed().as_secs_f64()
+                );
             });
-            r
+            for_each_machine(&machines, jobs, args.fail_fast, &|i, m| {
+                let bar = board.host(&m.name);
+                bar.phase("build");
+                let r = match built.take(i) {
+                    Ok((system, provenance)) => {
+                        deploy_machine(&ctx, m, &system, &provenance, args.dry_run, &bar)
+                    }
+                    Err(e) => Err(e.context("build")),
+                };
+                if let Err(e) = &r {
+                    bar.say(&format!("error: {e:#}"));
+                }
+                bar.finish(match &r {
+                    Ok(r) if r.success => "ok",
+                    _ => "FAILED",
+                });
+                r
+            })
         })
     };
     let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
@@ -300,6 +309,61 @@ fn report(
 
 /// A machine's built system and its provenance, or why it could not be built.
 type Built = anyhow::Result<(BuiltSystem, Provenance)>;
+
+/// The systems, handed from the builder to each machine's pipeline as they are built (in
+/// machine order).
+struct Slots {
+    /// The systems not yet taken, and how many were built.
+    state: Mutex<(Vec<Option<Built>>, usize)>,
+    filled: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots { state: Mutex::new(((0..n).map(|_| None).collect(), 0)), filled: Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Option<Built>>, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Machine `i`'s system (the next one).
+    fn put(&self, i: usize, built: Built) {
+        let mut state = self.lock();
+        state.0[i] = Some(built);
+        state.1 = i + 1;
+        self.filled.notify_all();
+    }
+
+    /// The builder stopped: the machines it did not build get an error instead of waiting.
+    fn close(&self) {
+        let mut state = self.lock();
+        let (slots, count) = &mut *state;
+        for slot in &mut slots[*count..] {
+            *slot = Some(Err(anyhow!("the build stopped before this machine's system")));
+        }
+        *count = slots.len();
+        self.filled.notify_all();
+    }
+
+    /// Wait for machine `i`'s system (taken once).
+    fn take(&self, i: usize) -> Built {
+        let mut state = self.lock();
+        while state.1 <= i {
+            state = self.filled.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.0[i].take().unwrap_or_else(|| Err(anyhow!("this machine's system was taken twice")))
+    }
+}
+
+/// Closes the slots when the builder ends, however it ends.
+struct CloseOnDrop<'a>(&'a Slots);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
 
 /// Build a machine's system into the local store.
 fn build_for(
