@@ -194,7 +194,7 @@ fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64, String)> 
     {
         steps.push_str(&format!(" build {built}"));
     }
-    for step in ["facts", "copy", "activate"] {
+    for step in ["facts", "copy", "activate", "confirm"] {
         let slowest = summary["machines"]
             .as_array()
             .into_iter()

@@ -530,7 +530,7 @@ fn deploy_machine(
     // 4. Activate, confirm.
     bar.phase("activate");
     let r = activate(&link, session, m, &built.absolute, bar).context("activate")?;
-    lap("activate");
+    steps.extend(r.steps);
     Ok(HostResult { paths, bytes: sent, steps, ..r })
 }
 
@@ -565,6 +565,9 @@ fn activate(
     let mut result = None;
     let mut generation = None;
     let mut confirm_error = None;
+    // Steps: `activate` up to the host's confirmation request, then `confirm` to the end.
+    let started = Instant::now();
+    let mut confirm_asked = None;
     let ended = session.activate(request, &mut |line| match HostLine::parse(line) {
         Some(HostLine::Generation(n)) => {
             generation = Some(n);
@@ -575,6 +578,7 @@ fn activate(
         Some(HostLine::Event(e)) => bar.say(&e),
         Some(HostLine::Confirm { seconds, token }) => {
             bar.phase("confirm");
+            confirm_asked = Some(Instant::now());
             if never_confirm {
                 bar.say(&format!(
                     "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"
@@ -626,7 +630,18 @@ fn activate(
             detail = format!("activated; warning: {why} (confirmation is off: no rollback)");
         }
     }
-    Ok(HostResult { success: r.success, generation: r.generation, detail, ..HostResult::default() })
+    let asked = confirm_asked.unwrap_or_else(Instant::now);
+    let steps = vec![
+        ("activate", asked.duration_since(started).as_secs_f64()),
+        ("confirm", asked.elapsed().as_secs_f64()),
+    ];
+    Ok(HostResult {
+        success: r.success,
+        generation: r.generation,
+        detail,
+        steps,
+        ..Default::default()
+    })
 }
 
 fn roll_back(m: &Machine, bar: &HostBar) -> anyhow::Result<HostResult> {
