@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use closure::{Store, StoreError};
-use nar_core::store_path::StorePath;
+use nar_core::store_path::{make_source_path, StorePath};
 use serde::Serialize;
 
 use crate::deployment::{service_order, BootParameters, EtcFile, OperatingSystem};
@@ -218,10 +218,35 @@ pub fn build_with(
         .map_err(io_err("cannot create a temporary directory in", &std::env::temp_dir()))?;
     let out = tmp.path().join(SYSTEM_NAME);
     lay_out(store, os, provenance, &packages, &out)?;
-    let info =
-        store.add_path(&out, Some(SYSTEM_NAME)).map_err(|e| SystemError::Store(Box::new(e)))?;
-    let absolute = info.path.to_absolute(store.store_dir());
-    Ok(BuiltSystem { path: info.path, absolute, packages })
+    let path =
+        add_source(store, &out, Some(SYSTEM_NAME)).map_err(|e| SystemError::Store(Box::new(e)))?;
+    let absolute = path.to_absolute(store.store_dir());
+    Ok(BuiltSystem { path, absolute, packages })
+}
+
+/// `store.add_path(source, name)`, unless the store holds that path already: a source item's
+/// path follows from its name and NAR hash, so hashing the tree (reading it) tells, without
+/// the copy into the store, its fsyncs and the reference scan that `add_path` makes first.
+/// (Every deploy rebuilds every machine's system and re-adds local package directories: on
+/// a redeploy they are all there.)
+fn add_source(
+    store: &mut Store,
+    source: &Path,
+    name: Option<&str>,
+) -> Result<StorePath, StoreError> {
+    let name = name
+        .map(str::to_owned)
+        .or_else(|| source.file_name().map(|n| n.to_string_lossy().into_owned()));
+    // Anything unusual (no name, unreadable files) is for add_path to report.
+    let known = name.as_deref().and_then(|name| {
+        let digest = nar_core::dump::hash_path(source).ok()?;
+        let path = make_source_path(store.store_dir(), name, &digest.hash).ok()?;
+        store.is_valid(&path).ok()?.then_some(path)
+    });
+    match known {
+        Some(path) => Ok(path),
+        None => store.add_path(source, name.as_deref()).map(|info| info.path),
+    }
 }
 
 /// Packages as store paths: store paths must be valid; directories are added (unless `added`
@@ -246,12 +271,12 @@ pub fn add_packages(
         } else if let Some(path) = added.get(p) {
             out.push(path.clone());
         } else if p.is_dir() {
-            let info = store.add_path(p, None).map_err(|e| SystemError::AddPackage {
+            let path = add_source(store, p, None).map_err(|e| SystemError::AddPackage {
                 path: text.to_string(),
                 source: Box::new(e),
             })?;
-            added.insert(p.clone(), info.path.clone());
-            out.push(info.path);
+            added.insert(p.clone(), path.clone());
+            out.push(path);
         } else {
             return Err(SystemError::PackageNotFound(text.into_owned()));
         }
@@ -504,6 +529,23 @@ mod tests {
 
     fn store(root: &Path) -> Store {
         Store::open(StoreLayout::new(root, StoreDir::guix(), None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn adding_a_known_source_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let pkg = package(dir.path(), "pkg", &[("bin/x", "hi")]);
+        let (first, layout) = {
+            let mut s = store(&root);
+            (add_source(&mut s, &pkg, None).unwrap(), s.layout().clone())
+        };
+        // Known: answered from the hash, without add_path (which a read-only store refuses).
+        let mut read_only = Store::open_read_only(layout).unwrap();
+        assert_eq!(add_source(&mut read_only, &pkg, None).unwrap(), first);
+        fs::write(pkg.join("bin/x"), "changed").unwrap();
+        assert!(add_source(&mut read_only, &pkg, None).is_err());
+        assert_ne!(add_source(&mut store(&root), &pkg, None).unwrap(), first);
     }
 
     fn provenance() -> Provenance {
