@@ -118,12 +118,12 @@ impl SshTransport {
         let script = r#"v="$1"
 echo "uid $(id -u)"
 echo "home $HOME"
-echo "arch $(uname -m)"
 for f in "$(command -v ferry 2>/dev/null)" "$HOME/.cache/ferry/ferry-$v"; do
   if [ -n "$f" ] && [ -x "$f" ] && [ "$("$f" --version 2>/dev/null)" = "ferry $v" ]; then
-    echo "found $f"; break
+    echo "found $f"; exit 0
   fi
-done"#;
+done
+echo "arch $(uname -m)""#;
         let out = session.run(&["sh", "-c", script, "sh", version]).await.map_err(other)?;
         let text = String::from_utf8_lossy(&out);
         let field = |name: &str| {
