@@ -45,6 +45,9 @@ enum Command {
     Archive(cmd::archive::ArchiveArgs),
     /// Copy closures to hosts (local://, ssh://, nix+ssh://, file://), sending only what each lacks.
     Copy(cmd::copy::CopyArgs),
+    /// Measure archive transfer to hosts over an emulated link (rate, latency), full, zstd or
+    /// delta.
+    Bench(cmd::bench::BenchArgs),
     /// The host agent: the ferry protocol on stdin/stdout (started by `ferry copy` and deploy).
     Serve(cmd::serve::ServeArgs),
     /// Deploy the machines of a deployment file (local roots and SSH hosts), list their
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Gc(args) => cmd::gc::run(&cli.global, args),
         Command::Archive(args) => cmd::archive::run(&cli.global, args),
         Command::Copy(args) => cmd::copy::run(&cli.global, args),
+        Command::Bench(args) => cmd::bench::run(&cli.global, args),
         Command::Serve(args) => cmd::serve::run(&cli.global, args),
         Command::Deploy(args) => cmd::deploy::run(&cli.global, args),
         Command::Host(command) => cmd::host::run(&cli.global, command),

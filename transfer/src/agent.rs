@@ -9,6 +9,10 @@
 //!    valid, and the path is registered in one transaction;
 //! 3. answers `Ack`, or `Reject` with the reason, and goes on with the next path.
 //!
+//! **Deltas.** When the coordinator speaks `delta`, `Have` names base candidates for the missing
+//! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
+//! ([`crate::delta_path`]); any failure of the delta is a `Reject` with `delta-failed`.
+//!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
@@ -34,7 +38,7 @@ use signing::acl::Acl;
 use crate::framed::{DataReader, FrameReader, FrameWriter, FramedError};
 use crate::protocol::{
     AckOutcome, AgentState, Encoding, Frame, MissingEntry, PathStart, ProtocolError, RejectReason,
-    Welcome, FEATURES, MIN_VERSION, VERSION,
+    Welcome, FEATURES, FEATURE_DELTA, MIN_VERSION, VERSION,
 };
 
 /// How the agent runs.
@@ -140,6 +144,8 @@ pub fn serve<R: Read, W: Write>(
         Err(e) => return Err(s.fail(e.into())),
     };
     let negotiated = s.state.on_receive(&hello);
+    let peer_delta =
+        matches!(&hello, Frame::Hello(h) if h.features.iter().any(|f| f == FEATURE_DELTA));
     let layout = s.options.layout.clone();
     let welcome = Welcome {
         min_version: MIN_VERSION,
@@ -226,7 +232,15 @@ pub fn serve<R: Read, W: Write>(
                         ),
                     })
                     .collect();
-                s.send(Frame::Have { missing, bases: Vec::new() })?;
+                let bases = if peer_delta {
+                    let lacking: Vec<_> =
+                        entries.iter().filter(|e| !valid.contains(&e.path)).collect();
+                    // Offering no bases is always correct: a failure here only costs bytes.
+                    crate::delta_path::host_candidates(&store, &lacking).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                s.send(Frame::Have { missing, bases })?;
                 s.flush()?;
             }
             Frame::PathStart(start) => {
@@ -312,6 +326,9 @@ fn receive_path<R: Read, W: Write>(
     info.deriver = start.deriver.clone();
     info.ca = start.ca.clone();
 
+    if let Encoding::ZstdDelta { base } = &start.encoding {
+        return receive_delta(&mut data, store, &info, base, start);
+    }
     let keep_partial = start.nar_size >= s.options.partial_min;
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let decoded: Box<dyn Read + '_> = match start.encoding {
@@ -320,6 +337,7 @@ fn receive_path<R: Read, W: Write>(
             Ok(d) => Box::new(d),
             Err(e) => return Err(AgentError::Write(e)),
         },
+        Encoding::ZstdDelta { .. } => unreachable!("handled above"),
     };
     let source: Box<dyn Read + '_> = if keep_partial {
         let opened = open_partial(&partial, start.offset);
@@ -354,7 +372,20 @@ fn receive_path<R: Read, W: Write>(
     }
     data.drain()?;
     let abs = start.path.to_absolute(&store_dir);
-    let answer = match result {
+    if let Err(StoreError::ReferenceNotValid { .. }) = &result {
+        // Nothing of this path was read: a partial file made now is empty or unchanged.
+        return Ok(import_answer(start, result, &abs));
+    }
+    let answer = import_answer(start, result, &abs);
+    if keep_partial {
+        let _ = fs::remove_file(&partial);
+    }
+    Ok(answer)
+}
+
+/// The `Ack` or `Reject` for the outcome of an import.
+fn import_answer(start: &PathStart, result: Result<ImportOutcome, StoreError>, abs: &str) -> Frame {
+    match result {
         Ok(ImportOutcome::Imported) => {
             Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
         }
@@ -365,18 +396,41 @@ fn receive_path<R: Read, W: Write>(
             reject(&start.path, RejectReason::HashMismatch, e.to_string())
         }
         Err(e @ StoreError::ReferenceNotValid { .. }) => {
-            // Nothing of this path was read: a partial file made now is empty or unchanged.
-            return Ok(reject(&start.path, RejectReason::MissingReference, e.to_string()));
+            reject(&start.path, RejectReason::MissingReference, e.to_string())
         }
         Err(e @ StoreError::Restore { .. }) => {
             reject(&start.path, RejectReason::CorruptData, format!("{e} (while receiving {abs})"))
         }
         Err(e) => reject(&start.path, RejectReason::Store, e.to_string()),
-    };
-    if keep_partial {
-        let _ = fs::remove_file(&partial);
     }
-    Ok(answer)
+}
+
+/// Receive a path sent as a delta ([`crate::delta_path::apply`]); no partial file is kept.
+fn receive_delta<R: Read>(
+    data: &mut DataReader<'_, R>,
+    store: &mut Store,
+    info: &PathInfo,
+    base: &StorePath,
+    start: &PathStart,
+) -> Result<Frame, AgentError> {
+    if start.offset != 0 {
+        data.drain()?;
+        let message = format!("a delta cannot resume (offset {})", start.offset);
+        return Ok(reject(&start.path, RejectReason::DeltaFailed, message));
+    }
+    let result = crate::delta_path::apply(store, info, base, data);
+    if let Some(fatal) = data.take_fatal() {
+        return Err(fatal.into());
+    }
+    data.drain()?;
+    let abs = start.path.to_absolute(store.store_dir());
+    Ok(match result {
+        Ok(outcome) => import_answer(start, Ok(outcome), &abs),
+        Err(crate::delta_path::ApplyError::Store(e)) => import_answer(start, Err(e), &abs),
+        Err(crate::delta_path::ApplyError::Delta(message)) => {
+            reject(&start.path, RejectReason::DeltaFailed, format!("{abs}: {message}"))
+        }
+    })
 }
 
 /// Open the partial file of a path for a transfer starting at NAR byte `offset`: the bytes

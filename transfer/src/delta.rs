@@ -7,7 +7,7 @@
 //! # Stream format (all integers little-endian)
 //!
 //! ```text
-//! header:   "FERRYDL1"            8 bytes, magic + format version
+//! header:   "FERRYDL2"            8 bytes, magic + format version
 //!           base_nar_size         u64
 //!           base_nar_sha256       32 bytes   (the base the encoder used)
 //!           new_nar_size          u64
@@ -15,10 +15,16 @@
 //! segment:  base_offset           u64  \ the reference prefix of this frame is
 //!           base_len              u64  /   base_nar[base_offset .. base_offset + base_len]
 //!           new_len               u64      NAR bytes this frame decodes to
-//!           frame_len             u64      bytes of the zstd frame that follows
-//!           frame                 frame_len bytes: one zstd frame (content size and checksum
-//!                                 flags set) compressed with that prefix
+//!           chunk*                one zstd frame (content size and checksum flags set)
+//!                                 compressed with that prefix, cut into chunks as the
+//!                                 encoder produced it:
+//! chunk:    len                   u32 (1 ..= 4 MiB), then len bytes of the frame
+//!           0u32                  after the last chunk of the frame
 //! ```
+//!
+//! The frame is streamed (chunks leave as zstd emits blocks), so sending overlaps compressing;
+//! version 1 (`FERRYDL1`) announced each frame's length up front, which kept the whole frame in
+//! memory before its first byte could leave.
 //!
 //! The segments' `new_len` add up to `new_nar_size`; the decoded segments, concatenated, are the
 //! new NAR. The caller verifies the new NAR's hash (the decoder returns the digest it computed).
@@ -36,9 +42,9 @@
 //!   (found by content anchors, see below), widened by a margin, capped so that prefix + segment
 //!   ≤ `FRAME_BUDGET`.
 //! - **Encoder peak** ≈ base + one segment of new (read from the stream, ≤ 128 MiB, or the whole
-//!   new NAR when the pair is one frame) + the compressed frame + zstd's tables (≈ 120 MiB at
-//!   level 19 with LDM): ≤ 512 + 128 + 128 + frame for the largest allowed base; for the kernel
-//!   pair (408 MB NARs) ≈ 0.7 GB.
+//!   new NAR when the pair is one frame) + zstd's tables (≈ 120 MiB at level 19 with LDM); the
+//!   frame is streamed out in chunks of at most 128 KiB (`FERRYDL2`), not held: ≤ 512 + 128 +
+//!   128 MiB for the largest allowed base; for the kernel pair (408 MB NARs) ≈ 0.6 GB.
 //! - **Decoder peak** ≈ base + zstd's window buffer, which is min(window, segment) ≤ 128 MiB when
 //!   segmented: ≤ 512 + 128 MiB + a few MiB; ≈ 0.55 GB for the kernel pair. The output is written
 //!   as a stream.
@@ -65,7 +71,7 @@ use nar_core::hash::{NarDigest, NarHasher, Sha256Hash};
 use zstd::zstd_safe::{self, CCtx, CParameter, DCtx, DParameter, InBuffer, OutBuffer};
 
 /// Magic and version of the delta stream.
-pub const MAGIC: &[u8; 8] = b"FERRYDL1";
+pub const MAGIC: &[u8; 8] = b"FERRYDL2";
 /// Largest base NAR held in memory as reference (both sides).
 pub const MAX_BASE_NAR: u64 = 512 << 20;
 /// Largest prefix + segment in one zstd frame: the window (log 29).
@@ -81,7 +87,9 @@ pub const ALIGN_MARGIN: u64 = 16 << 20;
 pub const MAX_LEVEL: i32 = 19;
 
 const HEADER_LEN: usize = 8 + 8 + 32 + 8 + 4;
-const SEGMENT_HEADER_LEN: usize = 32;
+const SEGMENT_HEADER_LEN: usize = 24;
+/// Largest chunk of a frame in the stream.
+const MAX_CHUNK: u32 = 4 << 20;
 
 /// Why a delta could not be made or applied. Every variant means: send this path in full.
 #[derive(Debug, thiserror::Error)]
@@ -339,10 +347,25 @@ fn segment_lengths(base_len: u64, new_len: u64, p: &EncodeParams) -> Vec<u64> {
 pub fn encode<R: Read, W: Write>(
     base: &[u8],
     base_digest: &NarDigest,
+    new: R,
+    new_size: u64,
+    params: &EncodeParams,
+    out: W,
+) -> Result<EncodeStats, DeltaError> {
+    encode_with_levels(base, base_digest, new, new_size, params, out, &mut |_, _| params.level)
+}
+
+/// [`encode`], asking `level_for(i, done)` for the zstd level of segment `i` just before
+/// compressing it, `done` being the stats of the segments before it (the adaptive controller
+/// follows the link and the measured speed between segments); `params.level` is unused.
+pub fn encode_with_levels<R: Read, W: Write>(
+    base: &[u8],
+    base_digest: &NarDigest,
     mut new: R,
     new_size: u64,
     params: &EncodeParams,
     mut out: W,
+    level_for: &mut dyn FnMut(usize, &EncodeStats) -> i32,
 ) -> Result<EncodeStats, DeltaError> {
     if base.len() as u64 > MAX_BASE_NAR {
         return Err(DeltaError::TooLarge {
@@ -358,7 +381,6 @@ pub fn encode<R: Read, W: Write>(
             base_digest.size
         )));
     }
-    let level = params.level.clamp(1, MAX_LEVEL);
     let segs = segment_lengths(base.len() as u64, new_size, params);
     let mut header = Vec::with_capacity(HEADER_LEN);
     header.extend_from_slice(MAGIC);
@@ -373,7 +395,7 @@ pub fn encode<R: Read, W: Write>(
     let mut hasher = NarHasher::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut done = 0u64;
-    for &seg_len in &segs {
+    for (i, &seg_len) in segs.iter().enumerate() {
         buf.clear();
         buf.reserve_exact(seg_len as usize);
         (&mut new).take(seg_len).read_to_end(&mut buf)?;
@@ -395,16 +417,15 @@ pub fn encode<R: Read, W: Write>(
             ),
         };
         let prefix = &base[b_off as usize..(b_off + b_len) as usize];
-        let frame = compress_frame(prefix, &buf, level)?;
         let mut sh = [0u8; SEGMENT_HEADER_LEN];
         sh[0..8].copy_from_slice(&b_off.to_le_bytes());
         sh[8..16].copy_from_slice(&b_len.to_le_bytes());
         sh[16..24].copy_from_slice(&seg_len.to_le_bytes());
-        sh[24..32].copy_from_slice(&(frame.len() as u64).to_le_bytes());
         out.write_all(&sh)?;
-        out.write_all(&frame)?;
-        stats.delta_bytes += (SEGMENT_HEADER_LEN + frame.len()) as u64;
-        stats.segments.push((b_off, b_len, seg_len, frame.len() as u64));
+        let level = level_for(i, &stats).clamp(1, MAX_LEVEL);
+        let (frame_len, written) = compress_frame(prefix, &buf, level, &mut out)?;
+        stats.delta_bytes += SEGMENT_HEADER_LEN as u64 + written;
+        stats.segments.push((b_off, b_len, seg_len, frame_len));
         done += seg_len;
     }
     drop(buf);
@@ -431,7 +452,14 @@ fn window_log_for(n: u64) -> u32 {
     log
 }
 
-fn compress_frame(prefix: &[u8], src: &[u8], level: i32) -> Result<Vec<u8>, DeltaError> {
+/// Compress `src` as one zstd frame with `prefix` as reference, writing it to `out` as chunks
+/// (see the stream format) as zstd produces them; returns (frame bytes, stream bytes written).
+fn compress_frame<W: Write>(
+    prefix: &[u8],
+    src: &[u8],
+    level: i32,
+    out: &mut W,
+) -> Result<(u64, u64), DeltaError> {
     let mut cctx = CCtx::create();
     let set =
         |c: &mut CCtx, p| c.set_parameter(p).map(|_| ()).map_err(|e| zstd_err("parameter", e));
@@ -440,11 +468,52 @@ fn compress_frame(prefix: &[u8], src: &[u8], level: i32) -> Result<Vec<u8>, Delt
     set(&mut cctx, CParameter::EnableLongDistanceMatching(true))?;
     set(&mut cctx, CParameter::ChecksumFlag(true))?;
     set(&mut cctx, CParameter::ContentSizeFlag(true))?;
+    cctx.set_pledged_src_size(Some(src.len() as u64)).map_err(|e| zstd_err("parameter", e))?;
     cctx.ref_prefix(prefix).map_err(|e| zstd_err("prefix", e))?;
-    // Capacity is reserved, not touched: only the written bytes become resident.
-    let mut out = Vec::with_capacity(zstd_safe::compress_bound(src.len()));
-    cctx.compress2(&mut out, src).map_err(|e| zstd_err("compress", e))?;
-    Ok(out)
+    let mut chunk = vec![0u8; 4 + zstd_safe::CCtx::out_size()];
+    let (mut frame_len, mut written) = (0u64, 0u64);
+    let mut emit = |chunk: &mut Vec<u8>, n: usize| -> Result<(), DeltaError> {
+        if n > 0 {
+            chunk[..4].copy_from_slice(&(n as u32).to_le_bytes());
+            out.write_all(&chunk[..4 + n])?;
+            frame_len += n as u64;
+            written += 4 + n as u64;
+        }
+        Ok(())
+    };
+    // Input in 1 MiB steps: output leaves as blocks complete.
+    for piece in src.chunks(1 << 20) {
+        let mut inb = InBuffer::around(piece);
+        while inb.pos < piece.len() {
+            let mut outb = OutBuffer::around(&mut chunk[4..]);
+            cctx.compress_stream2(
+                &mut outb,
+                &mut inb,
+                zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
+            )
+            .map_err(|e| zstd_err("compress", e))?;
+            let n = outb.pos();
+            emit(&mut chunk, n)?;
+        }
+    }
+    loop {
+        let mut inb = InBuffer::around(&[]);
+        let mut outb = OutBuffer::around(&mut chunk[4..]);
+        let left = cctx
+            .compress_stream2(
+                &mut outb,
+                &mut inb,
+                zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+            )
+            .map_err(|e| zstd_err("compress", e))?;
+        let n = outb.pos();
+        emit(&mut chunk, n)?;
+        if left == 0 {
+            break;
+        }
+    }
+    out.write_all(&0u32.to_le_bytes())?;
+    Ok((frame_len, written + 4))
 }
 
 /// Apply a delta stream read from `input` to the verified `base`, writing the new NAR to `out`
@@ -478,7 +547,7 @@ pub fn decode<R: Read, W: Write>(
         let mut sh = [0u8; SEGMENT_HEADER_LEN];
         input.read_exact(&mut sh).map_err(|e| eof_malformed(e, "segment header"))?;
         let word = |i: usize| u64::from_le_bytes(sh[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
-        let (b_off, b_len, new_len, frame_len) = (word(0), word(1), word(2), word(3));
+        let (b_off, b_len, new_len) = (word(0), word(1), word(2));
         let b_end = b_off
             .checked_add(b_len)
             .filter(|&e| e <= base.nar.len() as u64)
@@ -489,61 +558,61 @@ pub fn decode<R: Read, W: Write>(
         dctx.reset(zstd_safe::ResetDirective::SessionOnly).map_err(|e| zstd_err("reset", e))?;
         dctx.ref_prefix(&base.nar[b_off as usize..b_end as usize])
             .map_err(|e| zstd_err("prefix", e))?;
-        let mut frame = (&mut input).take(frame_len);
         let mut produced = 0u64;
         let mut frame_done = false;
-        loop {
-            let n = frame.read(&mut in_buf)?;
-            if n == 0 {
-                break;
-            }
-            if frame_done {
-                return Err(DeltaError::Malformed("bytes after the zstd frame".into()));
-            }
-            let mut inb = InBuffer::around(&in_buf[..n]);
-            while inb.pos < n {
+        let mut feed = |input: &[u8], produced: &mut u64, frame_done: &mut bool| {
+            let mut inb = InBuffer::around(input);
+            // Also called with no input, to drain what zstd still holds.
+            loop {
+                if *frame_done {
+                    return if inb.pos < input.len() {
+                        Err(DeltaError::Malformed("bytes after the zstd frame".into()))
+                    } else {
+                        Ok(())
+                    };
+                }
                 let mut outb = OutBuffer::around(&mut out_buf[..]);
                 let hint = dctx
                     .decompress_stream(&mut outb, &mut inb)
                     .map_err(|e| zstd_err("decompress", e))?;
                 let w = outb.pos();
-                produced += w as u64;
-                if produced > new_len {
+                *produced += w as u64;
+                if *produced > new_len {
                     return Err(DeltaError::Malformed(
                         "segment decodes to more than announced".into(),
                     ));
                 }
                 hasher.update(&out_buf[..w]);
                 out.write_all(&out_buf[..w])?;
-                if hint == 0 {
-                    frame_done = true;
-                    if inb.pos < n {
-                        return Err(DeltaError::Malformed("bytes after the zstd frame".into()));
-                    }
+                *frame_done = hint == 0;
+                if inb.pos == input.len() && w < out_buf.len() {
+                    return Ok(());
                 }
             }
-        }
-        // Drain what zstd still holds (output buffer was full on the last call).
-        while !frame_done {
-            let mut inb = InBuffer::around(&[]);
-            let mut outb = OutBuffer::around(&mut out_buf[..]);
-            let hint = dctx
-                .decompress_stream(&mut outb, &mut inb)
-                .map_err(|e| zstd_err("decompress", e))?;
-            let w = outb.pos();
-            if w == 0 && hint != 0 {
-                return Err(DeltaError::Malformed("zstd frame truncated".into()));
+        };
+        loop {
+            let mut lb = [0u8; 4];
+            input.read_exact(&mut lb).map_err(|e| eof_malformed(e, "frame"))?;
+            let len = u32::from_le_bytes(lb);
+            if len == 0 {
+                break;
             }
-            produced += w as u64;
-            if produced > new_len {
-                return Err(DeltaError::Malformed("segment decodes to more than announced".into()));
+            if len > MAX_CHUNK {
+                return Err(DeltaError::Malformed(format!("frame chunk of {len} B")));
             }
-            hasher.update(&out_buf[..w]);
-            out.write_all(&out_buf[..w])?;
-            frame_done = hint == 0;
+            let mut left = len as usize;
+            while left > 0 {
+                let n = left.min(in_buf.len());
+                input.read_exact(&mut in_buf[..n]).map_err(|e| eof_malformed(e, "frame"))?;
+                feed(&in_buf[..n], &mut produced, &mut frame_done)?;
+                left -= n;
+            }
         }
-        if frame.limit() != 0 {
-            return Err(DeltaError::Malformed("delta stream truncated".into()));
+        if !frame_done {
+            feed(&[], &mut produced, &mut frame_done)?;
+        }
+        if !frame_done {
+            return Err(DeltaError::Malformed("zstd frame truncated".into()));
         }
         if produced != new_len {
             return Err(DeltaError::Malformed(format!(

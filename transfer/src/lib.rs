@@ -14,6 +14,9 @@
 //! | [`trust`] | what a path's signature covers; the local signing key |
 //! | [`uri`] | `ssh://`, `local://`, `nix+ssh://`, `file://` targets |
 //! | [`delta`] | delta frames (zstd with the base NAR as prefix), base selection |
+//! | [`delta_path`] | deltas in the protocol: bases the host offers, encoding, applying |
+//! | [`encode`] | per-path encoding on the coordinator: level, delta or full, link metering |
+//! | [`frame_cache`] | compress once: encoded streams shared by the sessions of a push |
 //! | [`adaptive`] | zstd level and delta on/off from the measured link and compressor |
 //! | [`shaping`] | emulated link rate and latency inside a transport (`ferry bench`) |
 //!
@@ -40,6 +43,9 @@ pub mod adaptive;
 pub mod agent;
 pub mod cache;
 pub mod delta;
+pub mod delta_path;
+pub mod encode;
+pub mod frame_cache;
 pub mod framed;
 pub mod nix_serve;
 pub mod protocol;

@@ -27,7 +27,7 @@
 //! | 0x04 | `Authorized` | agent | added:u8 |
 //! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure |
 //! | 0x11 | `Have` | agent | missing:list<path, resume_from:u64>, bases:list<path, list<path>> |
-//! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64 |
+//! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64, [base:path when encoding = 2] |
 //! | 0x21 | `Data` | coordinator | the rest of the frame: the next bytes of the encoded NAR |
 //! | 0x22 | `PathEnd` | coordinator | (empty) |
 //! | 0x30 | `Ack` | agent | path, outcome:u8 (0 imported, 1 was valid already) |
@@ -53,7 +53,21 @@
 //! The diff is one round trip. Path data is pipelined; the agent acknowledges each path once it
 //! is registered, or rejects it with a [`RejectReason`] and goes on with the next.
 //!
-//! `PathStart.encoding` is [`Encoding::Zstd`] (one zstd stream per path) or [`Encoding::None`].
+//! `PathStart.encoding` is [`Encoding::Zstd`] (one zstd stream per path), [`Encoding::None`], or
+//! [`Encoding::ZstdDelta`] (2, followed by the base path): the data is a delta stream
+//! ([`crate::delta`]: zstd frames with the base's NAR as reference prefix).
+//!
+//! # Deltas (feature `delta`)
+//! When both peers announce `delta`, the agent's `Have.bases` names, for each missing path, the
+//! valid paths of its store it offers as delta bases, best first ([`crate::delta_path`]). The
+//! coordinator may then send a missing path as [`Encoding::ZstdDelta`] against one of them that
+//! it can also read locally (only with `offset` 0). The agent rebuilds the base's NAR from its
+//! store, checks it against the NAR hash its database records, applies the delta and checks
+//! the new NAR's hash as for any path. Any failure of the delta (base missing or corrupt on the
+//! host, bad stream) is a `Reject` with [`RejectReason::DeltaFailed`]; the coordinator then waits
+//! for all answers, sends those paths in full (with the paths refused for a missing reference
+//! meanwhile) and only then `Done`. Peers without `delta` send empty `bases` and never see
+//! encoding 2 or reason 8.
 //! `PathStart.offset` is the number of NAR bytes the agent already holds for that path (the
 //! `resume_from` it announced in `Have`); the data then carries the NAR from that byte on.
 //! `signature` is a Guix signature S-expression over SHA-256 of the path's Nix narinfo
@@ -88,7 +102,10 @@ pub const MAX_HANDSHAKE_FRAME: u32 = 64 << 10;
 pub const DATA_CHUNK: usize = 128 << 10;
 /// Features this build offers: `zstd` (path data may be zstd-compressed), `resume` (partial
 /// paths are kept and resumed).
-pub const FEATURES: &[&str] = &["zstd", "resume"];
+/// `delta` (paths may be sent as delta frames against a base the agent offers in `Have`).
+pub const FEATURES: &[&str] = &["zstd", "resume", FEATURE_DELTA];
+/// The feature name of delta frames.
+pub const FEATURE_DELTA: &str = "delta";
 
 /// Frame type bytes.
 pub mod kind {
@@ -146,26 +163,23 @@ pub enum ProtocolError {
 }
 
 /// How a path's NAR bytes are encoded in its `Data` frames.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Encoding {
     /// The NAR bytes as they are.
     None,
     /// One zstd stream.
     Zstd,
+    /// A delta stream ([`crate::delta`]) against the NAR of `base`, a path valid on the host
+    /// (feature `delta`).
+    ZstdDelta { base: StorePath },
 }
 
 impl Encoding {
-    fn to_u8(self) -> u8 {
+    fn to_u8(&self) -> u8 {
         match self {
             Encoding::None => 0,
             Encoding::Zstd => 1,
-        }
-    }
-    fn from_u8(b: u8) -> Option<Self> {
-        match b {
-            0 => Some(Encoding::None),
-            1 => Some(Encoding::Zstd),
-            _ => None,
+            Encoding::ZstdDelta { .. } => 2,
         }
     }
 }
@@ -188,6 +202,9 @@ pub enum RejectReason {
     CorruptData,
     /// The host's store failed (disk full, IO error).
     Store,
+    /// A delta could not be applied (base missing or corrupt on the host, bad delta stream):
+    /// send the path in full.
+    DeltaFailed,
 }
 
 impl RejectReason {
@@ -200,6 +217,7 @@ impl RejectReason {
             RejectReason::MissingReference => 5,
             RejectReason::CorruptData => 6,
             RejectReason::Store => 7,
+            RejectReason::DeltaFailed => 8,
         }
     }
     fn from_u8(b: u8) -> Option<Self> {
@@ -211,6 +229,7 @@ impl RejectReason {
             5 => RejectReason::MissingReference,
             6 => RejectReason::CorruptData,
             7 => RejectReason::Store,
+            8 => RejectReason::DeltaFailed,
             _ => return None,
         })
     }
@@ -224,6 +243,7 @@ impl RejectReason {
             RejectReason::MissingReference => "missing-reference",
             RejectReason::CorruptData => "corrupt-data",
             RejectReason::Store => "store-error",
+            RejectReason::DeltaFailed => "delta-failed",
         }
     }
 }
@@ -413,6 +433,9 @@ impl Frame {
                 w.bytes(&p.signature);
                 w.u8(p.encoding.to_u8());
                 w.u64(p.offset);
+                if let Encoding::ZstdDelta { base } = &p.encoding {
+                    w.path(base);
+                }
             }
             Frame::Data(_) => unreachable!("handled above"),
             Frame::PathEnd | Frame::Done => {}
@@ -486,20 +509,34 @@ impl Frame {
                         .list(|r| Ok(MissingEntry { path: r.path()?, resume_from: r.u64()? }))?,
                     bases: r.list(|r| Ok((r.path()?, r.list(|r| r.path())?)))?,
                 },
-                kind::PATH_START => Frame::PathStart(Box::new(PathStart {
-                    path: r.path()?,
-                    nar_hash: r.hash()?,
-                    nar_size: r.u64()?,
-                    references: r.list(|r| r.path())?,
-                    deriver: r.opt(|r| r.path())?,
-                    ca: r.opt(|r| r.string())?,
-                    signature: r.bytes()?.to_vec(),
-                    encoding: {
-                        let b = r.u8()?;
-                        Encoding::from_u8(b).ok_or_else(|| format!("unknown encoding {b}"))?
-                    },
-                    offset: r.u64()?,
-                })),
+                kind::PATH_START => {
+                    let path = r.path()?;
+                    let nar_hash = r.hash()?;
+                    let nar_size = r.u64()?;
+                    let references = r.list(|r| r.path())?;
+                    let deriver = r.opt(|r| r.path())?;
+                    let ca = r.opt(|r| r.string())?;
+                    let signature = r.bytes()?.to_vec();
+                    let code = r.u8()?;
+                    let offset = r.u64()?;
+                    let encoding = match code {
+                        0 => Encoding::None,
+                        1 => Encoding::Zstd,
+                        2 => Encoding::ZstdDelta { base: r.path()? },
+                        b => return Err(format!("unknown encoding {b}")),
+                    };
+                    Frame::PathStart(Box::new(PathStart {
+                        path,
+                        nar_hash,
+                        nar_size,
+                        references,
+                        deriver,
+                        ca,
+                        signature,
+                        encoding,
+                        offset,
+                    }))
+                }
                 kind::DATA => {
                     r.pos = payload.len();
                     Frame::Data(payload.to_vec())
@@ -1173,11 +1210,20 @@ mod tests {
                 bases: vec![(sp(1), vec![sp(3)])],
             },
             start(1),
+            Frame::PathStart(Box::new(PathStart {
+                encoding: Encoding::ZstdDelta { base: sp(5) },
+                offset: 0,
+                ..match start(2) {
+                    Frame::PathStart(p) => *p,
+                    _ => unreachable!(),
+                }
+            })),
             Frame::Data(vec![1, 2, 3]),
             Frame::Data(vec![]),
             Frame::PathEnd,
             Frame::Ack { path: sp(1), outcome: AckOutcome::AlreadyValid },
             Frame::Reject { path: sp(2), reason: RejectReason::Unauthorized, message: "no".into() },
+            Frame::Reject { path: sp(2), reason: RejectReason::DeltaFailed, message: "b".into() },
             Frame::Done,
             Frame::Bye { imported: 3, rejected: 1 },
             Frame::Error("boom".into()),

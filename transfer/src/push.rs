@@ -10,6 +10,11 @@
 //!    from the byte it announced;
 //! 4. meanwhile this thread reads `Ack`/`Reject` as each path lands, then `Bye`.
 //!
+//! Each path's encoding (level, full or delta against a base the host offered, shared with other
+//! hosts' sessions) is [`crate::encode::PathEncoder`]'s decision. When deltas were sent, the
+//! sender waits for every answer before `Done` and re-sends in full the paths whose delta failed
+//! on the host (and those then refused for a missing reference), in the same session.
+//!
 //! Memory stays bounded: the NAR is produced by `dump` into the zstd encoder, whose output is
 //! cut into chunks of [`crate::protocol::DATA_CHUNK`] bytes written straight to the stream;
 //! back-pressure from a slow link blocks the dump.
@@ -24,10 +29,13 @@ use closure::{PathInfo, StoreLayout, ValidatedClosure};
 use nar_core::store_path::StorePath;
 use signing::guix::SigningKey;
 
-use crate::framed::{DataWriter, FrameReader, FrameWriter, FramedError};
+use crate::adaptive::CompressSetting;
+use crate::encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
+use crate::frame_cache::FrameCache;
+use crate::framed::{FrameReader, FrameWriter, FramedError};
 use crate::protocol::{
     CoordinatorState, Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason,
-    Welcome,
+    Welcome, FEATURE_DELTA,
 };
 use crate::transport::{Connection, Transport, TransportError};
 
@@ -36,8 +44,17 @@ use crate::transport::{Connection, Transport, TransportError};
 pub struct PushOptions {
     /// Encoding of path data.
     pub encoding: Encoding,
-    /// zstd level (3 by default; the hook for adaptive levels chosen from the link rate).
+    /// zstd level when `compress` is `None` (3 by default).
     pub zstd_level: i32,
+    /// `Some`: the adaptive controller picks level and delta per path (`--compress
+    /// auto|max|LEVEL`); `None`: the fixed `zstd_level`, with a delta whenever a base exists.
+    pub compress: Option<CompressSetting>,
+    /// Send deltas when the host offers a base (`--no-delta` clears it).
+    pub delta: bool,
+    /// Encoded streams shared with the other sessions of a multi-host push (compress once).
+    pub frame_cache: Option<Arc<FrameCache>>,
+    /// A link rate (wire bytes/s) to start the adaptive controller from.
+    pub link_rate_hint: Option<f64>,
     /// zstd worker threads (0: compress on the sender thread).
     pub zstd_workers: u32,
     /// Add our signing key to the host's ACL before sending.
@@ -52,6 +69,10 @@ impl Default for PushOptions {
             encoding: Encoding::Zstd,
             zstd_level: 3,
             zstd_workers: 0,
+            compress: None,
+            delta: true,
+            frame_cache: None,
+            link_rate_hint: None,
             authorize: false,
             cut_after: None,
         }
@@ -144,6 +165,10 @@ pub struct PushSummary {
     pub seconds: f64,
     /// Whether the key was newly added to the host's ACL.
     pub authorized: Option<bool>,
+    /// Deltas, levels, sharing.
+    pub encode: EncodeStats,
+    /// Paths whose delta failed on the host and that were sent again in full.
+    pub delta_fallbacks: usize,
 }
 
 /// Why a push failed.
@@ -198,80 +223,6 @@ impl<W: Write> Write for CutWriter<W> {
     }
 }
 
-/// Drops the first `skip` bytes written, passes the rest on, and reports progress.
-struct SkipWriter<'a, W> {
-    inner: W,
-    skip: u64,
-    passed: u64,
-    unreported: u64,
-    report: &'a dyn Fn(u64),
-}
-
-impl<W: Write> Write for SkipWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let skipped = buf.len().min(self.skip as usize);
-        self.skip -= skipped as u64;
-        if skipped < buf.len() {
-            self.inner.write_all(&buf[skipped..])?;
-            let n = (buf.len() - skipped) as u64;
-            self.passed += n;
-            self.unreported += n;
-            if self.unreported >= 1 << 20 {
-                (self.report)(self.unreported);
-                self.unreported = 0;
-            }
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// Stream one path's NAR from `offset` on as `Data` frames; returns the NAR bytes sent.
-fn send_nar<W: Write>(
-    layout: &StoreLayout,
-    info: &PathInfo,
-    offset: u64,
-    options: &PushOptions,
-    out: &mut FrameWriter<W>,
-    report: &dyn Fn(u64),
-) -> io::Result<u64> {
-    let phys = layout.physical_path(&info.path);
-    let mut data = DataWriter::new(out);
-    let sent = match options.encoding {
-        Encoding::Zstd => {
-            let mut enc = zstd::stream::write::Encoder::new(&mut data, options.zstd_level)?;
-            if options.zstd_workers > 0 {
-                enc.multithread(options.zstd_workers)?;
-            }
-            let mut skip =
-                SkipWriter { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
-            dump_into(&phys, &mut skip)?;
-            report(skip.unreported);
-            let passed = skip.passed;
-            enc.finish()?;
-            passed
-        }
-        Encoding::None => {
-            let mut skip =
-                SkipWriter { inner: &mut data, skip: offset, passed: 0, unreported: 0, report };
-            dump_into(&phys, &mut skip)?;
-            report(skip.unreported);
-            skip.passed
-        }
-    };
-    data.finish()?;
-    Ok(sent)
-}
-
-fn dump_into<W: Write>(path: &std::path::Path, out: W) -> io::Result<()> {
-    nar_core::dump::dump(path, out).map(|_| ()).map_err(|e| match e {
-        nar_core::dump::DumpError::Write(io) => io,
-        other => io::Error::other(other.to_string()),
-    })
-}
-
 /// Push `closure` (from the store at `local`) to the agent behind `transport`.
 pub fn push_closure(
     local: &StoreLayout,
@@ -285,9 +236,16 @@ pub fn push_closure(
     let started = Instant::now();
     let Connection { reader, writer, mut agent } = transport.connect()?;
     let wire_out = Arc::new(AtomicU64::new(0));
+    let meter = Arc::new(LinkMeter::default());
     let mut frames = FrameReader::new(reader);
-    let out =
-        FrameWriter::new(CutWriter { inner: writer, left: options.cut_after }, wire_out.clone());
+    // A thread writes to the connection, so encoding runs ahead of the link.
+    let out = FrameWriter::new(
+        QueuedWriter::spawn(Metered {
+            inner: CutWriter { inner: writer, left: options.cut_after },
+            meter: meter.clone(),
+        }),
+        wire_out.clone(),
+    );
     let result = session(
         local,
         closure,
@@ -297,7 +255,7 @@ pub fn push_closure(
         progress,
         &mut frames,
         out,
-        &wire_out,
+        (&wire_out, &meter),
         started,
     );
     match result {
@@ -337,7 +295,7 @@ fn session<R: io::Read, W: Write + Send>(
     progress: &dyn Progress,
     frames: &mut FrameReader<R>,
     mut out: FrameWriter<W>,
-    wire_out: &AtomicU64,
+    (wire_out, meter): (&Arc<AtomicU64>, &Arc<LinkMeter>),
     started: Instant,
 ) -> Result<PushSummary, PushError> {
     let session_err = |source: FramedError| PushError::Session {
@@ -393,6 +351,7 @@ fn session<R: io::Read, W: Write + Send>(
             theirs: welcome.store_dir.clone(),
         });
     }
+    let peer_delta = welcome.features.iter().any(|f| f == FEATURE_DELTA);
     progress.event(host, &ProgressEvent::Connected { welcome: &welcome });
     summary.welcome = Some(welcome);
     if options.authorize {
@@ -412,9 +371,10 @@ fn session<R: io::Read, W: Write + Send>(
         .collect();
     send(&mut out, Frame::Query(entries))?;
     out.flush().map_err(io_err)?;
-    let Frame::Have { missing, .. } = receive(frames)? else {
+    let Frame::Have { missing, bases } = receive(frames)? else {
         unreachable!("checked by the state machine")
     };
+    let bases: BTreeMap<StorePath, Vec<StorePath>> = bases.into_iter().collect();
     let resume: BTreeMap<StorePath, u64> =
         missing.into_iter().map(|m| (m.path, m.resume_from)).collect();
     let missing_set = resume.keys().cloned().collect();
@@ -444,12 +404,35 @@ fn session<R: io::Read, W: Write + Send>(
     let t_send = Instant::now();
     let store_dir = local.store_dir().clone();
     let report = |n: u64| progress.event(host, &ProgressEvent::Sent { nar_bytes: n });
-    let (landed, rejected, outcome, sent) = std::thread::scope(|scope| {
+    let answers = Answers::default();
+    let encode_options = EncodeOptions {
+        compress: options.encoding != Encoding::None,
+        adaptive: options.compress,
+        level: options.zstd_level,
+        workers: options.zstd_workers,
+        delta: options.delta && peer_delta,
+        link_rate_hint: options.link_rate_hint,
+    };
+    let (landed, outcome, sent) = std::thread::scope(|scope| {
         let sender = scope.spawn(|| {
+            let mut encoder = PathEncoder::new(
+                local,
+                encode_options,
+                options.frame_cache.clone(),
+                meter.clone(),
+                wire_out.clone(),
+            );
             let mut nar_sent = 0u64;
             let mut paths_sent = 0usize;
+            let mut deltas = 0usize;
+            let mut fallbacks = 0usize;
             let result = (|| -> Result<(), PushError> {
-                for (info, offset) in &to_send {
+                // Sends one path; returns (NAR bytes sent, whether it went as a delta).
+                let mut send_path = |info: &PathInfo,
+                                     offset: u64,
+                                     candidates: &[StorePath],
+                                     out: &mut FrameWriter<W>|
+                 -> Result<(u64, bool), PushError> {
                     let references: Vec<StorePath> = info.references.iter().cloned().collect();
                     let signature = crate::trust::sign_path(
                         key,
@@ -459,6 +442,8 @@ fn session<R: io::Read, W: Write + Send>(
                         info.nar_size,
                         &references,
                     );
+                    let prepared = encoder.prepare(info, offset, candidates);
+                    let is_delta = matches!(prepared.encoding, Encoding::ZstdDelta { .. });
                     let start = PathStart {
                         path: info.path.clone(),
                         nar_hash: info.nar_hash,
@@ -467,20 +452,40 @@ fn session<R: io::Read, W: Write + Send>(
                         deriver: info.deriver.clone(),
                         ca: info.ca.clone(),
                         signature,
-                        encoding: options.encoding,
-                        offset: *offset,
+                        encoding: prepared.encoding.clone(),
+                        offset,
                     };
-                    send(&mut out, Frame::PathStart(Box::new(start)))?;
-                    let sent = send_nar(local, info, *offset, options, &mut out, &report).map_err(
+                    send(out, Frame::PathStart(Box::new(start)))?;
+                    let sent = encoder.write_data(prepared, info, offset, out, &report).map_err(
                         |source| PushError::Send {
                             host: host.to_owned(),
                             path: info.path.to_absolute(&store_dir),
                             error: source,
                         },
                     )?;
+                    send(out, Frame::PathEnd)?;
+                    Ok((sent, is_delta))
+                };
+                for (info, offset) in &to_send {
+                    let candidates = bases.get(&info.path).map(Vec::as_slice).unwrap_or(&[]);
+                    let (sent, is_delta) = send_path(info, *offset, candidates, &mut out)?;
                     nar_sent += sent;
                     paths_sent += 1;
-                    send(&mut out, Frame::PathEnd)?;
+                    deltas += usize::from(is_delta);
+                }
+                if deltas > 0 {
+                    // Fallback: once every path is answered, send again in full what a failed
+                    // delta kept out (and what was refused for lack of it).
+                    out.flush().map_err(io_err)?;
+                    let retry = answers.take_retries(paths_sent);
+                    fallbacks =
+                        retry.iter().filter(|r| r.reason == RejectReason::DeltaFailed).count();
+                    for (info, _) in
+                        to_send.iter().filter(|(i, _)| retry.iter().any(|r| r.path == i.path))
+                    {
+                        nar_sent += send_path(info, 0, &[], &mut out)?.0;
+                        paths_sent += 1;
+                    }
                 }
                 send(&mut out, Frame::Done)?;
                 out.flush().map_err(io_err)
@@ -488,14 +493,15 @@ fn session<R: io::Read, W: Write + Send>(
             let elapsed = t_send.elapsed();
             // Closing our side lets the agent see the end if we stopped early.
             drop(out);
-            result.map(|()| (nar_sent, paths_sent, elapsed))
+            let stats = encoder.stats.clone();
+            result.map(|()| (nar_sent, paths_sent, elapsed, stats, fallbacks))
         });
         let mut landed = 0usize;
-        let mut rejected = Vec::new();
         let outcome = loop {
             match receive(frames) {
                 Ok(Frame::Ack { path, .. }) => {
                     landed += 1;
+                    answers.answered(None);
                     progress.event(host, &ProgressEvent::Landed { path: &path });
                 }
                 Ok(Frame::Reject { path, reason, message }) => {
@@ -503,18 +509,20 @@ fn session<R: io::Read, W: Write + Send>(
                         host,
                         &ProgressEvent::Rejected { path: &path, reason, message: &message },
                     );
-                    rejected.push(Rejection { path, reason, message });
+                    answers.answered(Some(Rejection { path, reason, message }));
                 }
                 Ok(Frame::Bye { .. }) => break Ok(()),
                 Ok(_) => unreachable!("checked by the state machine"),
                 Err(e) => break Err(e),
             }
         };
+        answers.close();
         let sent = sender.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (landed, rejected, outcome, sent)
+        (landed, outcome, sent)
     });
+    let rejected = answers.into_rejected();
     // The sender's error is the cause when both failed (a cut connection ends the reading too).
-    let (nar_sent, paths_sent, send_time) = match (sent, outcome) {
+    let (nar_sent, paths_sent, send_time, encode_stats, fallbacks) = match (sent, outcome) {
         (Err(e), _) => return Err(e),
         (Ok(_), Err(e)) => return Err(e),
         (Ok(s), Ok(())) => s,
@@ -525,7 +533,64 @@ fn session<R: io::Read, W: Write + Send>(
     summary.nar_bytes_sent = nar_sent;
     summary.paths_landed = landed;
     summary.rejected = rejected;
+    summary.encode = encode_stats;
+    summary.delta_fallbacks = fallbacks;
     summary.wire_bytes = wire_out.load(Ordering::Relaxed);
     summary.wire_bytes_received = frames.bytes_read();
     Ok(summary)
+}
+
+/// The answers received so far, shared between the reading thread and the sender (which waits
+/// for them before the fallback of failed deltas).
+#[derive(Debug, Default)]
+struct Answers {
+    state: Mutex<AnswerState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct AnswerState {
+    answered: usize,
+    closed: bool,
+    rejected: Vec<Rejection>,
+}
+
+impl Answers {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AnswerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn answered(&self, rejection: Option<Rejection>) {
+        let mut st = self.lock();
+        st.answered += 1;
+        st.rejected.extend(rejection);
+        self.changed.notify_all();
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Wait until `sent` paths are answered (or the session ended), then take the rejections
+    /// worth a full re-send: failed deltas, and, when there are any, missing references.
+    fn take_retries(&self, sent: usize) -> Vec<Rejection> {
+        let mut st = self.lock();
+        while st.answered < sent && !st.closed {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+        if !st.rejected.iter().any(|r| r.reason == RejectReason::DeltaFailed) {
+            return Vec::new();
+        }
+        let (retry, keep): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut st.rejected).into_iter().partition(|r| {
+                matches!(r.reason, RejectReason::DeltaFailed | RejectReason::MissingReference)
+            });
+        st.rejected = keep;
+        retry
+    }
+
+    fn into_rejected(self) -> Vec<Rejection> {
+        self.state.into_inner().unwrap_or_else(|p| p.into_inner()).rejected
+    }
 }

@@ -256,3 +256,163 @@ pub fn shaped_duplex(
     let (a, b) = tokio::io::duplex(256 * 1024);
     (Shaped::new(a, b_to_a), Shaped::new(b, a_to_b))
 }
+
+// ---------------------------------------------------------------------------------------------
+// Blocking shaping of a whole transport (`ferry bench` over `local://` or `ssh://`).
+
+/// A [`Transport`](crate::transport::Transport) whose connection goes through an emulated link:
+/// each direction is a relay thread that releases what was written at the arrival time a
+/// [`DelayLine`] gives it (rate, then latency). At most [`LinkSpec::queue_limit`] bytes wait per
+/// direction; beyond that the writer blocks, as on a real link whose buffers are full.
+#[derive(Debug)]
+pub struct ShapedTransport {
+    /// The transport carrying the bytes.
+    pub inner: Box<dyn crate::transport::Transport>,
+    /// Coordinator → agent.
+    pub up: LinkSpec,
+    /// Agent → coordinator.
+    pub down: LinkSpec,
+}
+
+impl crate::transport::Transport for ShapedTransport {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn connect(&self) -> Result<crate::transport::Connection, crate::transport::TransportError> {
+        let c = self.inner.connect()?;
+        Ok(crate::transport::Connection {
+            reader: Box::new(shaped_reader(c.reader, self.down)),
+            writer: Box::new(shaped_writer(c.writer, self.up)),
+            agent: c.agent,
+        })
+    }
+}
+
+type Piece = (std::time::Instant, Vec<u8>);
+
+fn channel_for(
+    spec: LinkSpec,
+) -> (std::sync::mpsc::SyncSender<Piece>, std::sync::mpsc::Receiver<Piece>) {
+    let pieces = (spec.queue_limit() / spec.chunk_limit()).max(2);
+    std::sync::mpsc::sync_channel(pieces)
+}
+
+/// Cuts writes into pieces, stamps each with its arrival time and queues it.
+struct Stamper {
+    line: DelayLine,
+    epoch: std::time::Instant,
+    chunk: usize,
+}
+
+impl Stamper {
+    fn new(spec: LinkSpec) -> Self {
+        Stamper {
+            line: DelayLine::new(spec),
+            epoch: std::time::Instant::now(),
+            chunk: spec.chunk_limit(),
+        }
+    }
+    fn stamp(&mut self, len: usize) -> std::time::Instant {
+        let due = self.line.schedule(self.epoch.elapsed(), len as u64);
+        self.epoch + due
+    }
+}
+
+fn sleep_until(due: std::time::Instant) {
+    let now = std::time::Instant::now();
+    if due > now {
+        std::thread::sleep(due - now);
+    }
+}
+
+/// The writing end of a shaped direction.
+struct ShapedWriter {
+    queue: Option<std::sync::mpsc::SyncSender<Piece>>,
+    stamper: Stamper,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+fn shaped_writer(mut inner: Box<dyn io::Write + Send>, spec: LinkSpec) -> ShapedWriter {
+    let (tx, rx) = channel_for(spec);
+    let failed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = failed.clone();
+    std::thread::spawn(move || {
+        for (due, bytes) in rx {
+            sleep_until(due);
+            if inner.write_all(&bytes).and_then(|()| inner.flush()).is_err() {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        }
+        // Dropping `inner` closes the stream: the peer sees the end after the last byte.
+    });
+    ShapedWriter { queue: Some(tx), stamper: Stamper::new(spec), failed }
+}
+
+impl io::Write for ShapedWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the shaped link's peer is gone",
+            ));
+        }
+        let n = buf.len().min(self.stamper.chunk);
+        let due = self.stamper.stamp(n);
+        let queue = self.queue.as_ref().expect("open until dropped");
+        queue
+            .send((due, buf[..n].to_vec()))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the shaped link is closed"))?;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end of a shaped direction.
+struct ShapedReader {
+    queue: std::sync::mpsc::Receiver<Piece>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+fn shaped_reader(mut inner: Box<dyn io::Read + Send>, spec: LinkSpec) -> ShapedReader {
+    let (tx, rx) = channel_for(spec);
+    std::thread::spawn(move || {
+        let mut stamper = Stamper::new(spec);
+        let mut buf = vec![0u8; stamper.chunk];
+        loop {
+            match inner.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    let due = stamper.stamp(n);
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    ShapedReader { queue: rx, current: Vec::new(), pos: 0 }
+}
+
+impl io::Read for ShapedReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.current.len() {
+            match self.queue.recv() {
+                Ok((due, bytes)) => {
+                    sleep_until(due);
+                    self.current = bytes;
+                    self.pos = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len() - self.pos);
+        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}

@@ -202,15 +202,14 @@ fn tampered_truncated_or_misdirected_streams_are_refused() {
     let i = tampered.len() - 10;
     tampered[i] ^= 1;
     assert!(delta::decode_verified(&vb, &tampered[..], std::io::sink(), &digest(&new)).is_err());
-    // Bytes inside a frame's announced length but after the zstd frame are refused.
-    let mut inside = stream.clone();
-    let flen_at = 60 + 24;
-    let flen = u64::from_le_bytes(inside[flen_at..flen_at + 8].try_into().unwrap());
-    inside[flen_at..flen_at + 8].copy_from_slice(&(flen + 4).to_le_bytes());
+    // Bytes inside the frame's chunks but after the zstd frame are refused: append a chunk
+    // before the terminator.
+    let mut inside = stream[..stream.len() - 4].to_vec();
+    inside.extend_from_slice(&4u32.to_le_bytes());
     inside.extend_from_slice(b"junk");
+    inside.extend_from_slice(&0u32.to_le_bytes());
     let err = delta::decode(&vb, &inside[..], std::io::sink()).unwrap_err();
     assert!(matches!(err, DeltaError::Malformed(_)), "{err}");
-
     let (_, od) = nar_of(&t.path().join("other"));
     let other = VerifiedBase::rebuild(&t.path().join("other"), &od).unwrap();
     let err = delta::decode(&other, &stream[..], std::io::sink()).unwrap_err();

@@ -85,3 +85,48 @@ async fn round_trip_costs_two_latencies() {
     assert_eq!(&buf, b"ping");
     assert!((Duration::from_millis(50)..Duration::from_millis(52)).contains(&rtt), "{rtt:?}");
 }
+
+/// A whole push through [`transfer::shaping::ShapedTransport`] (blocking relays, real time):
+/// it lands intact, and cannot beat the emulated link (a lower bound only: a busy machine is
+/// slower, never faster).
+#[test]
+fn shaped_transport_carries_a_push_no_faster_than_the_link() {
+    use closure::{Store, StoreLayout};
+    use nar_core::store_path::StoreDir;
+    use transfer::agent::AgentOptions;
+    use transfer::push::{push_closure, NoProgress, PushOptions};
+    use transfer::shaping::ShapedTransport;
+    use transfer::transport::InProcessTransport;
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = |n: &str| StoreLayout::new(dir.path().join(n), StoreDir::guix(), None).unwrap();
+    let mut local = Store::open(layout("local")).unwrap();
+    let src = dir.path().join("blob");
+    let mut x = 3u64;
+    let blob: Vec<u8> = (0..400_000)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect();
+    std::fs::write(&src, blob).unwrap();
+    let item = local.add_path(&src, None).unwrap();
+    let closure = local.closure(std::slice::from_ref(&item.path)).unwrap();
+    let key = signing::guix::SigningKey::generate(&mut rand::thread_rng());
+    let host = layout("host");
+    let spec = LinkSpec { rate: 1_000_000.0, latency: Duration::from_millis(20), burst: 16 << 10 };
+    let shaped = ShapedTransport {
+        inner: Box::new(InProcessTransport { options: AgentOptions::new(host.clone()) }),
+        up: spec,
+        down: spec,
+    };
+    let o = PushOptions { authorize: true, ..PushOptions::default() };
+    let t = std::time::Instant::now();
+    let s = push_closure(local.layout(), &closure, &shaped, &key, &o, &NoProgress).unwrap();
+    let elapsed = t.elapsed().as_secs_f64();
+    assert!(s.rejected.is_empty());
+    assert!(Store::open(host).unwrap().is_valid(&item.path).unwrap());
+    // Incompressible: the wire carries the whole NAR; at least wire / rate plus a few latencies.
+    let floor = s.wire_bytes as f64 / spec.rate + 4.0 * 0.020;
+    assert!(elapsed >= floor * 0.95, "{elapsed} s < {floor} s");
+}

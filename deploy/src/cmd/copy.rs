@@ -51,9 +51,16 @@ pub struct CopyArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// zstd level for path data.
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    pub compression_level: i32,
+    /// zstd level for path data: auto (follow the measured link; the default), max (fewest
+    /// bytes), none, or 1..=19.
+    #[arg(long, default_value = "auto", value_name = "LEVEL|max|auto")]
+    pub compress: transfer::adaptive::CompressSetting,
+    /// Never send deltas against paths the hosts already have.
+    #[arg(long)]
+    pub no_delta: bool,
+    /// A fixed zstd level for path data (same as --compress N).
+    #[arg(long, value_name = "N", conflicts_with = "compress")]
+    pub compression_level: Option<i32>,
     /// Send path data uncompressed.
     #[arg(long)]
     pub no_compress: bool,
@@ -172,10 +179,10 @@ impl Progress for Render {
 
 /// SSH settings from the command line.
 #[derive(Debug, Clone, Default)]
-struct SshArgs {
-    identity: Option<PathBuf>,
-    host_key: Option<String>,
-    known_hosts: Option<PathBuf>,
+pub(crate) struct SshArgs {
+    pub(crate) identity: Option<PathBuf>,
+    pub(crate) host_key: Option<String>,
+    pub(crate) known_hosts: Option<PathBuf>,
 }
 
 fn ssh_config(endpoint: &transfer::uri::SshEndpoint, ssh: &SshArgs) -> transfer::ssh::SshConfig {
@@ -282,7 +289,11 @@ fn copy_to_nix_serve(
     })
 }
 
-fn transport_for(target: &Target, uri: &str, ssh: &SshArgs) -> anyhow::Result<Box<dyn Transport>> {
+pub(crate) fn transport_for(
+    target: &Target,
+    uri: &str,
+    ssh: &SshArgs,
+) -> anyhow::Result<Box<dyn Transport>> {
     match target {
         Target::Local { store } => {
             let root = store.root.clone().expect("local:// has a root");
@@ -312,6 +323,10 @@ fn summary_json(s: &PushSummary) -> serde_json::Value {
         "wire_bytes": s.wire_bytes,
         "wire_bytes_received": s.wire_bytes_received,
         "diff_round_trips": s.diff_round_trips,
+        "paths_delta": s.encode.paths_delta,
+        "delta_fallbacks": s.delta_fallbacks,
+        "paths_shared": s.encode.paths_shared,
+        "levels": s.encode.levels.iter().map(|(l, n)| json!([l, n])).collect::<Vec<_>>(),
         "seconds": s.seconds,
         "phases": {
             "closure": s.phases.closure.as_secs_f64(),
@@ -386,9 +401,21 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
+    let compress = match args.compression_level {
+        Some(level) => transfer::adaptive::CompressSetting::Level(level),
+        None => args.compress,
+    };
     let options = PushOptions {
         encoding: if args.no_compress { Encoding::None } else { Encoding::Zstd },
-        zstd_level: args.compression_level,
+        zstd_level: match compress {
+            transfer::adaptive::CompressSetting::Level(l) => l,
+            _ => PushOptions::default().zstd_level,
+        },
+        compress: Some(compress),
+        delta: !args.no_delta,
+        // Compress once: a path going to several hosts is encoded once per (base, level).
+        frame_cache: (targets.len() > 1)
+            .then(|| std::sync::Arc::new(transfer::frame_cache::FrameCache::new(targets.len()))),
         authorize: args.authorize,
         cut_after: std::env::var(CUT_AFTER_ENV).ok().and_then(|v| v.parse().ok()),
         ..PushOptions::default()

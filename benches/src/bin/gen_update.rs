@@ -1,0 +1,191 @@
+//! `gen_update`: the generation-update bench (issue 7). Time to update one host from
+//! generation 1 to generation 2 over an emulated link, with `ferry bench`, for several settings
+//! side by side in one run.
+//!
+//! The store (built once under `--work`, reused after): generation 1 holds one store item per
+//! corpus package (the *old* trees of `debian-pairs.sh`: kernel, LibreOffice core, Firefox ESR),
+//! with references between items written into their files (`ferry-refs`: LibreOffice names the
+//! kernel item, Firefox both others), and a `system-1` item naming all three; generation 2 swaps
+//! the old versions for the new ones, so, as in Nix and Guix, the changed kernel changes the
+//! hash strings inside its referrers. Trees are staged with hard links (`cp -al`) plus the
+//! `ferry-refs` file, then added with `ferry store add`.
+//!
+//! Each setting runs on a fresh host (`local://`): `ferry bench --base SYSTEM-1 ... SYSTEM-2`
+//! (the host gets generation 1 unshaped and untimed, then generation 2 through the emulated
+//! link). Settings are `MODE:COMPRESS` (`delta:auto` = the adaptive defaults, `zstd:3` = a full
+//! zstd -3 transfer). The table gives time, wire bytes, and the ratios the issue asks for:
+//! time / time of the first `zstd:` setting, and time / (wire bytes / rate + connect + diff).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde_json::Value;
+
+#[derive(Debug, Parser)]
+#[command(name = "gen_update")]
+struct Args {
+    /// Corpus directory (debian-pairs.sh output).
+    #[arg(long, default_value = "/tmp/delta-corpus")]
+    corpus: PathBuf,
+    /// Work directory: the local store and the hosts.
+    #[arg(long, default_value = "/tmp/genbench")]
+    work: PathBuf,
+    /// The ferry binary.
+    #[arg(long, default_value = "target/release/ferry")]
+    ferry: PathBuf,
+    /// Emulated link rate.
+    #[arg(long, default_value = "20mbit")]
+    rate: String,
+    /// Emulated one-way latency.
+    #[arg(long, default_value = "40ms")]
+    latency: String,
+    /// Settings, `MODE:COMPRESS`, comma-separated.
+    #[arg(long, default_value = "delta:auto,zstd:3")]
+    settings: String,
+    /// Write all `ferry bench` reports here as one JSON array.
+    #[arg(long)]
+    json_file: Option<PathBuf>,
+}
+
+/// (tag, package name, old version, new version)
+const PACKAGES: [(&str, &str, &str, &str); 3] = [
+    ("linux", "linux-image", "6.1.176", "6.1.192"),
+    ("lo", "libreoffice-core", "7.4.7-deb12u13", "7.4.7-deb12u14"),
+    ("ff", "firefox-esr", "140.12.0esr", "153.7.0esr"),
+];
+
+fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
+}
+
+/// Stage `tree` as `name` (hard links) with a `ferry-refs` file naming `refs`, add it.
+fn add_item(
+    a: &Args,
+    store: &Path,
+    tree: Option<&Path>,
+    name: &str,
+    refs: &[String],
+) -> Result<String> {
+    let stage = a.work.join("stage").join(name);
+    if stage.exists() {
+        std::fs::remove_dir_all(&stage)?;
+    }
+    std::fs::create_dir_all(stage.parent().expect("has parent"))?;
+    match tree {
+        Some(t) => {
+            run(Command::new("cp").arg("-al").arg(t).arg(&stage))?;
+        }
+        None => std::fs::create_dir_all(&stage)?,
+    }
+    let text: String = refs.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(stage.join("ferry-refs"), text)?;
+    let path = run(Command::new(&a.ferry)
+        .arg("--root")
+        .arg(store)
+        .args(["store", "add", "--name", name])
+        .arg(&stage))?;
+    std::fs::remove_dir_all(&stage)?;
+    Ok(path)
+}
+
+/// Build (or reuse) the local store; returns the two system items.
+fn build_store(a: &Args) -> Result<(String, String)> {
+    let store = a.work.join("local");
+    let done = a.work.join("generations.json");
+    if let Ok(text) = std::fs::read_to_string(&done) {
+        let v: Value = serde_json::from_str(&text)?;
+        return Ok((
+            v["gen1"].as_str().unwrap_or("").into(),
+            v["gen2"].as_str().unwrap_or("").into(),
+        ));
+    }
+    let mut gens = Vec::new();
+    for (g, side) in [(1, "old"), (2, "new")] {
+        let mut items: Vec<String> = Vec::new();
+        for (tag, pkg, old, new) in PACKAGES {
+            let version = if side == "old" { old } else { new };
+            let tree = a.corpus.join("tree").join(format!("{tag}-{side}"));
+            let item = add_item(a, &store, Some(&tree), &format!("{pkg}-{version}"), &items)?;
+            eprintln!("generation {g}: {item}");
+            items.push(item);
+        }
+        let system = add_item(a, &store, None, &format!("system-{g}"), &items)?;
+        eprintln!("generation {g}: {system}");
+        gens.push(system);
+    }
+    std::fs::write(&done, serde_json::json!({ "gen1": gens[0], "gen2": gens[1] }).to_string())?;
+    Ok((gens[0].clone(), gens[1].clone()))
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    std::fs::create_dir_all(&a.work)?;
+    let (gen1, gen2) = build_store(&a)?;
+    let mut reports = Vec::new();
+    println!(
+        "| setting | paths (delta) | NAR bytes | wire bytes | time s | connect+diff s | link model s | time / link model | time / first zstd | levels | load before → after |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut zstd_time: Option<f64> = None;
+    let mut rows = Vec::new();
+    for setting in a.settings.split(',') {
+        let (mode, compress) = setting.split_once(':').context("setting is MODE:COMPRESS")?;
+        let host = a.work.join(format!("host-{mode}-{compress}"));
+        if host.exists() {
+            std::fs::remove_dir_all(&host)?;
+        }
+        let before = loadavg();
+        let out = run(Command::new(&a.ferry)
+            .arg("--root")
+            .arg(a.work.join("local"))
+            .arg("bench")
+            .arg("--to")
+            .arg(format!("local://{}", host.display()))
+            .args(["--base", &gen1, "--rate", &a.rate, "--latency", &a.latency])
+            .args(["--mode", mode, "--compress", compress, "--json", &gen2]))?;
+        let after = loadavg();
+        let v: Value = serde_json::from_str(&out)?;
+        let h = &v["hosts"][0];
+        if let Some(e) = h.get("error") {
+            bail!("{setting}: {e}");
+        }
+        let time = h["seconds"].as_f64().unwrap_or(0.0);
+        if mode == "zstd" && zstd_time.is_none() {
+            zstd_time = Some(time);
+        }
+        rows.push((setting.to_owned(), v.clone(), before, after));
+        reports.push(v);
+        let _ = std::fs::remove_dir_all(&host);
+    }
+    for (setting, v, before, after) in rows {
+        let h = &v["hosts"][0];
+        let time = h["seconds"].as_f64().unwrap_or(0.0);
+        let setup = h["phases"]["connect"].as_f64().unwrap_or(0.0)
+            + h["phases"]["diff"].as_f64().unwrap_or(0.0);
+        println!(
+            "| {setting} | {} ({}) | {} | {} | {time:.1} | {setup:.2} | {:.1} | {:.2} | {} | {} | {before} → {after} |",
+            h["paths_sent"],
+            h["paths_delta"],
+            h["nar_bytes"],
+            h["wire_bytes"],
+            h["link_model_seconds"].as_f64().unwrap_or(0.0),
+            h["vs_link_model"].as_f64().unwrap_or(0.0),
+            zstd_time.map_or("-".into(), |z| format!("{:.2}", time / z)),
+            h["levels"],
+        );
+    }
+    if let Some(f) = &a.json_file {
+        std::fs::write(f, serde_json::to_string_pretty(&reports)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! Deltas in the live protocol, over the in-process transport: the host offers the older version
+//! of each missing path as a base, the coordinator sends a delta frame, the agent checks the
+//! base, applies, verifies; a base missing or corrupt on the host falls back to a full transfer
+//! in the same session. Also: compress once across hosts, and `--no-delta`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use closure::{Store, StoreLayout, ValidatedClosure};
+use nar_core::store_path::{StoreDir, StorePath};
+use rand::{Rng, SeedableRng};
+use signing::guix::SigningKey;
+use transfer::agent::AgentOptions;
+use transfer::frame_cache::FrameCache;
+use transfer::push::{push_closure, NoProgress, PushOptions, PushSummary};
+use transfer::transport::InProcessTransport;
+
+struct World {
+    dir: tempfile::TempDir,
+    local: Store,
+    key: SigningKey,
+}
+
+fn world() -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let local = Store::open(layout(dir.path(), "local")).unwrap();
+    World { dir, local, key: SigningKey::generate(&mut rand::thread_rng()) }
+}
+
+fn layout(root: &Path, name: &str) -> StoreLayout {
+    StoreLayout::new(root.join(name), StoreDir::guix(), None).unwrap()
+}
+
+impl World {
+    fn host(&self, name: &str) -> StoreLayout {
+        let h = layout(self.dir.path(), name);
+        std::fs::create_dir_all(h.state_dir()).unwrap();
+        signing::keyfile::authorize_key_in_file(
+            &h.state_dir().join("acl"),
+            self.key.verifying_key().to_sexp(),
+        )
+        .unwrap();
+        h
+    }
+
+    /// Add a store item `name` holding `files`, and `refs` written into a file (as Nix and Guix
+    /// items name their references).
+    fn add(&mut self, name: &str, files: &[(&str, Vec<u8>)], refs: &[&StorePath]) -> StorePath {
+        let src = self.dir.path().join("src").join(name);
+        std::fs::create_dir_all(&src).unwrap();
+        for (f, bytes) in files {
+            std::fs::write(src.join(f), bytes).unwrap();
+        }
+        let sd = self.local.store_dir().clone();
+        let text: String = refs.iter().map(|r| format!("{}\n", r.to_absolute(&sd))).collect();
+        std::fs::write(src.join("refs"), text).unwrap();
+        self.local.add_path(&src, Some(name)).unwrap().path
+    }
+
+    fn closure(&self, root: &StorePath) -> ValidatedClosure {
+        self.local.closure(std::slice::from_ref(root)).unwrap()
+    }
+
+    fn push(&self, root: &StorePath, host: &StoreLayout, o: &PushOptions) -> PushSummary {
+        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        push_closure(self.local.layout(), &self.closure(root), &t, &self.key, o, &NoProgress)
+            .unwrap()
+    }
+}
+
+/// Code-like text: compressible, with structure a delta can reuse.
+fn codeish(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let line = format!(
+            "fn f{}(x: u32) -> u32 {{ x.wrapping_mul({}) ^ {} }}\n",
+            r.gen_range(0..5000),
+            r.gen_range(0..1_000_000),
+            r.gen::<u32>()
+        );
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// `base` with a few lines changed.
+fn edited(base: &[u8], seed: u64) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = base.to_vec();
+    for _ in 0..8 {
+        let at = r.gen_range(0..v.len().saturating_sub(64).max(1));
+        for b in v.iter_mut().skip(at).take(40) {
+            *b = b'a' + r.gen_range(0..26u8);
+        }
+    }
+    v
+}
+
+fn random(seed: u64, len: usize) -> Vec<u8> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| r.gen()).collect()
+}
+
+/// The host's store verifies `paths` (contents against the recorded NAR hashes).
+fn verified(host: &StoreLayout, paths: &[StorePath]) {
+    let store = Store::open(host.clone()).unwrap();
+    for p in paths {
+        assert!(store.is_valid(p).unwrap(), "{p} not valid on the host");
+    }
+    let report = store.verify_paths(Some(paths), true).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+/// Generation 1 (lib-1.0 ← app-1.0) and generation 2 (lib-2.0 ← app-2.0), 256 KiB each.
+fn generations(w: &mut World) -> (StorePath, StorePath, StorePath, StorePath) {
+    let lib1 = codeish(1, 256 << 10);
+    let app1 = codeish(2, 256 << 10);
+    let l1 = w.add("lib-1.0", &[("lib.so", lib1.clone())], &[]);
+    let a1 = w.add("app-1.0", &[("app", app1.clone())], &[&l1]);
+    let l2 = w.add("lib-2.0", &[("lib.so", edited(&lib1, 3))], &[]);
+    let a2 = w.add("app-2.0", &[("app", edited(&app1, 4))], &[&l2]);
+    (l1, a1, l2, a2)
+}
+
+#[test]
+fn update_goes_as_deltas_and_verifies() {
+    let mut w = world();
+    let (_, a1, l2, a2) = generations(&mut w);
+    let host = w.host("host");
+    let o = PushOptions::default();
+    let first = w.push(&a1, &host, &o);
+    assert_eq!((first.paths_sent, first.encode.paths_delta), (2, 0));
+    let second = w.push(&a2, &host, &o);
+    assert!(second.rejected.is_empty(), "{:?}", second.rejected);
+    assert_eq!((second.paths_sent, second.encode.paths_delta, second.delta_fallbacks), (2, 2, 0));
+    verified(&host, &[l2.clone(), a2.clone()]);
+    // The same update without deltas, to a second host at the same state.
+    let other = w.host("other");
+    w.push(&a1, &other, &o);
+    let full = w.push(&a2, &other, &PushOptions { delta: false, ..PushOptions::default() });
+    assert_eq!(full.encode.paths_delta, 0);
+    assert!(
+        second.wire_bytes * 5 < full.wire_bytes,
+        "delta {} B vs full {} B",
+        second.wire_bytes,
+        full.wire_bytes
+    );
+}
+
+#[test]
+fn small_empty_identical_and_unrelated_pairs() {
+    let mut w = world();
+    let host = w.host("host");
+    let empty1 = w.add("empty-1", &[("f", Vec::new())], &[]);
+    let tiny1 = w.add("tiny-1", &[("f", b"hello\n".to_vec())], &[]);
+    let same1 = w.add("same-1", &[("f", codeish(7, 50_000))], &[]);
+    let unrel1 = w.add("unrel-1", &[("f", random(8, 60_000))], &[]);
+    let g1 = w.add("gen-1", &[], &[&empty1, &tiny1, &same1, &unrel1]);
+    let empty2 = w.add("empty-2", &[("f", Vec::new())], &[]);
+    let tiny2 = w.add("tiny-2", &[("f", b"hello, world\n".to_vec())], &[]);
+    let same2 = w.add("same-2", &[("f", codeish(7, 50_000))], &[]);
+    let unrel2 = w.add("unrel-2", &[("f", random(9, 60_000))], &[]);
+    let g2 = w.add("gen-2", &[], &[&empty2, &tiny2, &same2, &unrel2]);
+    w.push(&g1, &host, &PushOptions::default());
+    let s = w.push(&g2, &host, &PushOptions::default());
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    assert_eq!(s.paths_sent, 5);
+    assert_eq!(s.encode.paths_delta, 5, "gen-2 against gen-1 too");
+    verified(&host, &[empty2, tiny2, same2, unrel2, g2]);
+}
+
+#[test]
+fn base_missing_on_the_host_falls_back_to_full() {
+    let mut w = world();
+    let (l1, a1, l2, a2) = generations(&mut w);
+    let host = w.host("host");
+    w.push(&a1, &host, &PushOptions::default());
+    // The database still lists lib-1.0, its files are gone.
+    std::fs::remove_dir_all(host.physical_path(&l1)).unwrap();
+    let s = w.push(&a2, &host, &PushOptions::default());
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    assert_eq!(s.delta_fallbacks, 1);
+    // lib-2.0 (delta failed, then full) and app-2.0 (delta: refused for the missing reference
+    // while lib-2.0 was not there, then full): four sends.
+    assert_eq!(s.paths_sent, 4);
+    assert_eq!(s.paths_landed, 2);
+    verified(&host, &[l2, a2]);
+}
+
+#[test]
+fn base_corrupted_on_the_host_falls_back_and_still_verifies() {
+    let mut w = world();
+    let (_, a1, l2, a2) = generations(&mut w);
+    let host = w.host("host");
+    w.push(&a1, &host, &PushOptions::default());
+    // Same size, other bytes: only the NAR hash tells.
+    let app = host.physical_path(&a1).join("app");
+    let mut bytes = std::fs::read(&app).unwrap();
+    bytes[1000] ^= 0x55;
+    std::fs::write(&app, bytes).unwrap();
+    let s = w.push(&a2, &host, &PushOptions::default());
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    assert_eq!((s.encode.paths_delta, s.delta_fallbacks, s.paths_landed), (2, 1, 2));
+    verified(&host, &[l2, a2]);
+}
+
+#[test]
+fn compress_once_for_several_hosts() {
+    let mut w = world();
+    let (_, a1, l2, a2) = generations(&mut w);
+    let hosts: Vec<StoreLayout> = (0..3).map(|i| w.host(&format!("h{i}"))).collect();
+    for h in &hosts {
+        w.push(&a1, h, &PushOptions::default());
+    }
+    let cache = Arc::new(FrameCache::new(hosts.len()));
+    let o = PushOptions { frame_cache: Some(cache.clone()), ..PushOptions::default() };
+    let closure = w.closure(&a2);
+    let (local, key) = (w.local.layout().clone(), &w.key);
+    let summaries: Vec<PushSummary> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                let (local, o, closure) = (&local, &o, &closure);
+                scope.spawn(move || {
+                    let t = InProcessTransport { options: AgentOptions::new(h.clone()) };
+                    push_closure(local, closure, &t, key, o, &NoProgress).unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let stats = cache.stats();
+    assert_eq!((stats.produced, stats.shared), (2, 4), "{stats:?}");
+    assert_eq!(summaries.iter().map(|s| s.encode.paths_shared).sum::<usize>(), 4);
+    for (h, s) in hosts.iter().zip(&summaries) {
+        assert!(s.rejected.is_empty());
+        verified(h, &[l2.clone(), a2.clone()]);
+    }
+}
+
+#[test]
+fn adaptive_and_no_delta_settings() {
+    use transfer::adaptive::CompressSetting;
+    let mut w = world();
+    let (_, a1, l2, a2) = generations(&mut w);
+    let host = w.host("host");
+    w.push(&a1, &host, &PushOptions::default());
+    let o = PushOptions {
+        compress: Some(CompressSetting::Auto),
+        delta: false,
+        ..PushOptions::default()
+    };
+    let s = w.push(&a2, &host, &o);
+    assert_eq!(s.encode.paths_delta, 0);
+    assert!(!s.encode.levels.is_empty());
+    verified(&host, &[l2, a2]);
+    let max = PushOptions { compress: Some(CompressSetting::Max), ..PushOptions::default() };
+    let other = w.host("other");
+    w.push(&a1, &other, &PushOptions::default());
+    let (_, _, _, a3) = {
+        let lib = codeish(11, 128 << 10);
+        let l = w.add("lib-3.0", &[("lib.so", lib)], &[]);
+        (
+            l.clone(),
+            a1.clone(),
+            l.clone(),
+            w.add("app-3.0", &[("app", codeish(2, 256 << 10))], &[&l]),
+        )
+    };
+    let s = w.push(&a3, &other, &max);
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    assert_eq!(s.encode.levels, vec![(transfer::adaptive::MAX_LEVEL, 2)]);
+    assert_eq!(s.encode.paths_delta, 2);
+}
+
+/// An older coordinator (no `delta` in its `Hello`) gets no bases; a current one gets the older
+/// version of each missing path, by name, and nothing for a path without one.
+#[test]
+fn bases_only_for_peers_that_speak_delta() {
+    use std::sync::atomic::AtomicU64;
+    use transfer::framed::{FrameReader, FrameWriter};
+    use transfer::protocol::{Frame, Hello, QueryEntry, FEATURE_DELTA};
+    use transfer::transport::{Connection, Transport};
+
+    let mut w = world();
+    let (l1, a1, l2, a2) = generations(&mut w);
+    let host = w.host("host");
+    w.push(&a1, &host, &PushOptions::default());
+    let lone = w.add("lonely-1.0", &[("f", b"x".to_vec())], &[]);
+    let closure = w.closure(&a2);
+    let mut entries: Vec<QueryEntry> = closure
+        .iter()
+        .map(|i| QueryEntry { path: i.path.clone(), nar_hash: i.nar_hash, nar_size: i.nar_size })
+        .collect();
+    let li = w.local.path_info(&lone).unwrap();
+    entries.push(QueryEntry { path: lone.clone(), nar_hash: li.nar_hash, nar_size: li.nar_size });
+    for delta in [false, true] {
+        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let Connection { reader, writer, mut agent } = t.connect().unwrap();
+        let mut frames = FrameReader::new(reader);
+        let mut out = FrameWriter::new(writer, Arc::new(AtomicU64::new(0)));
+        let mut hello = Hello::ours();
+        if !delta {
+            hello.features.retain(|f| f != FEATURE_DELTA);
+        }
+        out.send(&Frame::Hello(hello)).unwrap();
+        out.flush().unwrap();
+        let Some(Frame::Welcome(welcome)) = frames.read_frame().unwrap() else { panic!() };
+        assert!(welcome.features.iter().any(|f| f == FEATURE_DELTA));
+        out.send(&Frame::Query(entries.clone())).unwrap();
+        out.flush().unwrap();
+        let Some(Frame::Have { missing, bases }) = frames.read_frame().unwrap() else { panic!() };
+        assert_eq!(missing.len(), 3);
+        if delta {
+            let mut got = bases.clone();
+            got.sort();
+            let mut want = vec![(l2.clone(), vec![l1.clone()]), (a2.clone(), vec![a1.clone()])];
+            want.sort();
+            assert_eq!(got, want);
+        } else {
+            assert!(bases.is_empty(), "{bases:?}");
+        }
+        out.send(&Frame::Done).unwrap();
+        out.flush().unwrap();
+        assert!(matches!(frames.read_frame().unwrap(), Some(Frame::Bye { .. })));
+        drop(out);
+        agent.wait().unwrap();
+    }
+}
