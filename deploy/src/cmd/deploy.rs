@@ -36,13 +36,14 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use closure::{LayoutOptions, Store, StoreLayout};
 use serde_json::json;
 use signing::guix::SigningKey;
+use transfer::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use super::board::{Board, HostBar};
@@ -99,6 +100,8 @@ struct HostResult {
     success: bool,
     generation: Option<u64>,
     paths: usize,
+    /// Of those, paths whose compressed stream another machine's copy made (compress once).
+    shared: usize,
     bytes: u64,
     detail: String,
     /// Seconds spent in each step (for `--json`).
@@ -203,7 +206,16 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         // each machine's pipeline starts as soon as its own system is there.
         let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
         let built = Slots::new(machines.len());
-        let ctx = Ctx { layout: &layout, deployment: &deployment, key: key.as_ref() };
+        // Compress once: each path's zstd stream is made by the first machine's session that
+        // sends it and copied by the others (all at the same level, so they share).
+        let frame_cache = (!args.dry_run && machines.len() > 1)
+            .then(|| Arc::new(FrameCache::new(machines.len())));
+        let ctx = Ctx {
+            layout: &layout,
+            deployment: &deployment,
+            key: key.as_ref(),
+            frame_cache: frame_cache.clone(),
+        };
         std::thread::scope(|scope| {
             scope.spawn(|| {
                 let _close = CloseOnDrop(&built);
@@ -276,7 +288,7 @@ fn report(
                 ));
                 rows.push(json!({
                     "machine": name, "success": r.success, "generation": r.generation,
-                    "paths_sent": r.paths, "bytes_sent": r.bytes,
+                    "paths_sent": r.paths, "paths_shared": r.shared, "bytes_sent": r.bytes,
                     "seconds": elapsed.as_secs_f64(), "detail": r.detail,
                     "steps": r.steps.iter().map(|(k, v)| (k.to_string(), json!(v)))
                         .collect::<serde_json::Map<_, _>>(),
@@ -384,6 +396,8 @@ struct Ctx<'a> {
     deployment: &'a Deployment,
     /// `None` for a dry run.
     key: Option<&'a SigningKey>,
+    /// Encoded path data shared by the machines' copies.
+    frame_cache: Option<Arc<FrameCache>>,
 }
 
 /// The device text of a safety check, as the declaration spells it.
@@ -485,14 +499,22 @@ fn deploy_machine(
             bytes,
             detail: "dry run: nothing changed".into(),
             steps,
+            ..HostResult::default()
         });
     }
 
     // 3. Copy.
-    let (mut paths, mut sent) = (0, 0);
+    let (mut paths, mut shared, mut sent) = (0, 0, 0);
     if !to_send.is_empty() {
         bar.phase("copy");
-        let options = PushOptions { authorize: c.authorize, ..PushOptions::default() };
+        // The fixed level (no adaptive choice per link), so every machine's copy of a path
+        // is the same stream and the frame cache shares it.
+        let options = PushOptions {
+            authorize: c.authorize,
+            compress: None,
+            frame_cache: ctx.frame_cache.clone(),
+            ..PushOptions::default()
+        };
         let key = ctx.key.expect("a key unless dry run");
         let summary = session
             .copy(|t| push_closure(ctx.layout, &closure, t, key, &options, bar))
@@ -512,7 +534,8 @@ fn deploy_machine(
                 }
             );
         }
-        (paths, sent) = (summary.paths_sent, summary.nar_bytes_sent);
+        (paths, shared, sent) =
+            (summary.paths_sent, summary.encode.paths_shared, summary.nar_bytes_sent);
         lap("copy");
     }
     if facts.on_this_system {
@@ -521,6 +544,7 @@ fn deploy_machine(
             success: true,
             generation: facts.generation,
             paths,
+            shared,
             bytes: sent,
             detail: "already on this system".into(),
             steps,
@@ -531,7 +555,7 @@ fn deploy_machine(
     bar.phase("activate");
     let r = activate(&link, session, m, &built.absolute, bar).context("activate")?;
     steps.extend(r.steps);
-    Ok(HostResult { paths, bytes: sent, steps, ..r })
+    Ok(HostResult { paths, shared, bytes: sent, steps, ..r })
 }
 
 /// Ask the session to activate and answer the confirmation request (over a new connection).
