@@ -205,6 +205,16 @@ fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64, String)> 
             steps.push_str(&format!(" {step} {v:.2}"));
         }
     }
+    // Paths whose compressed stream another machine's copy made (compress once).
+    let shared: u64 = summary["machines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["paths_shared"].as_u64())
+        .sum();
+    if shared > 0 {
+        steps.push_str(&format!(" (paths shared {shared})"));
+    }
     Ok((secs, cpu, steps))
 }
 
