@@ -19,6 +19,17 @@
 //!   - `result JSON`: the [`HostResult`], last.
 //!     The host keeps going when its stdout is gone (the first connection dropped): it ignores
 //!     write errors, and the confirmation deadline still applies.
+//! - `ferry host session`: the whole deploy of one host in one command (one process, one SSH
+//!   channel). Requests ([`SessionRequest`]) come on stdin one at a time, each a line `VERB
+//!   [JSON]`; the next one is sent only after the answer to the previous one was read:
+//!   - `facts JSON` ([`FactsRequest`]): answered by one JSON line, [`Facts`];
+//!   - `copy`: the agent (`ferry serve`) runs on the same stdin and stdout, from the
+//!     coordinator's `Hello` to the agent's `Bye`; then the next request;
+//!   - `activate JSON` ([`ActivateRequest`]): answered as `ferry host activate` (lines, the
+//!     `result` last); the session ends with it (exit code 1 when the activation failed);
+//!   - end of stdin ends the session (exit code 0).
+//!
+//!   A failing request ends the session with a non-zero exit code and the error on stderr.
 //! - `ferry host confirm TOKEN [--reject REASON]`: no request; writes the answer marker
 //!   `<root>/var/ferry/confirm/TOKEN` ([`encode_answer`]) that the waiting activation polls.
 //!   It fails when no activation waits for TOKEN (`TOKEN.waiting` is there only while one
@@ -158,6 +169,49 @@ impl HostLine {
     }
 }
 
+/// A request of `ferry host session`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionRequest {
+    Facts(FactsRequest),
+    Copy,
+    Activate(ActivateRequest),
+}
+
+impl SessionRequest {
+    /// The request line, with its newline.
+    pub fn encode(&self) -> String {
+        match self {
+            SessionRequest::Facts(f) => format!("facts {}\n", compact(f)),
+            SessionRequest::Copy => "copy\n".to_owned(),
+            SessionRequest::Activate(a) => format!("activate {}\n", compact(a)),
+        }
+    }
+
+    /// Parse a request line (without its newline).
+    pub fn parse(line: &str) -> Result<SessionRequest, String> {
+        let (verb, body) = line.split_once(' ').unwrap_or((line, ""));
+        let bad = |e: serde_json::Error| format!("session request {verb:?}: {e}");
+        match verb {
+            "facts" => serde_json::from_str(body).map(SessionRequest::Facts).map_err(bad),
+            "copy" if body.is_empty() => Ok(SessionRequest::Copy),
+            "activate" => serde_json::from_str(body).map(SessionRequest::Activate).map_err(bad),
+            _ => Err(format!("unknown session request {:?}", truncate(line, 40))),
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// JSON on one line (serde_json's compact form escapes every newline).
+fn compact<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("serializable")
+}
+
 /// A confirmation token is 1 to 64 ASCII letters, digits or `-` (it names a file).
 pub fn valid_token(token: &str) -> bool {
     (1..=64).contains(&token.len()) && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -207,6 +261,32 @@ mod tests {
         assert_eq!(HostLine::parse("hello"), None);
         assert_eq!(HostLine::parse("confirm 3 ../x"), None);
         assert_eq!(HostLine::parse("generation x"), None);
+    }
+
+    #[test]
+    fn session_requests_round_trip() {
+        let requests = [
+            SessionRequest::Facts(FactsRequest {
+                system: Some("/gnu/store/aaa-system".into()),
+                devices: vec![DeviceSpec { device: "LABEL=root".into(), mount_point: "/".into() }],
+                paths: vec!["/gnu/store/bbb-x\nwith newline".into()],
+            }),
+            SessionRequest::Copy,
+            SessionRequest::Activate(ActivateRequest {
+                system: "/gnu/store/aaa-system".into(),
+                confirm_timeout_ms: Some(30_000),
+                health_checks: vec![HostCheck { command: "true".into(), timeout_ms: 5 }],
+                token: "ab-1".into(),
+            }),
+        ];
+        for r in requests {
+            let line = r.encode();
+            assert_eq!(line.matches('\n').count(), 1, "{line:?}");
+            assert_eq!(SessionRequest::parse(line.trim_end_matches('\n')), Ok(r));
+        }
+        assert!(SessionRequest::parse("copy now").is_err());
+        assert!(SessionRequest::parse("facts {").unwrap_err().contains("\"facts\""));
+        assert!(SessionRequest::parse("reboot").unwrap_err().contains("unknown"));
     }
 
     #[test]

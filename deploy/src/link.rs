@@ -1,26 +1,34 @@
 //! [`Link`]: how the deploy coordinator reaches one machine, the same way for both
 //! environments.
 //!
-//! - `local`: a root on this machine. The copy goes to `ferry serve` as a local subprocess
-//!   ([`LocalTransport`]); host commands (`ferry host ...`) run as local subprocesses of the
-//!   same executable with `--root ROOT`.
-//! - `managed-host`: SSH. One [`SshTransport`] per host: its one SSH session carries the
-//!   agent for the copy and every `ferry host ...` command (run with the agent program the
-//!   transport found or uploaded); a confirmation goes over a new connection of its own.
+//! - `local`: a root on this machine. Host commands (`ferry host ...`) run as local
+//!   subprocesses of the same executable with `--root ROOT` ([`LocalTransport`]).
+//! - `managed-host`: SSH. One [`SshTransport`] per host: its one SSH session carries every
+//!   `ferry host ...` command (run with the agent program the transport found or uploaded); a
+//!   confirmation goes over a new connection of its own.
+//!
+//! A deploy runs one [`HostSession`] per machine (`ferry host session`): the facts, the copy
+//! (the agent's protocol on the same streams, lent to `push_closure` as a [`Transport`]) and
+//! the activation, one after the other in one command: one process and one channel per host
+//! instead of one per step.
 //!
 //! Everything else (what to ask, in which order) is the deploy pipeline's, written once.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use transfer::ssh::SshConfig;
 use transfer::ssh_transport::SshTransport;
-use transfer::transport::{LocalTransport, StderrTail, Transport};
+use transfer::transport::{
+    AgentHandle, Connection, LocalTransport, StderrTail, Transport, TransportError,
+};
 use transfer::uri::StoreParams;
 
 use crate::deployment::{Environment, Machine};
+use crate::host_protocol::{ActivateRequest, Facts, FactsRequest, SessionRequest};
 
 /// How a host command ended.
 #[derive(Debug, Clone)]
@@ -109,14 +117,6 @@ impl Link {
         })
     }
 
-    /// The transport the copy goes through.
-    pub fn transport(&self) -> &dyn Transport {
-        match self {
-            Link::Local { transport } => transport,
-            Link::Ssh { transport, .. } => transport.as_ref(),
-        }
-    }
-
     /// Run `ferry host ARGS...` on the host with `stdin`; each stdout line goes to `line` as
     /// it comes.
     pub fn host(
@@ -150,22 +150,46 @@ impl Link {
         argv.extend(args.iter().map(|a| a.to_string()));
         match self {
             Link::Local { transport } => run_local(transport, &argv, stdin, line),
-            Link::Ssh { transport, host_key_hint } => {
+            Link::Ssh { transport, .. } => {
                 let run = if fresh {
                     transport.run_ferry_on_new_connection(&argv, stdin, line)
                 } else {
                     transport.run_ferry(&argv, stdin, line)
                 };
-                let run = run.map_err(|e| {
-                    let text = e.to_string();
-                    if text.contains(": host key: ") {
-                        anyhow!("{text}\n{host_key_hint}")
-                    } else {
-                        anyhow!(e)
-                    }
-                })?;
+                let run = run.map_err(|e| self.with_hint(anyhow!(e)))?;
                 Ok(Exit { code: run.status.code.map(|c| c as i32), stderr: run.stderr })
             }
+        }
+    }
+
+    /// Start `ferry host session` on the host (over the host's one SSH session; for `local`, a
+    /// subprocess): the facts, the copy and the activation of one deploy in one command.
+    pub fn session(&self) -> anyhow::Result<HostSession> {
+        let args = ["host", "session"];
+        let (connection, host) = match self {
+            Link::Local { transport } => (transport.connect_ferry(&args), transport.describe()),
+            Link::Ssh { transport, .. } => {
+                let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                (transport.connect_ferry(&args), transport.describe())
+            }
+        };
+        let Connection { reader, writer, agent } =
+            connection.map_err(|e| self.with_hint(anyhow!(e)))?;
+        Ok(HostSession {
+            host,
+            reader: Arc::new(Mutex::new(BufReader::new(reader))),
+            writer: Arc::new(Mutex::new(Some(writer))),
+            agent: Arc::new(Mutex::new(agent)),
+        })
+    }
+
+    /// `e`, with what to do about a host key error.
+    fn with_hint(&self, e: anyhow::Error) -> anyhow::Error {
+        match self {
+            Link::Ssh { host_key_hint, .. } if e.to_string().contains(": host key: ") => {
+                anyhow!("{e}\n{host_key_hint}")
+            }
+            _ => e,
         }
     }
 
@@ -186,6 +210,183 @@ impl Link {
         serde_json::from_str(out.trim())
             .with_context(|| format!("ferry host {}: unexpected answer {out:?}", args.join(" ")))
     }
+}
+
+type SharedReader = Arc<Mutex<BufReader<Box<dyn Read + Send>>>>;
+/// `None` once closed (end of the host's stdin).
+type SharedWriter = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
+
+/// A running `ferry host session` (see [`crate::host_protocol`]): one request at a time.
+pub struct HostSession {
+    host: String,
+    /// Every read goes through this one buffer: the copy's frames come after the lines.
+    reader: SharedReader,
+    writer: SharedWriter,
+    agent: Arc<Mutex<Box<dyn AgentHandle>>>,
+}
+
+impl HostSession {
+    fn send(&self, request: &SessionRequest) -> anyhow::Result<()> {
+        let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let w = writer.as_mut().ok_or_else(|| anyhow!("the session's input is closed"))?;
+        w.write_all(request.encode().as_bytes())
+            .and_then(|()| w.flush())
+            .map_err(|e| self.failed(&format!("sending a request: {e}")))
+    }
+
+    /// One line of output; `None` at the end.
+    fn line(&self) -> anyhow::Result<Option<String>> {
+        let mut buf = Vec::new();
+        let n = self
+            .reader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| self.failed(&format!("reading its output: {e}")))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if buf.last() == Some(&b'\n') {
+            buf.pop();
+        }
+        Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+    }
+
+    /// Why the session stopped short: `what`, and what the host printed on stderr.
+    fn failed(&self, what: &str) -> anyhow::Error {
+        let stderr = self.agent.lock().unwrap_or_else(|p| p.into_inner()).stderr();
+        let stderr = stderr.trim();
+        let stderr = stderr.strip_prefix("ferry: error: ").unwrap_or(stderr);
+        if stderr.is_empty() {
+            anyhow!("{}: ferry host session: {what}", self.host)
+        } else {
+            anyhow!("{}: ferry host session: {what}: {stderr}", self.host)
+        }
+    }
+
+    /// `facts`: one JSON line.
+    pub fn facts(&self, request: FactsRequest) -> anyhow::Result<Facts> {
+        self.send(&SessionRequest::Facts(request))?;
+        match self.line()? {
+            Some(line) => serde_json::from_str(&line)
+                .with_context(|| format!("ferry host session: unexpected facts {line:?}")),
+            None => Err(self.end().err().unwrap_or_else(|| self.failed("ended without facts"))),
+        }
+    }
+
+    /// `copy`: the agent on the session's streams, for `push` (`push_closure` through the
+    /// transport it is given).
+    pub fn copy<T>(&self, push: impl FnOnce(&dyn Transport) -> T) -> anyhow::Result<T> {
+        self.send(&SessionRequest::Copy)?;
+        Ok(push(&InSession {
+            host: self.host.clone(),
+            reader: self.reader.clone(),
+            writer: self.writer.clone(),
+            agent: self.agent.clone(),
+        }))
+    }
+
+    /// `activate`: the session's last request; each output line goes to `line` as it comes.
+    /// `Err` when the output broke off; otherwise how the session ended.
+    pub fn activate(
+        self,
+        request: ActivateRequest,
+        line: &mut dyn FnMut(&str),
+    ) -> anyhow::Result<Result<(), String>> {
+        self.send(&SessionRequest::Activate(request))?;
+        self.close_input();
+        while let Some(l) = self.line()? {
+            line(&l);
+        }
+        Ok(self.end().map_err(|e| format!("{e:#}")))
+    }
+
+    fn close_input(&self) {
+        // Dropping the writer ends the host's stdin.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+
+    /// Close the session's input and wait for its end.
+    pub fn end(&self) -> anyhow::Result<()> {
+        self.close_input();
+        let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
+        agent.wait().map_err(|e| match e {
+            TransportError::AgentFailed { status, stderr, .. } => {
+                let stderr = stderr.trim();
+                let stderr = stderr.strip_prefix("ferry: error: ").unwrap_or(stderr);
+                anyhow!("{}: ferry host session failed ({status}): {stderr}", self.host)
+            }
+            e => anyhow!(e),
+        })
+    }
+}
+
+/// The copy's view of a [`HostSession`]: its streams, lent to one `push_closure`; the
+/// session goes on after the agent's `Bye`.
+struct InSession {
+    host: String,
+    reader: SharedReader,
+    writer: SharedWriter,
+    agent: Arc<Mutex<Box<dyn AgentHandle>>>,
+}
+
+impl std::fmt::Debug for InSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InSession").field("host", &self.host).finish_non_exhaustive()
+    }
+}
+
+impl Transport for InSession {
+    fn describe(&self) -> String {
+        self.host.clone()
+    }
+
+    fn connect(&self) -> Result<Connection, TransportError> {
+        Ok(Connection {
+            reader: Box::new(Lent(self.reader.clone())),
+            writer: Box::new(Lent(self.writer.clone())),
+            agent: Box::new(LentAgent(self.agent.clone())),
+        })
+    }
+}
+
+/// A lent stream: reads and writes go to the session's; dropping it closes nothing.
+struct Lent<T>(Arc<Mutex<T>>);
+
+impl Read for Lent<BufReader<Box<dyn Read + Send>>> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).read(buf)
+    }
+}
+
+impl Write for Lent<Option<Box<dyn Write + Send>>> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(w) => w.write(buf),
+            None => Err(std::io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self.0.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The session's command stands for the agent: it goes on after the copy, so waiting for
+/// it here is waiting for nothing; its stderr is the session's.
+#[derive(Debug)]
+struct LentAgent(Arc<Mutex<Box<dyn AgentHandle>>>);
+
+impl AgentHandle for LentAgent {
+    fn wait(&mut self) -> Result<(), TransportError> {
+        Ok(())
+    }
+    fn stderr(&self) -> String {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).stderr()
+    }
+    fn kill(&mut self) {}
 }
 
 fn run_local(

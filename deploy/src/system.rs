@@ -50,7 +50,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use closure::{Store, StoreError};
-use nar_core::store_path::StorePath;
+use nar_core::store_path::{make_source_path, StorePath};
 use serde::Serialize;
 
 use crate::deployment::{service_order, BootParameters, EtcFile, OperatingSystem};
@@ -218,10 +218,35 @@ pub fn build_with(
         .map_err(io_err("cannot create a temporary directory in", &std::env::temp_dir()))?;
     let out = tmp.path().join(SYSTEM_NAME);
     lay_out(store, os, provenance, &packages, &out)?;
-    let info =
-        store.add_path(&out, Some(SYSTEM_NAME)).map_err(|e| SystemError::Store(Box::new(e)))?;
-    let absolute = info.path.to_absolute(store.store_dir());
-    Ok(BuiltSystem { path: info.path, absolute, packages })
+    let path =
+        add_source(store, &out, Some(SYSTEM_NAME)).map_err(|e| SystemError::Store(Box::new(e)))?;
+    let absolute = path.to_absolute(store.store_dir());
+    Ok(BuiltSystem { path, absolute, packages })
+}
+
+/// `store.add_path(source, name)`, unless the store holds that path already: a source item's
+/// path follows from its name and NAR hash, so hashing the tree (reading it) tells, without
+/// the copy into the store, its fsyncs and the reference scan that `add_path` makes first.
+/// (Every deploy rebuilds every machine's system and re-adds local package directories: on
+/// a redeploy they are all there.)
+fn add_source(
+    store: &mut Store,
+    source: &Path,
+    name: Option<&str>,
+) -> Result<StorePath, StoreError> {
+    let name = name
+        .map(str::to_owned)
+        .or_else(|| source.file_name().map(|n| n.to_string_lossy().into_owned()));
+    // Anything unusual (no name, unreadable files) is for add_path to report.
+    let known = name.as_deref().and_then(|name| {
+        let digest = nar_core::dump::hash_path(source).ok()?;
+        let path = make_source_path(store.store_dir(), name, &digest.hash).ok()?;
+        store.is_valid(&path).ok()?.then_some(path)
+    });
+    match known {
+        Some(path) => Ok(path),
+        None => store.add_path(source, name.as_deref()).map(|info| info.path),
+    }
 }
 
 /// Packages as store paths: store paths must be valid; directories are added (unless `added`
@@ -246,12 +271,12 @@ pub fn add_packages(
         } else if let Some(path) = added.get(p) {
             out.push(path.clone());
         } else if p.is_dir() {
-            let info = store.add_path(p, None).map_err(|e| SystemError::AddPackage {
+            let path = add_source(store, p, None).map_err(|e| SystemError::AddPackage {
                 path: text.to_string(),
                 source: Box::new(e),
             })?;
-            added.insert(p.clone(), info.path.clone());
-            out.push(info.path);
+            added.insert(p.clone(), path.clone());
+            out.push(path);
         } else {
             return Err(SystemError::PackageNotFound(text.into_owned()));
         }
@@ -419,26 +444,30 @@ fn union(out: &Path, sources: &[(PathBuf, String)], rel: &str) -> Result<(), Sys
 pub const ACTIVATE: &str = r#"#!/bin/sh
 # ferry activation program. Environment: FERRY_ROOT (host root, default /),
 # FERRY_PREVIOUS_SYSTEM (the system active before, empty if none).
+# Shell built-ins where they do (it runs on every host of every deploy): an external
+# program only to read or make a link, to list files, or to compare service definitions.
 set -eu
 say() { printf 'activate: %s\n' "$*"; }
 root=${FERRY_ROOT:-/}
 root=${root%/}
-system=$(cd "$(dirname "$0")" && pwd -P)
+case $0 in */*) dir=${0%/*} ;; *) dir=. ;; esac
+system=$(cd "$dir" && pwd -P)
 prev=${FERRY_PREVIOUS_SYSTEM:-}
 if [ -n "$prev" ]; then
   if [ -d "$prev" ]; then prev=$(cd "$prev" && pwd -P); else say "previous system $prev is gone"; prev=; fi
 fi
 say "activating $system"
-mkdir -p "$root/etc" "$root/var/ferry"
+[ -d "$root/etc" ] && [ -d "$root/var/ferry" ] || mkdir -p "$root/etc" "$root/var/ferry"
 
 etc_files() { [ -d "$1/etc" ] && (cd "$1/etc" && find . -type f | sed 's|^\./||' | sort); return 0; }
+points() { [ -L "$1" ] && [ "$(readlink "$1" 2>/dev/null || true)" = "$2" ]; } # points LINK TARGET
 link() {
-  if [ "$(readlink "$2" 2>/dev/null || true)" = "$1" ]; then return 0; fi
-  mkdir -p "$(dirname "$2")"
+  if points "$2" "$1"; then return 0; fi
+  [ -d "${2%/*}" ] || mkdir -p "${2%/*}"
   if [ -e "$2" ] && [ ! -L "$2" ]; then
     mv "$2" "$2.ferry-orig"; say "kept the original $2 as $2.ferry-orig"
   fi
-  rm -f "$2.ferry-new"
+  if [ -e "$2.ferry-new" ] || [ -L "$2.ferry-new" ]; then rm -f "$2.ferry-new"; fi
   ln -s "$1" "$2.ferry-new"
   mv -f "$2.ferry-new" "$2"
   say "linked $2"
@@ -446,7 +475,7 @@ link() {
 for f in $(etc_files "$system"); do link "$system/etc/$f" "$root/etc/$f"; done
 if [ -n "$prev" ]; then
   for f in $(etc_files "$prev"); do
-    if [ ! -e "$system/etc/$f" ] && [ "$(readlink "$root/etc/$f" 2>/dev/null || true)" = "$prev/etc/$f" ]; then
+    if [ ! -e "$system/etc/$f" ] && points "$root/etc/$f" "$prev/etc/$f"; then
       rm -f "$root/etc/$f"; say "removed $root/etc/$f"
       if [ -e "$root/etc/$f.ferry-orig" ]; then mv "$root/etc/$f.ferry-orig" "$root/etc/$f"; say "restored $root/etc/$f"; fi
     fi
@@ -462,7 +491,10 @@ same() { # same SERVICE: the definition did not change
     cmp -s "$prev/services/$1/$part" "$system/services/$1/$part" || return 1
   done
 }
-order() { [ -f "$1/services/.order" ] && cat "$1/services/.order"; return 0; }
+order() { # one service name a line
+  if [ -f "$1/services/.order" ]; then while IFS= read -r s; do echo "$s"; done < "$1/services/.order"; fi
+  return 0
+}
 reversed() { order "$1" | sed -n '1!G;h;$p'; }
 
 if [ -n "$prev" ]; then
@@ -497,6 +529,23 @@ mod tests {
 
     fn store(root: &Path) -> Store {
         Store::open(StoreLayout::new(root, StoreDir::guix(), None).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn adding_a_known_source_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let pkg = package(dir.path(), "pkg", &[("bin/x", "hi")]);
+        let (first, layout) = {
+            let mut s = store(&root);
+            (add_source(&mut s, &pkg, None).unwrap(), s.layout().clone())
+        };
+        // Known: answered from the hash, without add_path (which a read-only store refuses).
+        let mut read_only = Store::open_read_only(layout).unwrap();
+        assert_eq!(add_source(&mut read_only, &pkg, None).unwrap(), first);
+        fs::write(pkg.join("bin/x"), "changed").unwrap();
+        assert!(add_source(&mut read_only, &pkg, None).is_err());
+        assert_ne!(add_source(&mut store(&root), &pkg, None).unwrap(), first);
     }
 
     fn provenance() -> Provenance {

@@ -162,6 +162,9 @@ fn deploy_three_hosts_redeploy_execute_roll_back() {
         assert_eq!(m["generation"], 1, "{}", s.json);
         assert!(m["paths_sent"].as_u64().unwrap() >= 2, "{}", s.json);
     }
+    // Compress once: the package's stream was made by one machine's copy, copied by the others.
+    let shared: u64 = names.iter().map(|n| s.machine(n)["paths_shared"].as_u64().unwrap()).sum();
+    assert!(shared >= 2, "{}", s.json);
     let first_paths = s.machine("web1")["paths_sent"].as_u64().unwrap();
     for sshd in fleet.iter() {
         let r = root(sshd);

@@ -387,3 +387,37 @@ fn file_errors_have_line_and_column() {
     let out = env.expect(1, &["deploy", &file]);
     assert!(out.contains("incorrect target system ('mips64el-linux' was given"), "{out}");
 }
+
+/// `ferry host session`, driven by hand: requests answered one at a time; an unknown one
+/// ends the session with a clear error.
+#[test]
+fn host_session_answers_requests_and_refuses_unknown_ones() {
+    use std::io::Write;
+    let env = Env::new();
+    let root = env.path().join("host");
+    let session = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["--root", root.to_str().unwrap(), "host", "session"])
+            .env("HOME", env.path().join("home"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let path = "/gnu/store/00000000000000000000000000000000-x";
+    let facts = format!("facts {{\"system\":null,\"devices\":[],\"paths\":[\"{path}\"]}}\n");
+    let out = session(&facts);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["missing"], serde_json::json!([path]), "{answer}");
+    assert_eq!(answer["generation"], serde_json::Value::Null, "{answer}");
+
+    let out = session(&format!("{facts}reboot now\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "facts answered first");
+    assert!(stderr.contains("unknown session request \"reboot now\""), "{stderr}");
+}

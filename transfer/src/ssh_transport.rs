@@ -118,12 +118,12 @@ impl SshTransport {
         let script = r#"v="$1"
 echo "uid $(id -u)"
 echo "home $HOME"
-echo "arch $(uname -m)"
 for f in "$(command -v ferry 2>/dev/null)" "$HOME/.cache/ferry/ferry-$v"; do
   if [ -n "$f" ] && [ -x "$f" ] && [ "$("$f" --version 2>/dev/null)" = "ferry $v" ]; then
-    echo "found $f"; break
+    echo "found $f"; exit 0
   fi
-done"#;
+done
+echo "arch $(uname -m)""#;
         let out = session.run(&["sh", "-c", script, "sh", version]).await.map_err(other)?;
         let text = String::from_utf8_lossy(&out);
         let field = |name: &str| {
@@ -155,10 +155,6 @@ done"#;
         };
         *self.program.lock().unwrap_or_else(|p| p.into_inner()) = Some(program.clone());
         Ok(program)
-    }
-
-    fn argv(&self, program: &AgentProgram) -> Vec<String> {
-        self.argv_for(program, &["serve".to_owned()])
     }
 
     /// `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] ARGS...`.
@@ -265,10 +261,19 @@ impl Transport for SshTransport {
     }
 
     fn connect(&self) -> Result<Connection, TransportError> {
+        self.connect_ferry(&["serve".to_owned()])
+    }
+}
+
+impl SshTransport {
+    /// Start `ferry ARGS...` on the host as the agent is started (its program, store options
+    /// and `sudo -n`), on this transport's session, and connect to its stdin and stdout:
+    /// [`Transport::connect`] is this with `serve`. The handle waits for the command's exit.
+    pub fn connect_ferry(&self, args: &[String]) -> Result<Connection, TransportError> {
         let process = self.runtime.block_on(async {
             let session = self.session().await?;
             let program = self.agent_program(&session).await?;
-            session.exec(&self.argv(&program)).await.map_err(other)
+            session.exec(&self.argv_for(&program, args)).await.map_err(other)
         })?;
         let (stdin, stdout, exit) = process.split();
         let handle = self.runtime.handle().clone();

@@ -138,7 +138,8 @@ impl LocalTransport {
         })
     }
 
-    fn command(&self) -> Command {
+    /// `PROGRAM --root R [--store-dir D] [--state-dir S] ARGS...` with `env`.
+    fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(&self.program);
         c.arg("--root").arg(&self.root);
         if let Some(d) = &self.store_dir {
@@ -147,7 +148,7 @@ impl LocalTransport {
         if let Some(d) = &self.state_dir {
             c.arg("--state-dir").arg(d);
         }
-        c.arg("serve");
+        c.args(args);
         for (k, v) in &self.env {
             c.env(k, v);
         }
@@ -196,10 +197,18 @@ impl Transport for LocalTransport {
     }
 
     fn connect(&self) -> Result<Connection, TransportError> {
-        let mut command = self.command();
+        self.connect_ferry(&["serve"])
+    }
+}
+
+impl LocalTransport {
+    /// Start `PROGRAM ARGS...` for this root as the agent is started, and connect to its stdin
+    /// and stdout: [`Transport::connect`] is this with `serve`. The handle waits for its exit.
+    pub fn connect_ferry(&self, args: &[&str]) -> Result<Connection, TransportError> {
+        let mut command = self.command(args);
         command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|error| TransportError::Spawn {
-            command: format!("{:?}", self.command()),
+            command: format!("{:?}", self.command(args)),
             error,
         })?;
         let stdin = child.stdin.take().expect("piped");

@@ -84,6 +84,52 @@ fn package(dir: &Path, mib: usize) -> Result<()> {
     Ok(())
 }
 
+/// CPU seconds of sshd listener `pid` and every session process it has reaped (utime +
+/// stime + cutime + cstime of `/proc/PID/stat`): the hosts' share of a deploy (sshd, the
+/// shells, `ferry host ...`, the agent, `activate`), read before and after.
+fn host_cpu(pid: u32) -> f64 {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    // After the `)`: field 3 (state) is index 0; fields 14-17 are indices 11-14.
+    let ticks: u64 =
+        rest.split_whitespace().skip(11).take(4).filter_map(|v| v.parse::<u64>().ok()).sum();
+    ticks as f64 / clock_ticks()
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The hosts' CPU seconds, summed over `hosts`, once every session process has been reaped.
+fn hosts_cpu(hosts: &[Sshd]) -> f64 {
+    // Sessions end just after the coordinator: wait (bounded) for their exit to be counted.
+    for _ in 0..50 {
+        if hosts.iter().all(|h| h.pid().is_none_or(|p| session_count(p) == 0)) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    hosts.iter().filter_map(Sshd::pid).map(host_cpu).sum()
+}
+
+/// Processes whose parent is `pid`.
+fn session_count(pid: u32) -> usize {
+    let Ok(dir) = fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| fs::read_to_string(e.path().join("stat")).ok())
+        .filter(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().nth(1).map(|pp| pp == pid.to_string()))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
 fn machine(name: &str, sshd: &Sshd, root: &Path) -> String {
     format!(
         "[[machine]]\nname = \"{name}\"\noperating-system = {{ inherit = \"base\", host-name = \"{name}\" }}\n\
@@ -148,7 +194,7 @@ fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64, String)> 
     {
         steps.push_str(&format!(" build {built}"));
     }
-    for step in ["facts", "copy", "activate"] {
+    for step in ["facts", "copy", "activate", "confirm"] {
         let slowest = summary["machines"]
             .as_array()
             .into_iter()
@@ -158,6 +204,16 @@ fn deploy(ferry: &Path, work: &Path, file: &Path) -> Result<(f64, f64, String)> 
         if let Some(v) = slowest {
             steps.push_str(&format!(" {step} {v:.2}"));
         }
+    }
+    // Paths whose compressed stream another machine's copy made (compress once).
+    let shared: u64 = summary["machines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["paths_shared"].as_u64())
+        .sum();
+    if shared > 0 {
+        steps.push_str(&format!(" (paths shared {shared})"));
     }
     Ok((secs, cpu, steps))
 }
@@ -186,6 +242,7 @@ fn main() -> Result<()> {
 
     let (mut t1, mut tn, mut tnoop) = (Vec::new(), Vec::new(), Vec::new());
     let (mut c1, mut cn) = (Vec::new(), Vec::new());
+    let (mut hc1, mut hcn) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let roots = |sshd: &Sshd| sshd.dir().join(format!("root-{run}"));
         let mut single = BASE.to_owned();
@@ -207,15 +264,24 @@ fn main() -> Result<()> {
             deploy(&ferry, w, &w.join("warm.toml"))?;
         }
         let l = load();
+        let h0 = hosts_cpu(one);
         let (a, cpu_a, steps_a) = deploy(&ferry, w, &single_file)?;
+        let h1 = hosts_cpu(one);
+        let h2 = hosts_cpu(many);
         let (b, cpu_b, steps_b) = deploy(&ferry, w, &fleet_file)?;
-        let (c, _, steps_c) = deploy(&ferry, w, &fleet_file)?;
+        let h3 = hosts_cpu(many);
+        let (c, cpu_c, steps_c) = deploy(&ferry, w, &fleet_file)?;
+        let h4 = hosts_cpu(many);
+        let (host_a, host_b, host_c) = (h1 - h0, h3 - h2, h4 - h3);
         eprintln!(
-            "run {run}: 1 host {a:.2}s (coordinator CPU {cpu_a:.2}s; slowest steps{steps_a}), \
-             {} hosts {b:.2}s (coordinator CPU {cpu_b:.2}s; slowest steps{steps_b}), {} hosts \
-             no change {c:.2}s (slowest steps{steps_c}) (load {l})",
+            "run {run}: 1 host {a:.2}s (CPU: coordinator {cpu_a:.2}s, host {host_a:.2}s; slowest \
+             steps{steps_a}), {} hosts {b:.2}s (CPU: coordinator {cpu_b:.2}s, hosts \
+             {host_b:.2}s; slowest steps{steps_b}), {} hosts no change {c:.2}s (CPU: \
+             coordinator {cpu_c:.2}s, hosts {host_c:.2}s; slowest steps{steps_c}) (load {l})",
             args.hosts, args.hosts
         );
+        hc1.push(host_a);
+        hcn.push(host_b);
         t1.push(a);
         tn.push(b);
         tnoop.push(c);
@@ -224,6 +290,7 @@ fn main() -> Result<()> {
     }
     let (m1, mn, mnoop) = (median(&mut t1), median(&mut tn), median(&mut tnoop));
     let (mc1, mcn) = (median(&mut c1), median(&mut cn));
+    let (mh1, mhn) = (median(&mut hc1), median(&mut hcn));
     let uptime_after = load();
     let result = json!({
         "hosts": args.hosts,
@@ -235,6 +302,8 @@ fn main() -> Result<()> {
         "no_change_fleet_s": mnoop,
         "one_host_coordinator_cpu_s": mc1,
         "fleet_coordinator_cpu_s": mcn,
+        "one_host_host_cpu_s": mh1,
+        "fleet_hosts_cpu_s": mhn,
         "one_host_all": t1,
         "fleet_all": tn,
         "no_change_all": tnoop,
@@ -254,12 +323,12 @@ fn main() -> Result<()> {
             )
         };
         println!(
-            "  1 host                      {m1:.2} s ({})  coordinator CPU {mc1:.2} s",
+            "  1 host                      {m1:.2} s ({})  CPU: coordinator {mc1:.2} s, host {mh1:.2} s",
             range(&t1)
         );
         println!(
             "  {} hosts                     {mn:.2} s ({})  = {:.2}x of 1 host (target <= 1.5x)  \
-             coordinator CPU {mcn:.2} s",
+             CPU: coordinator {mcn:.2} s, hosts {mhn:.2} s",
             args.hosts,
             range(&tn),
             mn / m1

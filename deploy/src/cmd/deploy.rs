@@ -3,9 +3,10 @@
 //!
 //! One pipeline for both environments (`local` roots and `managed-host` machines over SSH),
 //! through a [`Link`] per machine: the copy goes through the transfer engine
-//! (`push_closure`, signed with this machine's key, generated on first use), and every step on
-//! the host is a `ferry host ...` command (see [`crate::host_protocol`]) run by the agent
-//! program (a local subprocess, or over the host's one SSH session).
+//! (`push_closure`, signed with this machine's key, generated on first use), and the steps on
+//! the host are requests of one `ferry host session` command per machine (see
+//! [`crate::host_protocol`]) run by the agent program (a local subprocess, or over the host's
+//! one SSH session): facts, copy and activation share one process and one channel.
 //!
 //! Per machine, after every system was built into the local store (one writer):
 //! 1. `facts`, one round trip: system type, current generation and its provenance, the
@@ -35,13 +36,14 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use closure::{LayoutOptions, Store, StoreLayout};
 use serde_json::json;
 use signing::guix::SigningKey;
+use transfer::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use super::board::{Board, HostBar};
@@ -51,7 +53,7 @@ use crate::deployment::{Deployment, HealthCheck, Machine};
 use crate::host_protocol::{
     ActivateRequest, DeviceSpec, Facts, FactsRequest, GenerationInfo, HostCheck, HostLine,
 };
-use crate::link::Link;
+use crate::link::{HostSession, Link};
 use crate::system::{self, BuiltSystem, Provenance};
 
 /// Test hook: the coordinator never confirms an activation (the host must roll back).
@@ -98,6 +100,8 @@ struct HostResult {
     success: bool,
     generation: Option<u64>,
     paths: usize,
+    /// Of those, paths whose compressed stream another machine's copy made (compress once).
+    shared: usize,
     bytes: u64,
     detail: String,
     /// Seconds spent in each step (for `--json`).
@@ -183,20 +187,6 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
             r
         })
     } else {
-        // Build every system first (one writer on the local store).
-        let mut built: Vec<Mutex<Option<Built>>> = Vec::new();
-        {
-            let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
-            let mut added = system::AddedPackages::default();
-            // git runs once for the file; each machine adds its declaration's name.
-            let provenance = Provenance::of_file(&deployment.file, None);
-            for m in &machines {
-                let provenance =
-                    Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
-                built.push(Mutex::new(Some(build_for(&mut store, m, provenance, &mut added))));
-            }
-        }
-        eprintln!("built {} system(s) in {:.1}s", machines.len(), started.elapsed().as_secs_f64());
         let key = if args.dry_run {
             None
         } else {
@@ -212,23 +202,55 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
             }
             Some(key)
         };
-        let ctx = Ctx { layout: &layout, deployment: &deployment, key: key.as_ref() };
-        for_each_machine(&machines, jobs, args.fail_fast, &|i, m| {
-            let bar = board.host(&m.name);
-            let r = match built[i].lock().unwrap().take().expect("built once") {
-                Ok((system, provenance)) => {
-                    deploy_machine(&ctx, m, &system, &provenance, args.dry_run, &bar)
+        // One thread builds the systems in machine order (one writer on the local store);
+        // each machine's pipeline starts as soon as its own system is there.
+        let mut store = Store::open(layout.clone()).context("cannot open the local store")?;
+        let built = Slots::new(machines.len());
+        // Compress once: each path's zstd stream is made by the first machine's session that
+        // sends it and copied by the others (all at the same level, so they share).
+        let frame_cache = (!args.dry_run && machines.len() > 1)
+            .then(|| Arc::new(FrameCache::new(machines.len())));
+        let ctx = Ctx {
+            layout: &layout,
+            deployment: &deployment,
+            key: key.as_ref(),
+            frame_cache: frame_cache.clone(),
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let _close = CloseOnDrop(&built);
+                let mut added = system::AddedPackages::default();
+                // git runs once for the file; each machine adds its declaration's name.
+                let provenance = Provenance::of_file(&deployment.file, None);
+                for (i, m) in machines.iter().enumerate() {
+                    let provenance =
+                        Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
+                    built.put(i, build_for(&mut store, m, provenance, &mut added));
                 }
-                Err(e) => Err(e.context("build")),
-            };
-            if let Err(e) = &r {
-                bar.say(&format!("error: {e:#}"));
-            }
-            bar.finish(match &r {
-                Ok(r) if r.success => "ok",
-                _ => "FAILED",
+                eprintln!(
+                    "built {} system(s) in {:.1}s",
+                    machines.len(),
+                    started.elapsed().as_secs_f64()
+                );
             });
-            r
+            for_each_machine(&machines, jobs, args.fail_fast, &|i, m| {
+                let bar = board.host(&m.name);
+                bar.phase("build");
+                let r = match built.take(i) {
+                    Ok((system, provenance)) => {
+                        deploy_machine(&ctx, m, &system, &provenance, args.dry_run, &bar)
+                    }
+                    Err(e) => Err(e.context("build")),
+                };
+                if let Err(e) = &r {
+                    bar.say(&format!("error: {e:#}"));
+                }
+                bar.finish(match &r {
+                    Ok(r) if r.success => "ok",
+                    _ => "FAILED",
+                });
+                r
+            })
         })
     };
     let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
@@ -266,7 +288,7 @@ fn report(
                 ));
                 rows.push(json!({
                     "machine": name, "success": r.success, "generation": r.generation,
-                    "paths_sent": r.paths, "bytes_sent": r.bytes,
+                    "paths_sent": r.paths, "paths_shared": r.shared, "bytes_sent": r.bytes,
                     "seconds": elapsed.as_secs_f64(), "detail": r.detail,
                     "steps": r.steps.iter().map(|(k, v)| (k.to_string(), json!(v)))
                         .collect::<serde_json::Map<_, _>>(),
@@ -300,6 +322,61 @@ fn report(
 /// A machine's built system and its provenance, or why it could not be built.
 type Built = anyhow::Result<(BuiltSystem, Provenance)>;
 
+/// The systems, handed from the builder to each machine's pipeline as they are built (in
+/// machine order).
+struct Slots {
+    /// The systems not yet taken, and how many were built.
+    state: Mutex<(Vec<Option<Built>>, usize)>,
+    filled: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots { state: Mutex::new(((0..n).map(|_| None).collect(), 0)), filled: Condvar::new() }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Option<Built>>, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Machine `i`'s system (the next one).
+    fn put(&self, i: usize, built: Built) {
+        let mut state = self.lock();
+        state.0[i] = Some(built);
+        state.1 = i + 1;
+        self.filled.notify_all();
+    }
+
+    /// The builder stopped: the machines it did not build get an error instead of waiting.
+    fn close(&self) {
+        let mut state = self.lock();
+        let (slots, count) = &mut *state;
+        for slot in &mut slots[*count..] {
+            *slot = Some(Err(anyhow!("the build stopped before this machine's system")));
+        }
+        *count = slots.len();
+        self.filled.notify_all();
+    }
+
+    /// Wait for machine `i`'s system (taken once).
+    fn take(&self, i: usize) -> Built {
+        let mut state = self.lock();
+        while state.1 <= i {
+            state = self.filled.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.0[i].take().unwrap_or_else(|| Err(anyhow!("this machine's system was taken twice")))
+    }
+}
+
+/// Closes the slots when the builder ends, however it ends.
+struct CloseOnDrop<'a>(&'a Slots);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 /// Build a machine's system into the local store.
 fn build_for(
     store: &mut Store,
@@ -319,6 +396,8 @@ struct Ctx<'a> {
     deployment: &'a Deployment,
     /// `None` for a dry run.
     key: Option<&'a SigningKey>,
+    /// Encoded path data shared by the machines' copies.
+    frame_cache: Option<Arc<FrameCache>>,
 }
 
 /// The device text of a safety check, as the declaration spells it.
@@ -351,9 +430,10 @@ fn deploy_machine(
         steps.push((name, t.elapsed().as_secs_f64()));
         t = Instant::now();
     };
-    // 1. Facts: one round trip.
+    // 1. Facts: one round trip, on the session that also does the copy and the activation.
     bar.phase("connect");
     let link = Link::new(m).context("connect")?;
+    let session = link.session().context("connect and facts")?;
     let devices = if c.safety_checks {
         checks::device_checks(&m.os)
             .iter()
@@ -370,7 +450,7 @@ fn deploy_machine(
         devices,
         paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
     };
-    let facts: Facts = link.host_json(&["facts"], &request).context("connect and facts")?;
+    let facts: Facts = session.facts(request).context("connect and facts")?;
     lap("facts");
 
     // 2. Checks.
@@ -411,6 +491,7 @@ fn deploy_machine(
             text.push_str(&format!("  {} {}\n", i.path.to_absolute(store_dir), i.nar_size));
         }
         print!("{text}");
+        session.end().context("facts")?;
         return Ok(HostResult {
             success: true,
             generation: facts.generation,
@@ -418,16 +499,26 @@ fn deploy_machine(
             bytes,
             detail: "dry run: nothing changed".into(),
             steps,
+            ..HostResult::default()
         });
     }
 
     // 3. Copy.
-    let (mut paths, mut sent) = (0, 0);
+    let (mut paths, mut shared, mut sent) = (0, 0, 0);
     if !to_send.is_empty() {
         bar.phase("copy");
-        let options = PushOptions { authorize: c.authorize, ..PushOptions::default() };
+        // The fixed level (no adaptive choice per link), so every machine's copy of a path
+        // is the same stream and the frame cache shares it.
+        let options = PushOptions {
+            authorize: c.authorize,
+            compress: None,
+            frame_cache: ctx.frame_cache.clone(),
+            ..PushOptions::default()
+        };
         let key = ctx.key.expect("a key unless dry run");
-        let summary = push_closure(ctx.layout, &closure, link.transport(), key, &options, bar)
+        let summary = session
+            .copy(|t| push_closure(ctx.layout, &closure, t, key, &options, bar))
+            .and_then(|pushed| pushed.map_err(anyhow::Error::from))
             .context("copy")?;
         if !summary.rejected.is_empty() {
             let list: Vec<String> =
@@ -443,14 +534,17 @@ fn deploy_machine(
                 }
             );
         }
-        (paths, sent) = (summary.paths_sent, summary.nar_bytes_sent);
+        (paths, shared, sent) =
+            (summary.paths_sent, summary.encode.paths_shared, summary.nar_bytes_sent);
         lap("copy");
     }
     if facts.on_this_system {
+        session.end().context("copy")?;
         return Ok(HostResult {
             success: true,
             generation: facts.generation,
             paths,
+            shared,
             bytes: sent,
             detail: "already on this system".into(),
             steps,
@@ -459,13 +553,19 @@ fn deploy_machine(
 
     // 4. Activate, confirm.
     bar.phase("activate");
-    let r = activate(&link, m, &built.absolute, bar).context("activate")?;
-    lap("activate");
-    Ok(HostResult { paths, bytes: sent, steps, ..r })
+    let r = activate(&link, session, m, &built.absolute, bar).context("activate")?;
+    steps.extend(r.steps);
+    Ok(HostResult { paths, shared, bytes: sent, steps, ..r })
 }
 
-/// Run `ferry host activate` and answer its confirmation request.
-fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Result<HostResult> {
+/// Ask the session to activate and answer the confirmation request (over a new connection).
+fn activate(
+    link: &Link,
+    session: HostSession,
+    m: &Machine,
+    system: &str,
+    bar: &HostBar,
+) -> anyhow::Result<HostResult> {
     let c = &m.configuration;
     let request = ActivateRequest {
         system: system.to_owned(),
@@ -489,43 +589,45 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
     let mut result = None;
     let mut generation = None;
     let mut confirm_error = None;
-    let exit = link.host(&["activate"], &serde_json::to_vec(&request)?, &mut |line| {
-        match HostLine::parse(line) {
-            Some(HostLine::Generation(n)) => {
-                generation = Some(n);
-                bar.say(&format!("generation {n}"));
-            }
-            Some(HostLine::Line(l)) => bar.say(&l),
-            Some(HostLine::Warning(w)) => bar.say(&format!("warning: {w}")),
-            Some(HostLine::Event(e)) => bar.say(&e),
-            Some(HostLine::Confirm { seconds, token }) => {
-                bar.phase("confirm");
-                if never_confirm {
-                    bar.say(&format!(
-                        "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"
-                    ));
-                    return;
-                }
-                let verdict = coordinator_probes(m);
-                let mut args = vec!["confirm", token.as_str()];
-                if let Err(why) = &verdict {
-                    bar.say(&format!("rejecting: {why}"));
-                    args.extend(["--reject", why.as_str()]);
-                }
-                match link.host_on_new_connection(&args, b"", &mut |_| {}) {
-                    Ok(exit) if exit.success() => {}
-                    Ok(exit) => confirm_error = Some(exit.describe()),
-                    Err(e) => confirm_error = Some(format!("{e:#}")),
-                }
-                if let Some(e) = &confirm_error {
-                    bar.say(&format!(
-                        "cannot confirm over a new connection: {e}; the host rolls back in {seconds}s"
-                    ));
-                }
-            }
-            Some(HostLine::Result(r)) => result = Some(r),
-            None => bar.say(line),
+    // Steps: `activate` up to the host's confirmation request, then `confirm` to the end.
+    let started = Instant::now();
+    let mut confirm_asked = None;
+    let ended = session.activate(request, &mut |line| match HostLine::parse(line) {
+        Some(HostLine::Generation(n)) => {
+            generation = Some(n);
+            bar.say(&format!("generation {n}"));
         }
+        Some(HostLine::Line(l)) => bar.say(&l),
+        Some(HostLine::Warning(w)) => bar.say(&format!("warning: {w}")),
+        Some(HostLine::Event(e)) => bar.say(&e),
+        Some(HostLine::Confirm { seconds, token }) => {
+            bar.phase("confirm");
+            confirm_asked = Some(Instant::now());
+            if never_confirm {
+                bar.say(&format!(
+                    "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"
+                ));
+                return;
+            }
+            let verdict = coordinator_probes(m);
+            let mut args = vec!["confirm", token.as_str()];
+            if let Err(why) = &verdict {
+                bar.say(&format!("rejecting: {why}"));
+                args.extend(["--reject", why.as_str()]);
+            }
+            match link.host_on_new_connection(&args, b"", &mut |_| {}) {
+                Ok(exit) if exit.success() => {}
+                Ok(exit) => confirm_error = Some(exit.describe()),
+                Err(e) => confirm_error = Some(format!("{e:#}")),
+            }
+            if let Some(e) = &confirm_error {
+                bar.say(&format!(
+                    "cannot confirm over a new connection: {e}; the host rolls back in {seconds}s"
+                ));
+            }
+        }
+        Some(HostLine::Result(r)) => result = Some(r),
+        None => bar.say(line),
     });
     let hint = match (generation, c.confirm_timeout) {
         (Some(n), Some(_)) => format!(
@@ -538,9 +640,12 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
         ),
         (None, _) => String::new(),
     };
-    let exit = exit.map_err(|e| anyhow!("{e:#}{hint}"))?;
+    let ended = ended.map_err(|e| anyhow!("{e:#}{hint}"))?;
     let Some(r) = result else {
-        bail!("the host ended without a result ({}){hint}", exit.describe());
+        bail!(
+            "the host ended without a result ({}){hint}",
+            ended.err().unwrap_or_else(|| "exit code 0".into())
+        );
     };
     let mut detail = r.detail;
     if r.success && c.confirm_timeout.is_none() && detail == "activated" {
@@ -549,7 +654,18 @@ fn activate(link: &Link, m: &Machine, system: &str, bar: &HostBar) -> anyhow::Re
             detail = format!("activated; warning: {why} (confirmation is off: no rollback)");
         }
     }
-    Ok(HostResult { success: r.success, generation: r.generation, detail, ..HostResult::default() })
+    let asked = confirm_asked.unwrap_or_else(Instant::now);
+    let steps = vec![
+        ("activate", asked.duration_since(started).as_secs_f64()),
+        ("confirm", asked.elapsed().as_secs_f64()),
+    ];
+    Ok(HostResult {
+        success: r.success,
+        generation: r.generation,
+        detail,
+        steps,
+        ..Default::default()
+    })
 }
 
 fn roll_back(m: &Machine, bar: &HostBar) -> anyhow::Result<HostResult> {

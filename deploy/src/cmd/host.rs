@@ -4,7 +4,7 @@
 //! The requests and answers are described in [`crate::host_protocol`].
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
 use closure::Store;
+use transfer::agent::AgentOptions;
 
 use super::GlobalOpts;
 use crate::activation::{Activation, Config, Event, Input, Outcome};
@@ -21,6 +22,7 @@ use crate::generations::Profiles;
 use crate::host::{self, HostOutput};
 use crate::host_protocol::{
     self as proto, ActivateRequest, Facts, FactsRequest, GenerationInfo, HostLine, HostResult,
+    SessionRequest,
 };
 
 /// `ferry host` subcommands.
@@ -28,6 +30,9 @@ use crate::host_protocol::{
 pub enum HostCommand {
     /// Report what the checks before a copy need (request as JSON on stdin).
     Facts,
+    /// One session for a whole deploy: facts, copy, activate, as requests on stdin (see
+    /// `host_protocol`).
+    Session,
     /// Register a generation for a system and activate it (request as JSON on stdin).
     Activate,
     /// Answer a waiting activation: confirm it, or reject it with a reason.
@@ -70,7 +75,52 @@ fn emit(line: &HostLine) {
 fn read_request<T: serde::de::DeserializeOwned>() -> anyhow::Result<T> {
     let mut text = String::new();
     io::stdin().read_to_string(&mut text).context("reading the request on stdin")?;
-    serde_json::from_str(&text).context("the request on stdin is not what this ferry expects")
+    parse_request(&text)
+}
+
+fn parse_request<T: serde::de::DeserializeOwned>(text: &str) -> anyhow::Result<T> {
+    serde_json::from_str(text).context("the request on stdin is not what this ferry expects")
+}
+
+/// Print an activation's result line; exit code 1 when it failed.
+fn activation_ended(result: HostResult) -> ExitCode {
+    let success = result.success;
+    emit(&HostLine::Result(result));
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// `ferry host session`: requests on stdin, one at a time, each answered before the next is
+/// read (see [`crate::host_protocol`]); the copy runs the agent on the same streams.
+fn session(global: &GlobalOpts, profiles: &Profiles) -> anyhow::Result<ExitCode> {
+    let (input, mut out) = super::serve::std_streams()?;
+    let mut input = io::BufReader::new(input);
+    loop {
+        let mut line = String::new();
+        if input.read_line(&mut line).context("reading a session request on stdin")? == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let line = line.strip_suffix('\n').unwrap_or(&line);
+        match SessionRequest::parse(line).map_err(anyhow::Error::msg)? {
+            SessionRequest::Facts(request) => {
+                let facts = facts(global, profiles, &request)?;
+                writeln!(out, "{}", serde_json::to_string(&facts)?)
+                    .and_then(|()| out.flush())
+                    .context("answering facts")?;
+            }
+            SessionRequest::Copy => {
+                let options = AgentOptions::new(super::store::layout(global)?);
+                transfer::agent::serve(options, &mut input, &mut out)
+                    .map_err(|e| anyhow::anyhow!("ferry serve (in the session): {e}"))?;
+            }
+            SessionRequest::Activate(request) => {
+                return Ok(activation_ended(activate(profiles, &request)?));
+            }
+        }
+    }
 }
 
 pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode> {
@@ -81,13 +131,9 @@ pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode
             let facts = facts(global, &profiles, &read_request()?)?;
             println!("{}", serde_json::to_string(&facts)?);
         }
+        HostCommand::Session => return session(global, &profiles),
         HostCommand::Activate => {
-            let result = activate(&profiles, &read_request()?)?;
-            let success = result.success;
-            emit(&HostLine::Result(result));
-            if !success {
-                return Ok(ExitCode::from(1));
-            }
+            return Ok(activation_ended(activate(&profiles, &read_request()?)?))
         }
         HostCommand::Confirm { token, reject } => {
             if !proto::valid_token(&token) {
@@ -323,7 +369,8 @@ fn wait_for_answer(marker: &Path, token: &str, deadline: Instant) -> Option<Inpu
             };
         }
         if answer.is_none() {
-            std::thread::sleep(Duration::from_millis(50));
+            // A failed stat every 10 ms costs nothing; the answer is seen soon after it lands.
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
     let _ = fs::remove_file(&waiting);

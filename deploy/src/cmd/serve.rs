@@ -42,18 +42,23 @@ impl<R: Read> Read for DieAfter<R> {
     }
 }
 
-pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let layout = super::store::layout(global)?;
-    let mut options = AgentOptions::new(layout);
-    options.partial_min = args.partial_min;
-    // Unbuffered handles on fds 0 and 1 (std's stdout is line-buffered).
+/// Unbuffered handles on fds 0 and 1 (std's stdout is line-buffered), with the
+/// [`DIE_AFTER_ENV`] hook on the input.
+pub fn std_streams() -> io::Result<(Box<dyn Read + Send>, File)> {
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned()?);
     let stdout = File::from(io::stdout().as_fd().try_clone_to_owned()?);
-    let input: Box<dyn Read> = match std::env::var(DIE_AFTER_ENV).ok().and_then(|v| v.parse().ok())
-    {
-        Some(left) => Box::new(DieAfter { inner: stdin, left }),
-        None => Box::new(stdin),
-    };
+    let input: Box<dyn Read + Send> =
+        match std::env::var(DIE_AFTER_ENV).ok().and_then(|v| v.parse().ok()) {
+            Some(left) => Box::new(DieAfter { inner: stdin, left }),
+            None => Box::new(stdin),
+        };
+    Ok((input, stdout))
+}
+
+pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let mut options = AgentOptions::new(super::store::layout(global)?);
+    options.partial_min = args.partial_min;
+    let (input, stdout) = std_streams()?;
     match serve(options, input, stdout) {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => {
