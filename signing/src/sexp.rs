@@ -5,7 +5,8 @@
 //! - lists `( … )`, whitespace (space, `\t`, `\n`, `\v`, `\f`, `\r`) between items;
 //! - **canonical** atoms `<decimal-len>:<len raw bytes>` (Rivest canonical form, as in
 //!   `(3:foo)`);
-//! - **tokens** `[A-Za-z0-9-./_:*+=]+` that do not start with a digit;
+//! - **tokens** `[A-Za-z0-9-./_:*+=]+` that do not start with a digit, continued through NUL
+//!   bytes as libgcrypt does (it writes such tokens, see below);
 //! - **quoted strings** `"…"` with the C escapes `\b \t \v \n \f \r \" \' \\`, `\xNN`,
 //!   three-digit octal `\NNN`, and backslash-newline line continuation;
 //! - **hex** `#…#` (whitespace allowed inside, even number of digits);
@@ -24,7 +25,10 @@
 //!   an opening paren at depth `d > 0` is preceded by `\n` and `d` spaces; after a closing paren,
 //!   if the next item is an atom or `)`, `\n` and (depth after closing) spaces; after an atom, one
 //!   space unless `)` follows; the text ends with one `\n`. Atoms print as `""` when empty, as
-//!   `#UPPERCASEHEX#` when binary, as bare tokens when possible, otherwise quoted.
+//!   `#UPPERCASEHEX#` when binary, as bare tokens when possible, otherwise quoted. "Binary" is
+//!   libgcrypt's test: a first byte that is 0 or ≥ 0x80, or any byte in `0x01..0x20` or
+//!   `0x7f..=0xa0` other than the C-escaped ones. A zero byte after the first is *not* binary
+//!   (libgcrypt's `strchr` quirk): it prints as `\x00` in a quoted string, or raw inside a token.
 //!
 //! # Structure
 //! [`Sexp`] is atoms (byte strings) and lists. Equality is structural over atom bytes, which is
@@ -124,7 +128,9 @@ impl<'a> Parser<'a> {
         }
         if is_token_char(b) {
             let start = self.pos;
-            while self.peek().is_some_and(is_token_char) {
+            // libgcrypt continues a token through NUL bytes (and writes such tokens, see
+            // `atom_style`), so read them back.
+            while self.peek().is_some_and(|c| c == 0 || is_token_char(c)) {
                 self.pos += 1;
             }
             return Ok(self.input[start..self.pos].to_vec());
@@ -316,18 +322,30 @@ fn hex_val(b: u8) -> Option<u8> {
     }
 }
 
-/// How [`Sexp::to_advanced`] prints an atom (libgcrypt `suitable_encoding`).
+/// How [`Sexp::to_advanced`] prints an atom: libgcrypt's `suitable_encoding`, byte for byte.
+///
+/// libgcrypt tests "is this byte allowed" with `strchr(set, byte)`, and `strchr` finds the
+/// terminating NUL of `set` when `byte` is 0. So a zero byte anywhere but first neither forces
+/// hex nor stops an atom from being a token: `41 00 42` prints as the token `A`, NUL, `B` (raw),
+/// and `43 FF 00` as a quoted string ending in `\x00`. Only a leading zero byte
+/// (or a leading byte ≥ 0x80) forces hex. A random 32-byte value with a printable first byte
+/// prints quoted about once in 3,400 (each further byte is non-binary with probability 197/256),
+/// and about one in seven of those holds a zero byte: rare, but Guix secret keys (`d`), public
+/// points (`q`) and signature values are random, so a test run over many keys meets it.
 fn atom_style(a: &[u8]) -> AtomStyle {
     let Some(&first) = a.first() else { return AtomStyle::Quoted };
-    if first >= 0x80 || a.contains(&0) {
+    if first >= 0x80 || first == 0 {
         return AtomStyle::Hex;
     }
     let mut token = true;
     for &b in a {
-        if (b < 0x20 || (0x7f..=0xa0).contains(&b)) && !b"\x08\t\x0b\n\x0c\r\"'\\".contains(&b) {
+        if b != 0
+            && (b < 0x20 || (0x7f..=0xa0).contains(&b))
+            && !b"\x08\t\x0b\n\x0c\r\"'\\".contains(&b)
+        {
             return AtomStyle::Hex;
         }
-        if !is_token_char(b) {
+        if b != 0 && !is_token_char(b) {
             token = false;
         }
     }
@@ -610,6 +628,27 @@ mod tests {
             Sexp::parse(b"(a \"1ab\" \"a b\" #00# #7F# \"\\x00z\")").unwrap().to_advanced_string(),
             "(a \"1ab\" \"a b\" #00# #7F# #007A#)\n"
         );
+    }
+
+    #[test]
+    fn zero_bytes_print_as_libgcrypt_prints_them() {
+        // Each atom and what libgcrypt 1.10's `gcry_sexp_sprint` (advanced) prints for it.
+        for (atom, printed) in [
+            (&b"A\0B"[..], &b"A\0B"[..]),
+            (b"A\0", b"A\0"),
+            (b"A\0\0\0", b"A\0\0\0"),
+            (b"A\0\x1fB", b"#41001F42#"),
+            (b"\0ABC", b"#00414243#"),
+            (b"A\xa1\xff\0", b"\"A\xa1\xff\\x00\""),
+            (b"A \0", b"\"A \\x00\""),
+            (b"\x7fA", b"#7F41#"),
+            (b"A\n\r", b"\"A\\n\\r\""),
+        ] {
+            let sexp = Sexp::list(vec![Sexp::atom("a"), Sexp::atom(atom)]);
+            let text = sexp.to_advanced();
+            assert_eq!(text, [&b"(a "[..], printed, b")\n"].concat(), "{atom:?}");
+            assert_eq!(Sexp::parse(&text).unwrap(), sexp, "{atom:?}");
+        }
     }
 
     #[test]

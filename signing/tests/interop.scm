@@ -1,6 +1,7 @@
 ;;; Driven by tests/guile_interop.rs: libgcrypt (through guile-gcrypt) on one side of every
 ;;; check, ferry on the other.  Usage: guile interop.scm generate N-ECDSA N-EDDSA
 ;;;                                     guile interop.scm check < lines
+;;;                                     guile interop.scm reprint < lines
 ;;; Every text (key files, signatures) travels hex-encoded, one record per line.
 (use-modules (gcrypt pk-crypto) (gcrypt base16) (gcrypt random)
              (rnrs bytevectors) (ice-9 rdelim) (ice-9 match) (ice-9 iconv))
@@ -98,7 +99,20 @@
     (display (text->hex (canonical-sexp->string (public-keys->acl keys))))
     (newline)))
 
+;; reprint: one S-expression text per line (hex); libgcrypt parses each and prints it back
+;; in its advanced layout (hex), or "FAIL ..." if it cannot parse it.
+(define (reprint)
+  (let loop ((line (read-line)))
+    (unless (eof-object? line)
+      (display (catch #t
+                 (lambda () (text->hex (canonical-sexp->string
+                                        (string->canonical-sexp (hex->text line)))))
+                 (lambda args (format #f "FAIL ~s" args))))
+      (newline)
+      (loop (read-line)))))
+
 (match (cdr (command-line))
+  (("reprint") (reprint))
   (("acl") (check-acl))
   (("generate" n-ecdsa n-eddsa)
    (generate 'ecdsa "(genkey (ecdsa (curve Ed25519) (flags rfc6979)))" (string->number n-ecdsa))
