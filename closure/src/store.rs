@@ -403,8 +403,13 @@ impl Store {
             }
         }
         let temp = self.temp_path();
-        let digest = restore_with(reader, &temp, &RestoreOptions { fsync: true }, false)
-            .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
+        let digest = restore_with(
+            reader,
+            &temp,
+            &RestoreOptions { fsync: true, ..RestoreOptions::default() },
+            false,
+        )
+        .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
         if digest != info.nar_digest() {
             let _ = remove_tree(&temp);
             return Err(StoreError::HashMismatch {
@@ -736,7 +741,12 @@ fn copy_via_nar(source: &Path, target: &Path) -> Result<NarDigest, StoreError> {
         let producer =
             scope.spawn(move || dump(source, io::BufWriter::with_capacity(256 << 10, writer)));
         let mut reader = receiver.into_reader();
-        let restored = restore_with(&mut reader, target, &RestoreOptions { fsync: true }, true);
+        let restored = restore_with(
+            &mut reader,
+            target,
+            &RestoreOptions { fsync: true, ..RestoreOptions::default() },
+            true,
+        );
         drop(reader); // unblocks the producer if the restore stopped early
         let dumped = producer.join().expect("the NAR dump thread panicked");
         match (dumped, restored) {

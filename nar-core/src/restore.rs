@@ -73,7 +73,15 @@ impl From<ReadError> for RestoreError {
 pub struct RestoreOptions {
     /// Sync every file and directory to disk before returning.
     pub fsync: bool,
+    /// Without `fsync`: start writing each regular file of at least [`WRITEBACK_MIN`] bytes
+    /// back to disk as soon as it is closed (`posix_fadvise(DONTNEED)`, which starts
+    /// asynchronous writeback of the file's dirty pages), so that a later sync of the whole
+    /// file system has little left to wait for. Durability still comes from that later sync.
+    pub start_writeback: bool,
 }
+
+/// Files smaller than this are left to the later sync as they are.
+pub const WRITEBACK_MIN: u64 = 256 << 10;
 
 /// Restore the standalone NAR read from `input` to `target`; returns the archive's digest.
 pub fn restore<R: Read>(input: R, target: &Path) -> Result<NarDigest, RestoreError> {
@@ -96,8 +104,14 @@ pub fn restore_with<R: BufRead + ?Sized>(
             return Err(RestoreError::Write { path: target.to_owned(), offset: 0, source })
         }
     }
-    let mut restorer =
-        Restorer { path: target.to_path_buf(), depth: 0, file: None, executable: false, options };
+    let mut restorer = Restorer {
+        path: target.to_path_buf(),
+        depth: 0,
+        file: None,
+        written: 0,
+        executable: false,
+        options,
+    };
     let result =
         read_nar(reader, |event, offset| restorer.on_event(event, offset)).and_then(|digest| {
             if standalone {
@@ -127,6 +141,8 @@ struct Restorer<'o> {
     /// Entries below the target of the current node.
     depth: usize,
     file: Option<File>,
+    /// Bytes written to the current file.
+    written: u64,
     /// Whether the current file is executable.
     executable: bool,
     options: &'o RestoreOptions,
@@ -159,10 +175,12 @@ impl Restorer<'_> {
                     .open(&self.path)
                     .map_err(|e| write_error(&self.path, e))?;
                 self.file = Some(file);
+                self.written = 0;
             }
             NarEvent::Data(bytes) => {
                 let file = self.file.as_mut().expect("data inside a file");
                 file.write_all(bytes).map_err(|e| write_error(&self.path, e))?;
+                self.written += bytes.len() as u64;
             }
             NarEvent::FileEnd => {
                 let file = self.file.take().expect("end of a file");
@@ -174,6 +192,12 @@ impl Restorer<'_> {
                     .and_then(|()| file.set_times(times))
                     .and_then(|()| if self.options.fsync { file.sync_all() } else { Ok(()) })
                     .map_err(|e| write_error(&self.path, e))?;
+                if self.options.start_writeback
+                    && !self.options.fsync
+                    && self.written >= WRITEBACK_MIN
+                {
+                    start_writeback(&file);
+                }
                 self.node_done();
             }
             NarEvent::Symlink { target } => {
@@ -205,6 +229,12 @@ impl Restorer<'_> {
             self.depth -= 1;
         }
     }
+}
+
+/// Start asynchronous writeback of `file`'s dirty pages (a hint: failure changes nothing, as
+/// durability comes from a later sync).
+pub fn start_writeback(file: &File) {
+    let _ = rustix::fs::fadvise(file, 0, None, rustix::fs::Advice::DontNeed);
 }
 
 fn sync_dir(path: &Path) -> io::Result<()> {

@@ -570,6 +570,16 @@ impl fmt::Debug for SshSession {
     }
 }
 
+/// Ciphers in order of preference: the AES-GCM ones first (with AES-NI they encrypt bulk data
+/// several times faster than chacha20-poly1305, which russh and OpenSSH put first), then
+/// russh's default order.
+fn cipher_preference() -> Vec<russh::cipher::Name> {
+    use russh::cipher::{AES_128_GCM, AES_256_GCM};
+    let first = [AES_128_GCM, AES_256_GCM];
+    let rest = russh::Preferred::DEFAULT.cipher.iter().filter(|c| !first.contains(c));
+    first.iter().chain(rest).copied().collect()
+}
+
 fn load_identity(cfg: &SshConfig, path: &Path) -> Result<Arc<ssh_key::PrivateKey>, SshError> {
     let identity_error = |reason: String| SshError::Identity {
         target: cfg.target(),
@@ -650,6 +660,7 @@ impl SshSession {
         let config = client::Config {
             preferred: russh::Preferred {
                 key: Cow::Owned(algorithms),
+                cipher: Cow::Owned(cipher_preference()),
                 ..russh::Preferred::DEFAULT
             },
             keepalive_interval: cfg.keepalive.map(|k| k.interval),

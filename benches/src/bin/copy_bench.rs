@@ -45,6 +45,28 @@ struct Args {
     /// Where to put stores (default: a temp dir).
     #[arg(long)]
     work: Option<PathBuf>,
+    /// Profile both ferry sides of the large run: `perf` (`perf record -g`) or `strace`
+    /// (`strace -c -f`), reports in `<work>/profile/` (coordinator.*, agent.<pid>.*).
+    #[arg(long, value_parser = ["perf", "strace"])]
+    profile: Option<String>,
+}
+
+/// The command words that run a ferry side under the chosen profiler (`name`: report file stem).
+fn profiler(kind: Option<&str>, dir: &Path, name: &str) -> Vec<String> {
+    let out = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+    match kind {
+        Some("perf") => ["perf", "record", "-g", "-q", "-o"]
+            .map(String::from)
+            .into_iter()
+            .chain([out("perf"), "--".into()])
+            .collect(),
+        Some("strace") => ["strace", "-c", "-f", "-o"]
+            .map(String::from)
+            .into_iter()
+            .chain([out("strace")])
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn load() -> String {
@@ -76,6 +98,8 @@ fn max_rss_kib(time_output: &str) -> Option<u64> {
 struct Bench {
     ferry: PathBuf,
     copy_args: Vec<String>,
+    /// Profiler command words put before the coordinator in the large run.
+    profiler: Vec<String>,
     sshd: Sshd,
     /// Where the agent wrapper writes its `time -v` reports.
     agent_times: PathBuf,
@@ -102,7 +126,7 @@ impl Bench {
     ) -> Result<(f64, Value, Option<u64>)> {
         let mut c = if timed {
             let mut c = Command::new("/usr/bin/time");
-            c.arg("-v").arg(&self.ferry);
+            c.arg("-v").args(&self.profiler).arg(&self.ferry);
             c
         } else {
             Command::new(&self.ferry)
@@ -249,11 +273,17 @@ fn main() -> Result<()> {
     fs::create_dir_all(&wrap_dir)?;
     fs::create_dir_all(&agent_times)?;
     let wrapper = wrap_dir.join("ferry");
+    let profile_dir = work.join("profile");
+    if args.profile.is_some() {
+        fs::create_dir_all(&profile_dir)?;
+    }
+    let kind = args.profile.as_deref();
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec /usr/bin/time -v -o {}/$$ {} \"$@\"\n",
+            "#!/bin/sh\nexec /usr/bin/time -v -o {}/$$ {} {} \"$@\"\n",
             agent_times.display(),
+            profiler(kind, &profile_dir, "agent.$$").join(" "),
             ferry.display()
         ),
     )?;
@@ -262,7 +292,8 @@ fn main() -> Result<()> {
         path: Some(remote_path(&[&wrap_dir])),
         ..SshdOptions::default()
     });
-    let b = Bench { ferry, copy_args: args.copy_arg.clone(), sshd, agent_times };
+    let profiler = profiler(kind, &profile_dir, "coordinator");
+    let b = Bench { ferry, copy_args: args.copy_arg.clone(), profiler, sshd, agent_times };
     println!("load average at start: {}", load());
     if args.small > 0 {
         small(&b, &work, args.small)?;

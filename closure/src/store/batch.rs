@@ -102,8 +102,13 @@ impl ImportBatch {
             }
         }
         let temp = store.temp_path();
-        let digest = restore_with(reader, &temp, &RestoreOptions { fsync: false }, false)
-            .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
+        let digest = restore_with(
+            reader,
+            &temp,
+            &RestoreOptions { fsync: false, start_writeback: true },
+            false,
+        )
+        .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
         if digest != info.nar_digest() {
             let _ = remove_tree(&temp);
             return Err(StoreError::HashMismatch {

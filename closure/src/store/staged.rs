@@ -43,8 +43,13 @@ impl StagedNar {
         reader: &mut R,
     ) -> Result<NarDigest, StoreError> {
         let temp = self.temp.as_deref().expect("a StagedNar holds its entry until committed");
-        let digest = restore_with(reader, temp, &RestoreOptions { fsync: true }, false)
-            .map_err(|source| StoreError::Restore { path: temp.display().to_string(), source })?;
+        let digest = restore_with(
+            reader,
+            temp,
+            &RestoreOptions { fsync: true, ..RestoreOptions::default() },
+            false,
+        )
+        .map_err(|source| StoreError::Restore { path: temp.display().to_string(), source })?;
         self.digest = Some(digest);
         Ok(digest)
     }
