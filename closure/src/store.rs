@@ -402,14 +402,23 @@ impl Store {
                 });
             }
         }
+        let options = RestoreOptions { fsync: true, ..RestoreOptions::default() };
+        let temp = self.restore_checked(info, reader, &options)?;
+        self.commit(temp, info)
+    }
+
+    /// Restore the NAR read from `reader` into a new temporary entry of the store dir and check
+    /// it has `info`'s hash and size; returns the entry. On error nothing of it stays.
+    pub(crate) fn restore_checked<R: BufRead + ?Sized>(
+        &self,
+        info: &PathInfo,
+        reader: &mut R,
+        options: &RestoreOptions,
+    ) -> Result<PathBuf, StoreError> {
+        let abs = self.absolute(&info.path);
         let temp = self.temp_path();
-        let digest = restore_with(
-            reader,
-            &temp,
-            &RestoreOptions { fsync: true, ..RestoreOptions::default() },
-            false,
-        )
-        .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
+        let digest = restore_with(reader, &temp, options, false)
+            .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
         if digest != info.nar_digest() {
             let _ = remove_tree(&temp);
             return Err(StoreError::HashMismatch {
@@ -420,7 +429,7 @@ impl Store {
                 actual_size: digest.size,
             });
         }
-        self.commit(temp, info)
+        Ok(temp)
     }
 
     /// Steps 2–4 of the module docs.

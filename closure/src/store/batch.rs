@@ -32,7 +32,7 @@ use std::fs::{self, File};
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use nar_core::restore::{remove_tree, restore_with, RestoreOptions};
+use nar_core::restore::{remove_tree, RestoreOptions};
 use nar_core::store_path::StorePath;
 
 use super::{crash_point, io_err, sync_dir, ImportOutcome, Store, StoreError};
@@ -101,24 +101,8 @@ impl ImportBatch {
                 });
             }
         }
-        let temp = store.temp_path();
-        let digest = restore_with(
-            reader,
-            &temp,
-            &RestoreOptions { fsync: false, start_writeback: true },
-            false,
-        )
-        .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
-        if digest != info.nar_digest() {
-            let _ = remove_tree(&temp);
-            return Err(StoreError::HashMismatch {
-                path: abs,
-                expected: info.nar_hash,
-                expected_size: info.nar_size,
-                actual: digest.hash,
-                actual_size: digest.size,
-            });
-        }
+        let options = RestoreOptions { fsync: false, start_writeback: true };
+        let temp = store.restore_checked(info, reader, &options)?;
         self.paths.insert(info.path.clone());
         self.nar_bytes += info.nar_size;
         self.members.push((info.clone(), temp));
