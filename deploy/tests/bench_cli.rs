@@ -2,15 +2,11 @@
 //! mode; the JSON report's fields (not its timings) are checked.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde_json::Value;
 
 fn ferry(root: &Path, args: &[&str]) -> String {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR"] {
-        c.env_remove(var);
-    }
+    let mut c = ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"));
     let out = c.arg("--root").arg(root).args(args).output().expect("run ferry");
     assert!(
         out.status.success(),

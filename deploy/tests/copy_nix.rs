@@ -9,10 +9,7 @@ use ferry_tests::sshd::Sshd;
 use serde_json::Value;
 
 fn ferry(root: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR"] {
-        c.env_remove(var);
-    }
+    let mut c = ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"));
     c.arg("--root").arg(root).args(["--store-dir", "/nix/store"]);
     c
 }

@@ -12,11 +12,7 @@ use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
 fn ferry() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR"] {
-        c.env_remove(var);
-    }
-    c
+    ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"))
 }
 
 fn ok(args: &[&str]) -> String {

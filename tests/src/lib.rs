@@ -58,3 +58,14 @@ pub fn nix_dump(path: &Path) -> Vec<u8> {
 pub fn nix_hash(path: &Path) -> String {
     run_text("nix-hash", &["--type", "sha256", "--base32", path.to_str().expect("UTF-8 path")], &[])
 }
+
+/// A command for the `ferry` binary at `program` (a test's `env!("CARGO_BIN_EXE_ferry")`) with
+/// `FERRY_ROOT`, `FERRY_STORE_DIR` and `FERRY_STATE_DIR` removed from its environment, so that
+/// only the test's own options choose the store.
+pub fn ferry_command(program: &str) -> Command {
+    let mut c = Command::new(program);
+    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR"] {
+        c.env_remove(var);
+    }
+    c
+}
