@@ -36,12 +36,7 @@ fn local() -> Local {
     std::fs::create_dir_all(src.join("big")).unwrap();
     std::fs::write(src.join("base"), b"base\n").unwrap();
     let base = ok(&["--root", &r, "store", "add", src.join("base").to_str().unwrap()]);
-    let mut blob = Vec::new();
-    let mut x = 5u64;
-    while blob.len() < 2 << 20 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        blob.extend_from_slice(&x.to_le_bytes());
-    }
+    let blob = ferry_tests::pseudo_random(5, 2 << 20);
     std::fs::write(src.join("big/blob"), blob).unwrap();
     std::fs::write(src.join("big/ref"), base.trim()).unwrap();
     let top = ok(&["--root", &r, "store", "add", src.join("big").to_str().unwrap()]);

@@ -12,6 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use ferry_tests::git;
 use ferry_tests::sshd::{free_port, remote_path, Fleet, Sshd, SshdOptions};
 use serde_json::Value;
 
@@ -325,21 +326,6 @@ fn confirmation_withheld_or_rejected_rolls_back() {
     );
     let left: Vec<_> = fs::read_dir(r.join("var/ferry/confirm")).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[test]

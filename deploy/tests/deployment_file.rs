@@ -8,6 +8,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use ferry_tests::git;
+
 struct Env {
     dir: tempfile::TempDir,
 }
@@ -297,21 +299,6 @@ file-systems = [{ device = "/dev/ferry-missing", mount-point = "/", type = "ext4
     let file =
         env.write("fs.toml", &format!("{t}[machine.configuration]\nsafety-checks = false\n"));
     env.expect(0, &["deploy", &file]);
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[test]
