@@ -191,7 +191,7 @@ pub const GENERATED_ETC: [&str; 3] = ["hostname", "timezone", "locale.conf"];
 
 /// Build `os` into the store: add local package directories, lay the system out in a temporary
 /// directory, add it. Same inputs, same path.
-#[cfg_attr(not(test), allow(dead_code))] // deploy uses build_with
+#[cfg(test)] // deploy uses build_with
 pub fn build(
     store: &mut Store,
     os: &OperatingSystem,
