@@ -18,26 +18,13 @@ fn sp(i: u32) -> StorePath {
     StorePath::from_parts(digest, &format!("pkg-{i}")).unwrap()
 }
 
-fn xorshift(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn scanning(c: &mut Criterion) {
     const LEN: usize = 64 << 20;
     let candidates = Candidates::new((0..10_000).map(sp));
-    let binary = xorshift(42, LEN);
+    let binary = ferry_tests::pseudo_random(42, LEN);
     // Text-like: lowercase words and digits (mostly nix-base32 characters) with separators, and
     // a store path every 4 KiB.
-    let words = xorshift(7, LEN);
+    let words = ferry_tests::pseudo_random(7, LEN);
     let alphabet = b"abcdfghijklmnpqrsvwxyz0123456789";
     let mut text: Vec<u8> = words
         .iter()

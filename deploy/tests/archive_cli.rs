@@ -601,27 +601,8 @@ struct NixStore {
 fn nix_fixture(tmp: &Path) -> NixStore {
     let store = tmp.join("nix");
     let tree = tmp.join("tree");
-    std::fs::create_dir_all(tree.join("sub")).unwrap();
-    std::fs::write(tree.join("a.txt"), "hello\n").unwrap();
-    std::fs::write(tree.join("sub/tool"), "#!/bin/sh\necho hi\n").unwrap();
-    std::fs::set_permissions(tree.join("sub/tool"), std::fs::Permissions::from_mode(0o755))
-        .unwrap();
-    std::os::unix::fs::symlink("../a.txt", tree.join("sub/link")).unwrap();
-    let src = nix_store(&store, &["--add", tree.to_str().unwrap()]).trim().to_owned();
-    let expr = format!(
-        "builtins.toFile \"ref\" \"see ${{builtins.path {{ path = {}; name = \"tree\"; }}}}\"",
-        tree.display()
-    );
-    let text = tool_ok(tool("nix-instantiate").arg("--store").arg(&store).args([
-        "--read-write-mode",
-        "--eval",
-        "-E",
-        &expr,
-    ]))
-    .trim()
-    .trim_matches('"')
-    .to_owned();
-    assert_eq!(nix_store(&store, &["-q", "--references", &text]), format!("{src}\n"));
+    ferry_tests::write_sample_tree(&tree);
+    let (src, text) = ferry_tests::nix_tree_and_referrer(&store, &tree, "tree");
     NixStore { store, src, text }
 }
 

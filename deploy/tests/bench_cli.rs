@@ -7,14 +7,10 @@ use serde_json::Value;
 
 fn ferry(root: &Path, args: &[&str]) -> String {
     let mut c = ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"));
-    let out = c.arg("--root").arg(root).args(args).output().expect("run ferry");
-    assert!(
-        out.status.success(),
-        "ferry {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ferry_tests::success_stdout(
+        args,
+        c.arg("--root").arg(root).args(args).output().expect("run ferry"),
+    )
 }
 
 /// Text that compresses, and a version of it with a few lines changed.

@@ -23,14 +23,7 @@ fn run(args: &[&str], env: &[(&str, String)]) -> Output {
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = run(args, &[]);
-    assert!(
-        out.status.success(),
-        "ferry {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ferry_tests::success_stdout(args, run(args, &[]))
 }
 
 /// A local store with a closure: `top` → {`lib`, `big`} → `base`, plus `doc` (no refs).
@@ -39,18 +32,6 @@ struct Fixture {
     _dir: tempfile::TempDir,
     root: PathBuf,
     top: String,
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 fn add(root: &Path, src: &Path) -> String {
@@ -66,7 +47,7 @@ fn fixture() -> Fixture {
     let base = add(&root, &src.join("base"));
     let big = src.join("big");
     std::fs::create_dir_all(&big).unwrap();
-    std::fs::write(big.join("blob"), pseudo_random(3 << 20, 7)).unwrap();
+    std::fs::write(big.join("blob"), ferry_tests::pseudo_random(7, 3 << 20)).unwrap();
     std::fs::write(big.join("uses"), format!("{base}\n")).unwrap();
     let big = add(&root, &big);
     let lib = src.join("lib");

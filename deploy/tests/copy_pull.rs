@@ -12,14 +12,14 @@ use std::process::{Command, Output, Stdio};
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
 fn ferry() -> Command {
-    ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"))
+    ferry_tests::ferry_command(FERRY)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = ferry().args(args).output().unwrap();
-    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    ferry_tests::ferry_ok(FERRY, args)
 }
 
 /// The host's store: `top` → {`big` (2 MiB), `base`}, `big` → `base`.
@@ -61,13 +61,6 @@ fn pull(sshd: &Sshd, host: &Path, local: &Path, paths: &[&str]) -> (Output, Valu
     (out, json)
 }
 
-fn valid(root: &Path) -> BTreeSet<String> {
-    if !root.join("var/ferry/db/db.sqlite").exists() {
-        return BTreeSet::new();
-    }
-    ok(&["--root", root.to_str().unwrap(), "store", "list"]).lines().map(str::to_owned).collect()
-}
-
 fn authorize(root: &Path, public_key: &Path) {
     let mut child = ferry()
         .args(["--root", root.to_str().unwrap(), "archive", "--authorize"])
@@ -102,14 +95,14 @@ fn pull_over_ssh_checks_the_local_acl_and_lands_the_closure() {
     for r in json["rejected"].as_array().unwrap() {
         assert_eq!(r["reason"], "unauthorized-key", "{json}");
     }
-    assert!(valid(&local).is_empty());
+    assert!(ferry_tests::store_paths(FERRY, &local).is_empty());
 
     // Trust the host's key (made by its agent on the first send): the closure lands.
     authorize(&local, &host.join("var/ferry/signing-key.pub"));
     let (out, json) = pull(&sshd, &host, &local, &[&top]);
     assert!(out.status.success(), "{json}\n{}", sshd.log());
     assert_eq!(json["paths_received"], 3, "{json}");
-    assert_eq!(valid(&local), closure);
+    assert_eq!(ferry_tests::store_paths(FERRY, &local), closure);
     ok(&["--root", local.to_str().unwrap(), "store", "verify", "--check-contents"]);
 
     // Nothing left to receive.

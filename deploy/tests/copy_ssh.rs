@@ -11,14 +11,14 @@ use std::time::Duration;
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
 fn ferry() -> Command {
-    ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"))
+    ferry_tests::ferry_command(FERRY)
 }
 
 fn ok(args: &[&str]) -> String {
-    let out = ferry().args(args).output().unwrap();
-    assert!(out.status.success(), "ferry {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
+    ferry_tests::ferry_ok(FERRY, args)
 }
 
 struct Local {
@@ -71,17 +71,6 @@ fn copy(l: &Local, sshd: &Sshd, hosts: &[&Path], extra: &[&str]) -> (Output, Val
     (out, json)
 }
 
-fn valid(host: &Path) -> BTreeSet<String> {
-    if !host.join("var/ferry/db/db.sqlite").exists() {
-        return BTreeSet::new();
-    }
-    ok(&["--root", host.to_str().unwrap(), "store", "list"]).lines().map(str::to_owned).collect()
-}
-
-fn verifies(host: &Path) {
-    ok(&["--root", host.to_str().unwrap(), "store", "verify", "--check-contents"]);
-}
-
 fn ferry_dir() -> PathBuf {
     Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_owned()
 }
@@ -104,8 +93,8 @@ fn copy_over_ssh_to_several_hosts_then_nothing_to_send() {
             .map(str::to_owned)
             .collect();
     for h in [&h1, &h2] {
-        assert_eq!(valid(h), closure);
-        verifies(h);
+        assert_eq!(ferry_tests::store_paths(FERRY, h), closure);
+        ferry_tests::assert_store_verifies(FERRY, h);
     }
     let (out, json) = copy(&l, &sshd, &[&h1, &h2], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -131,7 +120,7 @@ fn bootstrap_uploads_the_agent_when_the_host_has_none() {
     assert_eq!(json["paths_sent"], 2, "{json}");
     let uploaded = home.path().join(format!(".cache/ferry/ferry-{}", env!("CARGO_PKG_VERSION")));
     assert!(uploaded.exists(), "the agent was not uploaded to {}", uploaded.display());
-    verifies(&h);
+    ferry_tests::assert_store_verifies(FERRY, &h);
 }
 
 #[test]
@@ -150,7 +139,7 @@ fn wrong_host_key_is_refused_showing_both_keys() {
     let key_b64 = |k: &str| k.split_whitespace().nth(1).unwrap().to_owned();
     assert!(err.contains(&key_b64(other.host_key())), "{err}");
     assert!(err.contains(&key_b64(sshd.host_key())), "{err}");
-    assert!(valid(&h).is_empty());
+    assert!(ferry_tests::store_paths(FERRY, &h).is_empty());
 }
 
 /// Drop every SSH connection at several moments of a copy; after each the host verifies, and
@@ -189,8 +178,8 @@ fn dropped_connections_then_complete_copy() {
         });
         eprintln!("cut {i} after {:?}: {:?}", delay, started.elapsed());
         let _ = out;
-        verifies(&h);
-        let present = valid(&h);
+        ferry_tests::assert_store_verifies(FERRY, &h);
+        let present = ferry_tests::store_paths(FERRY, &h);
         let missing: u64 = sizes.iter().filter(|(p, _)| !present.contains(p)).map(|(_, s)| s).sum();
         let count = sizes.iter().filter(|(p, _)| !present.contains(p)).count();
         let (out, json) = copy(&l, &sshd, &[&h], &["--authorize"]);
@@ -198,7 +187,7 @@ fn dropped_connections_then_complete_copy() {
         assert_eq!(json["paths_sent"], count as u64, "{json}");
         let resumed = json["hosts"][0]["resumed_bytes"].as_u64().unwrap();
         assert_eq!(json["nar_bytes_sent"].as_u64().unwrap() + resumed, missing, "{json}");
-        assert_eq!(valid(&h).len(), sizes.len());
-        verifies(&h);
+        assert_eq!(ferry_tests::store_paths(FERRY, &h).len(), sizes.len());
+        ferry_tests::assert_store_verifies(FERRY, &h);
     }
 }

@@ -106,24 +106,8 @@ fn fixture() -> NixFixture {
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("s");
     let src_dir = tmp.path().join("src");
-    std::fs::create_dir_all(src_dir.join("sub")).unwrap();
-    std::fs::write(src_dir.join("a.txt"), "hello\n").unwrap();
-    std::fs::write(src_dir.join("sub/tool"), "#!/bin/sh\necho hi\n").unwrap();
-    std::os::unix::fs::symlink("../a.txt", src_dir.join("sub/link")).unwrap();
-    let src = nix_store(&store, &["--add", src_dir.to_str().unwrap()]).trim().to_owned();
-    let expr = format!(
-        "builtins.toFile \"ref\" \"see ${{builtins.path {{ path = {}; name = \"src\"; }}}}\"",
-        src_dir.display()
-    );
-    let text = run(nix("nix-instantiate").arg("--store").arg(&store).args([
-        "--read-write-mode",
-        "--eval",
-        "-E",
-        &expr,
-    ]))
-    .trim()
-    .trim_matches('"')
-    .to_owned();
+    ferry_tests::write_sample_tree(&src_dir);
+    let (src, text) = ferry_tests::nix_tree_and_referrer(&store, &src_dir, "src");
 
     // Input-addressed paths with chosen references: a diamond over `leaf`, a self-reference
     // on `top`, and an edge to the text path.

@@ -16,14 +16,7 @@ fn ferry(root: &Path, args: &[&str]) -> Output {
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
-    let out = ferry(root, args);
-    assert!(
-        out.status.success(),
-        "ferry {args:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    ferry_tests::success_stdout(args, ferry(root, args))
 }
 
 #[test]

@@ -30,32 +30,18 @@ fn ok(root: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// Deterministic pseudo-random bytes.
-fn fill(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// About 14 MB in ~900 entries (the test binary is a debug build, ~40x slower than release);
 /// some files mention `dep` so the item has a reference.
 fn generate(dir: &Path, dep: &str) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir).unwrap();
-    std::fs::write(dir.join("big.bin"), fill(1, 4 << 20)).unwrap();
+    std::fs::write(dir.join("big.bin"), ferry_tests::pseudo_random(1, 4 << 20)).unwrap();
     for d in 0..20u64 {
         let sub = dir.join(format!("d{d:02}"));
         std::fs::create_dir_all(sub.join("deeper")).unwrap();
         for f in 0..40u64 {
             let size = if f % 10 == 0 { 64 << 10 } else { 4096 + (f as usize) * 97 };
-            let mut bytes = fill(d * 1000 + f + 7, size);
+            let mut bytes = ferry_tests::pseudo_random(d * 1000 + f + 7, size);
             if f == 3 {
                 bytes.extend_from_slice(format!("\n{dep}/lib\n").as_bytes());
             }

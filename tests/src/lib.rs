@@ -4,6 +4,7 @@
 //! A missing tool is a test failure that says which package to install, never a silent skip:
 //! `.ci/run` installs every package the tests need.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -59,6 +60,45 @@ pub fn nix_hash(path: &Path) -> String {
     run_text("nix-hash", &["--type", "sha256", "--base32", path.to_str().expect("UTF-8 path")], &[])
 }
 
+/// Writes a small sample tree into `dir`: a text file, an executable script under `sub/` and a
+/// relative symlink to the text file.
+pub fn write_sample_tree(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir.join("sub")).expect("create the sample tree");
+    std::fs::write(dir.join("a.txt"), "hello\n").expect("write a.txt");
+    std::fs::write(dir.join("sub/tool"), "#!/bin/sh\necho hi\n").expect("write sub/tool");
+    std::fs::set_permissions(dir.join("sub/tool"), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod sub/tool");
+    std::os::unix::fs::symlink("../a.txt", dir.join("sub/link")).expect("symlink sub/link");
+}
+
+/// Adds `tree` to the Nix chroot store at `store` (`nix-store --add`) and has Nix itself make a
+/// text file (`builtins.toFile`) that refers to it under the name `name`. Returns the two store
+/// paths: (the tree, the text file); the text file's only reference is the tree.
+pub fn nix_tree_and_referrer(store: &Path, tree: &Path, name: &str) -> (String, String) {
+    let store_arg = store.to_str().expect("UTF-8 path");
+    let added = run_text(
+        "nix-store",
+        &["--store", store_arg, "--add", tree.to_str().expect("UTF-8 path")],
+        &[],
+    );
+    let expr = format!(
+        "builtins.toFile \"ref\" \"see ${{builtins.path {{ path = {}; name = \"{name}\"; }}}}\"",
+        tree.display()
+    );
+    let text = run_text(
+        "nix-instantiate",
+        &["--store", store_arg, "--read-write-mode", "--eval", "-E", &expr],
+        &[],
+    )
+    .trim_matches('"')
+    .to_owned();
+    let references =
+        run_text("nix-store", &["--store", store_arg, "-q", "--references", &text], &[]);
+    assert_eq!(references, added, "the text file made by Nix must refer to the tree");
+    (added, text)
+}
+
 /// A command for the `ferry` binary at `program` (a test's `env!("CARGO_BIN_EXE_ferry")`) with
 /// `FERRY_ROOT`, `FERRY_STORE_DIR` and `FERRY_STATE_DIR` removed from its environment, so that
 /// only the test's own options choose the store.
@@ -70,13 +110,49 @@ pub fn ferry_command(program: &str) -> Command {
     c
 }
 
-/// `len` pseudo-random (incompressible) bytes, the same for the same `seed`.
+/// Runs the `ferry` binary at `program` with `args` (through [`ferry_command`]) and returns its
+/// stdout; panics with the arguments and ferry's stderr when it fails.
+pub fn ferry_ok(program: &str, args: &[&str]) -> String {
+    success_stdout(args, ferry_command(program).args(args).output().expect("spawn ferry"))
+}
+
+/// The stdout of a ferry run that must have succeeded; panics with its arguments, exit status
+/// and stderr otherwise.
+pub fn success_stdout(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "ferry {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// The valid paths of the ferry store at `root` (`ferry --root ROOT store list`); empty when the
+/// store has no database yet.
+pub fn store_paths(program: &str, root: &Path) -> BTreeSet<String> {
+    if !root.join("var/ferry/db/db.sqlite").exists() {
+        return BTreeSet::new();
+    }
+    let root = root.to_str().expect("UTF-8 path");
+    ferry_ok(program, &["--root", root, "store", "list"]).lines().map(str::to_owned).collect()
+}
+
+/// Panics unless `ferry --root ROOT store verify --check-contents` passes.
+pub fn assert_store_verifies(program: &str, root: &Path) {
+    let root = root.to_str().expect("UTF-8 path");
+    ferry_ok(program, &["--root", root, "store", "verify", "--check-contents"]);
+}
+
+/// `len` pseudo-random (incompressible) bytes, the same for the same `seed` (xorshift64*).
 pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed;
+    let mut x = seed | 1;
     let mut bytes = Vec::with_capacity(len + 8);
     while bytes.len() < len {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-        bytes.extend_from_slice(&x.to_le_bytes());
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        bytes.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
     }
     bytes.truncate(len);
     bytes

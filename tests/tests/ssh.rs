@@ -34,20 +34,6 @@ fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).expect("UTF-8")
 }
 
-/// A deterministic pseudo-random block (xorshift), so compression cannot help.
-fn block(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connects_with_each_user_key_kind() {
     let sshd = Sshd::start();
@@ -214,7 +200,7 @@ async fn large_stream_round_trip_through_cat() {
     let writer = tokio::spawn(async move {
         let mut hash = Sha256::new();
         for i in 0..(TOTAL / MIB) {
-            let chunk = block(i as u64 + 1, MIB);
+            let chunk = ferry_tests::pseudo_random(i as u64 + 1, MIB);
             hash.update(&chunk);
             stdin.write_all(&chunk).await.unwrap();
         }
@@ -254,7 +240,7 @@ async fn throughput_into_cat_dev_null() {
     let session = connect(&sshd).await;
     let (mut stdin, _stdout, exit) =
         session.exec(&["sh", "-c", "cat > /dev/null"]).await.unwrap().split();
-    let chunk = block(42, 1 << 20);
+    let chunk = ferry_tests::pseudo_random(42, 1 << 20);
     let start = Instant::now();
     for _ in 0..mib {
         stdin.write_all(&chunk).await.unwrap();
@@ -276,7 +262,7 @@ async fn concurrent_channels_share_one_session() {
     for i in 0..24u64 {
         let session = session.clone();
         tasks.push(tokio::spawn(async move {
-            let data = block(i + 100, 3 << 20);
+            let data = ferry_tests::pseudo_random(i + 100, 3 << 20);
             let (mut stdin, mut stdout, exit) = session.exec(&["sha256sum"]).await.unwrap().split();
             let writer = tokio::spawn(async move {
                 stdin.write_all(&data).await.unwrap();
@@ -314,7 +300,7 @@ async fn upload_over_sftp() {
     let sshd = Sshd::start();
     let session = connect(&sshd).await;
     let local = sshd.dir().join("local.bin");
-    std::fs::write(&local, block(7, (5 << 20) + 123)).unwrap();
+    std::fs::write(&local, ferry_tests::pseudo_random(7, (5 << 20) + 123)).unwrap();
     let remote = sshd.dir().join("cache/ferry/ferry-0.1.0");
     let how = session.upload(&local, remote.to_str().unwrap(), 0o755).await.unwrap();
     assert_eq!(how, UploadMethod::Sftp);
@@ -340,7 +326,7 @@ async fn upload_over_exec_without_sftp_subsystem() {
     let sshd = Sshd::start_with(SshdOptions::without_sftp());
     let session = connect(&sshd).await;
     let local = sshd.dir().join("local.bin");
-    std::fs::write(&local, block(9, (3 << 20) + 5)).unwrap();
+    std::fs::write(&local, ferry_tests::pseudo_random(9, (3 << 20) + 5)).unwrap();
     let remote = sshd.dir().join("nested dir/it's here");
     let how = session.upload(&local, remote.to_str().unwrap(), 0o755).await.unwrap();
     assert_eq!(how, UploadMethod::Exec);
@@ -413,7 +399,7 @@ async fn killed_sshd_mid_stream_errors_without_hanging() {
         let session = connect(&sshd).await;
         let (mut stdin, mut stdout, exit) = session.exec(&["cat"]).await.unwrap().split();
         let writer = tokio::spawn(async move {
-            let chunk = block(3, 1 << 20);
+            let chunk = ferry_tests::pseudo_random(3, 1 << 20);
             for _ in 0..4096 {
                 if stdin.write_all(&chunk).await.is_err() {
                     return true;
