@@ -55,7 +55,8 @@ struct Args {
     /// Run the zstd CLI for (b)/(c) when `--ref-dir` has no result.
     #[arg(long)]
     run_zstd: bool,
-    /// rsync over this ssh config's host `peer` (else local-to-local with --no-whole-file).
+    /// rsync over this ssh config's host `peer` (else the harness's sshd with `--nix`, else
+    /// local-to-local with --no-whole-file).
     #[arg(long)]
     ssh_config: Option<PathBuf>,
     /// Scratch directory (delta files, rsync targets).
@@ -219,7 +220,13 @@ fn zstd_cli(args: &Args, tag: &str, which: &str, old: &Path, new: &Path) -> Resu
 }
 
 /// rsync of the new tree onto a copy of the old one; bytes sent + received as `--stats` says.
-fn rsync(args: &Args, old_tree: &Path, new_tree: &Path, tag: &str) -> Result<(u64, String)> {
+fn rsync(
+    args: &Args,
+    ssh_config: Option<&Path>,
+    old_tree: &Path,
+    new_tree: &Path,
+    tag: &str,
+) -> Result<(u64, String)> {
     let dst = args.tmp.join(format!("rsync-{tag}"));
     let _ = fs::remove_dir_all(&dst);
     let st = Command::new("cp").arg("-a").arg(old_tree).arg(&dst).status()?;
@@ -228,7 +235,7 @@ fn rsync(args: &Args, old_tree: &Path, new_tree: &Path, tag: &str) -> Result<(u6
     }
     let mut c = Command::new("rsync");
     c.args(["-az", "--stats", "--delete"]);
-    let how = if let Some(cfg) = &args.ssh_config {
+    let how = if let Some(cfg) = ssh_config {
         c.arg("-e").arg(format!("ssh -F {}", cfg.display()));
         c.arg(format!("{}/", new_tree.display())).arg(format!("peer:{}/", dst.display()));
         "rsync -az over ssh (loopback sshd)".to_string()
@@ -331,7 +338,10 @@ fn main() -> Result<()> {
         let (e, e_how) = if args.skip_rsync {
             (None, String::new())
         } else {
-            let (e, how) = rsync(&args, &old_tree, &new_tree, tag)?;
+            // The harness's sshd (with --nix) when no --ssh-config is given.
+            let harness = sshd.as_ref().map(|s| s.ssh_config());
+            let cfg = args.ssh_config.as_deref().or(harness.as_deref());
+            let (e, how) = rsync(&args, cfg, &old_tree, &new_tree, tag)?;
             eprintln!("  (e) {how}: {e} B");
             (Some(e), how)
         };
