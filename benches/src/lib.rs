@@ -3,6 +3,8 @@
 //! The benches themselves are binaries run by hand (`cargo run --release -p ferry-benches --bin
 //! nar_bench`); nothing here runs under `cargo test` except the trivial checks below.
 
+pub mod nix_copy;
+
 /// Summary of repeated timings of one tool.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {

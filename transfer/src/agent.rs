@@ -334,10 +334,8 @@ pub fn serve<R: Read, W: Write + Send>(
                     .collect();
                 prune_partials(&layout, &entries, &valid, s.options.partial_max_age);
                 let bases = if peer_delta {
-                    let lacking: Vec<_> =
-                        entries.iter().filter(|e| !valid.contains(&e.path)).collect();
                     // Offering no bases is always correct: a failure here only costs bytes.
-                    crate::delta_path::host_candidates(&store, &lacking).unwrap_or_default()
+                    crate::delta_path::host_candidates(&store, &entries, &valid).unwrap_or_default()
                 } else {
                     Vec::new()
                 };
@@ -649,6 +647,7 @@ mod tests {
             path: StorePath::from_parts([i; 20], &format!("p{i}")).unwrap(),
             nar_hash: Sha256Hash::of(&[i]),
             nar_size: 1 << 20,
+            references: Vec::new(),
         };
         let (valid_now, other_hash, resumable, unqueried) =
             (entry(1), entry(2), entry(3), entry(4));

@@ -819,17 +819,21 @@ pub struct HeldPath {
     /// It sits at the same place in the closure of the host's current generation as the missing
     /// path does in the new one (see [`closure_counterparts`]).
     pub same_place: bool,
+    /// It is in the closure of the host's current generation.
+    pub in_generation: bool,
 }
 
 /// Why a candidate was ranked where it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum BaseReason {
-    /// Same place in the previous generation's closure and same name.
+    /// Same place in the current generation's closure and same name.
     SamePlaceSameName,
-    /// Same name apart from hash and version.
-    SameName,
-    /// Same place in the previous generation's closure, another name (a rename).
+    /// Same place in the current generation's closure, another name (a rename).
     SamePlace,
+    /// Same name apart from hash and version, in the current generation's closure.
+    SameNameInGeneration,
+    /// Same name apart from hash and version, elsewhere in the store.
+    SameName,
 }
 
 /// A ranked base candidate.
@@ -843,8 +847,10 @@ pub struct RankedBase {
 
 /// Rank the host's held paths as delta bases for the missing path named `missing_name` (the
 /// part after the hash), best first. Candidates are: the same name apart from hash and version,
-/// and whatever sits at the same place in the closure of the host's current generation. Among
-/// same-name candidates the closest older version wins, then the closest newer one; NAR sizes
+/// and whatever sits at the same place in the closure of the host's current generation. Classes
+/// rank in [`BaseReason`]'s order: the same-place counterpart first (same name, then renamed),
+/// then same-name paths of the current generation, then other same-name paths. Within a class
+/// the closest older version wins, then the closest newer one; NAR sizes
 /// (when both known) off by more than 4x drop a candidate, and sizes closer to the missing one
 /// break ties. Identical names (same version, other hash: a rebuild) rank first of their class.
 pub fn rank_bases(
@@ -864,11 +870,12 @@ pub fn rank_bases(
         }
         let (hn, hv) = parse_name_version(&h.name);
         let same_name = hn == name;
-        let reason = match (h.same_place, same_name) {
-            (true, true) => BaseReason::SamePlaceSameName,
-            (false, true) => BaseReason::SameName,
-            (true, false) => BaseReason::SamePlace,
-            (false, false) => continue,
+        let reason = match (h.same_place, same_name, h.in_generation) {
+            (true, true, _) => BaseReason::SamePlaceSameName,
+            (true, false, _) => BaseReason::SamePlace,
+            (false, true, true) => BaseReason::SameNameInGeneration,
+            (false, true, false) => BaseReason::SameName,
+            (false, false, _) => continue,
         };
         // 0: same version (rebuild), 1: older, 2: newer.
         let side = match compare_versions(hv, version) {

@@ -8,12 +8,27 @@
 //!
 //! # Base candidates (agent)
 //! For each missing path, [`host_candidates`] offers up to [`MAX_CANDIDATES`] valid paths of the
-//! host's store with the same name apart from hash and version ([`delta::parse_name_version`]),
-//! ranked by [`delta::rank_bases`]: paths in the closure of the host's current system
-//! generation (`<profiles>/system`) first, then the closest older version, NAR sizes within 4x.
-//! Renamed items are not offered: the agent sees the new closure's paths but not its reference
-//! graph, which [`delta::closure_counterparts`] would need.
+//! host's store, ranked by [`delta::rank_bases`]:
+//! 1. the path at the **same place** in the closure of the host's current system generation
+//!    (`<profiles>/system`), whatever its name — found only when the `Query` carries the
+//!    reference graph (feature `graph`);
+//! 2. paths with the same name apart from hash and version ([`delta::parse_name_version`]) in
+//!    that closure;
+//! 3. other paths with the same name.
 //!
+//! Within a class the closest older version wins, then the closest newer one; NAR sizes more
+//! than 4x apart drop a candidate (so a wrong pairing costs little).
+//!
+//! *Same place*: the queried closure and the generation's closure are walked together from
+//! their roots ([`delta::closure_counterparts`]): the queried closure's roots (entries that no
+//! other entry references) hang under a virtual root paired with a virtual root above the
+//! generation, so one queried root pairs with the generation whatever its name. Below a
+//! matched pair, references pair by name apart from version (a name occurring once on each
+//! side), then a single reference left unmatched on each side pairs with the other: a renamed
+//! package (`libfoo-1.0` → `libbar-1.1`) in the same position. The graph costs the `Query`
+//! 4 bytes per reference and 4 per path; without it (older coordinator, `--no-delta`) only
+//! classes 2 and 3 are offered.
+
 //! # Base choice and encoding (coordinator)
 //! [`LocalBases::pick`] takes the first candidate valid in the local store; before `PathStart`
 //! is sent, [`LocalBases::load`] rebuilds its NAR from disk and checks it against the local
@@ -31,7 +46,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
-use closure::{ImportOutcome, PathInfo, Store, StoreError, StoreLayout};
+use closure::{ImportOutcome, PathInfo, Store, StoreError, StoreLayout, ValidatedClosure};
 use nar_core::hash::NarDigest;
 use nar_core::store_path::StorePath;
 
@@ -61,23 +76,28 @@ pub fn current_generation_root(store: &Store) -> Option<StorePath> {
     None
 }
 
-/// The bases the host offers for each of `missing` (see the module docs); paths without any
-/// candidate are left out.
+/// The bases the host offers for each path of the `Query` `entries` that is not in `valid`
+/// (see the module docs); paths without any candidate are left out.
 pub fn host_candidates(
     store: &Store,
-    missing: &[&QueryEntry],
+    entries: &[QueryEntry],
+    valid: &BTreeSet<StorePath>,
 ) -> Result<Vec<(StorePath, Vec<StorePath>)>, StoreError> {
-    if missing.is_empty() {
+    if entries.iter().all(|e| valid.contains(&e.path)) {
         return Ok(Vec::new());
     }
-    let current: BTreeSet<StorePath> = match current_generation_root(store) {
-        Some(root) => {
-            store.closure(&[root]).map(|c| c.paths().cloned().collect()).unwrap_or_default()
+    let generation = current_generation_root(store)
+        .and_then(|root| Some((store.closure(std::slice::from_ref(&root)).ok()?, root)));
+    let current: BTreeSet<&StorePath> =
+        generation.as_ref().map(|(c, _)| c.paths().collect()).unwrap_or_default();
+    let counterparts = match &generation {
+        Some((closure, root)) if entries.iter().any(|e| !e.references.is_empty()) => {
+            same_place(entries, closure, root)
         }
-        None => BTreeSet::new(),
+        _ => HashMap::new(),
     };
     let mut by_name: HashMap<String, Vec<HeldPath>> = HashMap::new();
-    let mut ids: HashMap<String, StorePath> = HashMap::new();
+    let mut ids: HashMap<String, (StorePath, u64)> = HashMap::new();
     for info in store.db().all_path_infos()? {
         let name = info.path.name().to_owned();
         let id = info.path.base_name();
@@ -85,18 +105,33 @@ pub fn host_candidates(
             name,
             id: id.clone(),
             nar_size: Some(info.nar_size),
-            same_place: current.contains(&info.path),
+            same_place: false,
+            in_generation: current.contains(&info.path),
         });
-        ids.insert(id, info.path);
+        ids.insert(id, (info.path, info.nar_size));
     }
     let mut out = Vec::new();
-    for entry in missing {
+    for entry in entries.iter().filter(|e| !valid.contains(&e.path)) {
         let name = entry.path.name();
-        let Some(held) = by_name.get(delta::parse_name_version(name).0) else { continue };
-        let ranked = delta::rank_bases(name, Some(entry.nar_size), held);
+        let mut held: Vec<HeldPath> =
+            by_name.get(delta::parse_name_version(name).0).cloned().unwrap_or_default();
+        if let Some(counterpart) = counterparts.get(&entry.path) {
+            let id = counterpart.base_name();
+            match held.iter_mut().find(|h| h.id == id) {
+                Some(h) => h.same_place = true,
+                None => held.push(HeldPath {
+                    name: counterpart.name().to_owned(),
+                    nar_size: ids.get(&id).map(|(_, size)| *size),
+                    id,
+                    same_place: true,
+                    in_generation: true,
+                }),
+            }
+        }
+        let ranked = delta::rank_bases(name, Some(entry.nar_size), &held);
         let bases: Vec<StorePath> = ranked
             .into_iter()
-            .filter_map(|r| ids.get(&r.id).cloned())
+            .filter_map(|r| ids.get(&r.id).map(|(p, _)| p.clone()))
             .filter(|p| *p != entry.path)
             .take(MAX_CANDIDATES)
             .collect();
@@ -105,6 +140,50 @@ pub fn host_candidates(
         }
     }
     Ok(out)
+}
+
+/// Pair each path of the queried closure with the path at the same place in `generation` (the
+/// closure of the host's current generation, rooted at `root`), by
+/// [`delta::closure_counterparts`]. The queried closure's roots (entries no other entry
+/// references) hang under a virtual root paired with one above `root`, so a single root pairs
+/// with `root` whatever its name, and several roots pair by name.
+fn same_place(
+    entries: &[QueryEntry],
+    generation: &ValidatedClosure,
+    root: &StorePath,
+) -> HashMap<StorePath, StorePath> {
+    const TOP: &str = "";
+    let ids: Vec<String> = entries.iter().map(|e| e.path.base_name()).collect();
+    let mut referenced = vec![false; entries.len()];
+    let mut new_refs: HashMap<String, Vec<String>> = HashMap::with_capacity(entries.len() + 1);
+    for (id, e) in ids.iter().zip(entries) {
+        let refs = e.references.iter().filter_map(|&i| ids.get(i as usize)).cloned().collect();
+        for &i in &e.references {
+            if let Some(r) = referenced.get_mut(i as usize) {
+                *r = true;
+            }
+        }
+        new_refs.insert(id.clone(), refs);
+    }
+    let roots = ids.iter().zip(&referenced).filter(|(_, r)| !**r).map(|(id, _)| id.clone());
+    new_refs.insert(TOP.to_owned(), roots.collect());
+    let mut old_refs: HashMap<String, Vec<String>> = generation
+        .iter()
+        .map(|i| (i.path.base_name(), i.references_except_self().map(|r| r.base_name()).collect()))
+        .collect();
+    old_refs.insert(TOP.to_owned(), vec![root.base_name()]);
+    fn name_of(id: &str) -> &str {
+        id.split_once('-').map_or("", |(_, name)| name)
+    }
+    let pairs = delta::closure_counterparts(TOP, &old_refs, TOP, &new_refs, name_of);
+    let old_paths: HashMap<String, &StorePath> =
+        generation.paths().map(|p| (p.base_name(), p)).collect();
+    let new_paths: HashMap<&str, &StorePath> =
+        ids.iter().map(String::as_str).zip(entries.iter().map(|e| &e.path)).collect();
+    pairs
+        .into_iter()
+        .filter_map(|(n, o)| Some(((*new_paths.get(n)?).clone(), (*old_paths.get(o)?).clone())))
+        .collect()
 }
 
 /// The coordinator's view of its own store, for bases.

@@ -25,7 +25,7 @@
 //! | 0x02 | `Welcome` | agent | magic, min_version, max_version, ferry_version, features, store_dir:string, system:string, free_bytes:u64, generation:opt<string> |
 //! | 0x03 | `Authorize` | coordinator | public_key:bytes (Guix `(public-key …)` text) |
 //! | 0x04 | `Authorized` | agent | added:u8 |
-//! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure |
+//! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure; [graph:list<list<u32>> — feature `graph`, see below] |
 //! | 0x11 | `Have` | agent | missing:list<path, resume_from:u64>, bases:list<path, list<path>> |
 //! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64, [base:path when encoding = 2] |
 //! | 0x21 | `Data` | coordinator | the rest of the frame: the next bytes of the encoded NAR |
@@ -81,6 +81,19 @@
 //! for all answers, sends those paths in full (with the paths refused for a missing reference
 //! meanwhile) and only then `Done`. Peers without `delta` send empty `bases` and never see
 //! encoding 2 or reason 8.
+//!
+//! # Reference graph (feature `graph`)
+//! When the agent announces `graph` and the coordinator offers deltas, the `Query` carries the
+//! closure's reference graph after its list of entries: one `list<u32>` per entry, in the same
+//! order, holding the indexes (into the entry list) of that entry's references other than itself.
+//! The section is present exactly when some entry has a reference; a decoder seeing bytes after
+//! the entries reads it, and refuses a count other than the entry count, an index out of range
+//! or an entry naming itself ([`ProtocolError::Malformed`]). With it the agent pairs the new
+//! closure with the closure of its current generation and offers, in `Have.bases`, the path at
+//! the same place as a base even when it was renamed ([`crate::delta_path`]). Indexes, not
+//! paths, keep the section small: 4 bytes per edge plus 4 per entry. Peers without `graph` send
+//! and receive the `Query` exactly as before (a coordinator never sends the section to an agent
+//! that did not announce `graph`: older decoders refuse trailing bytes).
 //! `PathStart.offset` is the number of NAR bytes the agent already holds for that path (the
 //! `resume_from` it announced in `Have`); the data then carries the NAR from that byte on.
 //! `signature` is a Guix signature S-expression over SHA-256 of the path's Nix narinfo
@@ -115,10 +128,13 @@ pub const MAX_HANDSHAKE_FRAME: u32 = 64 << 10;
 pub const DATA_CHUNK: usize = 128 << 10;
 /// Features this build offers: `zstd` (path data may be zstd-compressed), `resume` (partial
 /// paths are kept and resumed), `delta` (paths may be sent as delta frames against a base the
-/// agent offers in `Have`), `send` (the agent answers `SendClosure`).
-pub const FEATURES: &[&str] = &["zstd", "resume", FEATURE_DELTA, FEATURE_SEND];
+/// agent offers in `Have`), `send` (the agent answers `SendClosure`), `graph` (the agent reads
+/// the reference graph in `Query` to offer bases at the same place in its current generation).
+pub const FEATURES: &[&str] = &["zstd", "resume", FEATURE_DELTA, FEATURE_SEND, FEATURE_GRAPH];
 /// The feature name of delta frames.
 pub const FEATURE_DELTA: &str = "delta";
+/// The feature name of the reference graph in `Query`.
+pub const FEATURE_GRAPH: &str = "graph";
 /// The feature name of the agent's send mode (`SendClosure`, used by `ferry copy --from`).
 pub const FEATURE_SEND: &str = "send";
 
@@ -314,6 +330,9 @@ pub struct QueryEntry {
     pub path: StorePath,
     pub nar_hash: Sha256Hash,
     pub nar_size: u64,
+    /// Indexes into the same `Query` of this path's references other than itself (feature
+    /// `graph`; empty without it).
+    pub references: Vec<u32>,
 }
 
 /// A missing path in `Have`, with the NAR bytes the agent already holds of it.
@@ -426,11 +445,16 @@ impl Frame {
             }
             Frame::Authorize { public_key } => w.bytes(public_key),
             Frame::Authorized { added } => w.u8(u8::from(*added)),
-            Frame::Query(entries) => w.list(entries, |w, e| {
-                w.path(&e.path);
-                w.hash(&e.nar_hash);
-                w.u64(e.nar_size);
-            }),
+            Frame::Query(entries) => {
+                w.list(entries, |w, e| {
+                    w.path(&e.path);
+                    w.hash(&e.nar_hash);
+                    w.u64(e.nar_size);
+                });
+                if entries.iter().any(|e| !e.references.is_empty()) {
+                    w.list(entries, |w, e| w.list(&e.references, |w, i| w.u32(*i)));
+                }
+            }
             Frame::Have { missing, bases } => {
                 w.list(missing, |w, m| {
                     w.path(&m.path);
@@ -520,9 +544,20 @@ impl Frame {
                 }
                 kind::AUTHORIZE => Frame::Authorize { public_key: r.bytes()?.to_vec() },
                 kind::AUTHORIZED => Frame::Authorized { added: r.u8()? != 0 },
-                kind::QUERY => Frame::Query(r.list(|r| {
-                    Ok(QueryEntry { path: r.path()?, nar_hash: r.hash()?, nar_size: r.u64()? })
-                })?),
+                kind::QUERY => {
+                    let mut entries = r.list(|r| {
+                        Ok(QueryEntry {
+                            path: r.path()?,
+                            nar_hash: r.hash()?,
+                            nar_size: r.u64()?,
+                            references: Vec::new(),
+                        })
+                    })?;
+                    if r.pos < r.buf.len() {
+                        read_query_graph(&mut r, &mut entries)?;
+                    }
+                    Frame::Query(entries)
+                }
                 kind::HAVE => Frame::Have {
                     missing: r
                         .list(|r| Ok(MissingEntry { path: r.path()?, resume_from: r.u64()? }))?,
@@ -593,6 +628,29 @@ impl Frame {
         }
         Ok(frame)
     }
+}
+
+/// Read the `graph` section of a `Query` into `entries` (see the module docs).
+fn read_query_graph(r: &mut Reader<'_>, entries: &mut [QueryEntry]) -> Result<(), String> {
+    let graph = r.list(|r| r.list(|r| r.u32()))?;
+    if graph.len() != entries.len() {
+        return Err(format!(
+            "the reference graph has {} entries for {} paths",
+            graph.len(),
+            entries.len()
+        ));
+    }
+    let n = entries.len();
+    for (i, refs) in graph.into_iter().enumerate() {
+        if let Some(bad) = refs.iter().find(|&&x| x as usize >= n || x as usize == i) {
+            return Err(format!(
+                "entry {i} ({}) names reference index {bad}, not another of the {n} entries",
+                entries[i].path
+            ));
+        }
+        entries[i].references = refs;
+    }
+    Ok(())
 }
 
 /// Append a `Data` frame carrying `bytes` (without building a [`Frame`]).
@@ -1238,7 +1296,28 @@ mod tests {
                 path: sp(1),
                 nar_hash: Sha256Hash::of(b"x"),
                 nar_size: 5,
+                references: vec![],
             }]),
+            Frame::Query(vec![
+                QueryEntry {
+                    path: sp(1),
+                    nar_hash: Sha256Hash::of(b"x"),
+                    nar_size: 5,
+                    references: vec![1, 2],
+                },
+                QueryEntry {
+                    path: sp(2),
+                    nar_hash: Sha256Hash::of(b"y"),
+                    nar_size: 6,
+                    references: vec![],
+                },
+                QueryEntry {
+                    path: sp(3),
+                    nar_hash: Sha256Hash::of(b"z"),
+                    nar_size: 7,
+                    references: vec![1],
+                },
+            ]),
             Frame::Have {
                 missing: vec![MissingEntry { path: sp(1), resume_from: 4096 }],
                 bases: vec![(sp(1), vec![sp(3)])],
@@ -1332,6 +1411,46 @@ mod tests {
         d.push(&(MAX_FRAME + 1).to_le_bytes());
         d.push(&[kind::DATA]);
         assert!(matches!(d.next_frame(), Err(ProtocolError::TooLarge { .. })));
+    }
+
+    /// Without references the `Query` has exactly the layout older peers read; the graph
+    /// section is checked against the entries.
+    #[test]
+    fn query_graph_section_is_optional_and_checked() {
+        let entry = |i: u8, references: Vec<u32>| QueryEntry {
+            path: sp(i),
+            nar_hash: Sha256Hash::of(&[i]),
+            nar_size: u64::from(i),
+            references,
+        };
+        let plain = Frame::Query(vec![entry(1, vec![]), entry(2, vec![])]);
+        let mut bytes = Vec::new();
+        plain.encode(&mut bytes);
+        let old_layout: usize =
+            5 + 4 + [sp(1), sp(2)].iter().map(|p| 4 + p.to_string().len() + 32 + 8).sum::<usize>();
+        assert_eq!(bytes.len(), old_layout);
+        let graph = Frame::Query(vec![entry(1, vec![1]), entry(2, vec![])]);
+        let mut with = Vec::new();
+        graph.encode(&mut with);
+        // count + (count + 1 index) + (count).
+        assert_eq!(with.len(), old_layout + 4 + 8 + 4);
+        let decode = |entries: Vec<QueryEntry>| {
+            let mut b = Vec::new();
+            Frame::Query(entries).encode(&mut b);
+            Frame::decode(b[4], &b[5..])
+        };
+        for bad in [vec![entry(1, vec![2]), entry(2, vec![])], vec![entry(1, vec![0])]] {
+            let e = decode(bad).unwrap_err();
+            let DecodeFailure::Malformed { frame: "Query", reason } = e else { panic!("{e:?}") };
+            assert!(reason.contains("entry 0") && reason.contains("p1"), "{reason}");
+        }
+        // A graph section for fewer entries than the list.
+        let mut b = Vec::new();
+        plain.encode(&mut b);
+        b.extend_from_slice(&1u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        let e = Frame::decode(b[4], &b[5..]).unwrap_err();
+        assert!(format!("{e:?}").contains("1 entries for 2 paths"), "{e:?}");
     }
 
     #[test]

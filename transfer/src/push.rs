@@ -35,7 +35,7 @@ use crate::frame_cache::FrameCache;
 use crate::framed::{FrameReader, FrameWriter, FramedError};
 use crate::protocol::{
     CoordinatorState, Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason,
-    Welcome, FEATURE_DELTA,
+    Welcome, FEATURE_DELTA, FEATURE_GRAPH,
 };
 use crate::transport::{Connection, Transport, TransportError};
 
@@ -223,6 +223,27 @@ impl<W: Write> Write for CutWriter<W> {
     }
 }
 
+/// The `Query` entries for `closure`, in its order; with `graph`, each carries the indexes of
+/// its references other than itself (feature `graph`, see [`crate::protocol`]).
+pub fn query_entries(closure: &ValidatedClosure, graph: bool) -> Vec<QueryEntry> {
+    closure
+        .iter()
+        .map(|i| QueryEntry {
+            path: i.path.clone(),
+            nar_hash: i.nar_hash,
+            nar_size: i.nar_size,
+            references: if graph {
+                i.references_except_self()
+                    .filter_map(|r| closure.position(r))
+                    .map(|x| x as u32)
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        })
+        .collect()
+}
+
 /// Push `closure` (from the store at `local`) to the agent behind `transport`.
 pub fn push_closure(
     local: &StoreLayout,
@@ -353,6 +374,9 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         });
     }
     let peer_delta = welcome.features.iter().any(|f| f == FEATURE_DELTA);
+    // The reference graph only serves base choice: sent when deltas may be used.
+    let peer_graph =
+        options.delta && peer_delta && welcome.features.iter().any(|f| f == FEATURE_GRAPH);
     progress.event(host, &ProgressEvent::Connected { welcome: &welcome });
     summary.welcome = Some(welcome);
     if options.authorize {
@@ -366,11 +390,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
 
     // The diff: one round trip.
     let t = Instant::now();
-    let entries = closure
-        .iter()
-        .map(|i| QueryEntry { path: i.path.clone(), nar_hash: i.nar_hash, nar_size: i.nar_size })
-        .collect();
-    send(&mut out, Frame::Query(entries))?;
+    send(&mut out, Frame::Query(query_entries(closure, peer_graph)))?;
     out.flush().map_err(io_err)?;
     let Frame::Have { missing, bases } = receive(frames)? else {
         unreachable!("checked by the state machine")

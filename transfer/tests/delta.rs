@@ -313,7 +313,13 @@ fn versions_compare_like_nix() {
 }
 
 fn held(name: &str, size: Option<u64>, same_place: bool) -> HeldPath {
-    HeldPath { name: name.into(), id: format!("id-{name}"), nar_size: size, same_place }
+    HeldPath {
+        name: name.into(),
+        id: format!("id-{name}"),
+        nar_size: size,
+        same_place,
+        in_generation: same_place,
+    }
 }
 
 #[test]
@@ -329,17 +335,24 @@ fn bases_ranked_by_place_name_and_version() {
     ];
     let r = delta::rank_bases("firefox-esr-153.7.0esr", Some(308_000_000), &h);
     let ids: Vec<&str> = r.iter().map(|b| b.id.as_str()).collect();
+    // The same-place counterpart first even when renamed, then by version.
     assert_eq!(
         ids,
         [
+            "id-ff-renamed-1.0",
             "id-firefox-esr-140.12.0esr",
             "id-firefox-esr-115.0",
             "id-firefox-esr-160.0",
-            "id-ff-renamed-1.0"
         ]
     );
-    assert_eq!(r[0].reason, BaseReason::SameName);
-    assert_eq!(r[3].reason, BaseReason::SamePlace);
+    assert_eq!(r[0].reason, BaseReason::SamePlace);
+    assert_eq!(r[1].reason, BaseReason::SameName);
+    // A same-name path of the current generation before other same-name paths.
+    let mut in_gen = held("firefox-esr-115.0", Some(250_000_000), false);
+    in_gen.in_generation = true;
+    let r = delta::rank_bases("firefox-esr-153.7.0esr", Some(308_000_000), &[h[1].clone(), in_gen]);
+    assert_eq!(r[0].id, "id-firefox-esr-115.0");
+    assert_eq!(r[0].reason, BaseReason::SameNameInGeneration);
     // Same place and same name beats everything; a rebuild (same version) beats older ones.
     let h =
         [held("foo-1.0", None, false), held("foo-1.1", None, false), held("foo-0.9", None, true)];

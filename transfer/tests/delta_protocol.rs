@@ -290,12 +290,14 @@ fn bases_only_for_peers_that_speak_delta() {
     w.push(&a1, &host, &PushOptions::default());
     let lone = w.add("lonely-1.0", &[("f", b"x".to_vec())], &[]);
     let closure = w.closure(&a2);
-    let mut entries: Vec<QueryEntry> = closure
-        .iter()
-        .map(|i| QueryEntry { path: i.path.clone(), nar_hash: i.nar_hash, nar_size: i.nar_size })
-        .collect();
+    let mut entries = transfer::push::query_entries(&closure, false);
     let li = w.local.path_info(&lone).unwrap();
-    entries.push(QueryEntry { path: lone.clone(), nar_hash: li.nar_hash, nar_size: li.nar_size });
+    entries.push(QueryEntry {
+        path: lone.clone(),
+        nar_hash: li.nar_hash,
+        nar_size: li.nar_size,
+        references: Vec::new(),
+    });
     for delta in [false, true] {
         let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
         let Connection { reader, writer, mut agent } = t.connect().unwrap();
@@ -327,5 +329,205 @@ fn bases_only_for_peers_that_speak_delta() {
         assert!(matches!(frames.read_frame().unwrap(), Some(Frame::Bye { .. })));
         drop(out);
         agent.wait().unwrap();
+    }
+}
+
+/// Point the host's `<profiles>/system` at `root`, as a deploy does.
+fn set_generation(host: &StoreLayout, root: &StorePath) {
+    let profiles = host.profiles_dir();
+    std::fs::create_dir_all(&profiles).unwrap();
+    let link = profiles.join("system-1-link");
+    std::os::unix::fs::symlink(root.to_absolute(host.store_dir()), &link).unwrap();
+    std::os::unix::fs::symlink("system-1-link", profiles.join("system")).unwrap();
+}
+
+/// Generation 1 (libfoo-1.0 ← app-1.0 ← system-1) and generation 2, where the library was
+/// renamed (libbar-1.1, mostly the same content) and app and system changed a little.
+fn renamed(w: &mut World) -> [StorePath; 6] {
+    let lib = codeish(21, 256 << 10);
+    let app = codeish(22, 128 << 10);
+    let libfoo = w.add("libfoo-1.0", &[("lib.so", lib.clone())], &[]);
+    let a1 = w.add("app-1.0", &[("app", app.clone())], &[&libfoo]);
+    let s1 = w.add("system-1", &[("conf", b"one".to_vec())], &[&a1]);
+    let bar = w.add("libbar-1.1", &[("lib.so", edited(&lib, 23))], &[]);
+    let a2 = w.add("app-1.1", &[("app", edited(&app, 24))], &[&bar]);
+    let s2 = w.add("system-2", &[("conf", b"two".to_vec())], &[&a2]);
+    [libfoo, a1, s1, bar, a2, s2]
+}
+
+/// A renamed package in a generation update goes as a delta against the path at the same place
+/// in the host's current generation; without a current generation there is no base for it.
+#[test]
+fn renamed_package_gets_a_delta_from_the_same_place() {
+    let mut w = world();
+    let [_, _, s1, bar, a2, s2] = renamed(&mut w);
+    let (host, bare) = (w.host("host"), w.host("bare"));
+    for h in [&host, &bare] {
+        w.push(&s1, h, &PushOptions::default());
+    }
+    set_generation(&host, &s1);
+    let graph = w.push(&s2, &host, &PushOptions::default());
+    assert!(graph.rejected.is_empty(), "{:?}", graph.rejected);
+    // libbar-1.1 (same place as libfoo-1.0), app-1.1 and system-2 (by name): all deltas.
+    assert_eq!((graph.paths_sent, graph.encode.paths_delta, graph.delta_fallbacks), (3, 3, 0));
+    verified(&host, &[bar.clone(), a2.clone(), s2.clone()]);
+    let by_name = w.push(&s2, &bare, &PushOptions::default());
+    assert_eq!((by_name.paths_sent, by_name.encode.paths_delta), (3, 2));
+    assert!(
+        graph.wire_bytes * 2 < by_name.wire_bytes,
+        "same place {} B vs by name only {} B",
+        graph.wire_bytes,
+        by_name.wire_bytes
+    );
+    verified(&bare, &[bar, a2, s2]);
+}
+
+/// The agent's answer to a hand-made `Query`: with the reference graph it offers the renamed
+/// counterpart first; a coordinator that sends no graph (older ferry) gets bases by name only.
+#[test]
+fn same_place_bases_only_with_the_graph() {
+    use std::sync::atomic::AtomicU64;
+    use transfer::framed::{FrameReader, FrameWriter};
+    use transfer::protocol::{Frame, Hello, FEATURE_GRAPH};
+    use transfer::transport::{Connection, Transport};
+
+    let mut w = world();
+    let [libfoo, a1, s1, bar, a2, s2] = renamed(&mut w);
+    let host = w.host("host");
+    w.push(&s1, &host, &PushOptions::default());
+    set_generation(&host, &s1);
+    let closure = w.closure(&s2);
+    for graph in [true, false] {
+        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let Connection { reader, writer, mut agent } = t.connect().unwrap();
+        let mut frames = FrameReader::new(reader);
+        let mut out = FrameWriter::new(writer, Arc::new(AtomicU64::new(0)));
+        let mut hello = Hello::ours();
+        if !graph {
+            hello.features.retain(|f| f != FEATURE_GRAPH);
+        }
+        out.send(&Frame::Hello(hello)).unwrap();
+        out.flush().unwrap();
+        let Some(Frame::Welcome(welcome)) = frames.read_frame().unwrap() else { panic!() };
+        assert!(welcome.features.iter().any(|f| f == FEATURE_GRAPH));
+        out.send(&Frame::Query(transfer::push::query_entries(&closure, graph))).unwrap();
+        out.flush().unwrap();
+        let Some(Frame::Have { bases, .. }) = frames.read_frame().unwrap() else { panic!() };
+        let mut got = bases.clone();
+        got.sort();
+        let mut want = vec![(a2.clone(), vec![a1.clone()]), (s2.clone(), vec![s1.clone()])];
+        if graph {
+            want.push((bar.clone(), vec![libfoo.clone()]));
+        }
+        want.sort();
+        assert_eq!(got, want, "graph: {graph}");
+        out.send(&Frame::Done).unwrap();
+        out.flush().unwrap();
+        assert!(matches!(frames.read_frame().unwrap(), Some(Frame::Bye { .. })));
+        drop(out);
+        agent.wait().unwrap();
+    }
+}
+
+/// An agent that does not announce `graph` (an older ferry) gets the `Query` in the old
+/// layout (no graph section, which its decoder would refuse) and still by-name deltas.
+#[test]
+fn no_graph_for_agents_without_the_feature() {
+    let mut w = world();
+    let [_, _, s1, bar, a2, s2] = renamed(&mut w);
+    let host = w.host("host");
+    w.push(&s1, &host, &PushOptions::default());
+    set_generation(&host, &s1);
+    let t = OldAgent { inner: InProcessTransport { options: AgentOptions::new(host.clone()) } };
+    let s = push_closure(
+        w.local.layout(),
+        &w.closure(&s2),
+        &t,
+        &w.key,
+        &PushOptions::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    assert_eq!((s.paths_sent, s.encode.paths_delta), (3, 2));
+    verified(&host, &[bar, a2, s2]);
+}
+
+/// A real agent behind a relay that removes `graph` from its `Welcome` and fails the session if
+/// a `Query` carries references.
+#[derive(Debug)]
+struct OldAgent {
+    inner: InProcessTransport,
+}
+
+impl transfer::transport::Transport for OldAgent {
+    fn describe(&self) -> String {
+        "old-agent".into()
+    }
+
+    fn connect(
+        &self,
+    ) -> Result<transfer::transport::Connection, transfer::transport::TransportError> {
+        use std::io::Write;
+        use std::sync::atomic::AtomicU64;
+        use transfer::framed::{FrameReader, FrameWriter};
+        use transfer::protocol::{Frame, FEATURE_GRAPH};
+        let real = self.inner.connect()?;
+        let (to_coord, coord_reader) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (from_coord, coord_writer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let (agent_reader, mut agent_writer) = (real.reader, real.writer);
+        // Agent → coordinator: rewrite the Welcome, then copy.
+        std::thread::spawn(move || {
+            let mut frames = FrameReader::new(agent_reader);
+            let mut out = FrameWriter::new(to_coord, Arc::new(AtomicU64::new(0)));
+            while let Ok(Some(mut f)) = frames.read_frame() {
+                if let Frame::Welcome(wl) = &mut f {
+                    wl.features.retain(|x| x != FEATURE_GRAPH);
+                }
+                if out.send(&f).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+        });
+        // Coordinator → agent: check the Query, then copy.
+        std::thread::spawn(move || {
+            let mut frames = FrameReader::new(from_coord);
+            let mut out = FrameWriter::new(&mut agent_writer, Arc::new(AtomicU64::new(0)));
+            while let Ok(Some(f)) = frames.read_frame() {
+                if let Frame::Query(entries) = &f {
+                    if entries.iter().any(|e| !e.references.is_empty()) {
+                        break;
+                    }
+                }
+                if out.send(&f).and_then(|()| out.flush()).is_err() {
+                    break;
+                }
+            }
+            drop(out);
+            let _ = agent_writer.flush();
+        });
+        Ok(transfer::transport::Connection {
+            reader: Box::new(coord_reader.try_clone().unwrap()),
+            writer: Box::new(HalfClose(coord_writer)),
+            agent: real.agent,
+        })
+    }
+}
+
+/// Shuts the write half when dropped, so the relay sees the end of the stream.
+struct HalfClose(std::os::unix::net::UnixStream);
+
+impl std::io::Write for HalfClose {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::Write::write(&mut self.0, buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut self.0)
+    }
+}
+
+impl Drop for HalfClose {
+    fn drop(&mut self) {
+        let _ = self.0.shutdown(std::net::Shutdown::Write);
     }
 }

@@ -12,7 +12,10 @@
 //!
 //! Columns: (a) ferry full zstd of the new NAR at the level the adaptive controller picks for a
 //! 20 Mbit/s link, and at max; (b) `zstd -19 --long=29 -T2`; (c) `zstd -19 --long=29 -T2
-//! --patch-from=OLD`; (d) ferry delta at `--compress max`; (e) rsync of the unpacked trees.
+//! --patch-from=OLD`; (d) ferry delta at `--compress max`; (e) rsync of the unpacked trees;
+//! with `--nix`, (n) the bytes `nix copy --to ssh://` puts on the connection for the new tree
+//! ([`ferry_benches::nix_copy`], over the test harness's loopback sshd). `--segment-mib` and
+//! `--budget-mib` change (d)'s segmentation (experiments; the protocol uses the defaults).
 //! (b), (c) are read from `--ref-dir` (`TAG.b.zst`, `TAG.c.zst`) when present, else run if
 //! `--run-zstd`, else left out.
 
@@ -52,7 +55,8 @@ struct Args {
     /// Run the zstd CLI for (b)/(c) when `--ref-dir` has no result.
     #[arg(long)]
     run_zstd: bool,
-    /// rsync over this ssh config's host `peer` (else local-to-local with --no-whole-file).
+    /// rsync over this ssh config's host `peer` (else the harness's sshd with `--nix`, else
+    /// local-to-local with --no-whole-file).
     #[arg(long)]
     ssh_config: Option<PathBuf>,
     /// Scratch directory (delta files, rsync targets).
@@ -61,13 +65,28 @@ struct Args {
     /// Write the JSON result here.
     #[arg(long)]
     json_file: Option<PathBuf>,
+    /// Also measure `nix copy --to ssh://` of the new tree (a loopback sshd is started).
+    #[arg(long)]
+    nix: bool,
+    /// Skip ferry's delta (d) (slow at level 19).
+    #[arg(long)]
+    skip_delta: bool,
+    /// Skip rsync (e).
+    #[arg(long)]
+    skip_rsync: bool,
+    /// (d) segment size in MiB (default: `delta::SEGMENT_MAX`).
+    #[arg(long)]
+    segment_mib: Option<u64>,
+    /// (d) frame budget (prefix + segment) in MiB (default: `delta::FRAME_BUDGET`).
+    #[arg(long)]
+    budget_mib: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// (child) encode NEW against BASE into OUT; prints JSON.
     #[command(hide = true)]
-    Encode { base: PathBuf, new: PathBuf, out: PathBuf, level: i32 },
+    Encode { base: PathBuf, new: PathBuf, out: PathBuf, level: i32, segment: u64, budget: u64 },
     /// (child) rebuild the base from TREE, check BASE_HASH, apply DELTA, check NEW_HASH.
     #[command(hide = true)]
     Decode {
@@ -99,7 +118,7 @@ fn file_digest(p: &Path) -> Result<NarDigest> {
     Ok(h.finish())
 }
 
-fn child_encode(base: &Path, new: &Path, out: &Path, level: i32) -> Result<()> {
+fn child_encode(base: &Path, new: &Path, out: &Path, params: &EncodeParams) -> Result<()> {
     let t0 = Instant::now();
     let base_nar = fs::read(base)?;
     let bd = {
@@ -111,7 +130,7 @@ fn child_encode(base: &Path, new: &Path, out: &Path, level: i32) -> Result<()> {
     let reader = BufReader::with_capacity(1 << 20, File::open(new)?);
     let w = io::BufWriter::new(File::create(out)?);
     let t1 = Instant::now();
-    let stats = delta::encode(&base_nar, &bd, reader, new_size, &EncodeParams::level(level), w)?;
+    let stats = delta::encode(&base_nar, &bd, reader, new_size, params, w)?;
     let enc = t1.elapsed().as_secs_f64();
     println!(
         "{}",
@@ -135,6 +154,10 @@ fn child_decode(tree: &Path, bh: &str, bs: u64, d: &Path, nh: &str, ns: u64) -> 
                "total_s": t0.elapsed().as_secs_f64(), "peak_rss_kib": vm_hwm_kib(), "verified": true})
     );
     Ok(())
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_owned()
 }
 
 fn run_child(args: &[String]) -> Result<Value> {
@@ -197,7 +220,13 @@ fn zstd_cli(args: &Args, tag: &str, which: &str, old: &Path, new: &Path) -> Resu
 }
 
 /// rsync of the new tree onto a copy of the old one; bytes sent + received as `--stats` says.
-fn rsync(args: &Args, old_tree: &Path, new_tree: &Path, tag: &str) -> Result<(u64, String)> {
+fn rsync(
+    args: &Args,
+    ssh_config: Option<&Path>,
+    old_tree: &Path,
+    new_tree: &Path,
+    tag: &str,
+) -> Result<(u64, String)> {
     let dst = args.tmp.join(format!("rsync-{tag}"));
     let _ = fs::remove_dir_all(&dst);
     let st = Command::new("cp").arg("-a").arg(old_tree).arg(&dst).status()?;
@@ -206,7 +235,7 @@ fn rsync(args: &Args, old_tree: &Path, new_tree: &Path, tag: &str) -> Result<(u6
     }
     let mut c = Command::new("rsync");
     c.args(["-az", "--stats", "--delete"]);
-    let how = if let Some(cfg) = &args.ssh_config {
+    let how = if let Some(cfg) = ssh_config {
         c.arg("-e").arg(format!("ssh -F {}", cfg.display()));
         c.arg(format!("{}/", new_tree.display())).arg(format!("peer:{}/", dst.display()));
         "rsync -az over ssh (loopback sshd)".to_string()
@@ -235,7 +264,11 @@ fn rsync(args: &Args, old_tree: &Path, new_tree: &Path, tag: &str) -> Result<(u6
 fn main() -> Result<()> {
     let args = Args::parse();
     match &args.cmd {
-        Some(Cmd::Encode { base, new, out, level }) => return child_encode(base, new, out, *level),
+        Some(Cmd::Encode { base, new, out, level, segment, budget }) => {
+            let params =
+                EncodeParams { level: *level, segment_max: *segment, frame_budget: *budget };
+            return child_encode(base, new, out, &params);
+        }
         Some(Cmd::Decode { tree, base_hash, base_size, delta, new_hash, new_size }) => {
             return child_decode(tree, base_hash, *base_size, delta, new_hash, *new_size)
         }
@@ -250,6 +283,9 @@ fn main() -> Result<()> {
         "adaptive at 20 Mbit/s: full level {}, with a base: {:?}",
         choice.level, choice_delta
     );
+    let sshd = args.nix.then(ferry_tests::sshd::Sshd::start);
+    let segment = args.segment_mib.map_or(delta::SEGMENT_MAX, |m| m << 20);
+    let budget = args.budget_mib.map_or(delta::FRAME_BUDGET, |m| m << 20);
     let mut rows = Vec::new();
     for tag in args.pairs.split(',') {
         let old = args.corpus.join(format!("nar/{tag}-old.nar"));
@@ -273,34 +309,64 @@ fn main() -> Result<()> {
         eprintln!("  (b) {b:?}  (c) {c:?}");
         let dfile = args.tmp.join(format!("{tag}.delta"));
         let s = |p: &Path| p.display().to_string();
-        let enc = run_child(&[
-            "encode".into(),
-            s(&old),
-            s(&new),
-            s(&dfile),
-            args.delta_level.to_string(),
-        ])?;
-        eprintln!("  (d) encode {enc}");
-        let dec = run_child(&[
-            "decode".into(),
-            s(&old_tree),
-            od.hash.to_hex(),
-            od.size.to_string(),
-            s(&dfile),
-            nd.hash.to_hex(),
-            nd.size.to_string(),
-        ])?;
-        eprintln!("  (d) decode {dec}");
-        let d = enc["bytes"].as_u64().unwrap_or(0);
-        let (e, e_how) = rsync(&args, &old_tree, &new_tree, tag)?;
-        eprintln!("  (e) {e_how}: {e} B");
-        let ratio = |x: u64, y: Option<u64>| y.map(|y| x as f64 / y as f64);
+        let (enc, dec) = if args.skip_delta {
+            (Value::Null, Value::Null)
+        } else {
+            let enc = run_child(&[
+                "encode".into(),
+                s(&old),
+                s(&new),
+                s(&dfile),
+                args.delta_level.to_string(),
+                segment.to_string(),
+                budget.to_string(),
+            ])?;
+            eprintln!("  (d) encode {enc}");
+            let dec = run_child(&[
+                "decode".into(),
+                s(&old_tree),
+                od.hash.to_hex(),
+                od.size.to_string(),
+                s(&dfile),
+                nd.hash.to_hex(),
+                nd.size.to_string(),
+            ])?;
+            eprintln!("  (d) decode {dec}");
+            (enc, dec)
+        };
+        let d = enc["bytes"].as_u64();
+        let (e, e_how) = if args.skip_rsync {
+            (None, String::new())
+        } else {
+            // The harness's sshd (with --nix) when no --ssh-config is given.
+            let harness = sshd.as_ref().map(|s| s.ssh_config());
+            let cfg = args.ssh_config.as_deref().or(harness.as_deref());
+            let (e, how) = rsync(&args, cfg, &old_tree, &new_tree, tag)?;
+            eprintln!("  (e) {how}: {e} B");
+            (Some(e), how)
+        };
+        let nix = match &sshd {
+            Some(sshd) => {
+                let n = ferry_benches::nix_copy::nix_copy_over_ssh(sshd, &args.tmp, &[&new_tree])?;
+                eprintln!(
+                    "  (n) nix copy --to ssh://: {} B sent, {} B received, NAR {} B, {:.1} s",
+                    n.sent, n.received, n.nar_bytes, n.seconds
+                );
+                json!({"sent": n.sent, "received": n.received, "wire_bytes": n.wire_bytes(),
+                       "nar_bytes": n.nar_bytes, "seconds": n.seconds})
+            }
+            None => Value::Null,
+        };
+        let ratio = |x: Option<u64>, y: Option<u64>| Some(x? as f64 / y? as f64);
         rows.push(json!({
             "pair": tag, "old_nar": od.size, "new_nar": nd.size,
             "a_level": choice.level, "a_auto": a_auto, "a_auto_s": a_auto_s, "a_max": a_max,
             "b_zstd19_long": b, "c_patch_from19": c, "d_delta": d, "d_level": args.delta_level,
+            "d_segment_max": segment, "d_frame_budget": budget,
             "d_encode": enc, "d_decode": dec, "e_rsync": e, "e_how": e_how,
-            "d_over_c": ratio(d, c), "d_over_e": ratio(d, Some(e)),
+            "nix_copy_ssh": nix, "load": loadavg(),
+            "d_over_c": ratio(d, c), "d_over_e": ratio(d, e),
+            "d_over_nix": ratio(d, nix["wire_bytes"].as_u64()),
         }));
         let _ = fs::remove_file(&dfile);
     }

@@ -15,6 +15,12 @@
 //! link). Settings are `MODE:COMPRESS` (`delta:auto` = the adaptive defaults, `zstd:3` = a full
 //! zstd -3 transfer). The table gives time, wire bytes, and the ratios the issue asks for:
 //! time / time of the first `zstd:` setting, and time / (wire bytes / rate + connect + diff).
+//!
+//! With `--nix`, the bytes `nix copy --to ssh://` puts on the connection for generation 2
+//! ([`ferry_benches::nix_copy`]: the generation-2 items added to a Nix chroot store, copied over
+//! the test harness's loopback sshd), one path at a time so each pair gets its own column; Nix
+//! has no deltas, so what the host already holds does not change its bytes. `--nix-only` skips
+//! the ferry settings.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +53,12 @@ struct Args {
     /// Write all `ferry bench` reports here as one JSON array.
     #[arg(long)]
     json_file: Option<PathBuf>,
+    /// Also measure `nix copy --to ssh://` of generation 2, per path.
+    #[arg(long)]
+    nix: bool,
+    /// Only the `nix copy` measurement.
+    #[arg(long)]
+    nix_only: bool,
 }
 
 /// (tag, package name, old version, new version)
@@ -127,11 +139,61 @@ fn build_store(a: &Args) -> Result<(String, String)> {
     Ok((gens[0].clone(), gens[1].clone()))
 }
 
+/// `nix copy --to ssh://` of each path of generation 2's closure, one at a time: a table row
+/// per path and the total.
+fn nix_columns(a: &Args, gen2: &str) -> Result<Value> {
+    let store = a.work.join("local");
+    let closure =
+        run(Command::new(&a.ferry).arg("--root").arg(&store).args(["gc", "--requisites", gen2]))?;
+    let sshd = ferry_tests::sshd::Sshd::start();
+    let scratch = a.work.join("nix");
+    std::fs::create_dir_all(&scratch)?;
+    println!("| generation 2 path | NAR bytes | `nix copy --to ssh://` bytes sent | received | sent / NAR | seconds | load |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let (mut total, mut rows) = ((0u64, 0u64, 0u64), Vec::new());
+    for path in closure.lines() {
+        let physical = store.join(path.trim_start_matches('/'));
+        let n = ferry_benches::nix_copy::nix_copy_over_ssh(&sshd, &scratch, &[&physical])?;
+        let name = path.rsplit('/').next().unwrap_or(path);
+        let name = name.split_once('-').map_or(name, |(_, n)| n);
+        println!(
+            "| {name} | {} | {} | {} | {:.4} | {:.1} | {} |",
+            n.nar_bytes,
+            n.sent,
+            n.received,
+            n.sent as f64 / n.nar_bytes.max(1) as f64,
+            n.seconds,
+            loadavg()
+        );
+        total = (total.0 + n.nar_bytes, total.1 + n.sent, total.2 + n.received);
+        rows.push(serde_json::json!({"path": path, "nar_bytes": n.nar_bytes, "sent": n.sent,
+            "received": n.received, "seconds": n.seconds}));
+    }
+    println!(
+        "| **total** ({} paths, one connection each) | {} | {} | {} | {:.4} | | |",
+        rows.len(),
+        total.0,
+        total.1,
+        total.2,
+        total.1 as f64 / total.0.max(1) as f64
+    );
+    Ok(serde_json::json!({"nix_copy_ssh": rows}))
+}
+
 fn main() -> Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.work)?;
     let (gen1, gen2) = build_store(&a)?;
     let mut reports = Vec::new();
+    if a.nix || a.nix_only {
+        reports.push(nix_columns(&a, &gen2)?);
+        if a.nix_only {
+            if let Some(f) = &a.json_file {
+                std::fs::write(f, serde_json::to_string_pretty(&reports)?)?;
+            }
+            return Ok(());
+        }
+    }
     println!(
         "| setting | paths (delta) | NAR bytes | wire bytes | time s | connect+diff s | link model s | time / link model | time / first zstd | levels | load before → after |"
     );
