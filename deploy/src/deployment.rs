@@ -39,6 +39,8 @@
 //! identity = "~/.ssh/id_ed25519"
 //! host-key = "ssh-ed25519 AAAA…"
 //! root = "/"                       # where the host's store and state live
+//! sudo = true                      # a non-root user runs the host's commands with `sudo -n`;
+//!                                  # default: only when root = "/" (see transfer::uri)
 //! confirm-timeout = 30             # seconds; `false` switches confirmation off
 //! ```
 //!
@@ -166,6 +168,9 @@ pub struct Configuration {
     pub root: PathBuf,
     /// `None` when confirmation is switched off.
     pub confirm_timeout: Option<Duration>,
+    /// Whether a `user` other than root runs the host's commands with `sudo -n`; `None`: only
+    /// when `root` is `/` (the host's own store).
+    pub sudo: Option<bool>,
 }
 
 /// A resolved operating-system declaration.
@@ -393,6 +398,7 @@ struct RawConfiguration {
     host_key: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
     confirm_timeout: Option<ConfirmTimeout>,
+    sudo: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -878,6 +884,7 @@ impl Cx<'_> {
             host_key: c.host_key.as_ref().map(|k| k.get_ref().clone()),
             root,
             confirm_timeout: c.confirm_timeout.map_or(Some(DEFAULT_CONFIRM_TIMEOUT), |t| t.0),
+            sudo: c.sudo,
         })
     }
 }

@@ -99,8 +99,11 @@ impl Link {
                 Link::Local { transport }
             }
             Environment::ManagedHost => {
+                // A non-root `user` runs the host's commands with `sudo -n` for the host's own
+                // store, or when `sudo = true` asks for it (StoreParams::use_sudo).
                 let store = StoreParams {
                     root: (root != std::path::Path::new("/")).then_some(root),
+                    sudo: m.configuration.sudo,
                     ..StoreParams::default()
                 };
                 let config = ssh_config(m)?;

@@ -8,7 +8,10 @@
 //! `/run/sshd` (sshd's privilege separation directory) when it is missing.
 //!
 //! The server logs in the user running the tests (root in CI, `PermitRootLogin
-//! prohibit-password`), by key only. It is stopped by PID when the fixture is dropped, together
+//! prohibit-password`), by key only, or another existing user ([`SshdOptions::user`], for the
+//! `sudo -n` tests; the fixture needs root then). For another user the fixture's temp dir is
+//! made traversable (mode 711, not listable), `authorized_keys` readable (sshd reads it as the
+//! user) and the sessions' `home/` is given to that user; the private keys stay the caller's. It is stopped by PID when the fixture is dropped, together
 //! with every session process it forked. [`Sshd::kill_connections`] cuts the live sessions while
 //! the listener stays up (a dropped connection); [`Sshd::kill`] takes the whole server down.
 //!
@@ -81,6 +84,9 @@ pub struct SshdOptions {
     pub path: Option<String>,
     /// Extra `sshd_config` lines, appended verbatim.
     pub extra_config: Vec<String>,
+    /// The login user; `None` is the user running the tests. Another user must exist (see
+    /// [`user_exists`]); tests that need one skip with a message when it does not.
+    pub user: Option<String>,
 }
 
 impl Default for SshdOptions {
@@ -90,6 +96,7 @@ impl Default for SshdOptions {
             host_keys: vec![KeyKind::Ed25519],
             path: None,
             extra_config: Vec::new(),
+            user: None,
         }
     }
 }
@@ -137,7 +144,7 @@ impl Sshd {
         let _ = fs::create_dir_all("/run/sshd");
 
         let dir = tempfile::Builder::new().prefix("ferry-sshd-").tempdir().expect("temp dir");
-        let user = current_user();
+        let user = options.user.clone().unwrap_or_else(current_user);
         let mut host_keys = Vec::new();
         for kind in &options.host_keys {
             let path = dir.path().join(format!("host_{}", kind.name()));
@@ -153,6 +160,9 @@ impl Sshd {
         }
         write_private(&dir.path().join("authorized_keys"), &authorized);
         fs::create_dir(dir.path().join("home")).expect("create the sessions' HOME");
+        if user != current_user() {
+            open_to_user(dir.path(), &user);
+        }
 
         let mut sshd = Sshd { dir, child: None, port: 0, user, host_keys, options };
         let mut last_log = String::new();
@@ -450,6 +460,35 @@ impl Fleet {
     pub fn iter(&self) -> std::slice::Iter<'_, Sshd> {
         self.hosts.iter()
     }
+}
+
+/// Whether a local user named `name` exists (`id -u NAME`).
+pub fn user_exists(name: &str) -> bool {
+    Command::new("id")
+        .args(["-u", name])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `id -u NAME` / `id -g NAME`.
+fn id_of(flag: &str, user: &str) -> u32 {
+    let out = Command::new("id").args([flag, user]).output().expect("run id");
+    assert!(out.status.success(), "no user {user:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("numeric id")
+}
+
+/// Let `user` log in to a fixture in `dir`: traverse it, read `authorized_keys`, own `home/`.
+fn open_to_user(dir: &Path, user: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let (uid, gid) = (id_of("-u", user), id_of("-g", user));
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o711)).expect("chmod the fixture dir");
+    fs::set_permissions(dir.join("authorized_keys"), fs::Permissions::from_mode(0o644))
+        .expect("chmod authorized_keys");
+    std::os::unix::fs::chown(dir.join("home"), Some(uid), Some(gid)).unwrap_or_else(|e| {
+        panic!("cannot give the sessions' home to {user} (the fixture needs root for that): {e}")
+    });
 }
 
 /// A loopback port that was free a moment ago (bind to port 0, read it, release it). The caller

@@ -20,6 +20,7 @@
 //! | [`frame_cache`] | compress once: encoded streams shared by the sessions of a push |
 //! | [`adaptive`] | zstd level and delta on/off from the measured link and compressor |
 //! | [`shaping`] | emulated link rate and latency inside a transport (`ferry bench`) |
+//! | [`relay`] | TCP/Unix relay adding one-way latency (`ferry bench --link kernel`) |
 //!
 //! # Example: push a closure to an agent on a thread
 //! ```no_run
@@ -52,6 +53,7 @@ pub mod nix_serve;
 pub mod protocol;
 pub mod pull;
 pub mod push;
+pub mod relay;
 pub mod shaping;
 pub mod ssh;
 pub mod ssh_transport;

@@ -9,9 +9,14 @@
 //! uploaded (SFTP, or `cat` over exec without SFTP) to `~/.cache/ferry/ferry-<version>` and run
 //! from there. Nothing needs to be installed on a host but sshd.
 //!
-//! The agent runs as `[sudo -n] FERRY --root R [--store-dir D] [--state-dir S] serve`; `sudo -n`
-//! is added when the remote user is not root and the target is the host's own store (no
-//! `root=` parameter), since only root may write it.
+//! The agent runs as `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] serve`;
+//! `sudo -n` is added when the remote user is not root and the target is the host's own store
+//! (no `root=` parameter), since only root may write it, or when `sudo=1` asks for it
+//! ([`StoreParams::use_sudo`]). The agent program stays the login user's (found on `PATH` or
+//! uploaded to its `~/.cache/ferry`); only the agent runs as root. When sudo will be used, the
+//! same probe runs `sudo -n true` and reports `sudo ok`, `sudo missing` or `sudo refused MSG`,
+//! so a host where the user may not use sudo without a password fails at once with
+//! [`TransportError::SudoRefused`] instead of an agent that never answers.
 //!
 //! The blocking [`crate::transport::Connection`] halves drive the async channel through a
 //! tokio runtime owned by the transport.
@@ -115,22 +120,53 @@ impl SshTransport {
             return Ok(p);
         }
         let version = env!("CARGO_PKG_VERSION");
+        // $2 = 1: the agent is to run under `sudo -n` if the user is not root; check it can.
         let script = r#"v="$1"
-echo "uid $(id -u)"
+uid=$(id -u)
+echo "uid $uid"
 echo "home $HOME"
+if [ "$2" = 1 ] && [ "$uid" != 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then echo "sudo missing"
+  elif out=$(sudo -n true 2>&1 </dev/null); then echo "sudo ok"
+  else echo "sudo refused $(printf '%s' "$out" | tr '\n' ' ')"; fi
+fi
 for f in "$(command -v ferry 2>/dev/null)" "$HOME/.cache/ferry/ferry-$v"; do
   if [ -n "$f" ] && [ -x "$f" ] && [ "$("$f" --version 2>/dev/null)" = "ferry $v" ]; then
     echo "found $f"; exit 0
   fi
 done
 echo "arch $(uname -m)""#;
-        let out = session.run(&["sh", "-c", script, "sh", version]).await.map_err(other)?;
+        let wants_sudo = if self.store.wants_sudo() { "1" } else { "0" };
+        let out =
+            session.run(&["sh", "-c", script, "sh", version, wants_sudo]).await.map_err(other)?;
         let text = String::from_utf8_lossy(&out);
         let field = |name: &str| {
             text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
         };
-        let uid = field("uid").unwrap_or("").trim().to_owned();
-        let sudo = uid != "0" && self.store.root.is_none();
+        let uid: u32 = field("uid").and_then(|u| u.trim().parse().ok()).ok_or_else(|| {
+            other(format!(
+                "{}: the host's probe did not report the user's uid: {:?}",
+                self.config.target(),
+                text.trim()
+            ))
+        })?;
+        let sudo = self.store.use_sudo(uid);
+        if sudo {
+            let refused = |detail: String| TransportError::SudoRefused {
+                host: self.config.target(),
+                user: self.config.user.clone(),
+                detail,
+            };
+            match field("sudo").map(str::trim) {
+                Some("ok") => {}
+                Some("missing") => return Err(refused("sudo is not installed".to_owned())),
+                Some(r) => {
+                    let said = r.strip_prefix("refused").unwrap_or(r).trim();
+                    return Err(refused(format!("sudo -n said: {said}")));
+                }
+                None => return Err(refused("the probe did not report on sudo".to_owned())),
+            }
+        }
         let program = if let Some(found) = field("found") {
             AgentProgram { path: found.to_owned(), sudo, uploaded: false }
         } else {

@@ -24,6 +24,14 @@ pub enum TransportError {
     Spawn { command: String, error: io::Error },
     #[error("the agent on {host} failed ({status}){}", stderr_suffix(.stderr))]
     AgentFailed { host: String, status: String, stderr: String },
+    /// The agent must run under `sudo -n` and the host's sudo does not allow it.
+    #[error(
+        "{host}: the agent must run as root through `sudo -n`, which needs password-less sudo \
+         for user {user} on that host ({detail}); allow it there (e.g. `{user} ALL=(root) \
+         NOPASSWD: ALL` in /etc/sudoers.d/), log in as root, or use a store the user owns \
+         (`?root=DIR&sudo=0`)"
+    )]
+    SudoRefused { host: String, user: String, detail: String },
     #[error("{0}")]
     Other(String),
 }

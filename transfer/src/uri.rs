@@ -1,12 +1,18 @@
 //! Copy targets as URIs.
 //!
 //! ```text
-//! ssh://[user@]host[:port][?root=DIR&store-dir=DIR&state-dir=DIR]   a ferry agent over SSH
+//! ssh://[user@]host[:port][?root=DIR&store-dir=DIR&state-dir=DIR&sudo=1|0]
+//!                                                                    a ferry agent over SSH
 //! local:///ROOT[?store-dir=DIR&state-dir=DIR]                        a ferry agent, local subprocess
 //! nix+ssh://[user@]host[:port][?root=DIR]                            nix-store --serve --write
 //! file:///DIR                                                        a binary cache directory
 //! ```
 //! Query values are taken literally except `%XX` escapes.
+//!
+//! `sudo` (ssh:// only) says whether the agent runs under `sudo -n` when the login user is not
+//! root: by default it does exactly when no `root=` is given (the host's own store is root's);
+//! `sudo=1` also with a `root=` (a root-owned store elsewhere), `sudo=0` never. A root login
+//! never uses sudo.
 
 use std::path::PathBuf;
 
@@ -24,6 +30,20 @@ pub struct StoreParams {
     pub root: Option<PathBuf>,
     pub store_dir: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// `sudo=1|0`: `None` chooses by `root` (see the module doc).
+    pub sudo: Option<bool>,
+}
+
+impl StoreParams {
+    /// Whether a login user other than root runs the agent under `sudo -n`.
+    pub fn wants_sudo(&self) -> bool {
+        self.sudo.unwrap_or(self.root.is_none())
+    }
+
+    /// Whether a login user whose uid is `uid` runs the agent under `sudo -n`.
+    pub fn use_sudo(&self, uid: u32) -> bool {
+        uid != 0 && self.wants_sudo()
+    }
 }
 
 /// An SSH endpoint.
@@ -81,9 +101,16 @@ impl Target {
                 "root" => store.root = Some(PathBuf::from(v)),
                 "store-dir" => store.store_dir = Some(v),
                 "state-dir" => store.state_dir = Some(PathBuf::from(v)),
+                "sudo" => {
+                    store.sudo = Some(match v.as_str() {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        _ => return Err(err(&format!("sudo={v:?}: expected 1 or 0"))),
+                    })
+                }
                 _ => {
                     return Err(err(&format!(
-                        "unknown parameter {k:?} (known: root, store-dir, state-dir)"
+                        "unknown parameter {k:?} (known: root, store-dir, state-dir, sudo)"
                     )))
                 }
             }
@@ -109,6 +136,9 @@ impl Target {
             let port = port.map(|p| p.parse::<u16>().map_err(|_| err("bad port"))).transpose()?;
             Ok(SshEndpoint { user, host, port })
         };
+        if store.sudo.is_some() && scheme != "ssh" {
+            return Err(err("sudo= is for ssh:// targets only"));
+        }
         match scheme {
             "ssh" => Ok(Target::Ssh { endpoint: endpoint(rest)?, store }),
             "nix+ssh" => Ok(Target::NixSsh { endpoint: endpoint(rest)?, store }),
@@ -152,7 +182,8 @@ mod tests {
                 store: StoreParams {
                     root: Some("/tmp/h".into()),
                     store_dir: Some("/nix/store".into()),
-                    state_dir: None
+                    state_dir: None,
+                    sudo: None,
                 },
             }
         );
@@ -169,7 +200,8 @@ mod tests {
                 store: StoreParams {
                     root: Some("/tmp/a b".into()),
                     store_dir: None,
-                    state_dir: Some("/s".into())
+                    state_dir: Some("/s".into()),
+                    sudo: None,
                 }
             }
         );
@@ -178,10 +210,33 @@ mod tests {
             Target::File { dir: "/tmp/cache".into() }
         );
         assert!(matches!(Target::parse("nix+ssh://h").unwrap(), Target::NixSsh { .. }));
-        for bad in
-            ["web1", "ftp://x", "local://relative", "ssh://", "ssh://h:port", "local:///x?bogus=1"]
-        {
+        let Target::Ssh { store, .. } = Target::parse("ssh://u@h?root=/r&sudo=1").unwrap() else {
+            panic!("not ssh")
+        };
+        assert_eq!(store.sudo, Some(true));
+        assert!(store.use_sudo(1000) && !store.use_sudo(0));
+        for bad in [
+            "web1",
+            "ftp://x",
+            "local://relative",
+            "ssh://",
+            "ssh://h:port",
+            "local:///x?bogus=1",
+            "ssh://h?sudo=maybe",
+            "local:///x?sudo=1",
+            "nix+ssh://h?sudo=1",
+        ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn sudo_by_default_only_for_the_hosts_own_store() {
+        let own = StoreParams::default();
+        let elsewhere = StoreParams { root: Some("/srv/r".into()), ..StoreParams::default() };
+        assert!(own.use_sudo(1000) && !own.use_sudo(0));
+        assert!(!elsewhere.use_sudo(1000));
+        let never = StoreParams { sudo: Some(false), ..StoreParams::default() };
+        assert!(!never.use_sudo(1000));
     }
 }

@@ -14,6 +14,29 @@
 //! the paths sent as deltas, the levels used, and what the link alone would take (wire bytes /
 //! rate + the measured connect and diff round trips); and the coordinator's CPU time.
 //! `--json` prints one JSON object on stdout.
+//!
+//! # `--link kernel`
+//!
+//! The emulated link shapes the agent's byte stream; `--link kernel` shapes packets instead, for
+//! SSH hosts on loopback (`ssh://…@127.0.0.1:PORT`). `ferry bench` re-runs itself under
+//! `unshare -n` (a private network namespace with only `lo`, gone when it exits) with the
+//! environment variables `FERRY_BENCH_NETNS_DIR` and `FERRY_BENCH_NETNS_QDISC` set. The sshd
+//! stays outside: for each host port the outer process serves a Unix socket in that directory
+//! (path-named Unix sockets cross network namespaces) relayed to the real `127.0.0.1:PORT`, and
+//! the inner one listens on the same `127.0.0.1:PORT` inside the namespace (so `known_hosts`
+//! entries still match) and relays each connection to that Unix socket
+//! ([`transfer::relay::Relay`]). The inner process copies the `--base` closures first, unshaped,
+//! then shapes `lo` and times the transfer:
+//!
+//! - with `netem` (when `tc qdisc add dev lo root netem` works):
+//!   `tc qdisc add dev lo root netem delay LATENCY rate RATE`, and the relay adds nothing;
+//! - otherwise (this project's kernels have no netem) `tbf` for the rate,
+//!   `tc qdisc add dev lo root tbf rate RATE burst 32kb latency 50ms` with `lo`'s MTU set to
+//!   1500, and the relay adds `LATENCY` to each direction.
+//!
+//! Both directions share `lo`'s one qdisc, so the rate is shared by what goes up and what comes
+//! back (little, for a push: acknowledgements). Where `unshare`, `ip` or `tc` is missing or not
+//! allowed (they need root), `ferry bench` says so on stderr and uses the emulated link.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,6 +66,15 @@ pub enum Mode {
     Delta,
 }
 
+/// What shapes the link in `ferry bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkKind {
+    /// Rate and latency emulated inside the transport: any host, any machine.
+    Emulated,
+    /// `tc` in a private network namespace (SSH hosts on loopback; see the module doc).
+    Kernel,
+}
+
 /// `ferry bench` arguments.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
@@ -58,6 +90,10 @@ pub struct BenchArgs {
     /// One-way latency of the emulated link (`40ms`, `0`, `1s`).
     #[arg(long, default_value = "40ms")]
     pub latency: String,
+    /// emulated (inside the transport) or kernel (`tc` in a private network namespace, for
+    /// SSH hosts on loopback; falls back to emulated where that is not possible).
+    #[arg(long, value_enum, default_value = "emulated")]
+    pub link: LinkKind,
     /// full, zstd or delta.
     #[arg(long, value_enum, default_value = "delta")]
     pub mode: Mode,
@@ -154,6 +190,193 @@ fn host_json(s: &PushSummary, rate: f64) -> serde_json::Value {
     })
 }
 
+/// Set in the process `--link kernel` runs under `unshare -n`: the directory of the Unix
+/// sockets that lead out of the namespace.
+const NETNS_DIR_ENV: &str = "FERRY_BENCH_NETNS_DIR";
+/// Set with [`NETNS_DIR_ENV`]: `netem` or `tbf`, what the outer process found to work.
+const NETNS_QDISC_ENV: &str = "FERRY_BENCH_NETNS_QDISC";
+
+/// The queueing discipline that shapes `lo` in the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Qdisc {
+    /// Rate and delay in the kernel.
+    Netem,
+    /// Rate in the kernel, delay by the relay.
+    Tbf,
+}
+
+impl Qdisc {
+    fn name(self) -> &'static str {
+        match self {
+            Qdisc::Netem => "netem",
+            Qdisc::Tbf => "tbf",
+        }
+    }
+
+    /// `tc qdisc add dev lo root` arguments for this link.
+    fn tc_args(self, rate: f64, latency: Duration) -> Vec<String> {
+        let bits = (rate * 8.0).round() as u64;
+        let mut args = vec![self.name().to_owned()];
+        match self {
+            Qdisc::Netem => {
+                args.extend(["delay".into(), format!("{}us", latency.as_micros())]);
+                if rate.is_finite() {
+                    args.extend(["rate".into(), format!("{bits}bit")]);
+                }
+                args.extend(["limit".into(), "100000".into()]);
+            }
+            Qdisc::Tbf => args.extend(
+                ["rate", &format!("{bits}bit"), "burst", "32kb", "latency", "50ms"]
+                    .map(String::from),
+            ),
+        }
+        args
+    }
+}
+
+/// `sh -c SCRIPT` in a throwaway network namespace: `Err(stderr)` when it fails.
+fn in_netns(script: &str) -> Result<(), String> {
+    let out = std::process::Command::new("unshare")
+        .args(["-n", "--", "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run unshare: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// What can shape `lo` in a private network namespace here: netem, else tbf, else why not.
+fn probe_qdisc() -> Result<Qdisc, String> {
+    if in_netns("ip link set lo up && tc qdisc add dev lo root netem delay 1ms").is_ok() {
+        return Ok(Qdisc::Netem);
+    }
+    in_netns("ip link set lo up && tc qdisc add dev lo root tbf rate 1mbit burst 32kb latency 50ms")
+        .map(|()| Qdisc::Tbf)
+}
+
+/// Run a command (`ip`, `tc`) in the current namespace.
+fn run_tool(program: &str, args: &[String]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// The loopback address and port of an `ssh://` target, for `--link kernel`.
+fn loopback_endpoint(uri: &str, target: &Target) -> anyhow::Result<std::net::SocketAddr> {
+    let Target::Ssh { endpoint, .. } = target else {
+        bail!("{uri}: --link kernel shapes SSH hosts on loopback only; use --link emulated")
+    };
+    let ip: std::net::IpAddr = match endpoint.host.as_str() {
+        "localhost" => std::net::Ipv4Addr::LOCALHOST.into(),
+        h => {
+            h.parse().ok().filter(|ip: &std::net::IpAddr| ip.is_loopback()).with_context(|| {
+                format!(
+                    "{uri}: --link kernel shapes SSH hosts on loopback only; use --link emulated"
+                )
+            })?
+        }
+    };
+    Ok((ip, endpoint.port.unwrap_or(22)).into())
+}
+
+/// `--link kernel`, outside the namespace: relay each host's port to a Unix socket, run this
+/// same command under `unshare -n`, return its exit code. `None`: not possible here (said on
+/// stderr), use the emulated link.
+fn run_outside_netns(endpoints: &[std::net::SocketAddr]) -> anyhow::Result<Option<ExitCode>> {
+    let qdisc = match probe_qdisc() {
+        Ok(q) => q,
+        Err(why) => {
+            eprintln!(
+                "ferry bench: no kernel link shaping here (unshare -n, ip and tc, as root: {why}); \
+                 using the emulated link"
+            );
+            return Ok(None);
+        }
+    };
+    let dir = tempfile::Builder::new().prefix("ferry-bench-netns-").tempdir()?;
+    let relay = transfer::relay::Relay::new(Duration::ZERO)?;
+    for ep in endpoints {
+        let sock = dir.path().join(format!("{}.sock", ep.port()));
+        if !sock.exists() {
+            relay.unix_to_tcp(sock, *ep)?;
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find the running ferry executable")?;
+    let status = std::process::Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(exe)
+        .args(std::env::args_os().skip(1))
+        .env(NETNS_DIR_ENV, dir.path())
+        .env(NETNS_QDISC_ENV, qdisc.name())
+        .status()
+        .context("cannot run unshare -n")?;
+    drop(relay);
+    Ok(Some(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => bail!("ferry bench under unshare -n was killed ({status})"),
+    }))
+}
+
+/// `--link kernel`, inside the namespace: what was set up, until the link is shaped.
+struct Netns {
+    qdisc: Qdisc,
+    relay: transfer::relay::Relay,
+}
+
+impl Netns {
+    /// `lo` up, and a relay from each host's address here to its Unix socket in `dir`.
+    fn enter(
+        dir: &std::path::Path,
+        qdisc: Qdisc,
+        endpoints: &[std::net::SocketAddr],
+    ) -> anyhow::Result<Netns> {
+        run_tool("ip", &["link", "set", "lo", "up"].map(String::from))?;
+        if qdisc == Qdisc::Tbf {
+            // Packets the size of a real link's: tbf drops any larger than its bucket.
+            run_tool("ip", &["link", "set", "lo", "mtu", "1500"].map(String::from))?;
+        }
+        let relay = transfer::relay::Relay::new(Duration::ZERO)?;
+        let mut bound = Vec::new();
+        for ep in endpoints {
+            if !bound.contains(ep) {
+                relay
+                    .tcp_to_unix(*ep, dir.join(format!("{}.sock", ep.port())))
+                    .with_context(|| format!("cannot listen on {ep} in the network namespace"))?;
+                bound.push(*ep);
+            }
+        }
+        Ok(Netns { qdisc, relay })
+    }
+
+    /// Shape `lo` (and the relay's latency for tbf). Returns how, for the report.
+    fn shape(&self, rate: f64, latency: Duration) -> anyhow::Result<String> {
+        if self.qdisc == Qdisc::Tbf && !rate.is_finite() {
+            self.relay.set_latency(latency);
+            return Ok("kernel: relay latency only (unlimited rate)".into());
+        }
+        let mut args: Vec<String> = ["qdisc", "add", "dev", "lo", "root"].map(String::from).into();
+        args.extend(self.qdisc.tc_args(rate, latency));
+        run_tool("tc", &args)?;
+        Ok(match self.qdisc {
+            Qdisc::Netem => format!("kernel: tc {}", args.join(" ")),
+            Qdisc::Tbf => {
+                self.relay.set_latency(latency);
+                format!("kernel: tc {} + relay latency", args.join(" "))
+            }
+        })
+    }
+}
+
 pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let rate = parse_rate(&args.rate)?;
     let latency = parse_latency(&args.latency)?;
@@ -170,6 +393,24 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         })
         .collect::<anyhow::Result<_>>()?;
+    let mut netns = None;
+    if args.link == LinkKind::Kernel {
+        let endpoints = targets
+            .iter()
+            .map(|(uri, t)| loopback_endpoint(uri, t))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        match (std::env::var_os(NETNS_DIR_ENV), std::env::var(NETNS_QDISC_ENV).as_deref()) {
+            (Some(dir), Ok(q)) => {
+                let qdisc = if q == "netem" { Qdisc::Netem } else { Qdisc::Tbf };
+                netns = Some(Netns::enter(std::path::Path::new(&dir), qdisc, &endpoints)?);
+            }
+            _ => {
+                if let Some(code) = run_outside_netns(&endpoints)? {
+                    return Ok(code);
+                }
+            }
+        }
+    }
     let store = super::store::open_read_only(global)?;
     let parse = |list: &[String]| {
         list.iter()
@@ -212,6 +453,10 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let setup_secs = t.elapsed().as_secs_f64();
+    let link = match &netns {
+        Some(n) => n.shape(rate, latency)?,
+        None => "emulated".to_owned(),
+    };
 
     let options = PushOptions {
         encoding: if args.mode == Mode::Full { Encoding::None } else { Encoding::Zstd },
@@ -228,9 +473,13 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
             .into_iter()
             .map(|inner| {
                 let (layout, closure, key, options) = (&layout, &closure, &key, &options);
+                let shaped: Box<dyn Transport> = if netns.is_some() {
+                    inner
+                } else {
+                    Box::new(ShapedTransport { inner, up: spec, down: spec })
+                };
                 scope.spawn(move || {
-                    let shaped = ShapedTransport { inner, up: spec, down: spec };
-                    push_closure(layout, closure, &shaped, key, options, &NoProgress)
+                    push_closure(layout, closure, shaped.as_ref(), key, options, &NoProgress)
                         .map_err(anyhow::Error::from)
                 })
             })
@@ -266,6 +515,7 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     let out = json!({
         "mode": mode,
+        "link": link,
         "compress": format!("{:?}", args.compress),
         "rate_bytes_per_sec": if rate.is_finite() { json!(rate) } else { json!(null) },
         "latency_ms": latency.as_secs_f64() * 1e3,
@@ -285,8 +535,8 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{out}");
     } else {
         println!(
-            "ferry bench: mode {mode}, {} paths ({:.1} MB NAR) to {} host(s) over {} / {} one way; \
-             {wall:.2} s wall, coordinator CPU {}",
+            "ferry bench: mode {mode}, {} paths ({:.1} MB NAR) to {} host(s) over {} / {} one way \
+             ({link}); {wall:.2} s wall, coordinator CPU {}",
             closure.len(),
             closure.total_nar_size() as f64 / 1e6,
             targets.len(),
