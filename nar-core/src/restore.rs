@@ -13,15 +13,28 @@
 //!   `restore-file` and the daemon's canonicalization leave them;
 //! - on any error everything written is removed, so the target does not exist afterwards.
 //!
+//! System calls per node, as few as those guarantees allow (file creation dominates a restore
+//! of many small files): every node is created relative to an open descriptor of its
+//! directory (`openat`, `mkdirat`, `symlinkat`), so no path is resolved twice; a regular file
+//! is created with its final mode (`O_CREAT` with 0444 still returns a writable descriptor;
+//! `fchmod` only when the process umask would clear one of its bits), written, given its times
+//! with `futimens` and closed: `openat`, `write`s, `futimens`, `close`. A directory is made
+//! with `mkdirat` 0755, opened, and given 0555 and its times (`fchmod`, `futimens`) once its
+//! last entry is written. A symlink: `symlinkat`, `utimensat(AT_SYMLINK_NOFOLLOW)`.
+//!
 //! With [`RestoreOptions::fsync`], files and directories are synced before the call returns, as
 //! an atomic store import needs before it renames the result into place.
 
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::OnceLock;
+
+use rustix::fs::{AtFlags, Mode, OFlags, Timespec, Timestamps};
 
 use crate::error::DecodeError;
 use crate::hash::NarDigest;
@@ -104,9 +117,28 @@ pub fn restore_with<R: BufRead + ?Sized>(
             return Err(RestoreError::Write { path: target.to_owned(), offset: 0, source })
         }
     }
+    let parent = match (target.parent(), target.file_name()) {
+        (Some(p), Some(_)) if p.as_os_str().is_empty() => Path::new("."),
+        (Some(p), Some(_)) => p,
+        _ => {
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "not a name to create");
+            return Err(RestoreError::Write { path: target.to_owned(), offset: 0, source });
+        }
+    };
+    let parent_fd = rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| RestoreError::Write {
+        path: parent.to_owned(),
+        offset: 0,
+        source: e.into(),
+    })?;
     let mut restorer = Restorer {
         path: target.to_path_buf(),
         depth: 0,
+        dirs: vec![parent_fd],
         file: None,
         written: 0,
         executable: false,
@@ -136,10 +168,13 @@ pub fn restore_with<R: BufRead + ?Sized>(
 }
 
 struct Restorer<'o> {
-    /// The node being written.
+    /// The node being written (for error messages; its last component is the name created).
     path: PathBuf,
     /// Entries below the target of the current node.
     depth: usize,
+    /// Open directories: the target's parent, then each directory being filled. Every node is
+    /// created relative to the last one (`*at` calls), so no path is looked up twice.
+    dirs: Vec<OwnedFd>,
     file: Option<File>,
     /// Bytes written to the current file.
     written: u64,
@@ -148,33 +183,77 @@ struct Restorer<'o> {
     options: &'o RestoreOptions,
 }
 
-/// mtime and atime of restored files: one second after the Epoch.
-fn epoch_plus_one() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(1)
+/// mtime and atime of restored nodes: one second after the Epoch.
+const EPOCH_PLUS_ONE: Timestamps = Timestamps {
+    last_access: Timespec { tv_sec: 1, tv_nsec: 0 },
+    last_modification: Timespec { tv_sec: 1, tv_nsec: 0 },
+};
+
+/// The process's umask, read once from `/proc/self/status` (`None` when it cannot be read).
+/// Reading it with `umask(2)` would change it for a moment under other threads.
+fn process_umask() -> Option<u32> {
+    static UMASK: OnceLock<Option<u32>> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
+/// Does creating a file with `mode` give it exactly `mode` (the umask clears none of its bits)?
+fn create_mode_is_exact(mode: u32) -> bool {
+    process_umask().is_some_and(|umask| umask & mode == 0)
 }
 
 impl Restorer<'_> {
+    /// The directory the current node goes in, and the node's name.
+    fn place(&self) -> (BorrowedFd<'_>, &OsStr) {
+        let dir = self.dirs.last().expect("the target's parent stays open").as_fd();
+        (dir, self.path.file_name().expect("checked before the first node"))
+    }
+
     fn on_event(&mut self, event: NarEvent<'_>, offset: u64) -> Result<(), RestoreError> {
-        let write_error =
-            |path: &Path, source| RestoreError::Write { path: path.to_owned(), offset, source };
+        let write_error = |path: &Path, source: io::Error| RestoreError::Write {
+            path: path.to_owned(),
+            offset,
+            source,
+        };
         match event {
             NarEvent::Directory => {
-                fs::create_dir(&self.path).map_err(|e| write_error(&self.path, e))?;
+                let (dir, name) = self.place();
+                // Writable while it is filled; 0555 at its end.
+                let fd = rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o755))
+                    .and_then(|()| {
+                        rustix::fs::openat(
+                            dir,
+                            name,
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                            Mode::empty(),
+                        )
+                    })
+                    .map_err(|e| write_error(&self.path, e.into()))?;
+                self.dirs.push(fd);
             }
             NarEvent::Entry { name } => {
-                self.path.push(std::ffi::OsStr::from_bytes(name));
+                self.path.push(OsStr::from_bytes(name));
                 self.depth += 1;
             }
             NarEvent::File { executable, .. } => {
                 self.executable = executable;
-                let file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                    .open(&self.path)
-                    .map_err(|e| write_error(&self.path, e))?;
-                self.file = Some(file);
+                let (dir, name) = self.place();
+                // Created with its final mode: the descriptor is writable all the same.
+                let fd = rustix::fs::openat(
+                    dir,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(file_mode(executable)),
+                )
+                .map_err(|e| write_error(&self.path, e.into()))?;
+                self.file = Some(File::from(fd));
                 self.written = 0;
             }
             NarEvent::Data(bytes) => {
@@ -184,12 +263,17 @@ impl Restorer<'_> {
             }
             NarEvent::FileEnd => {
                 let file = self.file.take().expect("end of a file");
-                let mode = if self.executable { 0o555 } else { 0o444 };
-                let times = fs::FileTimes::new()
-                    .set_accessed(epoch_plus_one())
-                    .set_modified(epoch_plus_one());
-                file.set_permissions(fs::Permissions::from_mode(mode))
-                    .and_then(|()| file.set_times(times))
+                let mode = file_mode(self.executable);
+                let chmod = || {
+                    if create_mode_is_exact(mode) {
+                        Ok(())
+                    } else {
+                        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode))
+                    }
+                };
+                chmod()
+                    .and_then(|()| rustix::fs::futimens(&file, &EPOCH_PLUS_ONE))
+                    .map_err(io::Error::from)
                     .and_then(|()| if self.options.fsync { file.sync_all() } else { Ok(()) })
                     .map_err(|e| write_error(&self.path, e))?;
                 if self.options.start_writeback
@@ -201,21 +285,21 @@ impl Restorer<'_> {
                 self.node_done();
             }
             NarEvent::Symlink { target } => {
-                std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &self.path)
-                    .map_err(|e| write_error(&self.path, e))?;
-                let one = filetime::FileTime::from_unix_time(1, 0);
-                filetime::set_symlink_file_times(&self.path, one, one)
-                    .map_err(|e| write_error(&self.path, e))?;
+                let (dir, name) = self.place();
+                rustix::fs::symlinkat(OsStr::from_bytes(target), dir, name)
+                    .and_then(|()| {
+                        rustix::fs::utimensat(dir, name, &EPOCH_PLUS_ONE, AtFlags::SYMLINK_NOFOLLOW)
+                    })
+                    .map_err(|e| write_error(&self.path, e.into()))?;
                 self.node_done();
             }
             NarEvent::DirectoryEnd => {
-                let one = filetime::FileTime::from_unix_time(1, 0);
-                filetime::set_file_times(&self.path, one, one)
-                    .and_then(|()| if self.options.fsync { sync_dir(&self.path) } else { Ok(()) })
-                    .and_then(|()| {
-                        fs::set_permissions(&self.path, fs::Permissions::from_mode(0o555))
-                    })
-                    .map_err(|e| write_error(&self.path, e))?;
+                let fd = self.dirs.pop().expect("a directory is open");
+                // Mode first: the times are set last, as nothing changes them after.
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(0o555))
+                    .and_then(|()| rustix::fs::futimens(&fd, &EPOCH_PLUS_ONE))
+                    .and_then(|()| if self.options.fsync { rustix::fs::fsync(&fd) } else { Ok(()) })
+                    .map_err(|e| write_error(&self.path, e.into()))?;
                 self.node_done();
             }
             NarEvent::End => {}
@@ -228,6 +312,15 @@ impl Restorer<'_> {
             self.path.pop();
             self.depth -= 1;
         }
+    }
+}
+
+/// The mode of a restored regular file.
+fn file_mode(executable: bool) -> u32 {
+    if executable {
+        0o555
+    } else {
+        0o444
     }
 }
 

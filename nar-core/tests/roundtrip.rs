@@ -127,6 +127,23 @@ fn arb_tree() -> impl Strategy<Value = Node> {
     })
 }
 
+/// Every restored node has the store's canonical metadata: mtime 1, files 0444 or 0555 (as
+/// the archive says), directories 0555.
+fn assert_canonical(path: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(path).unwrap();
+    assert_eq!((meta.mtime(), meta.mtime_nsec()), (1, 0), "mtime of {}", path.display());
+    let mode = meta.mode() & 0o7777;
+    if meta.is_dir() {
+        assert_eq!(mode, 0o555, "mode of {}", path.display());
+        for entry in std::fs::read_dir(path).unwrap() {
+            assert_canonical(&entry.unwrap().path());
+        }
+    } else if meta.is_file() {
+        assert!(mode == 0o444 || mode == 0o555, "mode {mode:o} of {}", path.display());
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
@@ -155,6 +172,7 @@ proptest! {
         let out = tmp.path().join("out");
         let restored = nar_core::restore::restore(&nar[..], &out).unwrap();
         prop_assert_eq!(restored, digest);
+        assert_canonical(&out);
         let mut again = Vec::new();
         nar_core::dump::dump(&out, &mut again).unwrap();
         prop_assert_eq!(&again, &nar);

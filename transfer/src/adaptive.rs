@@ -15,7 +15,14 @@
 //! whose delivery rate is within [`Controller::slack`] (10 %) of the best, and among those the one
 //! with the fewest wire bytes (the highest ratio). So on a 20 Mbit/s link level 19 (2 MB/s) is
 //! not chosen (the compressor would limit) but the highest level still faster than the link is;
-//! on a 1 GB/s loopback only level 1 or no compression keeps up.
+//! on a 1 GB/s loopback only zstd's negative "fast" levels or no compression keep up.
+//!
+//! Levels: 0 is no compression; 1..=[`MAX_LEVEL`] are zstd's levels; [`FAST_LEVELS`] are zstd's
+//! negative levels (`--fast=N`: faster than level 1 by up to 2x for a few percent of ratio), for
+//! links that outrun level 1 (loopback, 10 GbE, or any link when the CPU is shared). Deltas
+//! use positive levels only. A negative level has a lower ratio than level 1, so it wins only
+//! where the compressor limits: as soon as the measured link slows down, the choice comes back
+//! up to the levels a slow link needs.
 //!
 //! Priors are perf.md's figures (zstd 1.5, one core, ELF-heavy NAR); measurements replace them
 //! per level (exponentially weighted), and a measured level scales the priors of the levels not
@@ -67,7 +74,7 @@ pub struct AdaptiveConfig {
 /// How to send one path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Choice {
-    /// zstd level; 0 = uncompressed.
+    /// zstd level; 0 = uncompressed, negative = zstd's fast levels ([`FAST_LEVELS`]).
     pub level: i32,
     /// Send as a delta against a base (when one is available).
     pub delta: bool,
@@ -80,10 +87,33 @@ enum Mode {
     Delta,
 }
 
-const LEVELS: usize = MAX_LEVEL as usize + 1;
+/// zstd's negative ("fast") levels the controller weighs, fastest last.
+pub const FAST_LEVELS: [i32; 4] = [-1, -3, -5, -7];
 
-/// perf.md §3: `zstd -b` 1 thread on the LibreOffice NAR (MB/s, ratio); other levels interpolated.
-const PRIOR_POINTS: [(i32, f64, f64); 7] = [
+/// The lowest level the controller tracks.
+const MIN_LEVEL: i32 = -7;
+
+/// Levels tracked, [`MIN_LEVEL`]..=[`MAX_LEVEL`] (0 included, never measured).
+const LEVELS: usize = (MAX_LEVEL - MIN_LEVEL) as usize + 1;
+
+/// Index of `level` in the per-level tables.
+fn slot(level: i32) -> usize {
+    (level.clamp(MIN_LEVEL, MAX_LEVEL) - MIN_LEVEL) as usize
+}
+
+/// The level of a table index.
+fn level_of(slot: usize) -> i32 {
+    slot as i32 + MIN_LEVEL
+}
+
+/// perf.md §3: `zstd -b` 1 thread on the LibreOffice NAR (MB/s, ratio); other levels
+/// interpolated. The negative levels are scaled from level 1 by `zstd -b --fast=N` on a NAR of
+/// `/usr/share/doc` here (speed 1.1–1.8x, ratio 0.98–0.91x of level 1's).
+const PRIOR_POINTS: [(i32, f64, f64); 11] = [
+    (-7, 560e6, 2.18),
+    (-5, 500e6, 2.26),
+    (-3, 420e6, 2.30),
+    (-1, 350e6, 2.36),
     (1, 312e6, 2.40),
     (3, 174e6, 2.66),
     (6, 80e6, 2.78),
@@ -94,10 +124,13 @@ const PRIOR_POINTS: [(i32, f64, f64); 7] = [
 ];
 
 fn prior(level: i32) -> (f64, f64) {
-    if level <= 0 {
+    if level == 0 {
         return (f64::INFINITY, 1.0);
     }
     let pts = &PRIOR_POINTS;
+    if level <= pts[0].0 {
+        return (pts[0].1, pts[0].2);
+    }
     for w in pts.windows(2) {
         let (l0, s0, r0) = w[0];
         let (l1, s1, r1) = w[1];
@@ -170,7 +203,10 @@ impl Controller {
         output: u64,
         cpu_secs: f64,
     ) {
-        let l = level.clamp(0, MAX_LEVEL) as usize;
+        if level == 0 {
+            return;
+        }
+        let l = slot(level);
         let m = if delta { Mode::Delta } else { Mode::Full } as usize;
         if input >= 64 * 1024 && cpu_secs > 1e-4 {
             self.speed[m][l].add(input as f64 / cpu_secs, 0.3);
@@ -202,9 +238,9 @@ impl Controller {
             for (mi, row) in self.speed.iter().enumerate() {
                 for (li, e) in row.iter().enumerate() {
                     if let Some(v) = e.0 {
-                        let d = (li as i32 - level).abs();
-                        let p =
-                            prior(li as i32).0 * if mi == Mode::Delta as usize { 0.6 } else { 1.0 };
+                        let d = (level_of(li) - level).abs();
+                        let p = prior(level_of(li)).0
+                            * if mi == Mode::Delta as usize { 0.6 } else { 1.0 };
                         if best.is_none_or(|(bd, _)| d < bd) {
                             best = Some((d, v / p));
                         }
@@ -213,16 +249,16 @@ impl Controller {
             }
             best.map_or(1.0, |(_, f)| f)
         };
-        let speed = self.speed[m][level as usize].0.unwrap_or_else(|| ps * factor());
+        let speed = self.speed[m][slot(level)].0.unwrap_or_else(|| ps * factor());
         // Ratio: measured at this level, else the prior scaled by the nearest measured level's
         // measured / prior ratio in the same mode (the data decide how compressible things are).
-        let ratio = self.ratio[m][level as usize].0.unwrap_or_else(|| {
+        let ratio = self.ratio[m][slot(level)].0.unwrap_or_else(|| {
             let near = (0..LEVELS)
                 .filter_map(|l| self.ratio[m][l].0.map(|r| (l, r)))
-                .min_by_key(|(l, _)| (*l as i32 - level).abs());
+                .min_by_key(|(l, _)| (level_of(*l) - level).abs());
             match near {
                 Some((l, r)) => {
-                    let p = prior(l as i32).1 * if mode == Mode::Delta { 2.0 } else { 1.0 };
+                    let p = prior(level_of(l)).1 * if mode == Mode::Delta { 2.0 } else { 1.0 };
                     pr * r / p
                 }
                 None => pr,
@@ -245,7 +281,8 @@ impl Controller {
         let Some(link) = self.link.0 else {
             return Choice { level: 3, delta: delta_ok };
         };
-        let mut options = vec![(0, Mode::Full)];
+        let mut options: Vec<(i32, Mode)> =
+            [0].iter().chain(&FAST_LEVELS).map(|&l| (l, Mode::Full)).collect();
         for l in 1..=MAX_LEVEL {
             options.push((l, Mode::Full));
             if delta_ok {

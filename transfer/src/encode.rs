@@ -266,7 +266,7 @@ impl<'a> PathEncoder<'a> {
             Some(c) => lock(c).choose(base.is_some()),
             None => Choice { level: self.options.level, delta: base.is_some() },
         };
-        if choice.level <= 0 {
+        if choice.level == 0 {
             return Prepared {
                 encoding: Encoding::None,
                 level: 0,
@@ -429,7 +429,7 @@ impl<'a> PathEncoder<'a> {
                 observe_link(&mut c, self.meter.written() - written0, elapsed, blocked);
             }
             // Deltas recorded each segment as it ended.
-            if let (true, false, Some(cpu)) = (level > 0, is_delta, cpu) {
+            if let (true, false, Some(cpu)) = (level != 0, is_delta, cpu) {
                 c.record_compression(level, false, nar_sent, wire, cpu.max(1e-3));
             }
             self.stats.link_rate = c.link_rate();
@@ -575,7 +575,7 @@ fn thread_cpu_secs() -> f64 {
 }
 
 /// Dump the NAR at `phys` from byte `offset` on into `out`, zstd-compressed at `level` (0: as
-/// is) with the context in `cctx` (made there on first use); returns the NAR bytes passed on.
+/// is; negative: zstd's fast levels) with the context in `cctx` (made there on first use); returns the NAR bytes passed on.
 fn full_stream<W: Write>(
     phys: &std::path::Path,
     offset: u64,
@@ -585,7 +585,7 @@ fn full_stream<W: Write>(
     out: W,
     report: &(dyn Fn(u64) + Sync),
 ) -> io::Result<u64> {
-    if level <= 0 {
+    if level == 0 {
         let mut skip = Skip { inner: out, skip: offset, passed: 0, unreported: 0, report };
         dump_into(phys, &mut skip)?;
         report(skip.unreported);

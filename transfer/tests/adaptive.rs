@@ -1,6 +1,8 @@
 //! The adaptive controller's decisions on simulated links and compressors.
 
-use transfer::adaptive::{AdaptiveConfig, Choice, CompressSetting, Controller, MAX_LEVEL};
+use transfer::adaptive::{
+    AdaptiveConfig, Choice, CompressSetting, Controller, FAST_LEVELS, MAX_LEVEL,
+};
 
 const MBIT: f64 = 1e6 / 8.0;
 
@@ -22,6 +24,35 @@ fn slow_link_gets_a_high_level_fast_link_a_low_one() {
     assert!(loopback.level <= 1, "1 GB/s: {loopback:?}");
     let gigabit = auto().with_link_rate(1000.0 * MBIT).choose(false);
     assert!(gigabit.level <= 3, "1 Gbit/s: {gigabit:?}");
+}
+
+#[test]
+fn links_faster_than_level_one_get_a_fast_level_and_slow_links_bring_it_back_up() {
+    let mut c = auto();
+    // 250 MB/s: level 1 (312 MB/s at ratio 2.4) would limit, no compression sends 1.0x.
+    for _ in 0..10 {
+        c.record_link(250_000_000, 1.0);
+    }
+    let fast = c.choose(false);
+    assert!(FAST_LEVELS.contains(&fast.level), "250 MB/s: {fast:?}");
+    // Measured at 350 MB/s: still faster than the link sends uncompressed. At 175 MB/s, no
+    // compression delivers more.
+    c.record_compression(fast.level, false, 100 << 20, 50 << 20, 0.3);
+    assert!(c.choose(false).level < 0, "{:?}", c.choose(false));
+    let mut slow_cpu = c.clone();
+    for _ in 0..10 {
+        slow_cpu.record_compression(fast.level, false, 100 << 20, 50 << 20, 0.6);
+    }
+    assert_eq!(slow_cpu.choose(false).level, 0);
+    // The link slows to 20 Mbit/s: back to a level that saves bytes.
+    for _ in 0..20 {
+        c.record_link(2_500_000, 1.0);
+    }
+    let slow = c.choose(false);
+    assert!(slow.level >= 6, "20 Mbit/s after a fast spell: {slow:?}");
+    // Deltas never take a negative level.
+    let with_base = c.choose(true);
+    assert!(!with_base.delta || with_base.level > 0, "{with_base:?}");
 }
 
 #[test]

@@ -9,7 +9,11 @@
 //!   `nix copy --to ssh://` (remote `nix-store --serve --write`) and with `rsync -a` of the same
 //!   trees; each reported as a ratio to ferry. Bytes on the wire against NAR bytes (ferry's
 //!   own count), and peak RSS of both ferry sides (`/usr/bin/time -v`; the agent is started
-//!   through a wrapper that runs it under `time`).
+//!   through a wrapper that runs it under `time`). `--large` repeats (the entries of every
+//!   directory given); `--runs N` runs every tool once per round, in turn, into fresh targets
+//!   removed after each run, and ends with the medians; `--baseline FERRY` adds a second ferry
+//!   build (both sides) to every round, for before/after figures from one run;
+//!   `--skip-rsync`/`--skip-nix` leave a peer out (e.g. for a memory run on a big closure).
 //!
 //! Build and run (release): `cargo build --release -p deploy -p ferry-benches &&
 //! target/release/copy_bench --ferry target/release/ferry --small 1000 --large /usr/share`.
@@ -33,12 +37,23 @@ struct Args {
     /// Number of tiny paths for the many-small-paths runs (0: skip).
     #[arg(long, default_value_t = 1000)]
     small: usize,
-    /// Directory whose top-level entries make the large closure (none: skip).
+    /// Directory whose top-level entries make the large closure (repeat to add more; none:
+    /// skip).
     #[arg(long)]
-    large: Option<PathBuf>,
+    large: Vec<PathBuf>,
     /// Skip `nix copy` in the large run.
     #[arg(long)]
     skip_nix: bool,
+    /// Skip `rsync -a` in the large run.
+    #[arg(long)]
+    skip_rsync: bool,
+    /// A second ferry executable (e.g. the build before a change) run in the same rounds of the
+    /// large run, with the same stores.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Rounds of the large run; each runs every tool once, in turn, into fresh targets.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
     /// Extra `ferry copy` argument for the large run (repeat), e.g. `--copy-arg=--no-compress`.
     #[arg(long, allow_hyphen_values = true)]
     copy_arg: Vec<String>,
@@ -97,6 +112,8 @@ fn max_rss_kib(time_output: &str) -> Option<u64> {
 
 struct Bench {
     ferry: PathBuf,
+    /// The agent wrapper's directory: `<dir>/<name>/ferry` runs the ferry executable `name`.
+    wrap_dir: PathBuf,
     copy_args: Vec<String>,
     /// Profiler command words put before the coordinator in the large run.
     profiler: Vec<String>,
@@ -116,31 +133,44 @@ impl Bench {
         format!("ssh://{}@127.0.0.1:{}?root={}", self.sshd.user(), self.sshd.port(), root.display())
     }
 
-    /// `ferry copy --json` to `uri`; wall seconds and the summary.
-    fn copy(
+    /// The large run's `ferry copy` with executable `ferry`; the host runs the same executable
+    /// (its wrapper directory goes first on the remote `PATH` through the `env` it is run with).
+    fn copy_with(
         &self,
+        ferry: &Path,
         local: &Path,
         uri: &str,
         paths: &[String],
-        timed: bool,
     ) -> Result<(f64, Value, Option<u64>)> {
-        let mut c = if timed {
-            let mut c = Command::new("/usr/bin/time");
-            c.arg("-v").args(&self.profiler).arg(&self.ferry);
-            c
-        } else {
-            Command::new(&self.ferry)
-        };
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-v").args(&self.profiler).arg(ferry);
         c.arg("--root").arg(local).args(["copy", "--json", "--authorize", "--to", uri]);
         c.arg("--identity").arg(self.sshd.identity_ed25519());
         c.arg("--known-hosts").arg(self.sshd.known_hosts());
-        if timed {
-            c.args(&self.copy_args);
-        }
+        c.args(&self.copy_args);
         c.args(paths);
         let (secs, stdout, stderr) = run(&mut c)?;
         let json: Value = serde_json::from_str(stdout.trim()).context("copy --json output")?;
         Ok((secs, json, max_rss_kib(&stderr)))
+    }
+
+    /// `ferry copy --json` to `uri`; wall seconds and the summary.
+    fn copy(&self, local: &Path, uri: &str, paths: &[String]) -> Result<(f64, Value)> {
+        let mut c = Command::new(&self.ferry);
+        c.arg("--root").arg(local).args(["copy", "--json", "--authorize", "--to", uri]);
+        c.arg("--identity").arg(self.sshd.identity_ed25519());
+        c.arg("--known-hosts").arg(self.sshd.known_hosts());
+        c.args(paths);
+        let (secs, stdout, _) = run(&mut c)?;
+        let json: Value = serde_json::from_str(stdout.trim()).context("copy --json output")?;
+        Ok((secs, json))
+    }
+
+    /// Make the agent wrapper run `exe`.
+    fn point_wrapper(&self, exe: &Path) -> Result<()> {
+        let target = self.wrap_dir.join("exe");
+        fs::write(&target, exe.as_os_str().as_encoded_bytes())?;
+        Ok(())
     }
 
     /// The largest peak RSS among the agent runs reported since the last call.
@@ -188,7 +218,7 @@ fn small(b: &Bench, work: &Path, n: usize) -> Result<()> {
     ] {
         for kind in ["first copy", "no-op copy"] {
             let l = load();
-            let (secs, json, _) = b.copy(&local, &uri, &top, false)?;
+            let (secs, json) = b.copy(&local, &uri, &top)?;
             println!(
                 "| {kind} {name} | {secs:.3} | {} | {} | {} | {l} |",
                 json["paths_sent"], json["nar_bytes_sent"], json["wire_bytes"]
@@ -198,66 +228,137 @@ fn small(b: &Bench, work: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn large(b: &Bench, work: &Path, dir: &Path, skip_nix: bool) -> Result<()> {
-    let mut items: Vec<PathBuf> =
-        fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+/// The median of `v` (not empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn remove_all(dir: &Path) {
+    if dir.exists() {
+        let _ = Command::new("chmod").arg("-R").arg("u+w").arg(dir).status();
+        let _ = fs::remove_dir_all(dir);
+    }
+}
+
+/// Options of the large run.
+struct LargeOptions<'a> {
+    dirs: &'a [PathBuf],
+    skip_nix: bool,
+    skip_rsync: bool,
+    baseline: Option<&'a Path>,
+    runs: usize,
+}
+
+fn large(b: &Bench, work: &Path, o: &LargeOptions<'_>) -> Result<()> {
+    let mut items = Vec::new();
+    for dir in o.dirs {
+        for e in fs::read_dir(dir)? {
+            items.push(e?.path());
+        }
+    }
     items.sort();
     let local = work.join("large-local");
     let paths = add_paths(b, &local, &items)?;
     let phys = local.join("gnu/store");
+    let dirs: Vec<String> = o.dirs.iter().map(|d| d.display().to_string()).collect();
     println!(
         "## large closure: {} paths from the top-level entries of {}",
         paths.len(),
-        dir.display()
+        dirs.join(", ")
     );
-
-    // ferry over SSH.
-    let host = work.join("large-host-ferry");
-    let l = load();
-    let (ferry_s, json, local_rss) = b.copy(&local, &b.ssh_uri(&host), &paths, true)?;
-    let agent_rss = b.agent_rss();
-    let nar = json["nar_bytes_sent"].as_u64().unwrap_or(0);
-    let wire = json["wire_bytes"].as_u64().unwrap_or(0);
-    println!("| tool | wall s | ratio ferry/tool | bytes | load |");
-    println!("|---|---|---|---|---|");
-    println!(
-        "| ferry copy --to ssh:// {} | {ferry_s:.2} | 1.00 | NAR {nar}, wire {wire} ({:.3} of NAR) | {l} |",
-        b.copy_args.join(" "),
-        wire as f64 / nar.max(1) as f64
-    );
-
-    // rsync -a of the same trees over the same sshd.
-    let rsync_dst = work.join("large-host-rsync");
-    fs::create_dir_all(&rsync_dst)?;
-    let l = load();
-    let (rsync_s, out, _) = run(Command::new("rsync")
-        .args(["-a", "--stats", "-e"])
-        .arg(format!("ssh -F {}", b.sshd.ssh_config().display()))
-        .arg(format!("{}/", phys.display()))
-        .arg(format!("peer:{}/", rsync_dst.display())))?;
-    let sent = out.lines().find(|l| l.starts_with("Total bytes sent")).unwrap_or("").to_owned();
-    println!("| rsync -a (ssh) | {rsync_s:.2} | {:.2} | {sent} | {l} |", ferry_s / rsync_s);
-
-    if !skip_nix {
-        let s1 = work.join("large-nix-src");
-        let s3 = work.join("large-nix-dst");
+    let nix_src = work.join("large-nix-src");
+    let nix_paths: Vec<String> = if o.skip_nix {
+        Vec::new()
+    } else {
         let mut add = Command::new("nix-store");
-        add.arg("--store").arg(&s1).arg("--add").args(&items);
+        add.arg("--store").arg(&nix_src).arg("--add").args(&items);
         let (_, out, _) = run(&mut add)?;
-        let nix_paths: Vec<String> = out.lines().map(str::to_owned).collect();
-        let l = load();
-        let (nix_s, _, _) = run(Command::new("nix")
-            .env("NIX_SSHOPTS", format!("-F {}", b.sshd.ssh_config().display()))
-            .args(["--extra-experimental-features", "nix-command", "copy", "--store"])
-            .arg(&s1)
-            .arg("--to")
-            .arg(format!("ssh://peer?remote-store={}", s3.display()))
-            .args(&nix_paths))?;
-        println!("| nix copy --to ssh:// | {nix_s:.2} | {:.2} | | {l} |", ferry_s / nix_s);
+        out.lines().map(str::to_owned).collect()
+    };
+    let mut tools: Vec<(String, Option<PathBuf>)> = vec![("ferry".into(), Some(b.ferry.clone()))];
+    if let Some(base) = o.baseline {
+        tools.push(("ferry (baseline)".into(), Some(base.to_owned())));
     }
-    let mib =
-        |k: Option<u64>| k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or("?".into());
-    println!("peak RSS: coordinator {}, agent {}", mib(local_rss), mib(agent_rss));
+    if !o.skip_rsync {
+        tools.push(("rsync -a".into(), None));
+    }
+    if !o.skip_nix {
+        tools.push(("nix copy".into(), None));
+    }
+    println!(
+        "| round | tool | wall s | ferry/tool | bytes | peak RSS coordinator / agent MiB | load |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let mib = |k: Option<u64>| k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or("?".into());
+    let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    for round in 1..=o.runs {
+        let mut ferry_s = None;
+        for (i, (name, exe)) in tools.iter().enumerate() {
+            let dst = work.join(format!("large-dst-{i}"));
+            remove_all(&dst);
+            let l = load();
+            let (secs, bytes, rss) = match (name.as_str(), exe) {
+                ("rsync -a", _) => {
+                    fs::create_dir_all(&dst)?;
+                    let (secs, out, _) = run(Command::new("rsync")
+                        .args(["-a", "--stats", "-e"])
+                        .arg(format!("ssh -F {}", b.sshd.ssh_config().display()))
+                        .arg(format!("{}/", phys.display()))
+                        .arg(format!("peer:{}/", dst.display())))?;
+                    let sent = out.lines().find(|l| l.starts_with("Total bytes sent"));
+                    (secs, sent.unwrap_or("").to_owned(), String::new())
+                }
+                ("nix copy", _) => {
+                    let (secs, _, _) = run(Command::new("nix")
+                        .env("NIX_SSHOPTS", format!("-F {}", b.sshd.ssh_config().display()))
+                        .args(["--extra-experimental-features", "nix-command", "copy"])
+                        .arg("--store")
+                        .arg(&nix_src)
+                        .arg("--to")
+                        .arg(format!("ssh://peer?remote-store={}", dst.display()))
+                        .args(&nix_paths))?;
+                    (secs, String::new(), String::new())
+                }
+                (_, Some(exe)) => {
+                    // The host runs the same executable as the coordinator.
+                    b.point_wrapper(exe)?;
+                    let (secs, json, local_rss) =
+                        b.copy_with(exe, &local, &b.ssh_uri(&dst), &paths)?;
+                    let agent_rss = b.agent_rss();
+                    let nar = json["nar_bytes_sent"].as_u64().unwrap_or(0);
+                    let wire = json["wire_bytes"].as_u64().unwrap_or(0);
+                    let bytes = format!(
+                        "NAR {nar}, wire {wire} ({:.3} of NAR), levels {}",
+                        wire as f64 / nar.max(1) as f64,
+                        json["hosts"][0]["levels"]
+                    );
+                    (secs, bytes, format!("{} / {}", mib(local_rss), mib(agent_rss)))
+                }
+                _ => unreachable!(),
+            };
+            remove_all(&dst);
+            let first = *ferry_s.get_or_insert(secs);
+            times[i].push(secs);
+            ratios[i].push(first / secs);
+            println!(
+                "| {round} | {name} | {secs:.2} | {:.2} | {bytes} | {rss} | {l} |",
+                first / secs
+            );
+        }
+    }
+    println!();
+    println!("| tool | median wall s | median ferry/tool (per round) |");
+    println!("|---|---|---|");
+    for (i, (name, _)) in tools.iter().enumerate() {
+        println!("| {name} | {:.2} | {:.2} |", median(times[i].clone()), median(ratios[i].clone()));
+    }
     Ok(())
 }
 
@@ -278,13 +379,16 @@ fn main() -> Result<()> {
         fs::create_dir_all(&profile_dir)?;
     }
     let kind = args.profile.as_deref();
+    // The executable it runs is named in `<wrapper dir>/exe` (so a baseline build can be
+    // run on both sides too).
+    fs::write(wrap_dir.join("exe"), ferry.as_os_str().as_encoded_bytes())?;
     fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\nexec /usr/bin/time -v -o {}/$$ {} {} \"$@\"\n",
+            "#!/bin/sh\nexec /usr/bin/time -v -o {}/$$ {} \"$(cat {})\" \"$@\"\n",
             agent_times.display(),
             profiler(kind, &profile_dir, "agent.$$").join(" "),
-            ferry.display()
+            wrap_dir.join("exe").display()
         ),
     )?;
     fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755))?;
@@ -293,13 +397,28 @@ fn main() -> Result<()> {
         ..SshdOptions::default()
     });
     let profiler = profiler(kind, &profile_dir, "coordinator");
-    let b = Bench { ferry, copy_args: args.copy_arg.clone(), profiler, sshd, agent_times };
+    let b = Bench {
+        ferry,
+        wrap_dir: wrap_dir.clone(),
+        copy_args: args.copy_arg.clone(),
+        profiler,
+        sshd,
+        agent_times,
+    };
     println!("load average at start: {}", load());
     if args.small > 0 {
         small(&b, &work, args.small)?;
     }
-    if let Some(dir) = &args.large {
-        large(&b, &work, dir, args.skip_nix)?;
+    if !args.large.is_empty() {
+        let baseline = args.baseline.as_deref().map(fs::canonicalize).transpose()?;
+        let o = LargeOptions {
+            dirs: &args.large,
+            skip_nix: args.skip_nix,
+            skip_rsync: args.skip_rsync,
+            baseline: baseline.as_deref(),
+            runs: args.runs.max(1),
+        };
+        large(&b, &work, &o)?;
     }
     Ok(())
 }

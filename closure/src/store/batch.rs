@@ -156,12 +156,14 @@ fn commit_members(
     members: &[(PathInfo, PathBuf)],
 ) -> Result<Vec<BatchOutcome>, StoreError> {
     store.check_writable()?;
+    // Only up to the threshold are listed: past it one `syncfs` covers everything.
     let mut entries = Vec::new();
+    let mut few = true;
     for (_, temp) in members {
-        list_tree(temp, &mut entries)?;
+        few = few && list_tree(temp, None, &mut entries, SYNCFS_MIN_ENTRIES)?;
     }
     let store_dir = store.layout.physical_store_dir();
-    if entries.len() > SYNCFS_MIN_ENTRIES {
+    if !few {
         let dir = File::open(&store_dir).map_err(io_err("cannot open", &store_dir))?;
         rustix::fs::syncfs(&dir).map_err(|e| StoreError::Io {
             op: "cannot sync the file system of",
@@ -242,20 +244,37 @@ fn commit_members(
 /// commits once.
 const SYNCFS_MIN_ENTRIES: usize = 16;
 
-/// The regular files and directories of a restored tree (children before parents), with
-/// whether each is a directory; symlinks are covered by their directory.
-fn list_tree(path: &Path, out: &mut Vec<(PathBuf, bool)>) -> Result<(), StoreError> {
-    let meta = fs::symlink_metadata(path).map_err(io_err("cannot stat", path))?;
-    if meta.is_dir() {
+/// Add the regular files and directories of a restored tree (children before parents) to
+/// `out`, with whether each is a directory; symlinks are covered by their directory. Stops and
+/// returns `false` once `out` holds more than `limit`. `is_dir`: the caller knows the type
+/// already (from the parent's listing, which needs no `stat`).
+fn list_tree(
+    path: &Path,
+    is_dir: Option<bool>,
+    out: &mut Vec<(PathBuf, bool)>,
+    limit: usize,
+) -> Result<bool, StoreError> {
+    let is_dir = match is_dir {
+        Some(is_dir) => is_dir,
+        None => {
+            let meta = fs::symlink_metadata(path).map_err(io_err("cannot stat", path))?;
+            if !meta.is_dir() && !meta.is_file() {
+                return Ok(out.len() <= limit);
+            }
+            meta.is_dir()
+        }
+    };
+    if is_dir {
         for entry in fs::read_dir(path).map_err(io_err("cannot list", path))? {
             let entry = entry.map_err(io_err("cannot list", path))?;
-            list_tree(&entry.path(), out)?;
+            let kind = entry.file_type().map_err(io_err("cannot list", path))?;
+            if !kind.is_symlink() && !list_tree(&entry.path(), Some(kind.is_dir()), out, limit)? {
+                return Ok(false);
+            }
         }
-        out.push((path.to_owned(), true));
-    } else if meta.is_file() {
-        out.push((path.to_owned(), false));
     }
-    Ok(())
+    out.push((path.to_owned(), is_dir));
+    Ok(out.len() <= limit)
 }
 
 #[cfg(test)]
