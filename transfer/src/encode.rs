@@ -574,6 +574,16 @@ fn thread_cpu_secs() -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// From this level up, zstd's match tables for large inputs would grow past 2^22 entries (level
+/// 19: a 2^24-entry chain table, 64 MiB; with its 2^22 hash table and 8 MiB window a context
+/// needs ~90 MiB). Full streams cap both tables at [`MAX_TABLE_LOG`], which bounds a context at
+/// about 42 MiB at any level (16 MiB + 16 MiB + the 8 MiB window of levels 17–19) for about 1 %
+/// more bytes at those levels; the sender's memory stays under the 100 MiB with the
+/// 32 MiB send queue. Deltas have their own bound ([`crate::delta`]).
+const CAPPED_FROM_LEVEL: i32 = 14;
+/// log2 of the largest hash and chain tables a full stream's context gets.
+const MAX_TABLE_LOG: u32 = 22;
+
 /// Dump the NAR at `phys` from byte `offset` on into `out`, zstd-compressed at `level` (0: as
 /// is; negative: zstd's fast levels) with the context in `cctx` (made there on first use); returns the NAR bytes passed on.
 fn full_stream<W: Write>(
@@ -594,10 +604,15 @@ fn full_stream<W: Write>(
     use zstd::zstd_safe::CParameter;
     let cctx = cctx.get_or_insert_with(zstd::zstd_safe::CCtx::create);
     let param = |e: usize| io::Error::other(zstd::zstd_safe::get_error_name(e));
-    // A stream cut short by an error must not leak into this one.
-    cctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly).map_err(param)?;
+    // A stream cut short by an error must not leak into this one, nor the previous path's
+    // table caps into this level.
+    cctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters).map_err(param)?;
     cctx.set_parameter(CParameter::CompressionLevel(level)).map_err(param)?;
     cctx.set_parameter(CParameter::NbWorkers(workers)).map_err(param)?;
+    if level >= CAPPED_FROM_LEVEL {
+        cctx.set_parameter(CParameter::HashLog(MAX_TABLE_LOG)).map_err(param)?;
+        cctx.set_parameter(CParameter::ChainLog(MAX_TABLE_LOG)).map_err(param)?;
+    }
     let mut enc = zstd::stream::write::Encoder::with_context(out, cctx);
     let mut skip = Skip { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
     dump_into(phys, &mut skip)?;
@@ -696,6 +711,43 @@ impl Write for QueuedWriter {
         match rx.recv() {
             Ok(r) => r,
             Err(_) => Err(self.check().err().unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Level 19's context stays within the documented bound (uncapped it needs ~90 MiB), and a
+    /// reused context goes back to a small level with its defaults: every stream decodes to the
+    /// NAR.
+    #[test]
+    fn full_stream_contexts_are_bounded_at_every_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("blob");
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let bytes: Vec<u8> = (0..1 << 20)
+            .map(|i| {
+                if i % 8 == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                (x >> (i % 8 * 8)) as u8 % 16
+            })
+            .collect();
+        std::fs::write(&file, &bytes).unwrap();
+        let mut nar = Vec::new();
+        nar_core::dump::dump(&file, &mut nar).unwrap();
+        let mut cctx = None;
+        for level in [19, 1, -5, 15] {
+            let mut out = Vec::new();
+            let passed = full_stream(&file, 0, level, 0, &mut cctx, &mut out, &|_| ()).unwrap();
+            assert_eq!(passed, nar.len() as u64);
+            assert_eq!(zstd::decode_all(&out[..]).unwrap(), nar, "level {level}");
+            let size = cctx.as_ref().unwrap().sizeof();
+            assert!(size < 48 << 20, "level {level}: context of {} MiB", size >> 20);
         }
     }
 }
