@@ -14,6 +14,12 @@
 //!   removed after each run, and ends with the medians; `--baseline FERRY` adds a second ferry
 //!   build (both sides) to every round, for before/after figures from one run;
 //!   `--skip-rsync`/`--skip-nix` leave a peer out (e.g. for a memory run on a big closure).
+//! - **durability**: the file system is synced (untimed) before each tool, so no tool pays for
+//!   the previous one's writeback; after each tool a `sync` is timed on its own and reported as
+//!   "+ sync", the time until its copy is on disk. ferry's agent makes its paths durable itself
+//!   (one `syncfs` per batch), `rsync -a` never syncs, `nix-store --serve --write` syncs its
+//!   database; so "+ sync" compares equal work, the wall time alone favours the tools that leave
+//!   writeback for later.
 //!
 //! Build and run (release): `cargo build --release -p deploy -p ferry-benches &&
 //! target/release/copy_bench --ferry target/release/ferry --small 1000 --large /usr/share`.
@@ -229,6 +235,11 @@ fn small(b: &Bench, work: &Path, n: usize) -> Result<()> {
 }
 
 /// The median of `v` (not empty).
+/// `sync`: every file system's dirty data written back; returns the seconds it took.
+fn sync_all() -> Result<f64> {
+    Ok(run(&mut Command::new("sync"))?.0)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -292,17 +303,21 @@ fn large(b: &Bench, work: &Path, o: &LargeOptions<'_>) -> Result<()> {
         tools.push(("nix copy".into(), None));
     }
     println!(
-        "| round | tool | wall s | ferry/tool | bytes | peak RSS coordinator / agent MiB | load |"
+        "| round | tool | wall s | ferry/tool | + sync s | ferry/tool (+ sync) | bytes | peak RSS coordinator / agent MiB | load |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mib = |k: Option<u64>| k.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or("?".into());
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    let mut synced_times: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
+    let mut synced_ratios: Vec<Vec<f64>> = vec![Vec::new(); tools.len()];
     for round in 1..=o.runs {
         let mut ferry_s = None;
+        let mut ferry_synced = None;
         for (i, (name, exe)) in tools.iter().enumerate() {
             let dst = work.join(format!("large-dst-{i}"));
             remove_all(&dst);
+            sync_all()?;
             let l = load();
             let (secs, bytes, rss) = match (name.as_str(), exe) {
                 ("rsync -a", _) => {
@@ -343,21 +358,32 @@ fn large(b: &Bench, work: &Path, o: &LargeOptions<'_>) -> Result<()> {
                 }
                 _ => unreachable!(),
             };
+            let synced = secs + sync_all()?;
             remove_all(&dst);
             let first = *ferry_s.get_or_insert(secs);
+            let first_synced = *ferry_synced.get_or_insert(synced);
             times[i].push(secs);
             ratios[i].push(first / secs);
+            synced_times[i].push(synced);
+            synced_ratios[i].push(first_synced / synced);
             println!(
-                "| {round} | {name} | {secs:.2} | {:.2} | {bytes} | {rss} | {l} |",
-                first / secs
+                "| {round} | {name} | {secs:.2} | {:.2} | {synced:.2} | {:.2} | {bytes} | {rss} | {l} |",
+                first / secs,
+                first_synced / synced
             );
         }
     }
     println!();
-    println!("| tool | median wall s | median ferry/tool (per round) |");
-    println!("|---|---|---|");
+    println!("| tool | median wall s | median ferry/tool (per round) | median + sync s | median ferry/tool (+ sync) |");
+    println!("|---|---|---|---|---|");
     for (i, (name, _)) in tools.iter().enumerate() {
-        println!("| {name} | {:.2} | {:.2} |", median(times[i].clone()), median(ratios[i].clone()));
+        println!(
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            median(times[i].clone()),
+            median(ratios[i].clone()),
+            median(synced_times[i].clone()),
+            median(synced_ratios[i].clone())
+        );
     }
     Ok(())
 }
