@@ -33,6 +33,12 @@
 //! NAR size announced (the server would otherwise read the next request as NAR bytes). After an
 //! error in the middle of a command the client is poisoned: every later call fails.
 //!
+//! [`NixServeClient::pull_closure`] asks for the closure's path infos, then dumps each missing
+//! path in turn; each NAR is restored unsynced and its hash checked as it arrives, and the
+//! paths are registered in batches ([`closure::ImportBatch`]: up to 1,000 paths or 256 MiB, one
+//! sync pass and one transaction each). A path refused or a connection lost mid-way leaves the
+//! paths received intact before it registered.
+//!
 //! The framing helpers in [`wire`] are sans-IO (they fill a `Vec<u8>`).
 
 use std::collections::BTreeSet;
@@ -652,6 +658,7 @@ where
             }
         }
         let mut report = PullReport { paths_present: local.len(), ..Default::default() };
+        let mut batch = closure::ImportBatch::new();
         for info in missing {
             self.check()?;
             self.poisoned = true;
@@ -660,23 +667,55 @@ where
             let mut buf = Vec::with_capacity(16 + name.len());
             wire::put_u64(&mut buf, op::DUMP_STORE_PATH);
             wire::put_str(&mut buf, name.as_bytes());
-            self.send(&buf, ctx).await?;
+            if let Err(e) = self.send(&buf, ctx).await {
+                self.commit_pulled(&mut batch, store)?;
+                return Err(e);
+            }
             let handle = tokio::runtime::Handle::current();
             let reader = &mut self.reader;
             let result = tokio::task::block_in_place(|| {
                 let mut bridge = SyncReader { handle, reader, tracker: Decoder::new() };
-                store.import_nar(info, &mut bridge)
+                batch.restore(store, info, &mut bridge)
             });
-            // The import stops right after the archive, so the stream stays in step; a hash
-            // mismatch is reported after the whole NAR was read.
-            result.map_err(|e| ServeError::Import { path: name.clone(), source: Box::new(e) })?;
+            // The restore stops right after the archive, so the stream stays in step; a hash
+            // mismatch is reported after the whole NAR was read and leaves nothing behind. What
+            // arrived intact before an error is still registered.
+            if let Err(e) = result {
+                self.commit_pulled(&mut batch, store)?;
+                return Err(ServeError::Import { path: name, source: Box::new(e) });
+            }
             self.poisoned = false;
             report.paths_received += 1;
             report.nar_bytes_received += info.nar_size;
+            if batch.len() >= PULL_BATCH_PATHS || batch.nar_bytes() >= PULL_BATCH_BYTES {
+                self.commit_pulled(&mut batch, store)?;
+            }
         }
+        self.commit_pulled(&mut batch, store)?;
         Ok(report)
     }
+
+    /// Register the pulled paths waiting in `batch` (one sync pass and one transaction for all
+    /// of them: [`closure::ImportBatch`]); the first member that could not be registered is the
+    /// error.
+    fn commit_pulled(
+        &self,
+        batch: &mut closure::ImportBatch,
+        store: &mut closure::Store,
+    ) -> Result<(), ServeError> {
+        for (path, outcome) in batch.commit(store) {
+            outcome
+                .map_err(|e| ServeError::Import { path: self.abs(&path), source: Box::new(e) })?;
+        }
+        Ok(())
+    }
 }
+
+/// A pull registers its paths in batches of at most this many paths ([`closure::ImportBatch`]:
+/// one sync pass and one transaction per batch instead of per path, as the agent does)...
+const PULL_BATCH_PATHS: usize = 1000;
+/// ... or this many NAR bytes, whichever comes first.
+const PULL_BATCH_BYTES: u64 = 256 << 20;
 
 /// A blocking [`io::BufRead`] over the connection's async reader, for the store's synchronous
 /// import (inside `block_in_place`). It tracks the NAR with its own decoder and reports end of

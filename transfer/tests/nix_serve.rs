@@ -192,3 +192,69 @@ async fn pull_closure_from_nix_into_a_ferry_store() {
     let stderr = finish(client, child).await;
     assert!(stderr.is_empty(), "server stderr: {stderr}");
 }
+
+/// A path whose NAR does not match its hash (its file changed on the Nix host) is refused by
+/// name; the paths pulled intact before it are registered and the store verifies clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_keeps_what_arrived_before_a_corrupt_path() {
+    use std::os::unix::fs::PermissionsExt;
+    require_nix();
+    let tmp = tempfile::tempdir().unwrap();
+    let fx = build(&tmp.path().join("ferry"));
+    let nix_root = tmp.path().join("nix");
+    let closure = fx.store.closure(&fx.roots()).unwrap();
+    let layout = fx.store.layout().clone();
+    let (mut client, child) = connect(&nix_root).await;
+    client.push_closure(&closure, &move |p: &_| layout.physical_path(p)).await.unwrap();
+    finish(client, child).await;
+
+    // Flip one byte of `top` (or of a file in it) in the Nix store; its database keeps the old
+    // hash.
+    let top_dir = nix_root.join(fx.abs(&fx.top).trim_start_matches('/'));
+    let mut stack = vec![];
+    let mut file = None;
+    if top_dir.is_dir() {
+        stack.push(top_dir.clone());
+    } else {
+        file = Some(top_dir.clone());
+    }
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let kind = entry.file_type().unwrap();
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if kind.is_file() && std::fs::metadata(entry.path()).unwrap().len() > 0 {
+                file = Some(entry.path());
+            }
+        }
+    }
+    let file = file.expect("top has a non-empty file");
+    for dir in [nix_root.join("nix/store"), file.parent().unwrap().to_owned()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&file, bytes).unwrap();
+
+    let dest_layout =
+        closure::StoreLayout::new(tmp.path().join("dest"), StoreDir::nix(), None).unwrap();
+    let mut dest = closure::Store::open(dest_layout).unwrap();
+    let (mut client, child) = connect(&nix_root).await;
+    let err =
+        client.pull_closure(std::slice::from_ref(&fx.top), &mut dest, None).await.unwrap_err();
+    match &err {
+        ServeError::Import { path, .. } => assert_eq!(path, &fx.abs(&fx.top), "{err}"),
+        other => panic!("expected an import error for top, got {other}"),
+    }
+    let top_closure = fx.store.closure(std::slice::from_ref(&fx.top)).unwrap();
+    let valid: std::collections::BTreeSet<_> =
+        dest.all_valid_paths().unwrap().into_iter().collect();
+    let expected: std::collections::BTreeSet<_> =
+        top_closure.paths().into_iter().filter(|p| **p != fx.top).cloned().collect();
+    assert_eq!(valid, expected, "the references of top arrived intact and are registered");
+    assert!(dest.verify(true).unwrap().is_clean());
+    drop(client);
+    let _ = child;
+}
