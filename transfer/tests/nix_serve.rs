@@ -252,7 +252,7 @@ async fn pull_keeps_what_arrived_before_a_corrupt_path() {
     let valid: std::collections::BTreeSet<_> =
         dest.all_valid_paths().unwrap().into_iter().collect();
     let expected: std::collections::BTreeSet<_> =
-        top_closure.paths().into_iter().filter(|p| **p != fx.top).cloned().collect();
+        top_closure.paths().filter(|p| **p != fx.top).cloned().collect();
     assert_eq!(valid, expected, "the references of top arrived intact and are registered");
     assert!(dest.verify(true).unwrap().is_clean());
     drop(client);
