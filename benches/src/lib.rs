@@ -5,6 +5,24 @@
 
 pub mod nix_copy;
 
+/// Where the generation-update store is and the link to emulate: the options `gen_update` and
+/// `link_bench` share (`#[command(flatten)]`).
+#[derive(Debug, clap::Args)]
+pub struct GenUpdateLink {
+    /// Work directory: the local store, the hosts and `generations.json` (written by gen_update).
+    #[arg(long, default_value = "/tmp/genbench")]
+    pub work: std::path::PathBuf,
+    /// The ferry binary (also the hosts' agent).
+    #[arg(long, default_value = "target/release/ferry")]
+    pub ferry: std::path::PathBuf,
+    /// Link rate.
+    #[arg(long, default_value = "20mbit")]
+    pub rate: String,
+    /// One-way latency.
+    #[arg(long, default_value = "40ms")]
+    pub latency: String,
+}
+
 /// Summary of repeated timings of one tool.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Summary {

@@ -154,17 +154,24 @@ async fn refusals_name_the_path() {
     assert!(!out.status.success(), "app became valid");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pull_closure_from_nix_into_a_ferry_store() {
+/// The fixture's closure in a ferry store under `tmp/ferry`, pushed into a Nix store at
+/// `tmp/nix` (whose root is returned) for the pull tests.
+async fn nix_host_holding_the_fixture(tmp: &Path) -> (Fixture, PathBuf, closure::ValidatedClosure) {
     require_nix();
-    let tmp = tempfile::tempdir().unwrap();
-    let fx = build(&tmp.path().join("ferry"));
-    let nix_root = tmp.path().join("nix");
+    let fx = build(&tmp.join("ferry"));
+    let nix_root = tmp.join("nix");
     let closure = fx.store.closure(&fx.roots()).unwrap();
     let layout = fx.store.layout().clone();
     let (mut client, child) = connect(&nix_root).await;
     client.push_closure(&closure, &move |p: &_| layout.physical_path(p)).await.unwrap();
     finish(client, child).await;
+    (fx, nix_root, closure)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_closure_from_nix_into_a_ferry_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (fx, nix_root, closure) = nix_host_holding_the_fixture(tmp.path()).await;
 
     let dest_layout =
         closure::StoreLayout::new(tmp.path().join("dest"), StoreDir::nix(), None).unwrap();
@@ -198,15 +205,8 @@ async fn pull_closure_from_nix_into_a_ferry_store() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pull_keeps_what_arrived_before_a_corrupt_path() {
     use std::os::unix::fs::PermissionsExt;
-    require_nix();
     let tmp = tempfile::tempdir().unwrap();
-    let fx = build(&tmp.path().join("ferry"));
-    let nix_root = tmp.path().join("nix");
-    let closure = fx.store.closure(&fx.roots()).unwrap();
-    let layout = fx.store.layout().clone();
-    let (mut client, child) = connect(&nix_root).await;
-    client.push_closure(&closure, &move |p: &_| layout.physical_path(p)).await.unwrap();
-    finish(client, child).await;
+    let (fx, nix_root, _) = nix_host_holding_the_fixture(tmp.path()).await;
 
     // Flip one byte of `top` (or of a file in it) in the Nix store; its database keeps the old
     // hash.

@@ -30,23 +30,16 @@ use clap::Parser;
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(name = "gen_update")]
+#[command(
+    name = "gen_update",
+    about = "Builds the generation-update store from the delta corpus and times `ferry bench` per setting over an emulated link"
+)]
 struct Args {
+    #[command(flatten)]
+    link: ferry_benches::GenUpdateLink,
     /// Corpus directory (debian-pairs.sh output).
     #[arg(long, default_value = "/tmp/delta-corpus")]
     corpus: PathBuf,
-    /// Work directory: the local store and the hosts.
-    #[arg(long, default_value = "/tmp/genbench")]
-    work: PathBuf,
-    /// The ferry binary.
-    #[arg(long, default_value = "target/release/ferry")]
-    ferry: PathBuf,
-    /// Emulated link rate.
-    #[arg(long, default_value = "20mbit")]
-    rate: String,
-    /// Emulated one-way latency.
-    #[arg(long, default_value = "40ms")]
-    latency: String,
     /// Settings, `MODE:COMPRESS`, comma-separated.
     #[arg(long, default_value = "delta:auto,zstd:3")]
     settings: String,
@@ -88,7 +81,7 @@ fn add_item(
     name: &str,
     refs: &[String],
 ) -> Result<String> {
-    let stage = a.work.join("stage").join(name);
+    let stage = a.link.work.join("stage").join(name);
     if stage.exists() {
         std::fs::remove_dir_all(&stage)?;
     }
@@ -101,7 +94,7 @@ fn add_item(
     }
     let text: String = refs.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(stage.join("ferry-refs"), text)?;
-    let path = run(Command::new(&a.ferry)
+    let path = run(Command::new(&a.link.ferry)
         .arg("--root")
         .arg(store)
         .args(["store", "add", "--name", name])
@@ -112,8 +105,8 @@ fn add_item(
 
 /// Build (or reuse) the local store; returns the two system items.
 fn build_store(a: &Args) -> Result<(String, String)> {
-    let store = a.work.join("local");
-    let done = a.work.join("generations.json");
+    let store = a.link.work.join("local");
+    let done = a.link.work.join("generations.json");
     if let Ok(text) = std::fs::read_to_string(&done) {
         let v: Value = serde_json::from_str(&text)?;
         return Ok((
@@ -142,11 +135,14 @@ fn build_store(a: &Args) -> Result<(String, String)> {
 /// `nix copy --to ssh://` of each path of generation 2's closure, one at a time: a table row
 /// per path and the total.
 fn nix_columns(a: &Args, gen2: &str) -> Result<Value> {
-    let store = a.work.join("local");
-    let closure =
-        run(Command::new(&a.ferry).arg("--root").arg(&store).args(["gc", "--requisites", gen2]))?;
+    let store = a.link.work.join("local");
+    let closure = run(Command::new(&a.link.ferry).arg("--root").arg(&store).args([
+        "gc",
+        "--requisites",
+        gen2,
+    ]))?;
     let sshd = ferry_tests::sshd::Sshd::start();
-    let scratch = a.work.join("nix");
+    let scratch = a.link.work.join("nix");
     std::fs::create_dir_all(&scratch)?;
     println!("| generation 2 path | NAR bytes | `nix copy --to ssh://` bytes sent | received | sent / NAR | seconds | load |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -182,7 +178,7 @@ fn nix_columns(a: &Args, gen2: &str) -> Result<Value> {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    std::fs::create_dir_all(&a.work)?;
+    std::fs::create_dir_all(&a.link.work)?;
     let (gen1, gen2) = build_store(&a)?;
     let mut reports = Vec::new();
     if a.nix || a.nix_only {
@@ -202,18 +198,18 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
     for setting in a.settings.split(',') {
         let (mode, compress) = setting.split_once(':').context("setting is MODE:COMPRESS")?;
-        let host = a.work.join(format!("host-{mode}-{compress}"));
+        let host = a.link.work.join(format!("host-{mode}-{compress}"));
         if host.exists() {
             std::fs::remove_dir_all(&host)?;
         }
         let before = loadavg();
-        let out = run(Command::new(&a.ferry)
+        let out = run(Command::new(&a.link.ferry)
             .arg("--root")
-            .arg(a.work.join("local"))
+            .arg(a.link.work.join("local"))
             .arg("bench")
             .arg("--to")
             .arg(format!("local://{}", host.display()))
-            .args(["--base", &gen1, "--rate", &a.rate, "--latency", &a.latency])
+            .args(["--base", &gen1, "--rate", &a.link.rate, "--latency", &a.link.latency])
             .args(["--mode", mode, "--compress", compress, "--json", &gen2]))?;
         let after = loadavg();
         let v: Value = serde_json::from_str(&out)?;

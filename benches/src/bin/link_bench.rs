@@ -9,7 +9,7 @@
 //! link, and reports time, wire bytes and the link model (wire bytes / rate + connect + diff).
 //! Runs alternate (emulated, kernel, emulated, …) so that load changes hit both alike.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
@@ -18,20 +18,13 @@ use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
 #[derive(Debug, Parser)]
-#[command(name = "link_bench")]
+#[command(
+    name = "link_bench",
+    about = "The generation update to a loopback SSH host over the emulated and the kernel-shaped link, side by side"
+)]
 struct Args {
-    /// gen_update's work directory (its store and generations.json).
-    #[arg(long, default_value = "/tmp/genbench")]
-    work: PathBuf,
-    /// The ferry binary (on the host's PATH too).
-    #[arg(long, default_value = "target/release/ferry")]
-    ferry: PathBuf,
-    /// Link rate.
-    #[arg(long, default_value = "20mbit")]
-    rate: String,
-    /// One-way latency.
-    #[arg(long, default_value = "40ms")]
-    latency: String,
+    #[command(flatten)]
+    link: ferry_benches::GenUpdateLink,
     /// `MODE:COMPRESS` of `ferry bench`.
     #[arg(long, default_value = "delta:auto")]
     setting: String,
@@ -47,11 +40,11 @@ fn loadavg() -> String {
 fn bench(a: &Args, sshd: &Sshd, link: &str, gen1: &str, gen2: &str, host: &Path) -> Result<Value> {
     let (mode, compress) = a.setting.split_once(':').context("--setting is MODE:COMPRESS")?;
     let uri = format!("ssh://{}@127.0.0.1:{}?root={}", sshd.user(), sshd.port(), host.display());
-    let out = Command::new(&a.ferry)
+    let out = Command::new(&a.link.ferry)
         .arg("--root")
-        .arg(a.work.join("local"))
+        .arg(a.link.work.join("local"))
         .args(["bench", "--link", link, "--to", &uri, "--base", gen1])
-        .args(["--rate", &a.rate, "--latency", &a.latency, "--mode", mode])
+        .args(["--rate", &a.link.rate, "--latency", &a.link.latency, "--mode", mode])
         .args(["--compress", compress, "--json", "--identity"])
         .arg(sshd.identity_ed25519())
         .arg("--known-hosts")
@@ -72,11 +65,11 @@ fn bench(a: &Args, sshd: &Sshd, link: &str, gen1: &str, gen2: &str, host: &Path)
 fn main() -> Result<()> {
     let a = Args::parse();
     let gens: Value = serde_json::from_str(
-        &std::fs::read_to_string(a.work.join("generations.json"))
+        &std::fs::read_to_string(a.link.work.join("generations.json"))
             .context("no generations.json under --work: run gen_update first")?,
     )?;
     let (gen1, gen2) = (gens["gen1"].as_str().unwrap_or(""), gens["gen2"].as_str().unwrap_or(""));
-    let ferry = std::fs::canonicalize(&a.ferry)?;
+    let ferry = std::fs::canonicalize(&a.link.ferry)?;
     let sshd = Sshd::start_with(SshdOptions {
         path: Some(remote_path(&[ferry.parent().context("ferry's directory")?])),
         ..SshdOptions::default()
