@@ -27,15 +27,9 @@ fn host_store(dir: &Path) -> (PathBuf, String) {
     let root = dir.join("host");
     let r = root.to_str().unwrap().to_owned();
     let src = dir.join("src");
-    std::fs::create_dir_all(src.join("big")).unwrap();
-    std::fs::write(src.join("base"), b"base\n").unwrap();
-    let base = ok(&["--root", &r, "store", "add", src.join("base").to_str().unwrap()]);
-    let blob = ferry_tests::pseudo_random(11, 2 << 20);
-    std::fs::write(src.join("big/blob"), blob).unwrap();
-    std::fs::write(src.join("big/ref"), base.trim()).unwrap();
-    let big = ok(&["--root", &r, "store", "add", src.join("big").to_str().unwrap()]);
+    let (base, big) = ferry_tests::add_base_and_big(FERRY, &root, &src, 11);
     std::fs::create_dir_all(src.join("top")).unwrap();
-    std::fs::write(src.join("top/refs"), format!("{}\n{}\n", base.trim(), big.trim())).unwrap();
+    std::fs::write(src.join("top/refs"), format!("{base}\n{big}\n")).unwrap();
     let top = ok(&["--root", &r, "store", "add", src.join("top").to_str().unwrap()]);
     (root, top.trim().to_owned())
 }

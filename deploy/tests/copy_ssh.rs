@@ -31,16 +31,8 @@ struct Local {
 fn local() -> Local {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("local");
-    let r = root.to_str().unwrap().to_owned();
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(src.join("big")).unwrap();
-    std::fs::write(src.join("base"), b"base\n").unwrap();
-    let base = ok(&["--root", &r, "store", "add", src.join("base").to_str().unwrap()]);
-    let blob = ferry_tests::pseudo_random(5, 2 << 20);
-    std::fs::write(src.join("big/blob"), blob).unwrap();
-    std::fs::write(src.join("big/ref"), base.trim()).unwrap();
-    let top = ok(&["--root", &r, "store", "add", src.join("big").to_str().unwrap()]);
-    Local { _dir: dir, root, top: top.trim().to_owned() }
+    let (_, top) = ferry_tests::add_base_and_big(FERRY, &root, &dir.path().join("src"), 5);
+    Local { _dir: dir, root, top }
 }
 
 fn ssh_uri(sshd: &Sshd, root: &Path) -> String {

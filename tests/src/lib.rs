@@ -128,6 +128,25 @@ pub fn success_stdout(args: &[&str], out: Output) -> String {
     String::from_utf8(out.stdout).expect("UTF-8 output")
 }
 
+/// Adds two paths to the ferry store at `root` from sources written under `src`: `base` (a tiny
+/// file) and `big` (a directory with a 2 MiB pseudo-random `blob` from `seed`, and `ref` naming
+/// `base`, so `big` refers to `base`). Returns their store paths (base, big).
+pub fn add_base_and_big(program: &str, root: &Path, src: &Path, seed: u64) -> (String, String) {
+    let r = root.to_str().expect("UTF-8 path");
+    let add = |p: &Path| {
+        ferry_ok(program, &["--root", r, "store", "add", p.to_str().expect("UTF-8 path")])
+            .trim()
+            .to_owned()
+    };
+    std::fs::create_dir_all(src.join("big")).expect("create the sources");
+    std::fs::write(src.join("base"), b"base\n").expect("write base");
+    let base = add(&src.join("base"));
+    std::fs::write(src.join("big/blob"), pseudo_random(seed, 2 << 20)).expect("write big/blob");
+    std::fs::write(src.join("big/ref"), &base).expect("write big/ref");
+    let big = add(&src.join("big"));
+    (base, big)
+}
+
 /// The valid paths of the ferry store at `root` (`ferry --root ROOT store list`); empty when the
 /// store has no database yet.
 pub fn store_paths(program: &str, root: &Path) -> BTreeSet<String> {
