@@ -46,7 +46,7 @@ pub struct PullSummary {
 pub enum PullError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{host}: {error}{}", note(.stderr))]
+    #[error("{host}: {error}{}", crate::transport::stderr_note(crate::push::AGENT_SAID, .stderr))]
     Handshake { host: String, error: Box<FramedError>, stderr: String },
     #[error(
         "{host} keeps its store in {theirs}, this store is in {ours}: store paths differ between \
@@ -58,17 +58,8 @@ pub enum PullError {
          this ferry version there"
     )]
     NoSendFeature { host: String, version: String },
-    #[error("{host}: receiving: {error}{}", note(.stderr))]
+    #[error("{host}: receiving: {error}{}", crate::transport::stderr_note(crate::push::AGENT_SAID, .stderr))]
     Receive { host: String, error: Box<AgentError>, stderr: String },
-}
-
-fn note(stderr: &str) -> String {
-    let t = stderr.trim();
-    if t.is_empty() {
-        String::new()
-    } else {
-        format!("\nthe agent said:\n{t}")
-    }
 }
 
 /// Counts the bytes read through it.

@@ -177,7 +177,7 @@ pub struct PushSummary {
 pub enum PushError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{host}: {error}{}", stderr_note(.stderr))]
+    #[error("{host}: {error}{}", crate::transport::stderr_note(AGENT_SAID, .stderr))]
     Session { host: String, error: FramedError, stderr: String },
     #[error(
         "{host} keeps its store in {theirs}, this store is in {ours}: store paths differ between \
@@ -188,14 +188,8 @@ pub enum PushError {
     Send { host: String, path: String, error: io::Error },
 }
 
-fn stderr_note(stderr: &str) -> String {
-    let t = stderr.trim();
-    if t.is_empty() {
-        String::new()
-    } else {
-        format!("\nthe agent said:\n{t}")
-    }
-}
+/// How push and pull errors introduce the agent's stderr.
+pub(crate) const AGENT_SAID: &str = "\nthe agent said:\n";
 
 /// Stops writing after a byte budget (the `cut_after` test hook).
 struct CutWriter<W> {

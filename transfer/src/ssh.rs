@@ -264,7 +264,10 @@ pub enum SshError {
         reason: String,
     },
     /// A remote command ran but failed.
-    #[error("{target}: exec {command}: {status}{}", stderr_suffix(stderr))]
+    #[error(
+        "{target}: exec {command}: {status}{}",
+        crate::transport::stderr_note("; stderr:\n", stderr)
+    )]
     CommandFailed {
         /// `host:port`.
         target: String,
@@ -278,7 +281,7 @@ pub enum SshError {
     /// The connection ended before the remote command reported its exit.
     #[error(
         "{target}: exec {command}: connection lost before the command exited{}",
-        stderr_suffix(stderr)
+        crate::transport::stderr_note("; stderr:\n", stderr)
     )]
     ConnectionLost {
         /// `host:port`.
@@ -311,15 +314,6 @@ pub struct OfferedKey {
     pub fingerprint: String,
     /// `ssh-keyscan -p PORT HOST`, which prints the host's keys for known_hosts.
     pub keyscan: String,
-}
-
-fn stderr_suffix(stderr: &str) -> String {
-    let s = stderr.trim();
-    if s.is_empty() {
-        String::new()
-    } else {
-        format!("; stderr:\n{s}")
-    }
 }
 
 /// How a remote command ended.

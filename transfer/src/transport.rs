@@ -22,7 +22,7 @@ use crate::agent::{AgentOptions, ServeSummary};
 pub enum TransportError {
     #[error("cannot start the agent {command}: {error}")]
     Spawn { command: String, error: io::Error },
-    #[error("the agent on {host} failed ({status}){}", stderr_suffix(.stderr))]
+    #[error("the agent on {host} failed ({status}){}", stderr_note(":\n", .stderr))]
     AgentFailed { host: String, status: String, stderr: String },
     /// The agent must run under `sudo -n` and the host's sudo does not allow it.
     #[error(
@@ -36,12 +36,14 @@ pub enum TransportError {
     Other(String),
 }
 
-fn stderr_suffix(stderr: &str) -> String {
+/// `prefix` and the trimmed `stderr` of a remote program, or nothing when it printed nothing:
+/// how every transfer error quotes what the other side said.
+pub(crate) fn stderr_note(prefix: &str, stderr: &str) -> String {
     let t = stderr.trim();
     if t.is_empty() {
         String::new()
     } else {
-        format!(":\n{t}")
+        format!("{prefix}{t}")
     }
 }
 
