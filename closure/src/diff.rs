@@ -2,7 +2,7 @@
 //!
 //! The coordinator sends the whole closure in one query ([`ValidatedClosure::paths`]); the
 //! remote answers once, with the paths it has ([`RemoteAnswer::Present`], e.g. from
-//! [`crate::db::Database::query_valid`] or `nix-store --serve`'s QueryValidPaths) or with the
+//! `store::Database::query_valid` or `nix-store --serve`'s QueryValidPaths) or with the
 //! ones it lacks ([`RemoteAnswer::Missing`]). [`diff`] turns that one answer into the missing
 //! paths **in topological order** (references first, the order to send them in) and the total
 //! NAR size to send. An answer naming a path that was not asked about is an error.

@@ -37,6 +37,16 @@ fn cycle_text(cycle: &[StorePath]) -> String {
     parts.join(" -> ")
 }
 
+/// Path infos with their references also given as indexes into `infos` (self-references
+/// left out): what [`ValidatedClosure::from_indexed`] validates without hashing paths.
+#[derive(Debug, Clone, Default)]
+pub struct IndexedGraph {
+    /// The members.
+    pub infos: Vec<PathInfo>,
+    /// For each member, the indexes of its references other than itself.
+    pub edges: Vec<Vec<u32>>,
+}
+
 /// Path infos being collected into a closure.
 #[derive(Debug, Default, Clone)]
 pub struct ClosureBuilder {
@@ -216,14 +226,14 @@ impl ValidatedClosure {
         b.build()
     }
 
-    /// Validate a graph whose edges are already indexes (as [`crate::db::IndexedGraph`]):
+    /// Validate a graph whose edges are already indexes (as [`IndexedGraph`]):
     /// every edge must point inside, every reference of an info must be one of its edges'
     /// targets (or itself), and there must be no cycle. Records `roots` (which must be members).
     pub fn from_indexed(
-        graph: crate::db::IndexedGraph,
+        graph: IndexedGraph,
         roots: impl IntoIterator<Item = StorePath>,
     ) -> Result<Self, ClosureError> {
-        let crate::db::IndexedGraph { infos, edges } = graph;
+        let IndexedGraph { infos, edges } = graph;
         assert_eq!(infos.len(), edges.len(), "one edge list per info");
         for (info, out) in infos.iter().zip(&edges) {
             // The edges must be exactly the references other than self: each edge target is a
@@ -374,7 +384,6 @@ mod tests {
 
     #[test]
     fn from_indexed_validates() {
-        use crate::db::IndexedGraph;
         let g = IndexedGraph {
             infos: vec![info(1, &[2, 1]), info(2, &[3]), info(3, &[])],
             edges: vec![vec![1], vec![2], vec![]],

@@ -1,63 +1,46 @@
 //! # closure
 //!
-//! The local store and closures.
+//! Closures, without a store: the vocabulary of a valid path ([`PathInfo`]), finding which
+//! store paths a tree refers to ([`scan`]), the reference graph validated into topological
+//! order ([`ValidatedClosure`]), and the diff of a closure against a remote's one answer
+//! ([`diff()`]). The `store` crate builds closures from its database with these types; the
+//! transfer engine diffs them against a host.
 //!
 //! | module | what |
 //! |---|---|
-//! | [`layout`] | [`StoreLayout`]: root, logical store dir, state dir, physical paths |
-//! | [`db`] | [`Database`]: SQLite with the Guix/Nix schema; ferry's read-write, Nix/Guix read-only |
 //! | [`path_info`] | [`PathInfo`]: one valid path's hash, size, references, deriver, sigs, ca |
 //! | [`scan`] | reference scanner: streaming, skip-ahead, parallel over files |
-//! | [`graph`] | [`ClosureBuilder`] → [`ValidatedClosure`]: closed, acyclic, references first |
-//! | [`store`] | [`Store`]: atomic, crash-safe add and NAR import (also staged: NAR first, metadata after), signatures, queries, verify, delete, GC |
-//! | [`hashing`] | NAR hashes of many paths in parallel |
+//! | [`graph`] | [`ClosureBuilder`] / [`IndexedGraph`] → [`ValidatedClosure`]: closed, acyclic, references first |
 //! | [`mod@diff`] | missing paths in topological order and their NAR size, from one remote answer |
 //!
-//! What the transfer layer calls: [`Store::open`] / [`Store::open_read_only`];
-//! [`Store::closure`] (validated, references first); [`Store::query_valid`] (the agent's one
-//! batch answer) and [`diff()`]; [`Store::import_nar`] (metadata first) or [`Store::stage`] +
-//! [`Store::commit_staged`] (NAR first); [`hashing::hash_paths`] for parallel NAR hashes.
-//!
 //! ```
-//! use closure::{diff, RemoteAnswer, Store, StoreLayout};
-//! use nar_core::store_path::StoreDir;
+//! use std::collections::BTreeSet;
 //!
-//! let root = tempfile::tempdir().unwrap();
-//! let files = tempfile::tempdir().unwrap();
-//! let mut store = Store::open(StoreLayout::new(root.path(), StoreDir::guix(), None).unwrap()).unwrap();
+//! use closure::{diff, ClosureBuilder, PathInfo, RemoteAnswer};
+//! use nar_core::hash::{NarDigest, Sha256Hash};
+//! use nar_core::store_path::StorePath;
 //!
-//! std::fs::write(files.path().join("lib"), "a library").unwrap();
-//! let lib = store.add_path(&files.path().join("lib"), None).unwrap();
-//! // `app` mentions lib's store path, so lib becomes a reference.
-//! let text = format!("#!/bin/sh\nexec {}\n", lib.path.to_absolute(store.store_dir()));
-//! std::fs::write(files.path().join("app"), text).unwrap();
-//! let app = store.add_path(&files.path().join("app"), None).unwrap();
-//! assert!(app.references.contains(&lib.path));
-//!
-//! let closure = store.closure(&[app.path.clone()]).unwrap();
-//! assert_eq!(closure.paths().collect::<Vec<_>>(), [&lib.path, &app.path]);
+//! let path = |i: u8, name: &str| StorePath::from_parts([i; 20], name).unwrap();
+//! let (lib, app) = (path(1, "lib"), path(2, "app"));
+//! let nar = NarDigest { hash: Sha256Hash([0; 32]), size: 100 };
+//! let mut builder = ClosureBuilder::new();
+//! builder.add(PathInfo::new(lib.clone(), nar, BTreeSet::new())).unwrap();
+//! builder.add(PathInfo::new(app.clone(), nar, BTreeSet::from([lib.clone()]))).unwrap();
+//! builder.add_root(app.clone());
+//! let closure = builder.build().unwrap();
+//! // References first.
+//! assert_eq!(closure.paths().collect::<Vec<_>>(), [&lib, &app]);
 //! // A remote that already has lib needs only app.
-//! let have = RemoteAnswer::Present([lib.path.clone()].into_iter().collect());
-//! let missing = diff(&closure, &have).unwrap();
-//! assert_eq!(missing.nar_size, app.nar_size);
+//! let have = RemoteAnswer::Present(BTreeSet::from([lib.clone()]));
+//! assert_eq!(diff(&closure, &have).unwrap().nar_size, 100);
 //! ```
 
-pub mod db;
 pub mod diff;
 pub mod graph;
-pub mod hashing;
-pub mod layout;
 pub mod path_info;
 pub mod scan;
-pub mod store;
 
-pub use db::{Database, DbError};
 pub use diff::{diff, DiffError, Missing, RemoteAnswer};
-pub use graph::{ClosureBuilder, ClosureError, ValidatedClosure};
-pub use layout::{DbKind, LayoutError, LayoutOptions, StoreLayout};
+pub use graph::{ClosureBuilder, ClosureError, IndexedGraph, ValidatedClosure};
 pub use path_info::PathInfo;
 pub use scan::{scan_bytes, scan_tree, Candidates, RefScanner, ScanError};
-pub use store::{
-    BatchOutcome, GcReport, ImportBatch, ImportOutcome, StagedNar, Store, StoreError,
-    VerifyProblem, VerifyReport,
-};

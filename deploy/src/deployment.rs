@@ -40,7 +40,7 @@
 //! host-key = "ssh-ed25519 AAAA…"
 //! root = "/"                       # where the host's store and state live
 //! sudo = true                      # a non-root user runs the host's commands with `sudo -n`;
-//!                                  # default: only when root = "/" (see transfer::uri)
+//!                                  # default: only when root = "/" (see proto::uri)
 //! confirm-timeout = 30             # seconds; `false` switches confirmation off
 //! ```
 //!

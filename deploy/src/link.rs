@@ -20,15 +20,15 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
+use proto::uri::StoreParams;
 use transfer::ssh::SshConfig;
 use transfer::ssh_transport::SshTransport;
 use transfer::transport::{
     AgentHandle, Connection, LocalTransport, StderrTail, Transport, TransportError,
 };
-use transfer::uri::StoreParams;
 
 use crate::deployment::{Environment, Machine};
-use crate::host_protocol::{ActivateRequest, Facts, FactsRequest, SessionRequest};
+use proto::session::{ActivateRequest, Facts, FactsRequest, SessionRequest};
 
 /// How a host command ended.
 #[derive(Debug, Clone)]
@@ -70,6 +70,15 @@ pub enum Link {
         /// What to do about a host key error, for this machine.
         host_key_hint: String,
     },
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Link::Local { .. } => f.write_str("Link::Local"),
+            Link::Ssh { .. } => f.write_str("Link::Ssh"),
+        }
+    }
 }
 
 /// The SSH settings of a managed host.
@@ -219,13 +228,19 @@ type SharedReader = Arc<Mutex<BufReader<Box<dyn Read + Send>>>>;
 /// `None` once closed (end of the host's stdin).
 type SharedWriter = Arc<Mutex<Option<Box<dyn Write + Send>>>>;
 
-/// A running `ferry host session` (see [`crate::host_protocol`]): one request at a time.
+/// A running `ferry host session` (see [`proto::session`]): one request at a time.
 pub struct HostSession {
     host: String,
     /// Every read goes through this one buffer: the copy's frames come after the lines.
     reader: SharedReader,
     writer: SharedWriter,
     agent: Arc<Mutex<Box<dyn AgentHandle>>>,
+}
+
+impl std::fmt::Debug for HostSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSession").field("host", &self.host).finish_non_exhaustive()
+    }
 }
 
 impl HostSession {

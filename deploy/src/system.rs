@@ -49,9 +49,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use closure::{Store, StoreError};
 use nar_core::store_path::{make_source_path, StorePath};
 use serde::Serialize;
+use store::{Store, StoreError};
 
 use crate::deployment::{service_order, BootParameters, EtcFile, OperatingSystem};
 
@@ -524,8 +524,8 @@ say "done"
 mod tests {
     use super::*;
     use crate::deployment::{Deployment, Service};
-    use closure::StoreLayout;
     use nar_core::store_path::StoreDir;
+    use store::StoreLayout;
 
     fn store(root: &Path) -> Store {
         Store::open(StoreLayout::new(root, StoreDir::guix(), None).unwrap()).unwrap()

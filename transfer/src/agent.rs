@@ -6,13 +6,13 @@
 //!    unsigned, badly signed or signed by an unauthorized key is rejected and its data skipped;
 //! 2. decodes the data (zstd) and restores the NAR into a temp dir in the store while hashing
 //!    it; the hash and size must match and the references must be valid or received earlier
-//!    in the session ([`closure::ImportBatch::restore`]);
+//!    in the session ([`store::ImportBatch::restore`]);
 //! 3. answers `Reject` with the reason at once when any of this fails, and goes on with the
 //!    next path.
 //!
-//! **Batched registration.** Restored paths wait in an [`closure::ImportBatch`] and are made
+//! **Batched registration.** Restored paths wait in an [`store::ImportBatch`] and are made
 //! durable and registered together, in one sync pass and one transaction
-//! ([`closure::ImportBatch::commit`]): when the batch holds [`AgentOptions::batch_paths`] paths
+//! ([`store::ImportBatch::commit`]): when the batch holds [`AgentOptions::batch_paths`] paths
 //! or [`AgentOptions::batch_bytes`] NAR bytes, when its first path waited
 //! [`AgentOptions::batch_delay`], whenever the next frame has not arrived yet (the agent never
 //! blocks on input with paths unanswered), and at `Done`. Only then is each path answered: `Ack` once it
@@ -40,7 +40,7 @@
 //! Partial files of paths this query does not name are left alone unless too old: they may
 //! belong to another coordinator's interrupted copy.
 //!
-//! **Locking.** The store is opened for writing ([`closure::Store::open`]), which holds the
+//! **Locking.** The store is opened for writing ([`store::Store::open`]), which holds the
 //! store's writer lock for the session; concurrent sessions are serialized per path by the
 //! database's write transaction.
 
@@ -51,16 +51,19 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use closure::{ImportBatch, ImportOutcome, PathInfo, Store, StoreError, StoreLayout};
+use store::{ImportBatch, ImportOutcome, Store, StoreError, StoreLayout};
+
+use closure::PathInfo;
 use nar_core::hash::NarDigest;
 use nar_core::store_path::StorePath;
 use signing::acl::Acl;
 
-use crate::framed::{DataReader, FrameReader, FrameWriter, FramedError};
-use crate::protocol::{
-    AckOutcome, AgentState, Encoding, Frame, MissingEntry, PathStart, ProtocolError, RejectReason,
-    Welcome, FEATURES, FEATURE_DELTA, MIN_VERSION, VERSION,
+use proto::frame::{
+    AckOutcome, Encoding, Frame, MissingEntry, PathStart, ProtocolError, RejectReason, Welcome,
+    FEATURES, FEATURE_DELTA, MIN_VERSION, VERSION,
 };
+use proto::io::{DataReader, FrameReader, FrameWriter, FramedError};
+use proto::peer::AgentState;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -390,13 +393,13 @@ pub fn partial_path(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> 
 /// NAR hash is not the one queried. Returns the files removed.
 pub fn prune_partials(
     layout: &StoreLayout,
-    entries: &[crate::protocol::QueryEntry],
+    entries: &[proto::frame::QueryEntry],
     valid: &std::collections::BTreeSet<StorePath>,
     max_age: Duration,
 ) -> Vec<PathBuf> {
     let dir = layout.state_dir().join("partial");
     let Ok(listing) = fs::read_dir(&dir) else { return Vec::new() };
-    let queried: std::collections::HashMap<String, &crate::protocol::QueryEntry> =
+    let queried: std::collections::HashMap<String, &proto::frame::QueryEntry> =
         entries.iter().map(|e| (e.path.hash_part(), e)).collect();
     let mut removed = Vec::new();
     for entry in listing.flatten() {
@@ -636,8 +639,8 @@ fn open_partial(partial: &Path, offset: u64) -> Result<(io::Take<File>, File), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::QueryEntry;
     use nar_core::hash::Sha256Hash;
+    use proto::frame::QueryEntry;
 
     #[test]
     fn partial_files_that_cannot_be_resumed_are_pruned() {

@@ -45,7 +45,7 @@
 //!
 //! Narinfos are parsed strictly, a path must carry a `Sig` by one of the trusted keys (unless
 //! signatures are not required), its NAR is decompressed (zstd or none) and imported with
-//! [`closure::Store::import_nar`], which checks the NAR hash and size before the path becomes
+//! [`store::Store::import_nar`], which checks the NAR hash and size before the path becomes
 //! valid. Closures are fetched references first.
 
 use nar_core::pipe::chunk_pipe;
@@ -55,11 +55,13 @@ use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use closure::{PathInfo, Store, StoreError};
+use closure::PathInfo;
+
 use nar_core::dump::{dump, DumpError};
 use nar_core::hash::{HashingReader, NarDigest, NarHasher, Sha256Hash};
 use nar_core::store_path::{StoreDir, StorePath, StorePathError};
 use signing::nix::{fingerprint, Signature, SigningKey, VerifyingKey};
+use store::{Store, StoreError};
 
 /// Name of the cache description file.
 pub const CACHE_INFO_FILE: &str = "nix-cache-info";

@@ -2,9 +2,9 @@
 //! uses, how the coordinator encodes a path against it and how the agent applies it.
 //!
 //! The format of the data is [`crate::delta`]'s stream; the protocol side (feature `delta`,
-//! [`Encoding::ZstdDelta`](crate::protocol::Encoding::ZstdDelta), `Have.bases`,
-//! [`RejectReason::DeltaFailed`](crate::protocol::RejectReason::DeltaFailed), the full re-send
-//! in the same session) is in [`crate::protocol`]'s module docs.
+//! [`Encoding::ZstdDelta`](proto::frame::Encoding::ZstdDelta), `Have.bases`,
+//! [`RejectReason::DeltaFailed`](proto::frame::RejectReason::DeltaFailed), the full re-send
+//! in the same session) is in [`transfer::protocol`]'s module docs.
 //!
 //! # Base candidates (agent)
 //! For each missing path, [`host_candidates`] offers up to [`MAX_CANDIDATES`] valid paths of the
@@ -38,7 +38,7 @@
 //! # Applying (agent)
 //! [`apply`] looks the base up in the host's database, rebuilds and checks its NAR
 //! ([`delta::VerifiedBase::rebuild`]), then decodes the stream on this thread into a bounded pipe
-//! that [`closure::Store::import_nar`] restores on another thread, so the new NAR is hashed and
+//! that [`store::Store::import_nar`] restores on another thread, so the new NAR is hashed and
 //! checked like any path's. Memory: the base NAR (≤ [`delta::MAX_BASE_NAR`]) plus zstd's window
 //! (≤ [`delta::SEGMENT_MAX`] once segmented) plus the pipe (8 chunks).
 
@@ -46,12 +46,14 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::PathBuf;
 
-use closure::{ImportOutcome, PathInfo, Store, StoreError, StoreLayout, ValidatedClosure};
+use store::{ImportOutcome, Store, StoreError, StoreLayout};
+
+use closure::{PathInfo, ValidatedClosure};
 use nar_core::hash::NarDigest;
 use nar_core::store_path::StorePath;
 
 use crate::delta::{self, DeltaError, EncodeParams, HeldPath, VerifiedBase};
-use crate::protocol::QueryEntry;
+use proto::frame::QueryEntry;
 
 /// Bases offered per missing path.
 pub const MAX_CANDIDATES: usize = 3;

@@ -26,15 +26,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use closure::{PathInfo, StoreLayout};
+use closure::PathInfo;
+
 use nar_core::store_path::StorePath;
+use store::StoreLayout;
 
 use crate::adaptive::{AdaptiveConfig, Choice, CompressSetting, Controller};
 use crate::delta::VerifiedBase;
 use crate::delta_path::LocalBases;
 use crate::frame_cache::{Claim, Follower, FrameCache, Key, Producer};
-use crate::framed::{DataWriter, FrameWriter};
-use crate::protocol::Encoding;
+use proto::frame::Encoding;
+use proto::io::{DataWriter, FrameWriter};
 
 /// Bytes written to the connection, and the time spent blocked writing them.
 #[derive(Debug, Default)]

@@ -5,15 +5,12 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`protocol`] | sans-IO frames, grammar and the coordinator/agent state machines |
-//! | [`framed`] | blocking adapters: frames over any `Read`/`Write`, one path's data as a stream |
 //! | [`agent`] | `ferry serve`: verify, restore, register, acknowledge; partial files for resume |
 //! | [`transport`] | the [`transport::Transport`] trait: local subprocess, in-process |
 //! | [`ssh_transport`] | the agent over SSH (russh), with bootstrap by upload |
 //! | [`pull`] | `--from`: the agent pushes back on the same stream, served by the local agent code |
 //! | [`push`] | the copy pipeline: one-round-trip diff, pipelined signed zstd streams, summary |
 //! | [`trust`] | what a path's signature covers; the local signing key |
-//! | [`uri`] | `ssh://`, `local://`, `nix+ssh://`, `file://` targets |
 //! | [`delta`] | delta frames (zstd with the base NAR as prefix), base selection |
 //! | [`delta_path`] | deltas in the protocol: bases the host offers, encoding, applying |
 //! | [`encode`] | per-path encoding on the coordinator: level, delta or full, link metering |
@@ -25,7 +22,7 @@
 //! # Example: push a closure to an agent on a thread
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use closure::{Store, StoreLayout};
+//! use store::{Store, StoreLayout};
 //! use transfer::agent::AgentOptions;
 //! use transfer::push::{push_closure, NoProgress, PushOptions};
 //! use transfer::transport::InProcessTransport;
@@ -48,9 +45,7 @@ pub mod delta;
 pub mod delta_path;
 pub mod encode;
 pub mod frame_cache;
-pub mod framed;
 pub mod nix_serve;
-pub mod protocol;
 pub mod pull;
 pub mod push;
 pub mod relay;
@@ -59,4 +54,3 @@ pub mod ssh;
 pub mod ssh_transport;
 pub mod transport;
 pub mod trust;
-pub mod uri;

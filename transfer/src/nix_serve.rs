@@ -35,7 +35,7 @@
 //!
 //! [`NixServeClient::pull_closure`] asks for the closure's path infos, then dumps each missing
 //! path in turn; each NAR is restored unsynced and its hash checked as it arrives, and the
-//! paths are registered in batches ([`closure::ImportBatch`]: up to 1,000 paths or 256 MiB, one
+//! paths are registered in batches ([`store::ImportBatch`]: up to 1,000 paths or 256 MiB, one
 //! sync pass and one transaction each). A path refused or a connection lost mid-way leaves the
 //! paths received intact before it registered.
 //!
@@ -159,7 +159,7 @@ pub enum ServeError {
     Poisoned,
     /// A path pulled from the server was refused by the local store (hash mismatch, ...).
     #[error("nix-store --serve: importing {path} from the server: {source}")]
-    Import { path: String, source: Box<closure::StoreError> },
+    Import { path: String, source: Box<store::StoreError> },
     /// A path pulled from the server has no signature by a trusted key.
     #[error(
         "nix-store --serve: {path} lacks a valid signature by a trusted key (signatures: {sigs:?})"
@@ -618,7 +618,7 @@ where
 
     /// Pull the closure of `roots` into `store` (`--from nix+ssh://`): the server's path infos,
     /// then for each path the local store lacks, references first, DumpStorePath streamed
-    /// straight into [`closure::Store::import_nar`] (which checks the NAR hash and size before
+    /// straight into [`store::Store::import_nar`] (which checks the NAR hash and size before
     /// the path becomes valid). With `trusted`, every path must carry a signature by one of
     /// those keys; `None` accepts unsigned paths (Nix does so for `nix copy --from ssh://`).
     ///
@@ -627,7 +627,7 @@ where
     pub async fn pull_closure(
         &mut self,
         roots: &[StorePath],
-        store: &mut closure::Store,
+        store: &mut store::Store,
         trusted: Option<&[signing::nix::VerifyingKey]>,
     ) -> Result<PullReport, ServeError> {
         let closure = self.query_closure(roots).await?;
@@ -658,7 +658,7 @@ where
             }
         }
         let mut report = PullReport { paths_present: local.len(), ..Default::default() };
-        let mut batch = closure::ImportBatch::new();
+        let mut batch = store::ImportBatch::new();
         for info in missing {
             self.check()?;
             self.poisoned = true;
@@ -696,12 +696,12 @@ where
     }
 
     /// Register the pulled paths waiting in `batch` (one sync pass and one transaction for all
-    /// of them: [`closure::ImportBatch`]); the first member that could not be registered is the
+    /// of them: [`store::ImportBatch`]); the first member that could not be registered is the
     /// error.
     fn commit_pulled(
         &self,
-        batch: &mut closure::ImportBatch,
-        store: &mut closure::Store,
+        batch: &mut store::ImportBatch,
+        store: &mut store::Store,
     ) -> Result<(), ServeError> {
         for (path, outcome) in batch.commit(store) {
             outcome
@@ -711,7 +711,7 @@ where
     }
 }
 
-/// A pull registers its paths in batches of at most this many paths ([`closure::ImportBatch`]:
+/// A pull registers its paths in batches of at most this many paths ([`store::ImportBatch`]:
 /// one sync pass and one transaction per batch instead of per path, as the agent does)...
 const PULL_BATCH_PATHS: usize = 1000;
 /// ... or this many NAR bytes, whichever comes first.

@@ -1,6 +1,6 @@
 //! Pull: copy closures from an agent's store into the local one (`ferry copy --from`).
 //!
-//! The protocol's pull (see [`crate::protocol`], "Pull") swaps the roles on one stream: after
+//! The protocol's pull (see [`transfer::protocol`], "Pull") swaps the roles on one stream: after
 //! the handshake the local side sends `SendClosure{roots}`; the agent then pushes the roots'
 //! closure from its store with [`crate::push`]'s session, signed with its host's key, and the
 //! local side serves that push with [`crate::agent::serve`] on the local store. So everything a
@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use closure::Store;
 use nar_core::store_path::StorePath;
+use store::Store;
 
 use crate::agent::{AgentError, AgentOptions, ServeSummary};
-use crate::framed::{FrameReader, FrameWriter, FramedError};
-use crate::protocol::{CoordinatorState, Frame, Hello, ProtocolError};
 use crate::push::{NoProgress, PushOptions};
 use crate::transport::{Connection, Transport, TransportError};
+use proto::frame::{Frame, Hello, ProtocolError};
+use proto::io::{FrameReader, FrameWriter, FramedError};
+use proto::peer::CoordinatorState;
 
 /// What a pull did.
 #[derive(Debug, Clone, Default)]
@@ -117,7 +118,7 @@ pub fn pull_closure(
                 theirs: welcome.store_dir,
             });
         }
-        if !welcome.features.iter().any(|f| f == crate::protocol::FEATURE_SEND) {
+        if !welcome.features.iter().any(|f| f == proto::frame::FEATURE_SEND) {
             return Err(PullError::NoSendFeature {
                 host: host.clone(),
                 version: welcome.ferry_version,

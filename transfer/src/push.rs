@@ -16,7 +16,7 @@
 //! on the host (and those then refused for a missing reference), in the same session.
 //!
 //! Memory stays bounded: the NAR is produced by `dump` into the zstd encoder, whose output is
-//! cut into chunks of [`crate::protocol::DATA_CHUNK`] bytes written straight to the stream;
+//! cut into chunks of [`proto::frame::DATA_CHUNK`] bytes written straight to the stream;
 //! back-pressure from a slow link blocks the dump.
 
 use std::collections::BTreeMap;
@@ -25,19 +25,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use closure::{PathInfo, StoreLayout, ValidatedClosure};
+use closure::{PathInfo, ValidatedClosure};
+
 use nar_core::store_path::StorePath;
 use signing::guix::SigningKey;
+use store::StoreLayout;
 
 use crate::adaptive::CompressSetting;
 use crate::encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
 use crate::frame_cache::FrameCache;
-use crate::framed::{FrameReader, FrameWriter, FramedError};
-use crate::protocol::{
-    CoordinatorState, Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason,
-    Welcome, FEATURE_DELTA, FEATURE_GRAPH,
-};
 use crate::transport::{Connection, Transport, TransportError};
+use proto::frame::{
+    Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason, Welcome,
+    FEATURE_DELTA, FEATURE_GRAPH,
+};
+use proto::io::{FrameReader, FrameWriter, FramedError};
+use proto::peer::CoordinatorState;
 
 /// How to push.
 #[derive(Debug, Clone)]
@@ -218,7 +221,7 @@ impl<W: Write> Write for CutWriter<W> {
 }
 
 /// The `Query` entries for `closure`, in its order; with `graph`, each carries the indexes of
-/// its references other than itself (feature `graph`, see [`crate::protocol`]).
+/// its references other than itself (feature `graph`, see [`transfer::protocol`]).
 pub fn query_entries(closure: &ValidatedClosure, graph: bool) -> Vec<QueryEntry> {
     closure
         .iter()

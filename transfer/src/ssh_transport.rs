@@ -31,7 +31,7 @@ use tokio::runtime::Runtime;
 
 use crate::ssh::{RemoteExit, RemoteStdin, RemoteStdout, SshConfig, SshSession};
 use crate::transport::{AgentHandle, Connection, Transport, TransportError};
-use crate::uri::StoreParams;
+use proto::uri::StoreParams;
 
 /// What the probe found.
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use nar_core::store_path::{StoreDir, StorePath};
 use signing::acl::{Acl, SignatureError};
 use signing::guix::{Signature, SigningKey};
 
-use crate::protocol::{PathStart, RejectReason};
+use proto::frame::{PathStart, RejectReason};
 
 /// Problems with the local signing key.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,7 @@ pub fn load_or_generate_nix_key(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::Encoding;
+    use proto::frame::Encoding;
 
     #[test]
     fn sign_and_check() {

@@ -1,0 +1,675 @@
+//! `ferry copy --to URI... PATH...`: copy closures to hosts, sending only what each lacks.
+//!
+//! Targets (see `proto::uri`): `local:///ROOT` (an agent as a local subprocess),
+//! `ssh://[user@]host[:port]` (an agent over SSH), `nix+ssh://…` (`nix-store --serve --write`),
+//! `file:///DIR` (a binary cache directory). Paths are signed with the local key
+//! `<state>/signing-key.sec` (generated on first use). Hosts run in parallel; one host's
+//! failure does not stop the others. Progress goes to stderr (bars on a terminal, plain lines
+//! otherwise); the summary too, or with `--json` one JSON object on stdout.
+//!
+//! `--from URI PATH...` copies the other way: `ssh://` (the host's agent sends the closures,
+//! signed with its key, which the local ACL must hold; `transfer::pull`), `local:///ROOT` (read
+//! from that store directly) and `nix+ssh://` (`nix-store --serve`).
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use closure::ValidatedClosure;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use proto::frame::Encoding;
+use proto::uri::Target;
+use serde_json::json;
+use store::StoreLayout;
+use transfer::push::{push_closure, Progress, ProgressEvent, PushOptions, PushSummary};
+use transfer::transport::{LocalTransport, Transport};
+
+use super::GlobalOpts;
+
+/// Test hook: the coordinator stops writing after this many wire bytes (a cut connection).
+pub const CUT_AFTER_ENV: &str = "FERRY_TEST_CUT_AFTER";
+
+/// `ferry copy` arguments.
+#[derive(Debug, clap::Args)]
+pub struct CopyArgs {
+    /// Copy to this target (repeat for several hosts).
+    #[arg(long = "to", value_name = "URI", required_unless_present = "from")]
+    pub to: Vec<String>,
+    /// Copy from this target into the local store.
+    #[arg(long, value_name = "URI", conflicts_with = "to")]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    /// Add the local signing key to each host's ACL first.
+    #[arg(long)]
+    pub authorize: bool,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// zstd level for path data: auto (follow the measured link; the default), max (fewest
+    /// bytes), none, or 1..=19.
+    #[arg(long, default_value = "auto", value_name = "LEVEL|max|auto")]
+    pub compress: transfer::adaptive::CompressSetting,
+    /// Never send deltas against paths the hosts already have.
+    #[arg(long)]
+    pub no_delta: bool,
+    /// A fixed zstd level for path data (same as --compress N).
+    #[arg(long, value_name = "N", conflicts_with = "compress")]
+    pub compression_level: Option<i32>,
+    /// Send path data uncompressed.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// Store paths whose closures to copy.
+    #[arg(required = true)]
+    pub paths: Vec<String>,
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// The terminal's bars, one per host.
+type Bars = (MultiProgress, Mutex<Vec<(String, ProgressBar)>>);
+
+/// Renders progress: one bar per host on a terminal, plain lines otherwise.
+struct Render {
+    bars: Option<Bars>,
+    /// Per host: NAR bytes sent, paths landed, paths missing.
+    hosts: Mutex<std::collections::BTreeMap<String, (u64, usize, usize)>>,
+    last_line: Mutex<Instant>,
+    quiet: bool,
+}
+
+impl Render {
+    fn new(quiet: bool) -> Self {
+        let bars = (std::io::stderr().is_terminal() && !quiet)
+            .then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
+        Render { bars, hosts: Mutex::default(), last_line: Mutex::new(Instant::now()), quiet }
+    }
+
+    fn bar(&self, host: &str) -> Option<ProgressBar> {
+        let (multi, bars) = self.bars.as_ref()?;
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bar)) = bars.iter().find(|(h, _)| h == host) {
+            return Some(bar.clone());
+        }
+        let bar = multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(host.to_owned());
+        bars.push((host.to_owned(), bar.clone()));
+        Some(bar)
+    }
+
+    fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            for (_, bar) in bars.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                bar.finish();
+            }
+        }
+    }
+}
+
+impl Progress for Render {
+    fn event(&self, host: &str, event: &ProgressEvent<'_>) {
+        if self.quiet && self.bars.is_none() {
+            return;
+        }
+        let bar = self.bar(host);
+        match event {
+            ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, resumed_bytes } => {
+                self.hosts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(host.to_owned())
+                    .or_default()
+                    .2 = *missing_paths;
+                if let Some(bar) = bar {
+                    bar.set_length(*nar_bytes);
+                    bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
+                } else {
+                    let resumed = if *resumed_bytes > 0 {
+                        format!(", {} resumed", mib(*resumed_bytes))
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "{host}: {missing_paths} of {closure_paths} paths missing, {} to send{resumed}",
+                        mib(*nar_bytes)
+                    );
+                }
+            }
+            ProgressEvent::Sent { .. } | ProgressEvent::Landed { .. } => {
+                let (sent, landed, missing) = {
+                    let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = hosts.entry(host.to_owned()).or_default();
+                    match event {
+                        ProgressEvent::Sent { nar_bytes } => entry.0 += nar_bytes,
+                        _ => entry.1 += 1,
+                    }
+                    *entry
+                };
+                if let Some(bar) = bar {
+                    if let ProgressEvent::Sent { nar_bytes } = event {
+                        bar.inc(*nar_bytes);
+                    }
+                    bar.set_message(format!("{landed}/{missing} paths landed"));
+                } else {
+                    let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        *last = Instant::now();
+                        eprintln!("{host}: {} sent, {landed}/{missing} paths landed", mib(sent));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// SSH settings from the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SshArgs {
+    /// SSH identity file (ed25519, RSA, ECDSA); default: ssh-agent, then ~/.ssh/id_*.
+    #[arg(long, value_name = "FILE")]
+    pub identity: Option<PathBuf>,
+    /// The host's SSH key ("ssh-ed25519 AAAA..."); default: known_hosts.
+    #[arg(long, value_name = "KEY")]
+    pub host_key: Option<String>,
+    /// known_hosts file (default ~/.ssh/known_hosts).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+}
+
+fn ssh_config(endpoint: &proto::uri::SshEndpoint, ssh: &SshArgs) -> transfer::ssh::SshConfig {
+    let mut config = transfer::ssh::SshConfig::new(endpoint.host.clone());
+    if let Some(port) = endpoint.port {
+        config.port = port;
+    }
+    if let Some(user) = &endpoint.user {
+        config.user = user.clone();
+    }
+    config.identity = ssh.identity.clone();
+    config.host_key = ssh.host_key.clone();
+    config.known_hosts = ssh.known_hosts.clone();
+    config
+}
+
+/// `file:///DIR`: write the closure into a binary cache directory, narinfos signed with the
+/// local Nix key (`<state>/nix-signing-key.sec`, generated on first use).
+fn copy_to_cache(
+    layout: &StoreLayout,
+    closure: &ValidatedClosure,
+    dir: &std::path::Path,
+    uri: &str,
+    level: i32,
+) -> anyhow::Result<PushSummary> {
+    let started = Instant::now();
+    let (key, generated) =
+        transfer::trust::load_or_generate_nix_key(layout.state_dir(), "ferry-1")?;
+    if let Some(d) = generated {
+        eprintln!(
+            "ferry: generated a Nix signing key pair in {} (nix-signing-key.sec, \
+             nix-signing-key.pub: {}); add the public key to trusted-public-keys to use the cache",
+            d.display(),
+            key.verifying_key()
+        );
+    }
+    let options = transfer::cache::CacheOptions { zstd_level: level, ..Default::default() };
+    let writer =
+        transfer::cache::CacheWriter::open(dir, layout.store_dir().clone(), Some(key), options)?;
+    let mut summary = PushSummary {
+        host: uri.to_owned(),
+        closure_paths: closure.len(),
+        diff_round_trips: 1,
+        ..Default::default()
+    };
+    for info in closure.iter() {
+        if let transfer::cache::WriteOutcome::Written(n) =
+            writer.write_path(info, &layout.physical_path(&info.path))?
+        {
+            summary.paths_missing += 1;
+            summary.paths_sent += 1;
+            summary.paths_landed += 1;
+            summary.nar_bytes_sent += n.nar_size;
+            summary.wire_bytes += n.file_size.unwrap_or(0);
+        }
+    }
+    summary.phases.send = started.elapsed();
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// `nix+ssh://`: push into a host running Nix through `nix-store --serve --write`.
+fn copy_to_nix_serve(
+    layout: &StoreLayout,
+    closure: &ValidatedClosure,
+    endpoint: &proto::uri::SshEndpoint,
+    store: &proto::uri::StoreParams,
+    uri: &str,
+    ssh: &SshArgs,
+) -> anyhow::Result<PushSummary> {
+    let started = Instant::now();
+    let transport =
+        transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, ssh), store.clone())?;
+    let mut argv: Vec<String> = vec!["nix-store".into()];
+    if let Some(root) = &store.root {
+        argv.extend(["--store".into(), root.display().to_string()]);
+    }
+    argv.extend(["--serve".into(), "--write".into()]);
+    let store_dir = layout.store_dir().clone();
+    let report = transport.runtime().block_on(async {
+        let session = transport.session().await?;
+        let (stdin, stdout, exit) = session.exec(&argv).await?.split();
+        let mut client =
+            transfer::nix_serve::NixServeClient::handshake(stdout, stdin, store_dir).await?;
+        let report = client.push_closure(closure, |p| layout.physical_path(p)).await?;
+        client.shutdown().await?;
+        drop(client);
+        exit.wait_checked().await?;
+        anyhow::Ok(report)
+    })?;
+    let elapsed = started.elapsed();
+    Ok(PushSummary {
+        host: uri.to_owned(),
+        closure_paths: closure.len(),
+        paths_missing: report.paths_sent,
+        paths_sent: report.paths_sent,
+        paths_landed: report.paths_sent,
+        nar_bytes_sent: report.nar_bytes_sent,
+        wire_bytes: report.nar_bytes_sent,
+        diff_round_trips: 1,
+        seconds: elapsed.as_secs_f64(),
+        phases: transfer::push::Phases { send: elapsed, ..Default::default() },
+        ..Default::default()
+    })
+}
+
+pub(crate) fn transport_for(
+    target: &Target,
+    uri: &str,
+    ssh: &SshArgs,
+) -> anyhow::Result<Box<dyn Transport>> {
+    match target {
+        Target::Local { store } => {
+            let root = store.root.clone().expect("local:// has a root");
+            let mut t = LocalTransport::new(root)?;
+            t.store_dir = store.store_dir.clone();
+            t.state_dir = store.state_dir.clone();
+            Ok(Box::new(t))
+        }
+        Target::Ssh { endpoint, store } => Ok(Box::new(
+            transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, ssh), store.clone())?,
+        )),
+        Target::NixSsh { .. } | Target::File { .. } => {
+            unreachable!("{uri}: handled without a ferry agent")
+        }
+    }
+}
+
+fn summary_json(s: &PushSummary) -> serde_json::Value {
+    json!({
+        "host": s.host,
+        "closure_paths": s.closure_paths,
+        "paths_missing": s.paths_missing,
+        "paths_sent": s.paths_sent,
+        "paths_landed": s.paths_landed,
+        "nar_bytes_sent": s.nar_bytes_sent,
+        "resumed_bytes": s.resumed_bytes,
+        "wire_bytes": s.wire_bytes,
+        "wire_bytes_received": s.wire_bytes_received,
+        "diff_round_trips": s.diff_round_trips,
+        "paths_delta": s.encode.paths_delta,
+        "delta_fallbacks": s.delta_fallbacks,
+        "paths_shared": s.encode.paths_shared,
+        "levels": s.encode.levels.iter().map(|(l, n)| json!([l, n])).collect::<Vec<_>>(),
+        "seconds": s.seconds,
+        "phases": {
+            "closure": s.phases.closure.as_secs_f64(),
+            "connect": s.phases.connect.as_secs_f64(),
+            "diff": s.phases.diff.as_secs_f64(),
+            "send": s.phases.send.as_secs_f64(),
+            "import": s.phases.import.as_secs_f64(),
+        },
+        "rejected": s.rejected.iter().map(|r| json!({
+            "path": r.path.to_string(),
+            "reason": r.reason.as_str(),
+            "message": r.message,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_summary(s: &PushSummary) {
+    let ratio = if s.nar_bytes_sent > 0 {
+        format!(" ({:.0}% of NAR bytes)", 100.0 * s.wire_bytes as f64 / s.nar_bytes_sent as f64)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "{}: sent {} of {} paths, {} NAR bytes{}, {} on the wire{ratio}, {} refused; {:.2} s \
+         (closure {:.2}, connect {:.2}, diff {:.2}, send {:.2}, import {:.2})",
+        s.host,
+        s.paths_sent,
+        s.closure_paths,
+        s.nar_bytes_sent,
+        if s.resumed_bytes > 0 {
+            format!(" (+{} resumed)", s.resumed_bytes)
+        } else {
+            String::new()
+        },
+        s.wire_bytes,
+        s.rejected.len(),
+        s.seconds,
+        s.phases.closure.as_secs_f64(),
+        s.phases.connect.as_secs_f64(),
+        s.phases.diff.as_secs_f64(),
+        s.phases.send.as_secs_f64(),
+        s.phases.import.as_secs_f64(),
+    );
+}
+
+pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    if args.from.is_some() {
+        return copy_from(global, &args);
+    }
+    let layout = super::store::layout(global)?;
+    let targets: Vec<(String, Target)> = args
+        .to
+        .iter()
+        .map(|uri| Ok((uri.clone(), Target::parse(uri)?)))
+        .collect::<anyhow::Result<_>>()?;
+    let t = Instant::now();
+    let store = super::store::open_read_only(global)?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| super::store::parse_store_arg(&store, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let closure = store.closure(&roots).context("cannot compute the closure")?;
+    drop(store);
+    let closure_time = t.elapsed();
+    let (key, generated) = transfer::trust::load_or_generate_key(layout.state_dir())?;
+    if let Some(dir) = generated {
+        eprintln!(
+            "ferry: generated a signing key pair in {} (signing-key.sec, signing-key.pub); hosts \
+             accept paths it signs once it is in their ACL (ferry copy --authorize)",
+            dir.display()
+        );
+    }
+    let compress = match args.compression_level {
+        Some(level) => transfer::adaptive::CompressSetting::Level(level),
+        None => args.compress,
+    };
+    let options = PushOptions {
+        encoding: if args.no_compress { Encoding::None } else { Encoding::Zstd },
+        zstd_level: match compress {
+            transfer::adaptive::CompressSetting::Level(l) => l,
+            _ => PushOptions::default().zstd_level,
+        },
+        compress: Some(compress),
+        delta: !args.no_delta,
+        // Compress once: a path going to several hosts is encoded once per (base, level).
+        frame_cache: (targets.len() > 1)
+            .then(|| std::sync::Arc::new(transfer::frame_cache::FrameCache::new(targets.len()))),
+        authorize: args.authorize,
+        cut_after: std::env::var(CUT_AFTER_ENV).ok().and_then(|v| v.parse().ok()),
+        ..PushOptions::default()
+    };
+    let render = Render::new(false);
+    let results =
+        push_all(&layout, &closure, &targets, &key, &options, &render, closure_time, &args.ssh);
+    render.finish();
+    let mut failed = false;
+    let mut hosts_json = Vec::new();
+    let (mut paths_sent, mut nar_sent, mut wire) = (0usize, 0u64, 0u64);
+    for ((uri, _), result) in targets.iter().zip(results) {
+        match result {
+            Ok(summary) => {
+                paths_sent += summary.paths_sent;
+                nar_sent += summary.nar_bytes_sent;
+                wire += summary.wire_bytes;
+                if !summary.rejected.is_empty() {
+                    failed = true;
+                    for r in &summary.rejected {
+                        eprintln!("ferry: {uri}: refused {}: {}: {}", r.path, r.reason, r.message);
+                    }
+                }
+                if !args.json {
+                    print_summary(&summary);
+                }
+                hosts_json.push(summary_json(&summary));
+            }
+            Err(e) => {
+                failed = true;
+                eprintln!("ferry: error: {e:#}");
+                hosts_json.push(json!({ "host": uri, "error": format!("{e:#}") }));
+            }
+        }
+    }
+    if args.json {
+        let out = json!({
+            "paths_sent": paths_sent,
+            "nar_bytes_sent": nar_sent,
+            "wire_bytes": wire,
+            "seconds": started.elapsed().as_secs_f64(),
+            "closure_paths": closure.len(),
+            "hosts": hosts_json,
+        });
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{out}")?;
+    }
+    Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_all(
+    layout: &StoreLayout,
+    closure: &ValidatedClosure,
+    targets: &[(String, Target)],
+    key: &signing::guix::SigningKey,
+    options: &PushOptions,
+    render: &Render,
+    closure_time: Duration,
+    ssh: &SshArgs,
+) -> Vec<anyhow::Result<PushSummary>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = targets
+            .iter()
+            .map(|(uri, target)| {
+                scope.spawn(move || -> anyhow::Result<PushSummary> {
+                    let mut summary = match target {
+                        Target::File { dir } => {
+                            copy_to_cache(layout, closure, dir, uri, options.zstd_level)?
+                        }
+                        Target::NixSsh { endpoint, store } => {
+                            copy_to_nix_serve(layout, closure, endpoint, store, uri, ssh)?
+                        }
+                        _ => {
+                            let transport = transport_for(target, uri, ssh)?;
+                            push_closure(layout, closure, transport.as_ref(), key, options, render)?
+                        }
+                    };
+                    summary.phases.closure = closure_time;
+                    summary.seconds += closure_time.as_secs_f64();
+                    Ok(summary)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a copy thread panicked"))))
+            .collect()
+    })
+}
+
+/// `--from local:///ROOT`: push from that store into ours, with an agent on a thread.
+fn copy_from(global: &GlobalOpts, args: &CopyArgs) -> anyhow::Result<ExitCode> {
+    let uri = args.from.as_deref().expect("checked");
+    let params = match Target::parse(uri)? {
+        Target::Local { store } => store,
+        Target::NixSsh { endpoint, store } => {
+            return pull_nix_serve(global, args, &endpoint, &store)
+        }
+        target @ Target::Ssh { .. } => return pull_agent(global, args, &target, uri),
+        Target::File { .. } => {
+            bail!("{uri}: --from supports local:///ROOT, ssh:// and nix+ssh:// (read a binary cache with `ferry archive` or nix)")
+        }
+    };
+    let ours = super::store::layout(global)?;
+    let theirs = StoreLayout::new(
+        params.root.clone().expect("local:// has a root"),
+        match &params.store_dir {
+            Some(d) => nar_core::store_path::StoreDir::new(d.clone())?,
+            None => ours.store_dir().clone(),
+        },
+        params.state_dir.clone(),
+    )?;
+    let t = Instant::now();
+    let source = store::Store::open_read_only(theirs.clone())?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| super::store::parse_store_arg(&source, p))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let closure = source.closure(&roots)?;
+    drop(source);
+    // Sign with our key and trust it for this import: we are the one asking for the paths.
+    let (key, _) = transfer::trust::load_or_generate_key(ours.state_dir())?;
+    let options = PushOptions { authorize: true, ..PushOptions::default() };
+    let transport = transfer::transport::InProcessTransport {
+        options: transfer::agent::AgentOptions::new(ours),
+    };
+    let render = Render::new(false);
+    let mut summary = push_closure(&theirs, &closure, &transport, &key, &options, &render)?;
+    render.finish();
+    summary.phases.closure = t.elapsed().saturating_sub(summary.phases.connect);
+    if args.json {
+        println!("{}", summary_json(&summary));
+    } else {
+        print_summary(&summary);
+    }
+    Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--from ssh://`: the host's agent pushes the closures back on the same connection
+/// (`transfer::pull`); the paths must be signed by a key in the local ACL, and their NAR hashes
+/// are checked, as a host checks what it receives.
+fn pull_agent(
+    global: &GlobalOpts,
+    args: &CopyArgs,
+    target: &Target,
+    uri: &str,
+) -> anyhow::Result<ExitCode> {
+    let layout = super::store::layout(global)?;
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| {
+            layout.store_dir().parse_path(p).with_context(|| format!("{p:?} is not a store path"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let transport = transport_for(target, uri, &args.ssh)?;
+    let options = transfer::agent::AgentOptions::new(layout);
+    let summary = transfer::pull::pull_closure(transport.as_ref(), &roots, options)?;
+    let rejections: Vec<_> = summary
+        .serve
+        .rejections
+        .iter()
+        .map(|(path, reason, message)| {
+            json!({"path": path.to_string(), "reason": reason.as_str(), "message": message})
+        })
+        .collect();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "host": summary.host,
+                "paths_received": summary.serve.imported,
+                "paths_rejected": summary.serve.rejected,
+                "rejected": rejections,
+                "wire_bytes": summary.wire_bytes_received + summary.wire_bytes_sent,
+                "wire_bytes_received": summary.wire_bytes_received,
+                "seconds": summary.seconds,
+            })
+        );
+    } else {
+        for (path, reason, message) in &summary.serve.rejections {
+            eprintln!("{uri}: refused {path}: {reason}: {message}");
+        }
+        eprintln!(
+            "{uri}: received {} paths ({} bytes on the wire), {} refused; {:.2} s",
+            summary.serve.imported,
+            summary.wire_bytes_received,
+            summary.serve.rejected,
+            summary.seconds
+        );
+    }
+    Ok(if summary.serve.rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `--from nix+ssh://`: pull closures from a host running Nix (`nix-store --serve`) into the
+/// local store. Paths need no signature, as with `nix copy --from ssh://` (the SSH host key
+/// authenticates the source); the NAR hashes are checked on import.
+fn pull_nix_serve(
+    global: &GlobalOpts,
+    args: &CopyArgs,
+    endpoint: &proto::uri::SshEndpoint,
+    store: &proto::uri::StoreParams,
+) -> anyhow::Result<ExitCode> {
+    let started = Instant::now();
+    let mut local = super::store::open_writable(global)?;
+    let store_dir = local.store_dir().clone();
+    let roots = args
+        .paths
+        .iter()
+        .map(|p| store_dir.parse_path(p).with_context(|| format!("{p:?} is not a store path")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let transport =
+        transfer::ssh_transport::SshTransport::new(ssh_config(endpoint, &args.ssh), store.clone())?;
+    let mut argv: Vec<String> = vec!["nix-store".into()];
+    if let Some(root) = &store.root {
+        argv.extend(["--store".into(), root.display().to_string()]);
+    }
+    argv.push("--serve".into());
+    let report = transport.runtime().block_on(async {
+        let session = transport.session().await?;
+        let (stdin, stdout, exit) = session.exec(&argv).await?.split();
+        let mut client =
+            transfer::nix_serve::NixServeClient::handshake(stdout, stdin, store_dir).await?;
+        let report = client.pull_closure(&roots, &mut local, None).await?;
+        client.shutdown().await?;
+        drop(client);
+        exit.wait_checked().await?;
+        anyhow::Ok(report)
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "paths_received": report.paths_received,
+                "paths_present": report.paths_present,
+                "nar_bytes_received": report.nar_bytes_received,
+                "seconds": seconds,
+            })
+        );
+    } else {
+        eprintln!(
+            "{}: received {} paths ({} NAR bytes), {} present already; {seconds:.2} s",
+            args.from.as_deref().unwrap_or(""),
+            report.paths_received,
+            report.nar_bytes_received,
+            report.paths_present
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

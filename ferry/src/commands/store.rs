@@ -1,0 +1,328 @@
+//! `ferry store ...`: add, query, list, verify and delete store items, and compute source paths.
+//!
+//! The store is found from `--root`, `--store-dir` and `--state-dir` (or `FERRY_ROOT`,
+//! `FERRY_STORE_DIR`, `FERRY_STATE_DIR`; see `store::layout`). Read-only commands (`info`,
+//! `list`, and `verify` on a foreign database) also read an existing Nix or Guix database under
+//! the root when no ferry database exists there, so `ferry --root /tmp/s1 store info --hash
+//! /nix/store/…` answers like `nix-store --store /tmp/s1 -q --hash /nix/store/…`.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use nar_core::store_path::StorePath;
+use store::{LayoutOptions, Store, StoreLayout};
+
+use super::GlobalOpts;
+
+/// Store subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Print the store path a file or tree would get when added as a source item.
+    Path {
+        /// Name of the item (default: the file name of PATH).
+        #[arg(long)]
+        name: Option<String>,
+        /// File or tree.
+        path: std::path::PathBuf,
+    },
+    /// Add files or trees as source items (atomically); print their store paths.
+    ///
+    /// References are found by scanning each item for the hash parts of valid paths.
+    Add {
+        /// Name of the item (default: the file name; only with one PATH).
+        #[arg(long)]
+        name: Option<String>,
+        /// Files, directories or symlinks.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print what the database records about valid paths.
+    ///
+    /// With no field flag, prints every field as `key: value` lines. With field flags, prints
+    /// those fields in the order hash, size, references, referrers, deriver, one value per line,
+    /// the way `nix-store -q --hash`, `--size`, `--references`, `--referrers` and `--deriver` do.
+    Info {
+        /// NAR hash, `sha256:<nix-base32>`.
+        #[arg(long)]
+        hash: bool,
+        /// NAR size in bytes.
+        #[arg(long)]
+        size: bool,
+        /// References, one absolute path per line, sorted.
+        #[arg(long)]
+        references: bool,
+        /// Valid paths referring to it, sorted.
+        #[arg(long)]
+        referrers: bool,
+        /// Print one JSON object per path (an array of them): path, narHash, narSize,
+        /// references, deriver, signatures, ca, registrationTime, referrers.
+        #[arg(long, conflicts_with_all = ["hash", "size", "references", "referrers", "deriver"])]
+        json: bool,
+        /// Deriver (`unknown-deriver` when none).
+        #[arg(long)]
+        deriver: bool,
+        /// Store paths (a path inside an item means the item).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// List every valid path, sorted.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Check the database and that every valid path exists; exit 1 on any problem.
+    ///
+    /// Opening the store for writing first removes leftovers of interrupted operations
+    /// (`.tmp-*` entries, unfinished renames), when no other writer is active.
+    Verify {
+        /// Also recompute every path's NAR hash and size (in parallel) and compare.
+        #[arg(long)]
+        check_contents: bool,
+        /// Record the hash and size found on disk for paths whose contents changed (implies
+        /// --check-contents); missing paths cannot be repaired this way and still fail.
+        #[arg(long)]
+        repair_db: bool,
+        /// Check only these store paths (default: every valid path).
+        paths: Vec<String>,
+    },
+    /// Delete valid paths that no other valid path refers to.
+    Delete {
+        /// Store paths.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+    /// Add Nix signatures, as `nix store sign` does: each path's fingerprint
+    /// `1;path;sha256:…;size;refs` signed with a Nix secret key, recorded in the database.
+    Sign {
+        /// Nix secret key file (`name:base64`, as `nix-store --generate-binary-cache-key` or
+        /// `ferry archive --generate-key=nix:NAME` writes it); must be mode 0600 or stricter.
+        #[arg(long, required = true)]
+        key_file: PathBuf,
+        /// Also sign every path in the closures of PATHs.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Store paths.
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+/// The layout from the global options, the environment and the defaults.
+pub fn layout(global: &GlobalOpts) -> anyhow::Result<StoreLayout> {
+    let options = LayoutOptions {
+        root: global.root.clone(),
+        store_dir: global.store_dir.clone(),
+        state_dir: global.state_dir.clone(),
+    };
+    Ok(StoreLayout::resolve(&options)?)
+}
+
+/// Open the store for reading (ferry's database, or a Nix/Guix one under the root).
+pub fn open_read_only(global: &GlobalOpts) -> anyhow::Result<Store> {
+    Ok(Store::open_read_only(layout(global)?)?)
+}
+
+/// Open the store for writing.
+pub fn open_writable(global: &GlobalOpts) -> anyhow::Result<Store> {
+    Ok(Store::open(layout(global)?)?)
+}
+
+/// A command-line store path: logical (`/gnu/store/…`, sub-paths allowed) or physical
+/// (`<root>/gnu/store/…`).
+pub fn parse_store_arg(store: &Store, text: &str) -> anyhow::Result<StorePath> {
+    let dir = store.store_dir();
+    if let Ok((item, _)) = dir.split_path(text) {
+        return Ok(item);
+    }
+    let phys = store.layout().physical_store_dir();
+    if let Ok(rest) = std::path::Path::new(text).strip_prefix(&phys) {
+        let logical = format!("{dir}/{}", rest.to_string_lossy());
+        if let Ok((item, _)) = dir.split_path(&logical) {
+            return Ok(item);
+        }
+    }
+    dir.parse_path(text).with_context(|| format!("{text:?} is not a store path"))
+}
+
+pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCode> {
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let code = match command {
+        StoreCommand::Path { name, path } => {
+            return super::nar::print_source_path(global, name.as_deref(), &path)
+        }
+        StoreCommand::Add { name, paths } => {
+            if name.is_some() && paths.len() > 1 {
+                anyhow::bail!("--name needs exactly one PATH ({} given)", paths.len());
+            }
+            let mut store = open_writable(global)?;
+            for path in &paths {
+                let info = store
+                    .add_path(path, name.as_deref())
+                    .with_context(|| format!("cannot add {}", path.display()))?;
+                writeln!(out, "{}", info.path.to_absolute(store.store_dir()))?;
+            }
+            ExitCode::SUCCESS
+        }
+        StoreCommand::Info { json: true, paths, .. } => {
+            let store = open_read_only(global)?;
+            let dir = store.store_dir().clone();
+            let mut objects = Vec::new();
+            for text in &paths {
+                let path = parse_store_arg(&store, text)?;
+                let info = store.path_info(&path)?;
+                let mut referrers: Vec<String> =
+                    store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
+                referrers.sort();
+                objects.push(serde_json::json!({
+                    "path": path.to_absolute(&dir),
+                    "narHash": info.nar_hash.to_string(),
+                    "narSize": info.nar_size,
+                    "references": info.absolute_references(&dir),
+                    "deriver": info.deriver.as_ref().map(|d| d.to_absolute(&dir)),
+                    "signatures": info.sigs,
+                    "ca": info.ca,
+                    "registrationTime": info.registration_time,
+                    "referrers": referrers,
+                }));
+            }
+            serde_json::to_writer_pretty(&mut out, &objects)?;
+            writeln!(out)?;
+            ExitCode::SUCCESS
+        }
+        StoreCommand::Info { hash, size, references, referrers, deriver, paths, .. } => {
+            let store = open_read_only(global)?;
+            let dir = store.store_dir().clone();
+            let all = !(hash || size || references || referrers || deriver);
+            for text in &paths {
+                let path = parse_store_arg(&store, text)?;
+                let info = store.path_info(&path)?;
+                let deriver_text = info
+                    .deriver
+                    .as_ref()
+                    .map(|d| d.to_absolute(&dir))
+                    .unwrap_or_else(|| "unknown-deriver".into());
+                if all {
+                    writeln!(out, "path: {}", path.to_absolute(&dir))?;
+                    writeln!(out, "nar-hash: {}", info.nar_hash)?;
+                    writeln!(out, "nar-size: {}", info.nar_size)?;
+                    for r in info.absolute_references(&dir) {
+                        writeln!(out, "reference: {r}")?;
+                    }
+                    writeln!(out, "deriver: {deriver_text}")?;
+                    for sig in &info.sigs {
+                        writeln!(out, "sig: {sig}")?;
+                    }
+                    if let Some(ca) = &info.ca {
+                        writeln!(out, "ca: {ca}")?;
+                    }
+                    writeln!(out, "registration-time: {}", info.registration_time)?;
+                    if paths.len() > 1 {
+                        writeln!(out)?;
+                    }
+                    continue;
+                }
+                if hash {
+                    writeln!(out, "{}", info.nar_hash)?;
+                }
+                if size {
+                    writeln!(out, "{}", info.nar_size)?;
+                }
+                if references {
+                    for r in info.absolute_references(&dir) {
+                        writeln!(out, "{r}")?;
+                    }
+                }
+                if referrers {
+                    let mut all: Vec<String> =
+                        store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
+                    all.sort();
+                    for r in all {
+                        writeln!(out, "{r}")?;
+                    }
+                }
+                if deriver {
+                    writeln!(out, "{deriver_text}")?;
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        StoreCommand::List => {
+            let store = open_read_only(global)?;
+            for p in store.all_valid_paths()? {
+                writeln!(out, "{}", p.to_absolute(store.store_dir()))?;
+            }
+            ExitCode::SUCCESS
+        }
+        StoreCommand::Verify { check_contents, repair_db, paths } => {
+            let check_contents = check_contents || repair_db;
+            let layout = layout(global)?;
+            let foreign_db = layout.database().0 != store::DbKind::Ferry;
+            if repair_db && foreign_db {
+                anyhow::bail!(
+                    "--repair-db: the store under {} is a Nix or Guix database, which ferry \
+                     only reads",
+                    layout.root().display()
+                );
+            }
+            let mut store =
+                if foreign_db { Store::open_read_only(layout)? } else { Store::open(layout)? };
+            let only = paths
+                .iter()
+                .map(|p| parse_store_arg(&store, p))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let only = (!paths.is_empty()).then_some(only.as_slice());
+            let mut report = store.verify_paths(only, check_contents)?;
+            if repair_db {
+                let repaired = store.repair_db(&report)?;
+                for path in &repaired {
+                    eprintln!(
+                        "ferry: repaired the database entry of {}",
+                        path.to_absolute(store.store_dir())
+                    );
+                }
+                report
+                    .problems
+                    .retain(|problem| !matches!(problem, store::VerifyProblem::Modified { .. }));
+            }
+            for cleaned in &report.cleaned {
+                eprintln!("ferry: removed leftover {}", cleaned.display());
+            }
+            for leftover in &report.leftovers {
+                eprintln!(
+                    "ferry: note: leftover of an interrupted operation (removed by the next \
+                     writer): {}",
+                    leftover.display()
+                );
+            }
+            for problem in &report.problems {
+                writeln!(out, "{problem}")?;
+            }
+            eprintln!(
+                "ferry: checked {} valid paths{}: {} problems",
+                report.checked,
+                if check_contents { " and their contents" } else { "" },
+                report.problems.len()
+            );
+            if report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        StoreCommand::Sign { key_file, recursive, paths } => {
+            super::archive::sign_paths(global, &key_file, recursive, &paths)?;
+            ExitCode::SUCCESS
+        }
+        StoreCommand::Delete { paths } => {
+            let mut store = open_writable(global)?;
+            for text in &paths {
+                let path = parse_store_arg(&store, text)?;
+                store.delete(&path)?;
+                writeln!(out, "deleted {}", path.to_absolute(store.store_dir()))?;
+            }
+            ExitCode::SUCCESS
+        }
+    };
+    out.flush()?;
+    Ok(code)
+}

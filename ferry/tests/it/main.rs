@@ -1,0 +1,19 @@
+//! One integration-test binary for `ferry` (one link step; modules share helpers).
+//!
+//! The `ferry` binary, run as a user runs it: every command against real stores, real sshd hosts, Debian's Nix and libgcrypt.
+
+mod archive_cli;
+mod bench_cli;
+mod bench_kernel;
+mod copy_local;
+mod copy_nix;
+mod copy_pull;
+mod copy_ssh;
+mod copy_sudo;
+mod delta_rename;
+mod deploy_ssh;
+mod deployment_file;
+mod nar_cli;
+mod nix_interop;
+mod store_cli;
+mod store_crash;
