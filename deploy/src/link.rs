@@ -21,8 +21,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context};
 use proto::uri::StoreParams;
-use transfer::ssh::SshConfig;
-use transfer::ssh_transport::SshTransport;
+use transfer::transport::ssh::{SshAuth, SshConfig, SshTransport};
 use transfer::transport::{
     AgentHandle, Connection, LocalTransport, StderrTail, Transport, TransportError,
 };
@@ -87,12 +86,13 @@ pub fn ssh_config(m: &Machine) -> anyhow::Result<SshConfig> {
     let host = c.host_name.clone().ok_or_else(|| {
         anyhow!("machine '{}' is a managed-host without a `host-name` to connect to", m.name)
     })?;
-    let mut config = SshConfig::new(host);
-    config.port = c.port;
-    config.user = c.user.clone();
-    config.identity = c.identity.clone();
-    config.host_key = c.host_key.clone();
-    Ok(config)
+    let endpoint = proto::uri::SshEndpoint { user: Some(c.user.clone()), host, port: Some(c.port) };
+    let auth = SshAuth {
+        identity: c.identity.clone(),
+        host_key: c.host_key.clone(),
+        ..SshAuth::default()
+    };
+    Ok(SshConfig::for_endpoint(&endpoint, auth))
 }
 
 impl Link {
@@ -122,7 +122,7 @@ impl Link {
                      AAAA...\"` in its [machine.configuration].",
                     m.name,
                     config.port,
-                    transfer::ssh::shell_quote(&config.host)
+                    transfer::transport::ssh::shell_quote(&config.host)
                 );
                 Link::Ssh { transport: Box::new(SshTransport::new(config, store)?), host_key_hint }
             }

@@ -46,13 +46,13 @@ use anyhow::{bail, Context};
 use proto::frame::Encoding;
 use proto::uri::Target;
 use serde_json::json;
-use transfer::adaptive::CompressSetting;
-use transfer::frame_cache::FrameCache;
+use transfer::push::adaptive::CompressSetting;
+use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, NoProgress, PushOptions, PushSummary};
 use transfer::shaping::{LinkSpec, ShapedTransport};
 use transfer::transport::Transport;
 
-use super::copy::{transport_for, SshArgs};
+use super::copy::SshArgs;
 use super::GlobalOpts;
 
 /// How path data goes in `ferry bench`.
@@ -430,7 +430,11 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let (key, _) = transfer::trust::load_or_generate_key(layout.state_dir())?;
     let transports: Vec<Box<dyn Transport>> = targets
         .iter()
-        .map(|(uri, t)| transport_for(t, uri, &args.ssh))
+        .map(|(uri, _)| {
+            transfer::target::Target::from_uri(uri, &args.ssh.auth())?
+                .into_transport()
+                .with_context(|| format!("{uri}: ferry bench copies to local:// and ssh:// hosts"))
+        })
         .collect::<anyhow::Result<_>>()?;
 
     // Set-up: what the hosts already have, unshaped, and our key in their ACLs.

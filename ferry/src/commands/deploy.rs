@@ -43,7 +43,7 @@ use anyhow::{anyhow, bail, Context};
 use serde_json::json;
 use signing::guix::SigningKey;
 use store::{LayoutOptions, Store, StoreLayout};
-use transfer::frame_cache::FrameCache;
+use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use super::board::{Board, HostBar};
