@@ -240,6 +240,9 @@ impl<R: Read, W: Write> Session<R, W> {
 }
 
 /// Serve one session on `input`/`output` (stdin/stdout under `ferry serve`).
+///
+/// One loop over the coordinator's frames, one arm per frame kind, kept whole so the agent's
+/// side of the protocol reads in order; the work of each arm is in `Session`'s methods.
 pub fn serve<R: Read, W: Write + Send>(
     options: AgentOptions,
     input: R,

@@ -228,7 +228,7 @@ impl<W: Write> Write for CutWriter<W> {
 }
 
 /// The `Query` entries for `closure`, in its order; with `graph`, each carries the indexes of
-/// its references other than itself (feature `graph`, see [`transfer::protocol`]).
+/// its references other than itself (feature `graph`, see [`proto::frame`]).
 pub fn query_entries(closure: &ValidatedClosure, graph: bool) -> Vec<QueryEntry> {
     closure
         .iter()
@@ -311,6 +311,11 @@ pub fn push_closure(
 }
 
 /// One push session on an open stream (also the agent's half of a pull, [`crate::pull`]).
+///
+/// Long, and kept whole on purpose: the handshake, the diff, the sender thread and the
+/// acknowledgement loop share one state machine (`state`), its `send`/`receive` closures and
+/// the counters inside one `thread::scope`; split into functions they would pass all of these
+/// around, and the protocol's order would no longer read top to bottom.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn session<R: io::Read, W: Write + Send>(
     local: &StoreLayout,
