@@ -27,7 +27,7 @@ use store::StoreLayout;
 use transfer::push::{push_closure, Progress, ProgressEvent, PushOptions, PushSummary};
 use transfer::transport::{LocalTransport, Transport};
 
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 
 /// Test hook: the coordinator stops writing after this many wire bytes (a cut connection).
 pub const CUT_AFTER_ENV: &str = "FERRY_TEST_CUT_AFTER";
@@ -381,18 +381,18 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
     if args.from.is_some() {
         return copy_from(global, &args);
     }
-    let layout = super::store::layout(global)?;
+    let layout = crate::settings::layout(global)?;
     let targets: Vec<(String, Target)> = args
         .to
         .iter()
         .map(|uri| Ok((uri.clone(), Target::parse(uri)?)))
         .collect::<anyhow::Result<_>>()?;
     let t = Instant::now();
-    let store = super::store::open_read_only(global)?;
+    let store = crate::settings::open_read_only(global)?;
     let roots = args
         .paths
         .iter()
-        .map(|p| super::store::parse_store_arg(&store, p))
+        .map(|p| crate::settings::parse_store_arg(&store, p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let closure = store.closure(&roots).context("cannot compute the closure")?;
     drop(store);
@@ -524,7 +524,7 @@ fn copy_from(global: &GlobalOpts, args: &CopyArgs) -> anyhow::Result<ExitCode> {
             bail!("{uri}: --from supports local:///ROOT, ssh:// and nix+ssh:// (read a binary cache with `ferry archive` or nix)")
         }
     };
-    let ours = super::store::layout(global)?;
+    let ours = crate::settings::layout(global)?;
     let theirs = StoreLayout::new(
         params.root.clone().expect("local:// has a root"),
         match &params.store_dir {
@@ -538,7 +538,7 @@ fn copy_from(global: &GlobalOpts, args: &CopyArgs) -> anyhow::Result<ExitCode> {
     let roots = args
         .paths
         .iter()
-        .map(|p| super::store::parse_store_arg(&source, p))
+        .map(|p| crate::settings::parse_store_arg(&source, p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let closure = source.closure(&roots)?;
     drop(source);
@@ -569,7 +569,7 @@ fn pull_agent(
     target: &Target,
     uri: &str,
 ) -> anyhow::Result<ExitCode> {
-    let layout = super::store::layout(global)?;
+    let layout = crate::settings::layout(global)?;
     let roots = args
         .paths
         .iter()
@@ -626,7 +626,7 @@ fn pull_nix_serve(
     store: &proto::uri::StoreParams,
 ) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let mut local = super::store::open_writable(global)?;
+    let mut local = crate::settings::open_writable(global)?;
     let store_dir = local.store_dir().clone();
     let roots = args
         .paths

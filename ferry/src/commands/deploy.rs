@@ -47,7 +47,7 @@ use transfer::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use super::board::{Board, HostBar};
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 use deploy::checks::{self, Device, Verdict};
 use deploy::deployment::{Deployment, HealthCheck, Machine};
 use deploy::link::{HostSession, Link};

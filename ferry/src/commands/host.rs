@@ -14,7 +14,7 @@ use anyhow::{bail, Context};
 use store::Store;
 use transfer::agent::AgentOptions;
 
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 use deploy::activation::{Activation, Config, Event, Input, Outcome};
 use deploy::checks::{self, Device, DeviceCheck};
 use deploy::deployment::HealthCheck;
@@ -112,7 +112,7 @@ fn session(global: &GlobalOpts, profiles: &Profiles) -> anyhow::Result<ExitCode>
                     .context("answering facts")?;
             }
             SessionRequest::Copy => {
-                let options = AgentOptions::new(super::store::layout(global)?);
+                let options = AgentOptions::new(crate::settings::layout(global)?);
                 transfer::agent::serve(options, &mut input, &mut out)
                     .map_err(|e| anyhow::anyhow!("ferry serve (in the session): {e}"))?;
             }
@@ -237,7 +237,7 @@ fn facts(global: &GlobalOpts, profiles: &Profiles, req: &FactsRequest) -> anyhow
     }
     let mut missing = req.paths.clone();
     if !req.paths.is_empty() {
-        let layout = super::store::layout(global)?;
+        let layout = crate::settings::layout(global)?;
         if layout.database().1.exists() {
             let store = Store::open_read_only(layout)?;
             let paths = req
