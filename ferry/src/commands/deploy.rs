@@ -518,6 +518,7 @@ fn deploy_machine(
         let key = ctx.key.expect("a key unless dry run");
         let summary = session
             .copy(|t| push_closure(ctx.layout, &closure, t, key, &options, bar))
+            .map_err(anyhow::Error::from)
             .and_then(|pushed| pushed.map_err(anyhow::Error::from))
             .context("copy")?;
         if !summary.rejected.is_empty() {
@@ -640,11 +641,13 @@ fn activate(
         ),
         (None, _) => String::new(),
     };
-    let ended = ended.map_err(|e| anyhow!("{e:#}{hint}"))?;
+    let ended = ended.map_err(|e| anyhow!("{:#}{hint}", anyhow::Error::from(e)))?;
     let Some(r) = result else {
         bail!(
             "the host ended without a result ({}){hint}",
-            ended.err().unwrap_or_else(|| "exit code 0".into())
+            ended
+                .err()
+                .map_or_else(|| "exit code 0".into(), |e| format!("{:#}", anyhow::Error::from(e)))
         );
     };
     let mut detail = r.detail;
