@@ -14,9 +14,14 @@
 //! | [`link`] | reaching a machine's host: local subprocess or SSH, running `ferry host …` there |
 
 pub mod activation;
+mod apply;
 pub mod checks;
 pub mod deployment;
 pub mod generations;
 pub mod host;
 pub mod link;
+pub mod orchestrate;
+pub mod plan;
+pub mod probes;
+pub mod progress;
 pub mod system;
