@@ -7,7 +7,7 @@
 //!
 //! - [`deploy`]: one thread builds the machines' systems into the local store in machine order
 //!   (one writer); each machine's pipeline starts as soon as its own system is there, makes
-//!   its [`HostPlan`] ([`crate::plan`]) and executes it ([`crate::apply`]).
+//!   its [`HostPlan`] ([`crate::plan`]) and executes it (`apply`).
 //! - [`dry_run`]: the same up to the plans, which it returns; nothing changes on the hosts.
 //! - [`roll_back`], [`execute`] (`-x`), [`list_generations`]: one `ferry host` command each.
 //!
@@ -408,5 +408,46 @@ struct CloseOnDrop<'a>(&'a Slots);
 impl Drop for CloseOnDrop<'_> {
     fn drop(&mut self) {
         self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_step_and_chain_their_causes() {
+        let refused =
+            DeployError::Refused { list: vec!["/gnu/store/a: no".into()], authorize: false };
+        assert_eq!(
+            refused.to_string(),
+            "copy: the host refused 1 path(s): /gnu/store/a: no (set `authorize = true` to add \
+             this machine's signing key to its ACL)"
+        );
+        let safety = DeployError::Safety(vec!["a".into(), "b".into()]);
+        assert_eq!(
+            safety.to_string(),
+            "safety checks failed: a; b (set `safety-checks = false` to skip them)"
+        );
+        let facts = DeployError::Facts(LinkError::Session("h: ferry host session: gone".into()));
+        assert_eq!(error_chain(&facts), "connect and facts: h: ferry host session: gone");
+    }
+
+    #[test]
+    fn fail_fast_skips_the_machines_after_a_failure() {
+        let m = |n: &str| {
+            format!(
+                "[[machine]]\nname = \"{n}\"\nenvironment = \"local\"\n\
+                 [machine.operating-system]\n"
+            )
+        };
+        let file = m("a") + &m("b");
+        let d = Deployment::parse(std::path::Path::new("/d.toml"), &file, &|_| Some("/h".into()))
+            .unwrap();
+        let machines = d.select(None).unwrap();
+        let options = Options { jobs: 1, fail_fast: true, ..Options::default() };
+        let runs = for_each_machine(&machines, &options, |ok: &bool| *ok, &|i, _| Ok(i != 0));
+        assert!(matches!(runs[0].result, Ok(false)));
+        assert!(matches!(runs[1].result, Err(DeployError::Skipped)));
     }
 }

@@ -1,7 +1,7 @@
 //! [`HostPlan`]: what a deploy does on one machine, known before anything changes there: the
 //! host's facts (one round trip on the machine's session), the checks, and the paths of the
 //! system's closure the host lacks with their NAR bytes. `--dry-run` reports the plans; a real
-//! run executes each machine's plan on the same session ([`crate::apply`]).
+//! run executes each machine's plan on the same session (`apply`).
 //!
 //! Planning one machine, after its system was built into the local store:
 //! 1. `facts`: system type, current generation and its provenance, the safety-check device

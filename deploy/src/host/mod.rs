@@ -172,3 +172,40 @@ impl HostRoot {
             .map_err(|source| HostCommandError::Run { program: program.clone(), source })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::session::FactsRequest;
+
+    fn host(root: &Path) -> HostRoot {
+        HostRoot::new(LayoutOptions { root: Some(root.to_owned()), ..LayoutOptions::default() })
+    }
+
+    #[test]
+    fn a_fresh_root_has_no_generation_and_lacks_every_path() {
+        let t = tempfile::tempdir().unwrap();
+        let h = host(t.path());
+        let path = "/gnu/store/00000000000000000000000000000000-x".to_owned();
+        let request = FactsRequest { paths: vec![path.clone()], ..FactsRequest::default() };
+        let facts = h.facts(&request).unwrap();
+        assert_eq!((facts.generation, facts.on_this_system), (None, false));
+        assert_eq!(facts.missing, [path]);
+        assert!(h.generations().unwrap().is_empty());
+    }
+
+    #[test]
+    fn confirm_needs_a_waiting_activation_and_a_valid_token() {
+        let t = tempfile::tempdir().unwrap();
+        let h = host(t.path());
+        let err = h.confirm("late-1", None).unwrap_err().to_string();
+        assert!(
+            err.starts_with("no activation on this host waits for confirmation late-1"),
+            "{err}"
+        );
+        let err = h.confirm("../x", None).unwrap_err().to_string();
+        assert_eq!(err, "invalid confirmation token \"../x\"");
+        let err = h.roll_back(&mut |_| {}).unwrap_err();
+        assert!(matches!(err, HostCommandError::Driver(_)), "{err}");
+    }
+}
