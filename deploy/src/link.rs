@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{anyhow, Context};
 use proto::uri::StoreParams;
 use transfer::transport::ssh::{SshAuth, SshConfig, SshTransport};
 use transfer::transport::{
@@ -28,6 +27,44 @@ use transfer::transport::{
 
 use crate::deployment::{Environment, Machine};
 use proto::session::{ActivateRequest, Facts, FactsRequest, SessionRequest};
+
+/// Why a host could not be reached, or a host command or session failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LinkError {
+    #[error("machine '{0}' is a managed-host without a `host-name` to connect to")]
+    NoHostName(String),
+    #[error("cannot find the running ferry executable")]
+    NoExecutable(#[source] std::io::Error),
+    /// Setting up the SSH transport (its runtime).
+    #[error(transparent)]
+    SshSetup(std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// A host key error, with what to do about it.
+    #[error("{error}\n{hint}")]
+    HostKey { error: String, hint: String },
+    #[error("cannot run {program}")]
+    Spawn { program: String, source: std::io::Error },
+    #[error("reading a host command's output")]
+    Output(#[source] std::io::Error),
+    #[error("waiting for a host command")]
+    Wait(#[source] std::io::Error),
+    /// The request could not be encoded.
+    #[error(transparent)]
+    Request(serde_json::Error),
+    #[error("ferry host {command}: {exit}")]
+    HostCommand { command: String, exit: String },
+    #[error("ferry host {command}: unexpected answer {answer:?}")]
+    UnexpectedAnswer { command: String, answer: String, source: serde_json::Error },
+    #[error("the session's input is closed")]
+    SessionClosed,
+    #[error("ferry host session: unexpected facts {line:?}")]
+    UnexpectedFacts { line: String, source: serde_json::Error },
+    /// The session broke off or failed: the host, what, and what the host said.
+    #[error("{0}")]
+    Session(String),
+}
 
 /// How a host command ended.
 #[derive(Debug, Clone)]
@@ -81,11 +118,9 @@ impl std::fmt::Debug for Link {
 }
 
 /// The SSH settings of a managed host.
-pub fn ssh_config(m: &Machine) -> anyhow::Result<SshConfig> {
+pub fn ssh_config(m: &Machine) -> Result<SshConfig, LinkError> {
     let c = &m.configuration;
-    let host = c.host_name.clone().ok_or_else(|| {
-        anyhow!("machine '{}' is a managed-host without a `host-name` to connect to", m.name)
-    })?;
+    let host = c.host_name.clone().ok_or_else(|| LinkError::NoHostName(m.name.clone()))?;
     let endpoint = proto::uri::SshEndpoint { user: Some(c.user.clone()), host, port: Some(c.port) };
     let auth = SshAuth {
         identity: c.identity.clone(),
@@ -97,12 +132,12 @@ pub fn ssh_config(m: &Machine) -> anyhow::Result<SshConfig> {
 
 impl Link {
     /// Reach machine `m` (nothing is connected yet: SSH connects on first use).
-    pub fn new(m: &Machine) -> anyhow::Result<Link> {
+    pub fn new(m: &Machine) -> Result<Link, LinkError> {
         let root = m.configuration.root.clone();
         Ok(match m.environment {
             Environment::Local => {
-                let mut transport = LocalTransport::new(root.clone())
-                    .context("cannot find the running ferry executable")?;
+                let mut transport =
+                    LocalTransport::new(root.clone()).map_err(LinkError::NoExecutable)?;
                 // The host's own state dir, whatever FERRY_STATE_DIR says for ours.
                 transport.state_dir = Some(root.join("var/ferry"));
                 Link::Local { transport }
@@ -124,7 +159,8 @@ impl Link {
                     config.port,
                     transfer::transport::ssh::shell_quote(&config.host)
                 );
-                Link::Ssh { transport: Box::new(SshTransport::new(config, store)?), host_key_hint }
+                let transport = SshTransport::new(config, store).map_err(LinkError::SshSetup)?;
+                Link::Ssh { transport: Box::new(transport), host_key_hint }
             }
         })
     }
@@ -136,7 +172,7 @@ impl Link {
         args: &[&str],
         stdin: &[u8],
         line: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Exit> {
+    ) -> Result<Exit, LinkError> {
         self.host_on(false, args, stdin, line)
     }
 
@@ -147,7 +183,7 @@ impl Link {
         args: &[&str],
         stdin: &[u8],
         line: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Exit> {
+    ) -> Result<Exit, LinkError> {
         self.host_on(true, args, stdin, line)
     }
 
@@ -157,7 +193,7 @@ impl Link {
         args: &[&str],
         stdin: &[u8],
         line: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Exit> {
+    ) -> Result<Exit, LinkError> {
         let mut argv: Vec<String> = vec!["host".into()];
         argv.extend(args.iter().map(|a| a.to_string()));
         match self {
@@ -168,7 +204,7 @@ impl Link {
                 } else {
                     transport.run_ferry(&argv, stdin, line)
                 };
-                let run = run.map_err(|e| self.with_hint(anyhow!(e)))?;
+                let run = run.map_err(|e| self.with_hint(e))?;
                 Ok(Exit { code: run.status.code.map(|c| c as i32), stderr: run.stderr })
             }
         }
@@ -176,7 +212,7 @@ impl Link {
 
     /// Start `ferry host session` on the host (over the host's one SSH session; for `local`, a
     /// subprocess): the facts, the copy and the activation of one deploy in one command.
-    pub fn session(&self) -> anyhow::Result<HostSession> {
+    pub fn session(&self) -> Result<HostSession, LinkError> {
         let args = ["host", "session"];
         let (connection, host) = match self {
             Link::Local { transport } => (transport.connect_ferry(&args), transport.describe()),
@@ -185,8 +221,7 @@ impl Link {
                 (transport.connect_ferry(&args), transport.describe())
             }
         };
-        let Connection { reader, writer, agent } =
-            connection.map_err(|e| self.with_hint(anyhow!(e)))?;
+        let Connection { reader, writer, agent } = connection.map_err(|e| self.with_hint(e))?;
         Ok(HostSession {
             host,
             reader: Arc::new(Mutex::new(BufReader::new(reader))),
@@ -196,12 +231,12 @@ impl Link {
     }
 
     /// `e`, with what to do about a host key error.
-    fn with_hint(&self, e: anyhow::Error) -> anyhow::Error {
+    fn with_hint(&self, e: TransportError) -> LinkError {
         match self {
             Link::Ssh { host_key_hint, .. } if e.to_string().contains(": host key: ") => {
-                anyhow!("{e}\n{host_key_hint}")
+                LinkError::HostKey { error: e.to_string(), hint: host_key_hint.clone() }
             }
-            _ => e,
+            _ => e.into(),
         }
     }
 
@@ -210,17 +245,21 @@ impl Link {
         &self,
         args: &[&str],
         request: &Q,
-    ) -> anyhow::Result<A> {
+    ) -> Result<A, LinkError> {
         let mut out = String::new();
-        let exit = self.host(args, &serde_json::to_vec(request)?, &mut |l| {
+        let request = serde_json::to_vec(request).map_err(LinkError::Request)?;
+        let exit = self.host(args, &request, &mut |l| {
             out.push_str(l);
             out.push('\n');
         })?;
         if !exit.success() {
-            return Err(anyhow!("ferry host {}: {}", args.join(" "), exit.describe()));
+            return Err(LinkError::HostCommand { command: args.join(" "), exit: exit.describe() });
         }
-        serde_json::from_str(out.trim())
-            .with_context(|| format!("ferry host {}: unexpected answer {out:?}", args.join(" ")))
+        serde_json::from_str(out.trim()).map_err(|source| LinkError::UnexpectedAnswer {
+            command: args.join(" "),
+            answer: out.clone(),
+            source,
+        })
     }
 }
 
@@ -244,16 +283,16 @@ impl std::fmt::Debug for HostSession {
 }
 
 impl HostSession {
-    fn send(&self, request: &SessionRequest) -> anyhow::Result<()> {
+    fn send(&self, request: &SessionRequest) -> Result<(), LinkError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let w = writer.as_mut().ok_or_else(|| anyhow!("the session's input is closed"))?;
+        let w = writer.as_mut().ok_or(LinkError::SessionClosed)?;
         w.write_all(request.encode().as_bytes())
             .and_then(|()| w.flush())
             .map_err(|e| self.failed(&format!("sending a request: {e}")))
     }
 
     /// One line of output; `None` at the end.
-    fn line(&self) -> anyhow::Result<Option<String>> {
+    fn line(&self) -> Result<Option<String>, LinkError> {
         let mut buf = Vec::new();
         let n = self
             .reader
@@ -271,30 +310,30 @@ impl HostSession {
     }
 
     /// Why the session stopped short: `what`, and what the host printed on stderr.
-    fn failed(&self, what: &str) -> anyhow::Error {
+    fn failed(&self, what: &str) -> LinkError {
         let stderr = self.agent.lock().unwrap_or_else(|p| p.into_inner()).stderr();
         let stderr = stderr.trim();
         let stderr = stderr.strip_prefix("ferry: error: ").unwrap_or(stderr);
         if stderr.is_empty() {
-            anyhow!("{}: ferry host session: {what}", self.host)
+            LinkError::Session(format!("{}: ferry host session: {what}", self.host))
         } else {
-            anyhow!("{}: ferry host session: {what}: {stderr}", self.host)
+            LinkError::Session(format!("{}: ferry host session: {what}: {stderr}", self.host))
         }
     }
 
     /// `facts`: one JSON line.
-    pub fn facts(&self, request: FactsRequest) -> anyhow::Result<Facts> {
+    pub fn facts(&self, request: FactsRequest) -> Result<Facts, LinkError> {
         self.send(&SessionRequest::Facts(request))?;
         match self.line()? {
             Some(line) => serde_json::from_str(&line)
-                .with_context(|| format!("ferry host session: unexpected facts {line:?}")),
+                .map_err(|source| LinkError::UnexpectedFacts { line, source }),
             None => Err(self.end().err().unwrap_or_else(|| self.failed("ended without facts"))),
         }
     }
 
     /// `copy`: the agent on the session's streams, for `push` (`push_closure` through the
     /// transport it is given).
-    pub fn copy<T>(&self, push: impl FnOnce(&dyn Transport) -> T) -> anyhow::Result<T> {
+    pub fn copy<T>(&self, push: impl FnOnce(&dyn Transport) -> T) -> Result<T, LinkError> {
         self.send(&SessionRequest::Copy)?;
         Ok(push(&InSession {
             host: self.host.clone(),
@@ -310,13 +349,13 @@ impl HostSession {
         self,
         request: ActivateRequest,
         line: &mut dyn FnMut(&str),
-    ) -> anyhow::Result<Result<(), String>> {
+    ) -> Result<Result<(), LinkError>, LinkError> {
         self.send(&SessionRequest::Activate(request))?;
         self.close_input();
         while let Some(l) = self.line()? {
             line(&l);
         }
-        Ok(self.end().map_err(|e| format!("{e:#}")))
+        Ok(self.end())
     }
 
     fn close_input(&self) {
@@ -325,16 +364,19 @@ impl HostSession {
     }
 
     /// Close the session's input and wait for its end.
-    pub fn end(&self) -> anyhow::Result<()> {
+    pub fn end(&self) -> Result<(), LinkError> {
         self.close_input();
         let mut agent = self.agent.lock().unwrap_or_else(|p| p.into_inner());
         agent.wait().map_err(|e| match e {
             TransportError::AgentFailed { status, stderr, .. } => {
                 let stderr = stderr.trim();
                 let stderr = stderr.strip_prefix("ferry: error: ").unwrap_or(stderr);
-                anyhow!("{}: ferry host session failed ({status}): {stderr}", self.host)
+                LinkError::Session(format!(
+                    "{}: ferry host session failed ({status}): {stderr}",
+                    self.host
+                ))
             }
-            e => anyhow!(e),
+            e => e.into(),
         })
     }
 }
@@ -412,7 +454,7 @@ fn run_local(
     argv: &[String],
     stdin: &[u8],
     line: &mut dyn FnMut(&str),
-) -> anyhow::Result<Exit> {
+) -> Result<Exit, LinkError> {
     let mut command = Command::new(&t.program);
     command.arg("--root").arg(&t.root);
     if let Some(d) = &t.store_dir {
@@ -427,7 +469,10 @@ fn run_local(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .with_context(|| format!("cannot run {}", PathBuf::from(&t.program).display()))?;
+        .map_err(|source| LinkError::Spawn {
+            program: PathBuf::from(&t.program).display().to_string(),
+            source,
+        })?;
     let (stderr, stderr_thread) = StderrTail::collect(child.stderr.take().expect("piped"));
     let mut input = child.stdin.take().expect("piped");
     // A command that does not read its input may end first: not an error here.
@@ -437,7 +482,7 @@ fn run_local(
     let mut buf = Vec::new();
     loop {
         buf.clear();
-        if out.read_until(b'\n', &mut buf).context("reading a host command's output")? == 0 {
+        if out.read_until(b'\n', &mut buf).map_err(LinkError::Output)? == 0 {
             break;
         }
         if buf.last() == Some(&b'\n') {
@@ -445,7 +490,7 @@ fn run_local(
         }
         line(&String::from_utf8_lossy(&buf));
     }
-    let status = child.wait().context("waiting for a host command")?;
+    let status = child.wait().map_err(LinkError::Wait)?;
     let _ = stderr_thread.join();
     Ok(Exit { code: status.code(), stderr: stderr.text() })
 }

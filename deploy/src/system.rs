@@ -204,7 +204,7 @@ pub fn build(
 /// machines sharing a declaration share its packages, which are then hashed once.
 pub type AddedPackages = std::collections::BTreeMap<PathBuf, StorePath>;
 
-/// [`build`], adding each local package directory at most once per `added`.
+/// `build`, adding each local package directory at most once per `added`.
 pub fn build_with(
     store: &mut Store,
     os: &OperatingSystem,

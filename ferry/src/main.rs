@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod settings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -18,7 +19,7 @@ mod commands;
 )]
 struct Cli {
     #[command(flatten)]
-    global: commands::GlobalOpts,
+    global: settings::GlobalOpts,
     #[command(subcommand)]
     command: Command,
 }

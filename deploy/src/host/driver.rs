@@ -1,5 +1,6 @@
 //! The host side of activation: carries out the [`Activation`] state machine's actions on a
-//! host root. Used by `ferry host activate` and `ferry host roll-back` (run on the host for
+//! host root. Used by [`HostRoot::activate`](super::HostRoot::activate) and
+//! [`HostRoot::roll_back`](super::HostRoot::roll_back) (`ferry host …`, run on the host for
 //! `ferry deploy`, locally or over SSH), whose `confirm` callback waits for the coordinator's
 //! answer, given over a new connection.
 //!

@@ -65,7 +65,6 @@ use closure::PathInfo;
 use nar_core::encode::Encoder;
 use nar_core::hash::{NarDigest, NarHasher};
 use nar_core::read::NarEvent;
-use nar_core::store_path::StorePath;
 use signing::bundle::{
     BundleError, BundleReader, BundleWriter, ItemMeta, UnverifiedItem, VerifiedItem,
 };
@@ -73,8 +72,8 @@ use signing::keyfile::{self, write_atomically, write_atomically_with_mode};
 use signing::Sexp;
 use store::{StagedNar, Store, StoreError};
 
-use super::store::{layout, open_read_only, open_writable, parse_store_arg};
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
+use crate::settings::{layout, open_read_only, open_writable, parse_store_arg};
 
 /// Guix secret key file name in the state dir.
 pub const GUIX_SECRET_KEY: &str = "signing-key.sec";
@@ -580,46 +579,6 @@ fn import(global: &GlobalOpts, state: &Path, args: &ArchiveArgs) -> anyhow::Resu
         out.flush()?;
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// `ferry store sign`
-
-/// `ferry store sign --key-file F [-r] PATH...`: add a Nix signature of each path's fingerprint
-/// `1;path;sha256:…;size;refs` (made with the Nix secret key in `key_file`) to the database, as
-/// `nix store sign` does. Returns how many paths were signed.
-pub fn sign_paths(
-    global: &GlobalOpts,
-    key_file: &Path,
-    recursive: bool,
-    paths: &[String],
-) -> anyhow::Result<usize> {
-    let key = keyfile::load_nix_signing_key(key_file)?;
-    let mut store = open_writable(global)?;
-    let dir = store.store_dir().clone();
-    let mut targets: Vec<StorePath> = Vec::new();
-    for text in paths {
-        let path = parse_store_arg(&store, text)?;
-        // Fails with "path … is not valid" for an invalid one.
-        store.path_info(&path)?;
-        targets.push(path);
-    }
-    if recursive {
-        targets = store.closure(&targets)?.paths().cloned().collect();
-    }
-    let mut signed = 0;
-    for path in &targets {
-        let info = store.path_info(path)?;
-        let refs: Vec<StorePath> = info.references.iter().cloned().collect();
-        let fingerprint =
-            signing::nix::fingerprint(&dir, &info.path, &info.nar_hash, info.nar_size, &refs);
-        let sig = key.sign(&fingerprint).to_string();
-        store.add_signatures(path, &[sig]).with_context(|| {
-            format!("cannot record the signature of {}", path.to_absolute(&dir))
-        })?;
-        signed += 1;
-    }
-    Ok(signed)
 }
 
 #[cfg(test)]

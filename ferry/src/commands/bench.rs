@@ -53,7 +53,7 @@ use transfer::shaping::{LinkSpec, ShapedTransport};
 use transfer::transport::Transport;
 
 use super::copy::SshArgs;
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 
 /// How path data goes in `ferry bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -384,7 +384,7 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
     let rate = parse_rate(&args.rate)?;
     let latency = parse_latency(&args.latency)?;
     let spec = LinkSpec { rate, latency, burst: 16 * 1024 };
-    let layout = super::store::layout(global)?;
+    let layout = crate::settings::layout(global)?;
     let targets: Vec<(String, Target)> = args
         .to
         .iter()
@@ -414,10 +414,10 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let store = super::store::open_read_only(global)?;
+    let store = crate::settings::open_read_only(global)?;
     let parse = |list: &[String]| {
         list.iter()
-            .map(|p| super::store::parse_store_arg(&store, p))
+            .map(|p| crate::settings::parse_store_arg(&store, p))
             .collect::<anyhow::Result<Vec<_>>>()
     };
     let (base_roots, roots) = (parse(&args.base)?, parse(&args.paths)?);

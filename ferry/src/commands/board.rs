@@ -1,27 +1,55 @@
 //! Progress of a deploy run: one line per host (phase, bytes, rate, ETA) with indicatif bars
 //! on a terminal, plain `HOST: ...` lines otherwise (phase changes, and the copy's bytes at
 //! most every two seconds). Host output (activate lines, warnings) is printed above the bars.
+//! [`Board`] renders the deploy library's [`DeployProgress`].
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use deploy::orchestrate::{error_chain, DeployError};
+use deploy::progress::{DeployProgress, Phase};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use transfer::push::{Progress, ProgressEvent};
 
 /// All hosts' progress.
 pub struct Board {
     multi: Option<MultiProgress>,
+    /// Each host's line, made when its pipeline starts.
+    hosts: Mutex<BTreeMap<String, Arc<HostBar>>>,
+    /// What a host's line says when it succeeded (`ok`, `rolled back`).
+    success: &'static str,
 }
 
 impl Board {
-    /// Bars when stderr is a terminal.
-    pub fn new() -> Board {
-        Board { multi: std::io::stderr().is_terminal().then(MultiProgress::new) }
+    /// Bars when stderr is a terminal; `success` is the word for a host that succeeded.
+    pub fn new(success: &'static str) -> Board {
+        Board {
+            multi: std::io::stderr().is_terminal().then(MultiProgress::new),
+            hosts: Mutex::default(),
+            success,
+        }
+    }
+
+    /// Host `name`'s line (made on first use).
+    fn bar(&self, name: &str) -> Arc<HostBar> {
+        let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.entry(name.to_owned()).or_insert_with(|| Arc::new(self.host(name))).clone()
+    }
+
+    /// A line about host `name`, above the bars.
+    fn say(&self, name: &str, text: &str) {
+        let line = format!("{name}: {text}");
+        match &self.multi {
+            Some(multi) => {
+                let _ = multi.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
     }
 
     /// The line of one host.
-    pub fn host(&self, name: &str) -> HostBar {
+    fn host(&self, name: &str) -> HostBar {
         let bar = self.multi.as_ref().map(|multi| {
             let bar = multi.add(ProgressBar::new(0));
             bar.set_style(
@@ -38,7 +66,6 @@ impl Board {
         HostBar {
             name: name.to_owned(),
             bar,
-            multi: self.multi.clone(),
             copy: Mutex::new(Copy {
                 total: 0,
                 sent: 0,
@@ -57,35 +84,23 @@ struct Copy {
 }
 
 /// One host's line.
-pub struct HostBar {
+struct HostBar {
     name: String,
     bar: Option<ProgressBar>,
-    multi: Option<MultiProgress>,
     copy: Mutex<Copy>,
 }
 
 impl HostBar {
     /// The host entered a phase (connect, check, copy, activate, confirm...).
-    pub fn phase(&self, phase: &str) {
+    fn phase(&self, phase: &str) {
         match &self.bar {
             Some(bar) => bar.set_message(phase.to_owned()),
             None => eprintln!("{}: {phase}", self.name),
         }
     }
 
-    /// A line about this host (host output, warnings), above the bars.
-    pub fn say(&self, text: &str) {
-        let line = format!("{}: {text}", self.name);
-        match &self.multi {
-            Some(multi) => {
-                let _ = multi.println(line);
-            }
-            None => eprintln!("{line}"),
-        }
-    }
-
     /// The host is done: its line shows the result.
-    pub fn finish(&self, result: &str) {
+    fn finish(&self, result: &str) {
         if let Some(bar) = &self.bar {
             bar.finish_with_message(result.to_owned());
         }
@@ -96,50 +111,71 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
 }
 
-impl Progress for HostBar {
-    fn event(&self, _host: &str, event: &ProgressEvent<'_>) {
+impl HostBar {
+    /// The copy is known: `missing_paths` of `closure_paths`, `nar_bytes` to send.
+    fn copy_plan(&self, missing_paths: usize, closure_paths: usize, nar_bytes: u64) {
         let mut copy = self.copy.lock().unwrap_or_else(|p| p.into_inner());
-        match event {
-            ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, .. } => {
-                *copy = Copy {
-                    total: *nar_bytes,
-                    sent: 0,
-                    started: Instant::now(),
-                    last: Instant::now(),
-                };
-                match &self.bar {
-                    Some(bar) => {
-                        bar.set_length(*nar_bytes);
-                        bar.set_message(format!("copy {missing_paths}/{closure_paths}"));
-                    }
-                    None => eprintln!(
-                        "{}: copying {missing_paths} of {closure_paths} paths, {}",
-                        self.name,
-                        mib(*nar_bytes)
-                    ),
-                }
+        *copy = Copy { total: nar_bytes, sent: 0, started: Instant::now(), last: Instant::now() };
+        match &self.bar {
+            Some(bar) => {
+                bar.set_length(nar_bytes);
+                bar.set_message(format!("copy {missing_paths}/{closure_paths}"));
             }
-            ProgressEvent::Sent { nar_bytes } => {
-                copy.sent += nar_bytes;
-                match &self.bar {
-                    Some(bar) => bar.inc(*nar_bytes),
-                    None if copy.last.elapsed() >= Duration::from_secs(2) => {
-                        copy.last = Instant::now();
-                        let secs = copy.started.elapsed().as_secs_f64().max(1e-3);
-                        let rate = copy.sent as f64 / secs;
-                        let eta = (copy.total.saturating_sub(copy.sent)) as f64 / rate.max(1.0);
-                        eprintln!(
-                            "{}: copy {} of {}, {}/s, ETA {eta:.0}s",
-                            self.name,
-                            mib(copy.sent),
-                            mib(copy.total),
-                            mib(rate as u64)
-                        );
-                    }
-                    None => {}
-                }
-            }
-            _ => {}
+            None => eprintln!(
+                "{}: copying {missing_paths} of {closure_paths} paths, {}",
+                self.name,
+                mib(nar_bytes)
+            ),
         }
+    }
+
+    /// More NAR bytes went out.
+    fn copy_sent(&self, nar_bytes: u64) {
+        let mut copy = self.copy.lock().unwrap_or_else(|p| p.into_inner());
+        copy.sent += nar_bytes;
+        match &self.bar {
+            Some(bar) => bar.inc(nar_bytes),
+            None if copy.last.elapsed() >= Duration::from_secs(2) => {
+                copy.last = Instant::now();
+                let secs = copy.started.elapsed().as_secs_f64().max(1e-3);
+                let rate = copy.sent as f64 / secs;
+                let eta = (copy.total.saturating_sub(copy.sent)) as f64 / rate.max(1.0);
+                eprintln!(
+                    "{}: copy {} of {}, {}/s, ETA {eta:.0}s",
+                    self.name,
+                    mib(copy.sent),
+                    mib(copy.total),
+                    mib(rate as u64)
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+impl DeployProgress for Board {
+    fn start(&self, host: &str) {
+        self.bar(host);
+    }
+    fn phase(&self, host: &str, phase: Phase) {
+        self.bar(host).phase(&phase.to_string());
+    }
+    fn line(&self, host: &str, text: &str) {
+        self.say(host, text);
+    }
+    fn copy_plan(&self, host: &str, missing: usize, closure: usize, nar_bytes: u64) {
+        self.bar(host).copy_plan(missing, closure, nar_bytes);
+    }
+    fn copy_sent(&self, host: &str, nar_bytes: u64) {
+        self.bar(host).copy_sent(nar_bytes);
+    }
+    fn error(&self, host: &str, error: &DeployError) {
+        self.say(host, &format!("error: {}", error_chain(error)));
+    }
+    fn done(&self, host: &str, success: bool) {
+        self.bar(host).finish(if success { self.success } else { "FAILED" });
+    }
+    fn built(&self, systems: usize, elapsed: Duration) {
+        eprintln!("built {systems} system(s) in {:.1}s", elapsed.as_secs_f64());
     }
 }

@@ -31,7 +31,7 @@ use transfer::target::nix_host::PullReport;
 use transfer::target::{CopyReport, Received, Source, Target};
 use transfer::transport::ssh::SshAuth;
 
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 
 /// Test hook: the coordinator stops writing after this many wire bytes (a cut connection).
 pub const CUT_AFTER_ENV: &str = "FERRY_TEST_CUT_AFTER";
@@ -270,16 +270,16 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
     if let Some(uri) = &args.from {
         return copy_from(global, &args, uri);
     }
-    let layout = super::store::layout(global)?;
+    let layout = crate::settings::layout(global)?;
     let auth = args.ssh.auth();
     let targets =
         args.to.iter().map(|uri| Target::from_uri(uri, &auth)).collect::<Result<Vec<_>, _>>()?;
     let t = Instant::now();
-    let store = super::store::open_read_only(global)?;
+    let store = crate::settings::open_read_only(global)?;
     let roots = args
         .paths
         .iter()
-        .map(|p| super::store::parse_store_arg(&store, p))
+        .map(|p| crate::settings::parse_store_arg(&store, p))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let closure = store.closure(&roots).context("cannot compute the closure")?;
     drop(store);
@@ -370,13 +370,13 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
 fn copy_from(global: &GlobalOpts, args: &CopyArgs, uri: &str) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let target = Target::from_uri(uri, &args.ssh.auth())?;
-    let ours = super::store::layout(global)?;
+    let ours = crate::settings::layout(global)?;
     let roots = match target.local_store(&ours)? {
         Some(theirs) => {
             let source = store::Store::open_read_only(theirs)?;
             args.paths
                 .iter()
-                .map(|p| super::store::parse_store_arg(&source, p))
+                .map(|p| crate::settings::parse_store_arg(&source, p))
                 .collect::<anyhow::Result<Vec<_>>>()?
         }
         None => args

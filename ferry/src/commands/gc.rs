@@ -12,8 +12,8 @@ use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
-use super::store::{open_read_only, open_writable, parse_store_arg};
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
+use crate::settings::{open_read_only, open_writable, parse_store_arg};
 
 /// Arguments of `ferry gc`.
 #[derive(Debug, clap::Args)]

@@ -3,15 +3,13 @@
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use nar_core::read::{expect_eof, read_nar, NarEvent, ReadError};
-use nar_core::store_path::{make_source_path, StoreDir};
 
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 
 /// NAR subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -124,26 +122,4 @@ fn list(input: File) -> Result<(), ReadError> {
     Ok(())
 }
 
-/// `ferry store path`: the source store path PATH would get.
-pub fn print_source_path(
-    global: &GlobalOpts,
-    name: Option<&str>,
-    path: &Path,
-) -> anyhow::Result<ExitCode> {
-    let store_dir =
-        StoreDir::new(global.store_dir.clone().unwrap_or_else(|| StoreDir::GUIX.to_owned()))?;
-    let name = match name {
-        Some(name) => name.to_owned(),
-        None => {
-            let file_name = path
-                .file_name()
-                .with_context(|| format!("{} has no file name; pass --name", path.display()))?;
-            String::from_utf8(file_name.as_bytes().to_vec())
-                .context("the file name is not UTF-8; pass --name")?
-        }
-    };
-    let digest = nar_core::dump::hash_path(path)?;
-    let store_path = make_source_path(&store_dir, &name, &digest.hash)?;
-    writeln!(io::stdout(), "{}", store_path.to_absolute(&store_dir))?;
-    Ok(ExitCode::SUCCESS)
-}
+//END

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use transfer::agent::{serve, AgentOptions};
 
-use super::GlobalOpts;
+use crate::settings::GlobalOpts;
 
 /// Test hook: the agent exits abruptly (as if killed) once it has read this many bytes.
 pub const DIE_AFTER_ENV: &str = "FERRY_TEST_AGENT_DIE_AFTER";
@@ -56,7 +56,7 @@ pub fn std_streams() -> io::Result<(Box<dyn Read + Send>, File)> {
 }
 
 pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut options = AgentOptions::new(super::store::layout(global)?);
+    let mut options = AgentOptions::new(crate::settings::layout(global)?);
     options.partial_min = args.partial_min;
     let (input, stdout) = std_streams()?;
     match serve(options, input, stdout) {

@@ -7,14 +7,16 @@
 //! /nix/store/…` answers like `nix-store --store /tmp/s1 -q --hash /nix/store/…`.
 
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use nar_core::store_path::StorePath;
-use store::{LayoutOptions, Store, StoreLayout};
+use nar_core::store_path::{make_source_path, StoreDir, StorePath};
+use signing::keyfile;
+use store::Store;
 
-use super::GlobalOpts;
+use crate::settings::{layout, open_read_only, open_writable, parse_store_arg, GlobalOpts};
 
 /// Store subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -107,48 +109,11 @@ pub enum StoreCommand {
     },
 }
 
-/// The layout from the global options, the environment and the defaults.
-pub fn layout(global: &GlobalOpts) -> anyhow::Result<StoreLayout> {
-    let options = LayoutOptions {
-        root: global.root.clone(),
-        store_dir: global.store_dir.clone(),
-        state_dir: global.state_dir.clone(),
-    };
-    Ok(StoreLayout::resolve(&options)?)
-}
-
-/// Open the store for reading (ferry's database, or a Nix/Guix one under the root).
-pub fn open_read_only(global: &GlobalOpts) -> anyhow::Result<Store> {
-    Ok(Store::open_read_only(layout(global)?)?)
-}
-
-/// Open the store for writing.
-pub fn open_writable(global: &GlobalOpts) -> anyhow::Result<Store> {
-    Ok(Store::open(layout(global)?)?)
-}
-
-/// A command-line store path: logical (`/gnu/store/…`, sub-paths allowed) or physical
-/// (`<root>/gnu/store/…`).
-pub fn parse_store_arg(store: &Store, text: &str) -> anyhow::Result<StorePath> {
-    let dir = store.store_dir();
-    if let Ok((item, _)) = dir.split_path(text) {
-        return Ok(item);
-    }
-    let phys = store.layout().physical_store_dir();
-    if let Ok(rest) = std::path::Path::new(text).strip_prefix(&phys) {
-        let logical = format!("{dir}/{}", rest.to_string_lossy());
-        if let Ok((item, _)) = dir.split_path(&logical) {
-            return Ok(item);
-        }
-    }
-    dir.parse_path(text).with_context(|| format!("{text:?} is not a store path"))
-}
-
 pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCode> {
     let mut out = io::BufWriter::new(io::stdout().lock());
     let code = match command {
         StoreCommand::Path { name, path } => {
-            return super::nar::print_source_path(global, name.as_deref(), &path)
+            return print_source_path(global, name.as_deref(), &path)
         }
         StoreCommand::Add { name, paths } => {
             if name.is_some() && paths.len() > 1 {
@@ -310,7 +275,7 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             }
         }
         StoreCommand::Sign { key_file, recursive, paths } => {
-            super::archive::sign_paths(global, &key_file, recursive, &paths)?;
+            sign_paths(global, &key_file, recursive, &paths)?;
             ExitCode::SUCCESS
         }
         StoreCommand::Delete { paths } => {
@@ -325,4 +290,71 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
     };
     out.flush()?;
     Ok(code)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ferry store sign`
+
+/// `ferry store sign --key-file F [-r] PATH...`: add a Nix signature of each path's fingerprint
+/// `1;path;sha256:…;size;refs` (made with the Nix secret key in `key_file`) to the database, as
+/// `nix store sign` does. Returns how many paths were signed.
+pub fn sign_paths(
+    global: &GlobalOpts,
+    key_file: &Path,
+    recursive: bool,
+    paths: &[String],
+) -> anyhow::Result<usize> {
+    let key = keyfile::load_nix_signing_key(key_file)?;
+    let mut store = open_writable(global)?;
+    let dir = store.store_dir().clone();
+    let mut targets: Vec<StorePath> = Vec::new();
+    for text in paths {
+        let path = parse_store_arg(&store, text)?;
+        // Fails with "path … is not valid" for an invalid one.
+        store.path_info(&path)?;
+        targets.push(path);
+    }
+    if recursive {
+        targets = store.closure(&targets)?.paths().cloned().collect();
+    }
+    let mut signed = 0;
+    for path in &targets {
+        let info = store.path_info(path)?;
+        let refs: Vec<StorePath> = info.references.iter().cloned().collect();
+        let fingerprint =
+            signing::nix::fingerprint(&dir, &info.path, &info.nar_hash, info.nar_size, &refs);
+        let sig = key.sign(&fingerprint).to_string();
+        store.add_signatures(path, &[sig]).with_context(|| {
+            format!("cannot record the signature of {}", path.to_absolute(&dir))
+        })?;
+        signed += 1;
+    }
+    Ok(signed)
+}
+
+// ---------------------------------------------------------------------------------------------
+// `ferry store path`
+
+/// `ferry store path`: the source store path PATH would get.
+pub fn print_source_path(
+    global: &GlobalOpts,
+    name: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<ExitCode> {
+    let store_dir =
+        StoreDir::new(global.store_dir.clone().unwrap_or_else(|| StoreDir::GUIX.to_owned()))?;
+    let name = match name {
+        Some(name) => name.to_owned(),
+        None => {
+            let file_name = path
+                .file_name()
+                .with_context(|| format!("{} has no file name; pass --name", path.display()))?;
+            String::from_utf8(file_name.as_bytes().to_vec())
+                .context("the file name is not UTF-8; pass --name")?
+        }
+    };
+    let digest = nar_core::dump::hash_path(path)?;
+    let store_path = make_source_path(&store_dir, &name, &digest.hash)?;
+    writeln!(io::stdout(), "{}", store_path.to_absolute(&store_dir))?;
+    Ok(ExitCode::SUCCESS)
 }

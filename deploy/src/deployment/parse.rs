@@ -1,0 +1,577 @@
+//! Reading a deployment file: the raw records as written (serde, with spans), then their
+//! resolution into [`Machine`]s: inheritance, defaults, path resolution, and every semantic
+//! error at its line and column (see the rules in [`super`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::*;
+
+/// Resolve the machines of a deployment file's `text` (`path` names it in errors, `dir` is its
+/// folder).
+pub(super) fn machines(
+    path: &Path,
+    text: &str,
+    dir: &Path,
+    env: EnvLookup<'_>,
+) -> Result<Vec<Machine>, DeploymentError> {
+    let cx = Cx { file: path.display().to_string(), text, dir: dir.to_owned(), env };
+    let raw: RawFile = toml::from_str(text).map_err(|e| match e.span() {
+        Some(span) => cx.at(span, e.message().to_owned()),
+        None => DeploymentError::File { file: cx.file.clone(), message: e.message().to_owned() },
+    })?;
+    cx.resolve(&raw)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawFile {
+    #[serde(default)]
+    operating_system: BTreeMap<String, Spanned<RawOs>>,
+    #[serde(default)]
+    machine: Vec<Spanned<RawMachine>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawOs {
+    inherit: Option<Spanned<String>>,
+    host_name: Option<String>,
+    timezone: Option<String>,
+    locale: Option<String>,
+    packages: Option<Vec<Spanned<String>>>,
+    files: Option<BTreeMap<String, Spanned<RawEtcFile>>>,
+    file_systems: Option<Vec<FileSystem>>,
+    services: Option<Vec<Spanned<Service>>>,
+    health_checks: Option<Vec<Spanned<RawHealthCheck>>>,
+    bootloader: Option<Bootloader>,
+    kernel: Option<String>,
+    kernel_arguments: Option<Vec<String>>,
+    initrd_modules: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+enum RawEtcFile {
+    Text(String),
+    Source(String),
+}
+
+impl<'de> Deserialize<'de> for RawEtcFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawEtcFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (the file's text) or a table { source = \"./file\" }")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawEtcFile, E> {
+                Ok(RawEtcFile::Text(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawEtcFile, A::Error> {
+                #[derive(Deserialize)]
+                #[serde(deny_unknown_fields)]
+                struct Source {
+                    source: String,
+                }
+                let s = Source::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(RawEtcFile::Source(s.source))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHealthCheck {
+    command: Option<String>,
+    tcp: Option<u16>,
+    host: Option<String>,
+    http: Option<String>,
+    status: Option<u16>,
+    /// Seconds.
+    timeout: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+enum RawOsRef {
+    Named(String),
+    Inline(Box<RawOs>),
+}
+
+impl<'de> Deserialize<'de> for RawOsRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawOsRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "the name of an [operating-system.NAME] declaration, or a table \
+                     { inherit = \"NAME\", … }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawOsRef, E> {
+                Ok(RawOsRef::Named(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawOsRef, A::Error> {
+                Ok(RawOsRef::Inline(Box::new(RawOs::deserialize(
+                    de::value::MapAccessDeserializer::new(map),
+                )?)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawMachine {
+    name: Spanned<String>,
+    #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    operating_system: Spanned<RawOsRef>,
+    #[serde(default)]
+    environment: Environment,
+    #[serde(default)]
+    configuration: Option<Spanned<RawConfiguration>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfiguration {
+    host_name: Option<String>,
+    system: Option<String>,
+    build_locally: Option<bool>,
+    authorize: Option<bool>,
+    allow_downgrades: Option<bool>,
+    safety_checks: Option<bool>,
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<Spanned<String>>,
+    host_key: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
+    confirm_timeout: Option<ConfirmTimeout>,
+    sudo: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConfirmTimeout(Option<Duration>);
+
+impl<'de> Deserialize<'de> for ConfirmTimeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ConfirmTimeout;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number of seconds, or false to switch confirmation off")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ConfirmTimeout, E> {
+                Ok(ConfirmTimeout(v.then_some(DEFAULT_CONFIRM_TIMEOUT)))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ConfirmTimeout, E> {
+                u64::try_from(v)
+                    .map(|s| ConfirmTimeout(Some(Duration::from_secs(s))))
+                    .map_err(|_| E::custom("the confirm timeout must not be negative"))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ConfirmTimeout, E> {
+                Ok(ConfirmTimeout(Some(Duration::from_secs(v))))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct Cx<'a> {
+    file: String,
+    text: &'a str,
+    dir: PathBuf,
+    env: EnvLookup<'a>,
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Cx<'_> {
+    fn at(&self, span: Range<usize>, message: String) -> DeploymentError {
+        let (line, column) = line_column(self.text, span.start);
+        DeploymentError::At { file: self.file.clone(), line, column, message }
+    }
+
+    fn home(&self) -> Option<PathBuf> {
+        (self.env)("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
+    }
+
+    /// `~/x` → home, relative → against the file's folder.
+    fn local_path(&self, value: &Spanned<String>) -> Result<PathBuf, DeploymentError> {
+        let s = value.get_ref();
+        let path = if s == "~" || s.starts_with("~/") {
+            let home = self.home().ok_or_else(|| {
+                self.at(value.span(), format!("cannot expand '{s}': HOME is not set"))
+            })?;
+            home.join(s.trim_start_matches('~').trim_start_matches('/'))
+        } else if s.is_empty() {
+            return Err(self.at(value.span(), "empty path".into()));
+        } else {
+            self.dir.join(s)
+        };
+        Ok(normalize(&path))
+    }
+
+    fn data_dir(&self) -> Option<PathBuf> {
+        (self.env)("XDG_DATA_HOME")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| self.home().map(|h| h.join(".local/share")))
+    }
+
+    fn resolve(&self, raw: &RawFile) -> Result<Vec<Machine>, DeploymentError> {
+        for (name, decl) in &raw.operating_system {
+            if !valid_name(name) {
+                return Err(self.at(
+                    decl.span(),
+                    format!("invalid declaration name '{name}' (letters, digits, '-', '_', '.')"),
+                ));
+            }
+        }
+        if raw.machine.is_empty() {
+            return Err(DeploymentError::File {
+                file: self.file.clone(),
+                message: "no [[machine]] in the deployment file".into(),
+            });
+        }
+        let mut seen = BTreeSet::new();
+        let mut machines = Vec::new();
+        for m in &raw.machine {
+            let m_span = m.span();
+            let m = m.get_ref();
+            let name = m.name.get_ref();
+            if !valid_name(name) {
+                return Err(self.at(
+                    m.name.span(),
+                    format!("invalid machine name '{name}' (letters, digits, '-', '_', '.')"),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(self.at(m.name.span(), format!("duplicate machine name '{name}'")));
+            }
+            let mut tags = Vec::new();
+            for t in &m.tags {
+                if !valid_name(t.get_ref()) {
+                    return Err(self.at(t.span(), format!("invalid tag '{}'", t.get_ref())));
+                }
+                tags.push(t.get_ref().clone());
+            }
+            let (declaration, merged) = match m.operating_system.get_ref() {
+                RawOsRef::Named(decl) => {
+                    let inherit = Spanned::new(m.operating_system.span(), decl.clone());
+                    let stub = RawOs { inherit: Some(inherit), ..RawOs::default() };
+                    (Some(decl.clone()), self.flatten(raw, stub, &mut Vec::new())?)
+                }
+                RawOsRef::Inline(os) => (
+                    os.inherit.as_ref().map(|s| s.get_ref().clone()),
+                    self.flatten(raw, (**os).clone(), &mut Vec::new())?,
+                ),
+            };
+            let os = self.finish_os(name, merged)?;
+            let configuration = self.configuration(name, m, m_span.clone())?;
+            if m.environment == Environment::Local {
+                let same_root = machines.iter().find(|o: &&Machine| {
+                    o.environment == Environment::Local
+                        && o.configuration.root == configuration.root
+                });
+                if let Some(other) = same_root {
+                    return Err(self.at(
+                        m_span,
+                        format!(
+                            "machines '{}' and '{name}' are both local with the root {}: each \
+                             needs its own",
+                            other.name,
+                            configuration.root.display()
+                        ),
+                    ));
+                }
+            }
+            machines.push(Machine {
+                name: name.clone(),
+                tags,
+                declaration,
+                os,
+                environment: m.environment,
+                configuration,
+            });
+        }
+        Ok(machines)
+    }
+
+    /// Apply the `inherit` chain: fields of `os` override those of its parent.
+    fn flatten(
+        &self,
+        raw: &RawFile,
+        os: RawOs,
+        chain: &mut Vec<String>,
+    ) -> Result<RawOs, DeploymentError> {
+        let Some(parent_name) = os.inherit.clone() else { return Ok(os) };
+        let name = parent_name.get_ref();
+        if chain.contains(name) {
+            chain.push(name.clone());
+            return Err(self.at(
+                parent_name.span(),
+                format!("operating-system inheritance cycle: {}", chain.join(" -> ")),
+            ));
+        }
+        let Some(parent) = raw.operating_system.get(name) else {
+            let known: Vec<&str> = raw.operating_system.keys().map(String::as_str).collect();
+            return Err(self.at(
+                parent_name.span(),
+                format!(
+                    "no [operating-system.{name}] declaration (declared: {})",
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            ));
+        };
+        chain.push(name.clone());
+        let parent = self.flatten(raw, parent.get_ref().clone(), chain)?;
+        chain.pop();
+        Ok(RawOs {
+            inherit: None,
+            host_name: os.host_name.or(parent.host_name),
+            timezone: os.timezone.or(parent.timezone),
+            locale: os.locale.or(parent.locale),
+            packages: os.packages.or(parent.packages),
+            files: os.files.or(parent.files),
+            file_systems: os.file_systems.or(parent.file_systems),
+            services: os.services.or(parent.services),
+            health_checks: os.health_checks.or(parent.health_checks),
+            bootloader: os.bootloader.or(parent.bootloader),
+            kernel: os.kernel.or(parent.kernel),
+            kernel_arguments: os.kernel_arguments.or(parent.kernel_arguments),
+            initrd_modules: os.initrd_modules.or(parent.initrd_modules),
+        })
+    }
+
+    fn finish_os(&self, machine: &str, os: RawOs) -> Result<OperatingSystem, DeploymentError> {
+        let mut packages = Vec::new();
+        for p in os.packages.unwrap_or_default() {
+            packages.push(if p.get_ref().starts_with('/') {
+                PathBuf::from(p.get_ref())
+            } else {
+                self.local_path(&p)?
+            });
+        }
+        let mut files = BTreeMap::new();
+        for (name, f) in os.files.unwrap_or_default() {
+            if !valid_etc_name(&name) {
+                return Err(self.at(
+                    f.span(),
+                    format!(
+                        "invalid etc file name '{name}': a relative path of letters, digits and \
+                         '._-+@', without '.', '..' or empty components"
+                    ),
+                ));
+            }
+            let file = match f.get_ref() {
+                RawEtcFile::Text(t) => EtcFile::Text(t.clone()),
+                RawEtcFile::Source(s) => {
+                    EtcFile::Source(self.local_path(&Spanned::new(f.span(), s.clone()))?)
+                }
+            };
+            files.insert(name, file);
+        }
+        let mut services: Vec<Service> = Vec::new();
+        let all: Vec<Spanned<Service>> = os.services.unwrap_or_default();
+        for s in &all {
+            let svc = s.get_ref();
+            if !valid_name(&svc.name) {
+                return Err(self.at(s.span(), format!("invalid service name '{}'", svc.name)));
+            }
+            if services.iter().any(|o| o.name == svc.name) {
+                return Err(self.at(s.span(), format!("duplicate service '{}'", svc.name)));
+            }
+            for r in &svc.requirements {
+                if !all.iter().any(|o| &o.get_ref().name == r) {
+                    return Err(self.at(
+                        s.span(),
+                        format!("service '{}' requires '{r}', which is not declared", svc.name),
+                    ));
+                }
+            }
+            services.push(svc.clone());
+        }
+        if let Err(cycle) = service_order(&services) {
+            return Err(DeploymentError::File {
+                file: self.file.clone(),
+                message: format!("machine '{machine}': {cycle}"),
+            });
+        }
+        let mut health_checks = Vec::new();
+        for h in os.health_checks.unwrap_or_default() {
+            health_checks.push(self.health_check(&h)?);
+        }
+        Ok(OperatingSystem {
+            host_name: os.host_name.unwrap_or_else(|| machine.to_owned()),
+            timezone: os.timezone.unwrap_or_else(|| "Etc/UTC".into()),
+            locale: os.locale.unwrap_or_else(|| "en_US.utf8".into()),
+            packages,
+            files,
+            file_systems: os.file_systems.unwrap_or_default(),
+            services,
+            health_checks,
+            boot: BootParameters {
+                bootloader: os.bootloader,
+                kernel: os.kernel,
+                kernel_arguments: os.kernel_arguments.unwrap_or_default(),
+                initrd_modules: os.initrd_modules.unwrap_or_default(),
+            },
+        })
+    }
+
+    fn health_check(&self, h: &Spanned<RawHealthCheck>) -> Result<HealthCheck, DeploymentError> {
+        let r = h.get_ref();
+        let timeout = r.timeout.map_or(DEFAULT_HEALTH_CHECK_TIMEOUT, Duration::from_secs);
+        let kinds = usize::from(r.command.is_some())
+            + usize::from(r.tcp.is_some())
+            + usize::from(r.http.is_some());
+        let err = |m: &str| Err(self.at(h.span(), m.to_owned()));
+        if kinds != 1 {
+            return err(
+                "a health check has exactly one of `command`, `tcp` (a port) or `http` (a URL)",
+            );
+        }
+        if let Some(command) = &r.command {
+            if r.host.is_some() || r.status.is_some() {
+                return err("`host` and `status` do not apply to a `command` health check");
+            }
+            Ok(HealthCheck::Command { command: command.clone(), timeout })
+        } else if let Some(port) = r.tcp {
+            if r.status.is_some() {
+                return err("`status` does not apply to a `tcp` health check");
+            }
+            Ok(HealthCheck::Tcp { host: r.host.clone(), port, timeout })
+        } else {
+            if r.host.is_some() {
+                return err("`host` does not apply to an `http` health check (put it in the URL)");
+            }
+            let url = r.http.clone().unwrap_or_default();
+            if !url.starts_with("http://") {
+                return err("the `http` health check needs an http:// URL");
+            }
+            Ok(HealthCheck::Http { url, status: r.status.unwrap_or(200), timeout })
+        }
+    }
+
+    fn configuration(
+        &self,
+        name: &str,
+        m: &RawMachine,
+        m_span: Range<usize>,
+    ) -> Result<Configuration, DeploymentError> {
+        let empty = RawConfiguration::default();
+        let (c, c_span) = match &m.configuration {
+            Some(c) => (c.get_ref(), c.span()),
+            None => (&empty, m_span),
+        };
+        let root = match (&c.root, m.environment) {
+            (Some(r), Environment::Local) => self.local_path(r)?,
+            (Some(r), Environment::ManagedHost) => {
+                if !r.get_ref().starts_with('/') {
+                    return Err(self.at(
+                        r.span(),
+                        format!(
+                            "the root of a managed host is a path on that host and must be \
+                             absolute, not '{}'",
+                            r.get_ref()
+                        ),
+                    ));
+                }
+                PathBuf::from(r.get_ref())
+            }
+            (None, Environment::Local) => self
+                .data_dir()
+                .ok_or_else(|| {
+                    self.at(
+                        c_span.clone(),
+                        format!(
+                            "machine '{name}': no `root` given and neither XDG_DATA_HOME nor \
+                             HOME is set"
+                        ),
+                    )
+                })?
+                .join("ferry/hosts")
+                .join(name),
+            (None, Environment::ManagedHost) => PathBuf::from("/"),
+        };
+        if m.environment == Environment::ManagedHost && c.host_name.is_none() {
+            return Err(self.at(
+                c_span,
+                format!(
+                    "machine '{name}' (managed-host) needs `host-name` in [machine.configuration]: \
+                     the SSH host to connect to"
+                ),
+            ));
+        }
+        if let Some(key) = &c.host_key {
+            let n = key.get_ref().split_whitespace().count();
+            if !(2..=3).contains(&n) {
+                return Err(self.at(
+                    key.span(),
+                    "host-key must be 'TYPE BASE64 [COMMENT]', as in known_hosts or the output \
+                     of ssh-keyscan"
+                        .into(),
+                ));
+            }
+        }
+        let identity = c.identity.as_ref().map(|i| self.local_path(i)).transpose()?;
+        Ok(Configuration {
+            host_name: c.host_name.clone(),
+            system: c.system.clone().unwrap_or_else(this_system),
+            build_locally: c.build_locally.unwrap_or(true),
+            authorize: c.authorize.unwrap_or(true),
+            allow_downgrades: c.allow_downgrades.unwrap_or(false),
+            safety_checks: c.safety_checks.unwrap_or(true),
+            port: c.port.unwrap_or(22),
+            user: c.user.clone().unwrap_or_else(|| "root".into()),
+            identity,
+            host_key: c.host_key.as_ref().map(|k| k.get_ref().clone()),
+            root,
+            confirm_timeout: c.confirm_timeout.map_or(Some(DEFAULT_CONFIRM_TIMEOUT), |t| t.0),
+            sudo: c.sudo,
+        })
+    }
+}
+
+fn valid_etc_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('/')
+        && name.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@' | '/'))
+}
+
+/// Lexically remove `.` and `..` components (no file-system access).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}

@@ -1,0 +1,288 @@
+//! Tests of deployment files: parsing, validation errors at line and column, selection.
+
+use super::*;
+
+fn env(name: &str) -> Option<OsString> {
+    match name {
+        "HOME" => Some("/home/u".into()),
+        _ => None,
+    }
+}
+
+fn parse(text: &str) -> Result<Deployment, DeploymentError> {
+    Deployment::parse(Path::new("/srv/deploy/fleet.toml"), text, &env)
+}
+
+fn err(text: &str) -> String {
+    parse(text).expect_err("should fail").to_string()
+}
+
+const ISSUE_SHAPE: &str = r#"
+[operating-system.base]              # named declarations, shared by machines
+host-name = "web"
+timezone = "Etc/UTC"
+packages = ["./pkgs/hello"]
+files = { "motd" = "Welcome\n" }
+services = [{ name = "hello", start = "...", stop = "..." }]
+file-systems = [{ device = "/dev/vda1", mount-point = "/", type = "ext4" }]
+
+[[machine]]
+name = "web1"
+tags = ["web"]
+operating-system = { inherit = "base", host-name = "web1" }   # or just "base"
+environment = "managed-host"         # or "local"
+[machine.configuration]
+host-name = "203.0.113.7"
+port = 22
+user = "root"
+identity = "~/.ssh/id_ed25519"
+host-key = "ssh-ed25519 AAAA..."
+root = "/"                           # where the host's store and state live (a directory for tests)
+"#;
+
+#[test]
+fn the_issue_shape_parses_with_defaults() {
+    let d = parse(ISSUE_SHAPE).unwrap();
+    assert_eq!(d.machines.len(), 1);
+    let m = &d.machines[0];
+    assert_eq!(m.name, "web1");
+    assert_eq!(m.tags, ["web"]);
+    assert_eq!(m.declaration.as_deref(), Some("base"));
+    assert_eq!(m.environment, Environment::ManagedHost);
+    assert_eq!(m.os.host_name, "web1");
+    assert_eq!(m.os.timezone, "Etc/UTC");
+    assert_eq!(m.os.locale, "en_US.utf8");
+    assert_eq!(m.os.packages, [PathBuf::from("/srv/deploy/pkgs/hello")]);
+    assert_eq!(m.os.files["motd"], EtcFile::Text("Welcome\n".into()));
+    assert_eq!(m.os.services[0].stop.as_deref(), Some("..."));
+    assert_eq!(m.os.file_systems[0].fs_type, "ext4");
+    assert!(m.os.file_systems[0].mount);
+    let c = &m.configuration;
+    assert_eq!(c.host_name.as_deref(), Some("203.0.113.7"));
+    assert_eq!(c.system, this_system());
+    assert!(c.build_locally && c.authorize && c.safety_checks && !c.allow_downgrades);
+    assert_eq!((c.port, c.user.as_str()), (22, "root"));
+    assert_eq!(c.identity.as_deref(), Some(Path::new("/home/u/.ssh/id_ed25519")));
+    assert_eq!(c.root, PathBuf::from("/"));
+    assert_eq!(c.confirm_timeout, Some(Duration::from_secs(30)));
+}
+
+#[test]
+fn unknown_key_has_line_and_column() {
+    let text = "[[machine]]\nname = \"a\"\noperating-system = \"x\"\nenviroment = \"local\"\n";
+    let e = err(text);
+    assert!(e.starts_with("/srv/deploy/fleet.toml:4:1: unknown field `enviroment`"), "{e}");
+}
+
+#[test]
+fn wrong_type_has_line_and_column() {
+    let text = "[operating-system.b]\nhost-name = \"h\"\n[[machine]]\nname = \"a\"\n\
+                operating-system = \"b\"\nenvironment = \"local\"\n[machine.configuration]\n\
+                port = \"22\"\n";
+    let e = err(text);
+    assert!(e.starts_with("/srv/deploy/fleet.toml:8:8: invalid type: string"), "{e}");
+}
+
+#[test]
+fn unknown_key_inside_inline_os_has_position() {
+    let text = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n\
+                operating-system = { host-nam = \"x\" }\n";
+    let e = err(text);
+    assert!(e.starts_with("/srv/deploy/fleet.toml:4:"), "{e}");
+    assert!(e.contains("unknown field `host-nam`"), "{e}");
+}
+
+#[test]
+fn unknown_declaration_and_cycles() {
+    let e =
+        err("[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = \"nope\"\n");
+    assert!(e.starts_with("/srv/deploy/fleet.toml:4:20: no [operating-system.nope]"), "{e}");
+    let text = "[operating-system.a]\ninherit = \"b\"\n[operating-system.b]\ninherit = \"c\"\n\
+                [operating-system.c]\ninherit = \"a\"\n\
+                [[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = \"a\"\n";
+    let e = err(text);
+    assert!(e.contains("operating-system inheritance cycle: a -> b -> c -> a"), "{e}");
+    assert!(e.starts_with("/srv/deploy/fleet.toml:6:11:"), "{e}");
+}
+
+#[test]
+fn inheritance_chain_overrides_fields_whole() {
+    let text = r#"
+[operating-system.base]
+timezone = "Europe/Paris"
+packages = ["/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-coreutils"]
+files = { motd = "base\n", issue = "x" }
+[operating-system.web]
+inherit = "base"
+files = { motd = "web\n" }
+[[machine]]
+name = "w1"
+environment = "local"
+operating-system = { inherit = "web", locale = "fr_FR.utf8" }
+"#;
+    let d = parse(text).unwrap();
+    let os = &d.machines[0].os;
+    assert_eq!(os.host_name, "w1");
+    assert_eq!(os.timezone, "Europe/Paris");
+    assert_eq!(os.locale, "fr_FR.utf8");
+    assert_eq!(os.files.len(), 1);
+    assert_eq!(
+        os.packages[0],
+        PathBuf::from("/gnu/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-coreutils")
+    );
+    assert_eq!(
+        d.machines[0].configuration.root,
+        PathBuf::from("/home/u/.local/share/ferry/hosts/w1")
+    );
+}
+
+#[test]
+fn local_root_defaults_and_resolution() {
+    let text = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n\
+                [machine.configuration]\nroot = \"../hosts/a\"\n";
+    let d = parse(text).unwrap();
+    assert_eq!(d.machines[0].configuration.root, PathBuf::from("/srv/hosts/a"));
+    let xdg = |n: &str| match n {
+        "XDG_DATA_HOME" => Some(OsString::from("/data")),
+        _ => None,
+    };
+    let text = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n";
+    let d = Deployment::parse(Path::new("f.toml"), text, &xdg).unwrap();
+    assert_eq!(d.machines[0].configuration.root, PathBuf::from("/data/ferry/hosts/a"));
+}
+
+#[test]
+fn managed_host_needs_host_name_and_absolute_root() {
+    let e = err("[[machine]]\nname = \"a\"\noperating-system = {}\n");
+    assert!(e.contains("needs `host-name`"), "{e}");
+    let e = err("[[machine]]\nname = \"a\"\noperating-system = {}\n[machine.configuration]\n\
+                 host-name = \"h\"\nroot = \"relative\"\n");
+    assert!(e.starts_with("/srv/deploy/fleet.toml:6:8:"), "{e}");
+}
+
+#[test]
+fn confirm_timeout_forms() {
+    let base = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n\
+                [machine.configuration]\n";
+    let get = |v: &str| {
+        parse(&format!("{base}confirm-timeout = {v}\n"))
+            .map(|d| d.machines[0].configuration.confirm_timeout)
+    };
+    assert_eq!(get("false").unwrap(), None);
+    assert_eq!(get("true").unwrap(), Some(DEFAULT_CONFIRM_TIMEOUT));
+    assert_eq!(get("5").unwrap(), Some(Duration::from_secs(5)));
+    assert!(get("-1").is_err());
+    assert!(get("\"x\"").unwrap_err().to_string().contains("false to switch confirmation off"));
+}
+
+#[test]
+fn etc_files_services_health_checks() {
+    let text = r#"
+[[machine]]
+name = "a"
+environment = "local"
+[machine.operating-system]
+files = { "ssh/sshd_config" = { source = "files/sshd" }, motd = "hi" }
+services = [{ name = "b", start = "x", requirements = ["a"] }, { name = "a", start = "y" }]
+health-checks = [{ command = "true" }, { tcp = 22, timeout = 2 }, { http = "http://{host}/", status = 204 }]
+"#;
+    let d = parse(text).unwrap();
+    let os = &d.machines[0].os;
+    assert_eq!(
+        os.files["ssh/sshd_config"],
+        EtcFile::Source(PathBuf::from("/srv/deploy/files/sshd"))
+    );
+    let order: Vec<&str> =
+        service_order(&os.services).unwrap().iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(order, ["a", "b"]);
+    assert_eq!(os.health_checks.len(), 3);
+    assert!(os.health_checks[0].runs_on_host());
+    assert_eq!(
+        os.health_checks[1],
+        HealthCheck::Tcp { host: None, port: 22, timeout: Duration::from_secs(2) }
+    );
+    let bad = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n[machine.operating-system]\n\
+               files = { \"../x\" = \"no\" }\n";
+    assert!(err(bad).contains("invalid etc file name"));
+    let bad = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n[machine.operating-system]\n\
+               health-checks = [{ command = \"x\", tcp = 1 }]\n";
+    assert!(err(bad).starts_with("/srv/deploy/fleet.toml:5:18:"), "{}", err(bad));
+    let bad = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n[machine.operating-system]\n\
+               services = [{ name = \"a\", start = \"x\", requirements = [\"a\"] }]\n";
+    assert!(err(bad).contains("service requirement cycle: a -> a"), "{}", err(bad));
+    let bad = "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n[machine.operating-system]\n\
+               services = [{ name = \"a\", start = \"x\", requirements = [\"zz\"] }]\n";
+    assert!(err(bad).contains("requires 'zz', which is not declared"));
+}
+
+#[test]
+fn duplicate_machines_and_selection() {
+    let e = err("[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n\
+                 [[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n");
+    assert!(e.starts_with("/srv/deploy/fleet.toml:6:8: duplicate machine name 'a'"), "{e}");
+    let text = "[[machine]]\nname = \"a\"\ntags=[\"web\"]\nenvironment = \"local\"\noperating-system = {}\n\
+                [[machine]]\nname = \"b\"\nenvironment = \"local\"\noperating-system = {}\n\
+                [[machine]]\nname = \"c\"\ntags=[\"web\", \"eu\"]\nenvironment = \"local\"\noperating-system = {}\n";
+    let d = parse(text).unwrap();
+    let names = |on: Option<&str>| -> Vec<String> {
+        d.select(on).unwrap().iter().map(|m| m.name.clone()).collect()
+    };
+    assert_eq!(names(None), ["a", "b", "c"]);
+    assert_eq!(names(Some("@web")), ["a", "c"]);
+    assert_eq!(names(Some("c,b")), ["b", "c"]);
+    assert_eq!(names(Some("@eu,a")), ["a", "c"]);
+    assert_eq!(d.select(Some("zz")).unwrap_err(), SelectError::UnknownName("zz".into()));
+    assert_eq!(d.select(Some("@db")).unwrap_err(), SelectError::UnknownTag("db".into()));
+    assert_eq!(d.select(Some(",")).unwrap_err(), SelectError::Empty);
+}
+
+#[test]
+fn the_examples_parse() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let demo = Deployment::parse(
+        &dir.join("demo.toml"),
+        include_str!("../../../examples/demo.toml"),
+        &env,
+    )
+    .unwrap();
+    assert_eq!(demo.machines.len(), 2);
+    for m in &demo.machines {
+        assert_eq!(m.environment, Environment::Local);
+        assert_eq!(m.declaration.as_deref(), Some("demo"));
+        assert_eq!(m.os.host_name, m.name);
+        assert_eq!(m.configuration.confirm_timeout, None);
+        assert_eq!(
+            m.configuration.root,
+            PathBuf::from(format!("/home/u/.local/share/ferry/hosts/{}", m.name))
+        );
+    }
+    let ssh =
+        Deployment::parse(&dir.join("ssh.toml"), include_str!("../../../examples/ssh.toml"), &env)
+            .unwrap();
+    let names: Vec<&str> =
+        ssh.select(Some("@web")).unwrap().iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["web1", "web2"]);
+    let db1 = &ssh.machines[2];
+    assert!(db1.configuration.allow_downgrades);
+    assert_eq!(db1.configuration.user, "deploy");
+    assert_eq!(db1.os.file_systems.len(), 2);
+    assert_eq!(ssh.machines[1].configuration.port, 2222);
+    assert_eq!(ssh.machines[0].os.health_checks.len(), 3);
+}
+
+#[test]
+fn local_machines_need_their_own_roots() {
+    let e = err("[[machine]]\nname = \"a\"\nenvironment = \"local\"\noperating-system = {}\n\
+                 [machine.configuration]\nroot = \"/r\"\n\
+                 [[machine]]\nname = \"b\"\nenvironment = \"local\"\noperating-system = {}\n\
+                 [machine.configuration]\nroot = \"/r/\"\n");
+    assert!(e.contains("machines 'a' and 'b' are both local with the root /r"), "{e}");
+}
+
+#[test]
+fn line_column_counts_characters() {
+    assert_eq!(line_column("ab\ncdé\nf", 0), (1, 1));
+    assert_eq!(line_column("ab\ncdé\nf", 3), (2, 1));
+    assert_eq!(line_column("ab\ncdé\nf", 8), (3, 1));
+    assert_eq!(line_column("ab\ncdé\nf", 7), (2, 4));
+}

@@ -1,0 +1,453 @@
+//! The deploy run: every selected machine's pipeline, in parallel, each with its own result.
+//!
+//! One pipeline for both environments (`local` roots and `managed-host` machines over SSH),
+//! through a [`Link`] per machine: the steps on the host are requests of one `ferry host
+//! session` per machine (see [`proto::session`]): facts, copy and activation share one
+//! process and one channel.
+//!
+//! - [`deploy`]: one thread builds the machines' systems into the local store in machine order
+//!   (one writer); each machine's pipeline starts as soon as its own system is there, makes
+//!   its [`HostPlan`] ([`crate::plan`]) and executes it (`apply`).
+//! - [`dry_run`]: the same up to the plans, which it returns; nothing changes on the hosts.
+//! - [`roll_back`], [`execute`] (`-x`), [`list_generations`]: one `ferry host` command each.
+//!
+//! Machines run in parallel (`jobs` at a time); one machine's failure never stops the others
+//! unless `fail_fast`. Progress goes to a [`DeployProgress`]; errors name the step.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use proto::session::{GenerationInfo, HostLine};
+use signing::guix::SigningKey;
+use store::{Store, StoreError, StoreLayout};
+use transfer::push::frame_cache::FrameCache;
+use transfer::push::PushError;
+
+use crate::apply::{apply, Apply};
+use crate::deployment::{Deployment, Machine};
+use crate::link::{Link, LinkError};
+use crate::plan::{plan_host, HostPlan, Planned};
+use crate::progress::{DeployProgress, Phase};
+use crate::system::{self, BuiltSystem, Provenance, SystemError};
+
+/// Test hook, read by the front end into [`Options::never_confirm`]: the coordinator never
+/// confirms an activation (the host must roll back).
+pub const NEVER_CONFIRM_ENV: &str = "FERRY_TEST_NEVER_CONFIRM";
+
+/// How a run goes.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Machines worked on at the same time.
+    pub jobs: usize,
+    /// Start no further machine after the first failure.
+    pub fail_fast: bool,
+    /// Never confirm an activation ([`NEVER_CONFIRM_ENV`]).
+    pub never_confirm: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options { jobs: 8, fail_fast: false, never_confirm: false }
+    }
+}
+
+/// Why a machine's pipeline (or the whole run) failed; the text names the step.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    #[error("cannot open the local store")]
+    LocalStore(#[source] Box<StoreError>),
+    #[error("build: building the system of {machine}")]
+    Build { machine: String, source: SystemError },
+    #[error("build: the build stopped before this machine's system")]
+    BuildStopped,
+    #[error("closure of the system in the local store")]
+    Closure(#[source] Box<StoreError>),
+    #[error("connect")]
+    Connect(#[source] LinkError),
+    #[error("connect and facts")]
+    Facts(#[source] LinkError),
+    #[error("system type check: {0}")]
+    SystemType(String),
+    #[error("safety checks failed: {} (set `safety-checks = false` to skip them)", .0.join("; "))]
+    Safety(Vec<String>),
+    #[error("downgrade check: {0}")]
+    Downgrade(String),
+    /// Ending a dry run's session.
+    #[error("facts")]
+    EndSession(#[source] LinkError),
+    #[error("copy")]
+    CopySession(#[source] LinkError),
+    #[error("copy")]
+    Push(#[source] Box<PushError>),
+    #[error(
+        "copy: the host refused {} path(s): {}{}",
+        list.len(),
+        list.join("; "),
+        if *authorize { "" } else {
+            " (set `authorize = true` to add this machine's signing key to its ACL)"
+        }
+    )]
+    Refused { list: Vec<String>, authorize: bool },
+    /// Activation broke off; the text says what state the host is left in.
+    #[error("activate: {0}")]
+    Activate(String),
+    #[error("roll back")]
+    RollBack(#[source] LinkError),
+    #[error("roll back: {0}")]
+    RollBackEnded(String),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error("skipped: an earlier machine failed (--fail-fast)")]
+    Skipped,
+}
+
+/// `error` and its sources, `: `-separated (as the front end prints errors).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// One machine's result for the table.
+#[derive(Debug, Clone, Default)]
+pub struct HostReport {
+    pub success: bool,
+    /// The generation the host is on at the end.
+    pub generation: Option<u64>,
+    /// Paths sent.
+    pub paths: usize,
+    /// Of those, paths whose compressed stream another machine's copy made (compress once).
+    pub shared: usize,
+    /// NAR bytes sent.
+    pub bytes: u64,
+    pub detail: String,
+    /// Time spent in each step.
+    pub steps: Vec<(&'static str, Duration)>,
+}
+
+/// What a run got from one machine, and how long its pipeline took.
+#[derive(Debug)]
+pub struct HostRun<T> {
+    pub result: Result<T, DeployError>,
+    pub elapsed: Duration,
+}
+
+/// What `-x` got from one machine.
+#[derive(Debug, Clone)]
+pub struct ExecReport {
+    /// The command's exit code (`None`: killed by a signal).
+    pub code: Option<i32>,
+}
+
+/// Run `work` for every machine, `jobs` at a time; results in machine order. `ok` says
+/// whether a result counts as a success (for `fail_fast`).
+fn for_each_machine<T: Send>(
+    machines: &[&Machine],
+    options: &Options,
+    ok: fn(&T) -> bool,
+    work: &(dyn Fn(usize, &Machine) -> Result<T, DeployError> + Sync),
+) -> Vec<HostRun<T>> {
+    let slots: Vec<Mutex<Option<HostRun<T>>>> = machines.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..options.jobs.min(machines.len()).max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(m) = machines.get(i) else { break };
+                let run = if options.fail_fast && failed.load(Ordering::SeqCst) {
+                    HostRun { result: Err(DeployError::Skipped), elapsed: Duration::ZERO }
+                } else {
+                    let start = Instant::now();
+                    let result = work(i, m);
+                    HostRun { result, elapsed: start.elapsed() }
+                };
+                if !run.result.as_ref().is_ok_and(ok) {
+                    failed.store(true, Ordering::SeqCst);
+                }
+                *slots[i].lock().unwrap_or_else(|p| p.into_inner()) = Some(run);
+            });
+        }
+    });
+    slots
+        .into_iter()
+        .map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every machine ran"))
+        .collect()
+}
+
+/// What every machine's pipeline shares.
+pub(crate) struct Ctx<'a> {
+    pub layout: &'a StoreLayout,
+    pub deployment: &'a Deployment,
+    pub progress: &'a dyn DeployProgress,
+}
+
+/// Build every machine's system (one thread, machine order) while each machine's pipeline
+/// waits for its own and then runs `then` on its plan.
+fn pipelines<T: Send>(
+    ctx: &Ctx<'_>,
+    machines: &[&Machine],
+    options: &Options,
+    ok: fn(&T) -> bool,
+    then: &(dyn Fn(&Machine, Planned) -> Result<T, DeployError> + Sync),
+) -> Result<Vec<HostRun<T>>, DeployError> {
+    let started = Instant::now();
+    let mut store =
+        Store::open(ctx.layout.clone()).map_err(|e| DeployError::LocalStore(Box::new(e)))?;
+    let built = Slots::new(machines.len());
+    let progress = ctx.progress;
+    Ok(std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let _close = CloseOnDrop(&built);
+            let mut added = system::AddedPackages::default();
+            // git runs once for the file; each machine adds its declaration's name.
+            let provenance = Provenance::of_file(&ctx.deployment.file, None);
+            for (i, m) in machines.iter().enumerate() {
+                let provenance =
+                    Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
+                let result = system::build_with(&mut store, &m.os, &provenance, &mut added)
+                    .map_err(|source| DeployError::Build { machine: m.name.clone(), source });
+                if let Ok(system) = &result {
+                    progress.line(&m.name, &format!("system {}", system.absolute));
+                }
+                built.put(i, result.map(|system| (system, provenance)));
+            }
+            progress.built(machines.len(), started.elapsed());
+        });
+        for_each_machine(machines, options, ok, &|i, m| {
+            progress.start(&m.name);
+            progress.phase(&m.name, Phase::Build);
+            let r = built
+                .take(i)
+                .and_then(|(system, provenance)| plan_host(ctx, m, &system, &provenance))
+                .and_then(|planned| then(m, planned));
+            match &r {
+                Ok(r) => progress.done(&m.name, ok(r)),
+                Err(e) => {
+                    progress.error(&m.name, e);
+                    progress.done(&m.name, false);
+                }
+            }
+            r
+        })
+    }))
+}
+
+/// Deploy: build, plan, copy and activate every machine's system (see the module doc); the
+/// copies are signed with `key`. `Err` only when the local store cannot be opened.
+pub fn deploy(
+    deployment: &Deployment,
+    machines: &[&Machine],
+    layout: &StoreLayout,
+    key: &SigningKey,
+    options: &Options,
+    progress: &dyn DeployProgress,
+) -> Result<Vec<HostRun<HostReport>>, DeployError> {
+    let ctx = Ctx { layout, deployment, progress };
+    // Compress once: each path's zstd stream is made by the first machine's session that
+    // sends it and copied by the others (all at the same level, so they share).
+    let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
+    let run = Apply { key, frame_cache, never_confirm: options.never_confirm };
+    pipelines(&ctx, machines, options, |r: &HostReport| r.success, &|m, planned| {
+        apply(&ctx, &run, m, planned)
+    })
+}
+
+/// Dry run: build every machine's system and plan its deploy (the hosts' facts and the
+/// checks); change nothing on the hosts.
+pub fn dry_run(
+    deployment: &Deployment,
+    machines: &[&Machine],
+    layout: &StoreLayout,
+    options: &Options,
+    progress: &dyn DeployProgress,
+) -> Result<Vec<HostRun<HostPlan>>, DeployError> {
+    let ctx = Ctx { layout, deployment, progress };
+    pipelines(&ctx, machines, options, |_| true, &|_, planned| {
+        planned.session.end().map_err(DeployError::EndSession)?;
+        Ok(planned.plan)
+    })
+}
+
+/// Return every machine to its previous generation (profile, activate, services).
+pub fn roll_back(
+    machines: &[&Machine],
+    options: &Options,
+    progress: &dyn DeployProgress,
+) -> Vec<HostRun<HostReport>> {
+    for_each_machine(machines, options, |r| r.success, &|_, m| {
+        progress.start(&m.name);
+        let r = roll_back_one(m, progress);
+        match &r {
+            Ok(r) => progress.done(&m.name, r.success),
+            Err(e) => {
+                progress.error(&m.name, e);
+                progress.done(&m.name, false);
+            }
+        }
+        r
+    })
+}
+
+fn roll_back_one(m: &Machine, progress: &dyn DeployProgress) -> Result<HostReport, DeployError> {
+    let link = Link::new(m).map_err(DeployError::RollBack)?;
+    let mut result = None;
+    let exit = link
+        .host(&["roll-back"], b"", &mut |line| match HostLine::parse(line) {
+            Some(HostLine::Result(r)) => result = Some(r),
+            Some(HostLine::Line(l)) => progress.line(&m.name, &l),
+            _ => progress.line(&m.name, line),
+        })
+        .map_err(DeployError::RollBack)?;
+    let r = result.ok_or_else(|| DeployError::RollBackEnded(exit.describe()))?;
+    Ok(HostReport {
+        success: r.success,
+        generation: r.generation,
+        detail: r.detail,
+        ..HostReport::default()
+    })
+}
+
+/// Which stream of a `-x` command a line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Its stdout and stderr, as they come.
+    Output,
+    /// What the agent program printed on stderr (after the command ended).
+    Stderr,
+}
+
+/// `-x`: run `command` on every machine in parallel (in its root, with its current system's
+/// `profile/bin` first on `PATH`); each line goes to `line(machine, stream, text)`.
+pub fn execute(
+    machines: &[&Machine],
+    command: &[String],
+    jobs: usize,
+    line: &(dyn Fn(&str, Stream, &str) + Sync),
+) -> Vec<HostRun<ExecReport>> {
+    let mut args = vec!["exec", "--"];
+    args.extend(command.iter().map(String::as_str));
+    let options = Options { jobs, ..Options::default() };
+    for_each_machine(machines, &options, |r| r.code == Some(0), &|_, m| {
+        let link = Link::new(m)?;
+        let exit = link.host(&args, b"", &mut |l| line(&m.name, Stream::Output, l))?;
+        for l in exit.stderr.trim().lines() {
+            line(&m.name, Stream::Stderr, l);
+        }
+        Ok(ExecReport { code: exit.code })
+    })
+}
+
+/// Every machine's generations.
+pub fn list_generations(machines: &[&Machine], jobs: usize) -> Vec<HostRun<Vec<GenerationInfo>>> {
+    let options = Options { jobs, ..Options::default() };
+    for_each_machine(machines, &options, |_| true, &|_, m| {
+        Ok(Link::new(m)?.host_json(&["generations", "--json"], &())?)
+    })
+}
+
+/// A machine's built system and its provenance, or why it could not be built.
+type Built = Result<(BuiltSystem, Provenance), DeployError>;
+
+/// The systems, handed from the builder to each machine's pipeline as they are built (in
+/// machine order).
+struct Slots {
+    /// The systems not yet taken, and how many were built.
+    state: Mutex<(Vec<Option<Built>>, usize)>,
+    filled: Condvar,
+}
+
+impl Slots {
+    fn new(n: usize) -> Slots {
+        Slots { state: Mutex::new(((0..n).map(|_| None).collect(), 0)), filled: Condvar::new() }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (Vec<Option<Built>>, usize)> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Machine `i`'s system (the next one).
+    fn put(&self, i: usize, built: Built) {
+        let mut state = self.lock();
+        state.0[i] = Some(built);
+        state.1 = i + 1;
+        self.filled.notify_all();
+    }
+
+    /// The builder stopped: the machines it did not build get an error instead of waiting.
+    fn close(&self) {
+        let mut state = self.lock();
+        let (slots, count) = &mut *state;
+        for slot in &mut slots[*count..] {
+            *slot = Some(Err(DeployError::BuildStopped));
+        }
+        *count = slots.len();
+        self.filled.notify_all();
+    }
+
+    /// Wait for machine `i`'s system (taken once).
+    fn take(&self, i: usize) -> Built {
+        let mut state = self.lock();
+        while state.1 <= i {
+            state = self.filled.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.0[i].take().expect("each machine's system is taken once")
+    }
+}
+
+/// Closes the slots when the builder ends, however it ends.
+struct CloseOnDrop<'a>(&'a Slots);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_step_and_chain_their_causes() {
+        let refused =
+            DeployError::Refused { list: vec!["/gnu/store/a: no".into()], authorize: false };
+        assert_eq!(
+            refused.to_string(),
+            "copy: the host refused 1 path(s): /gnu/store/a: no (set `authorize = true` to add \
+             this machine's signing key to its ACL)"
+        );
+        let safety = DeployError::Safety(vec!["a".into(), "b".into()]);
+        assert_eq!(
+            safety.to_string(),
+            "safety checks failed: a; b (set `safety-checks = false` to skip them)"
+        );
+        let facts = DeployError::Facts(LinkError::Session("h: ferry host session: gone".into()));
+        assert_eq!(error_chain(&facts), "connect and facts: h: ferry host session: gone");
+    }
+
+    #[test]
+    fn fail_fast_skips_the_machines_after_a_failure() {
+        let m = |n: &str| {
+            format!(
+                "[[machine]]\nname = \"{n}\"\nenvironment = \"local\"\n\
+                 [machine.operating-system]\n"
+            )
+        };
+        let file = m("a") + &m("b");
+        let d = Deployment::parse(std::path::Path::new("/d.toml"), &file, &|_| Some("/h".into()))
+            .unwrap();
+        let machines = d.select(None).unwrap();
+        let options = Options { jobs: 1, fail_fast: true, ..Options::default() };
+        let runs = for_each_machine(&machines, &options, |ok: &bool| *ok, &|i, _| Ok(i != 0));
+        assert!(matches!(runs[0].result, Ok(false)));
+        assert!(matches!(runs[1].result, Err(DeployError::Skipped)));
+    }
+}

@@ -1,0 +1,86 @@
+//! [`DeployProgress`]: what a deploy run reports while it works, per machine (its phase,
+//! lines to show, the copy's bytes, its end), for a front end to render; [`NoProgress`]
+//! ignores it all. The library never renders anything itself.
+
+use std::fmt;
+use std::time::Duration;
+
+use transfer::push::{Progress, ProgressEvent};
+
+use crate::orchestrate::DeployError;
+
+/// A step of one machine's pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Phase {
+    /// Waiting for its system to be built.
+    Build,
+    /// Reaching the host and asking for its facts.
+    Connect,
+    /// The system-type, safety and downgrade checks.
+    Check,
+    /// Copying the missing paths.
+    Copy,
+    /// The host activates the system.
+    Activate,
+    /// The host waits for this side's confirmation.
+    Confirm,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Phase::Build => "build",
+            Phase::Connect => "connect",
+            Phase::Check => "check",
+            Phase::Copy => "copy",
+            Phase::Activate => "activate",
+            Phase::Confirm => "confirm",
+        })
+    }
+}
+
+/// A receiver of a deploy run's progress; called from the machines' threads. Every method
+/// does nothing by default.
+pub trait DeployProgress: Sync {
+    /// Machine `host`'s pipeline started.
+    fn start(&self, _host: &str) {}
+    /// It entered `phase`.
+    fn phase(&self, _host: &str, _phase: Phase) {}
+    /// A line about it to show (host output, warnings, the system built for it).
+    fn line(&self, _host: &str, _text: &str) {}
+    /// The copy is known: `missing` of `closure` paths, `nar_bytes` to send.
+    fn copy_plan(&self, _host: &str, _missing: usize, _closure: usize, _nar_bytes: u64) {}
+    /// More of the copy's NAR bytes went out.
+    fn copy_sent(&self, _host: &str, _nar_bytes: u64) {}
+    /// Its pipeline failed with `error` (also in its result).
+    fn error(&self, _host: &str, _error: &DeployError) {}
+    /// It is done.
+    fn done(&self, _host: &str, _success: bool) {}
+    /// Every selected machine's system is built.
+    fn built(&self, _systems: usize, _elapsed: Duration) {}
+}
+
+/// Ignores progress.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoProgress;
+
+impl DeployProgress for NoProgress {}
+
+/// The transfer engine's progress of one machine's copy, passed on.
+pub(crate) struct CopyProgress<'a> {
+    pub host: &'a str,
+    pub progress: &'a dyn DeployProgress,
+}
+
+impl Progress for CopyProgress<'_> {
+    fn event(&self, _: &str, event: &ProgressEvent<'_>) {
+        match event {
+            ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, .. } => {
+                self.progress.copy_plan(self.host, *missing_paths, *closure_paths, *nar_bytes)
+            }
+            ProgressEvent::Sent { nar_bytes } => self.progress.copy_sent(self.host, *nar_bytes),
+            _ => {}
+        }
+    }
+}
