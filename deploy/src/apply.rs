@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use proto::session::{ActivateRequest, HostCheck, HostLine};
 use signing::guix::SigningKey;
-use transfer::frame_cache::FrameCache;
+use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use crate::deployment::{HealthCheck, Machine};

@@ -20,8 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use proto::uri::StoreParams;
-use transfer::ssh::SshConfig;
-use transfer::ssh_transport::SshTransport;
+use transfer::transport::ssh::{SshAuth, SshConfig, SshTransport};
 use transfer::transport::{
     AgentHandle, Connection, LocalTransport, StderrTail, Transport, TransportError,
 };
@@ -122,12 +121,13 @@ impl std::fmt::Debug for Link {
 pub fn ssh_config(m: &Machine) -> Result<SshConfig, LinkError> {
     let c = &m.configuration;
     let host = c.host_name.clone().ok_or_else(|| LinkError::NoHostName(m.name.clone()))?;
-    let mut config = SshConfig::new(host);
-    config.port = c.port;
-    config.user = c.user.clone();
-    config.identity = c.identity.clone();
-    config.host_key = c.host_key.clone();
-    Ok(config)
+    let endpoint = proto::uri::SshEndpoint { user: Some(c.user.clone()), host, port: Some(c.port) };
+    let auth = SshAuth {
+        identity: c.identity.clone(),
+        host_key: c.host_key.clone(),
+        ..SshAuth::default()
+    };
+    Ok(SshConfig::for_endpoint(&endpoint, auth))
 }
 
 impl Link {
@@ -157,7 +157,7 @@ impl Link {
                      AAAA...\"` in its [machine.configuration].",
                     m.name,
                     config.port,
-                    transfer::ssh::shell_quote(&config.host)
+                    transfer::transport::ssh::shell_quote(&config.host)
                 );
                 let transport = SshTransport::new(config, store).map_err(LinkError::SshSetup)?;
                 Link::Ssh { transport: Box::new(transport), host_key_hint }

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use proto::session::{GenerationInfo, HostLine};
 use signing::guix::SigningKey;
 use store::{Store, StoreError, StoreLayout};
-use transfer::frame_cache::FrameCache;
+use transfer::push::frame_cache::FrameCache;
 use transfer::push::PushError;
 
 use crate::apply::{apply, Apply};

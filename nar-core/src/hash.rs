@@ -160,7 +160,8 @@ impl Write for NarHasher {
     }
 }
 
-/// A writer that hashes everything written through it (while producing a NAR).
+/// A writer that hashes everything written through it (a NAR as it is produced, or the
+/// compressed NAR on its way to a binary cache file).
 #[derive(Debug)]
 pub struct HashingWriter<W> {
     inner: W,

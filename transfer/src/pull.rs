@@ -1,6 +1,6 @@
 //! Pull: copy closures from an agent's store into the local one (`ferry copy --from`).
 //!
-//! The protocol's pull (see [`transfer::protocol`], "Pull") swaps the roles on one stream: after
+//! The protocol's pull (see [`proto::peer`], "Pull") swaps the roles on one stream: after
 //! the handshake the local side sends `SendClosure{roots}`; the agent then pushes the roots'
 //! closure from its store with [`crate::push`]'s session, signed with its host's key, and the
 //! local side serves that push with [`crate::agent::serve`] on the local store. So everything a
@@ -9,18 +9,17 @@
 //! (`<state>/acl`: the sending host's key must be in it), the NAR hash and size while
 //! restoring, and batched, crash-safe registration.
 //!
-//! [`send_closure`] is the agent's half, [`pull_closure`] the local half.
+//! [`pull_closure`] is the local half; the agent's half is in [`crate::agent`] (it pushes with
+//! [`crate::push`]'s session), so this module needs only the agent and the transport.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use nar_core::store_path::StorePath;
-use store::Store;
 
 use crate::agent::{AgentError, AgentOptions, ServeSummary};
-use crate::push::{NoProgress, PushOptions};
 use crate::transport::{Connection, Transport, TransportError};
 use proto::frame::{Frame, Hello, ProtocolError};
 use proto::io::{FrameReader, FrameWriter, FramedError};
@@ -47,7 +46,7 @@ pub struct PullSummary {
 pub enum PullError {
     #[error(transparent)]
     Transport(#[from] TransportError),
-    #[error("{host}: {error}{}", crate::transport::stderr_note(crate::push::AGENT_SAID, .stderr))]
+    #[error("{host}: {error}{}", crate::transport::stderr_note(crate::transport::AGENT_SAID, .stderr))]
     Handshake { host: String, error: Box<FramedError>, stderr: String },
     #[error(
         "{host} keeps its store in {theirs}, this store is in {ours}: store paths differ between \
@@ -59,7 +58,7 @@ pub enum PullError {
          this ferry version there"
     )]
     NoSendFeature { host: String, version: String },
-    #[error("{host}: receiving: {error}{}", crate::transport::stderr_note(crate::push::AGENT_SAID, .stderr))]
+    #[error("{host}: receiving: {error}{}", crate::transport::stderr_note(crate::transport::AGENT_SAID, .stderr))]
     Receive { host: String, error: Box<AgentError>, stderr: String },
 }
 
@@ -171,54 +170,4 @@ pub fn pull_closure(
             Err(PullError::Receive { host, error: Box::new(error), stderr })
         }
     }
-}
-
-/// The agent's half of a pull: push the closure of `roots` from `store` to the peer, signed
-/// with this host's key (`<state>/signing-key.sec`, made on first use).
-pub(crate) fn send_closure<R: Read, W: Write + Send>(
-    store: &Store,
-    roots: &[StorePath],
-    frames: &mut FrameReader<R>,
-    out: FrameWriter<W>,
-) -> Result<ServeSummary, AgentError> {
-    let fail = |message: String| AgentError::Protocol(ProtocolError::Peer(message));
-    let layout = store.layout().clone();
-    let closure = match store.closure(roots) {
-        Ok(c) => c,
-        Err(e) => return Err(report(out, fail(format!("cannot send the closure: {e}")))),
-    };
-    let key = match crate::trust::load_or_generate_key(layout.state_dir()) {
-        Ok((key, _)) => key,
-        Err(e) => {
-            return Err(report(out, fail(format!("cannot load this host's signing key: {e}"))))
-        }
-    };
-    // The agent's writer is not metered: the adaptive level starts from its defaults.
-    let wire = Arc::new(AtomicU64::new(0));
-    let meter = Arc::new(crate::encode::LinkMeter::default());
-    let summary = crate::push::session(
-        &layout,
-        &closure,
-        "the pulling side",
-        &key,
-        &PushOptions::default(),
-        &NoProgress,
-        frames,
-        out,
-        (&wire, &meter),
-        Instant::now(),
-    )
-    .map_err(|e| fail(e.to_string()))?;
-    Ok(ServeSummary {
-        imported: summary.paths_landed as u64,
-        rejected: summary.rejected.len() as u64,
-        ..ServeSummary::default()
-    })
-}
-
-/// Tell the peer why the session ends (an `Error` frame), then return the error.
-fn report<W: Write>(mut out: FrameWriter<W>, err: AgentError) -> AgentError {
-    let _ = out.send(&Frame::Error(err.to_string()));
-    let _ = out.flush();
-    err
 }

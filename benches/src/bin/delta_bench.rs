@@ -29,8 +29,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use nar_core::hash::{NarDigest, NarHasher, Sha256Hash};
 use serde_json::{json, Value};
-use transfer::adaptive::{AdaptiveConfig, Controller};
-use transfer::delta::{self, EncodeParams, VerifiedBase};
+use transfer::delta::stream::{self as delta, EncodeParams, VerifiedBase};
+use transfer::push::adaptive::{AdaptiveConfig, Controller};
 
 #[derive(Debug, Parser)]
 #[command(name = "delta_bench")]

@@ -1,4 +1,4 @@
-//! The SSH transport (`transfer::ssh`) against Debian's OpenSSH server on loopback.
+//! The SSH transport (`transfer::transport::ssh`) against Debian's OpenSSH server on loopback.
 //!
 //! `FERRY_SSH_THROUGHPUT_MIB` sets the size of the throughput run: 1024 MiB by default in an
 //! optimized build (`cargo test --release -p ferry-tests --test ssh throughput -- --nocapture`),
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::sshd::{remote_path, KeyKind, Sshd, SshdOptions};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use transfer::ssh::{Keepalive, SshConfig, SshError, SshSession, UploadMethod};
+use transfer::transport::ssh::{Keepalive, SshConfig, SshError, SshSession, UploadMethod};
 
 fn config(sshd: &Sshd) -> SshConfig {
     let mut cfg = SshConfig::new(sshd.host());

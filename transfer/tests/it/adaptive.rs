@@ -1,6 +1,6 @@
 //! The adaptive controller's decisions on simulated links and compressors.
 
-use transfer::adaptive::{
+use transfer::push::adaptive::{
     AdaptiveConfig, Choice, CompressSetting, Controller, FAST_LEVELS, MAX_LEVEL,
 };
 

@@ -131,7 +131,7 @@ impl Transport for Tamper {
 #[test]
 fn clean_copy_then_noop() {
     let s = stores(true);
-    let t = InProcessTransport { options: AgentOptions::new(s.host.clone()) };
+    let t = AgentOptions::new(s.host.clone()).in_process();
     let o = PushOptions::default();
     let first = push_closure(s.local.layout(), &s.closure, &t, &s.key, &o, &NoProgress).unwrap();
     assert_eq!(first.paths_sent, 3);
@@ -145,10 +145,7 @@ fn clean_copy_then_noop() {
 #[test]
 fn tampered_byte_in_flight_is_a_hash_mismatch() {
     let s = stores(true);
-    let t = Tamper {
-        inner: InProcessTransport { options: AgentOptions::new(s.host.clone()) },
-        at: None,
-    };
+    let t = Tamper { inner: AgentOptions::new(s.host.clone()).in_process(), at: None };
     let o = PushOptions { encoding: Encoding::None, ..PushOptions::default() };
     let summary = push_closure(s.local.layout(), &s.closure, &t, &s.key, &o, &NoProgress).unwrap();
     let reasons: Vec<(String, RejectReason)> =
@@ -163,9 +160,9 @@ fn tampered_byte_in_flight_is_a_hash_mismatch() {
 #[test]
 fn tampered_compressed_byte_is_refused() {
     let s = stores(true);
-    let plain = InProcessTransport { options: AgentOptions::new(s.host.clone()) };
+    let plain = AgentOptions::new(s.host.clone()).in_process();
     // Learn where the stream is, on a scratch host: the big path is most of it.
-    let probe = InProcessTransport { options: AgentOptions::new(s.scratch.clone()) };
+    let probe = AgentOptions::new(s.scratch.clone()).in_process();
     let o = PushOptions::default();
     let wire = push_closure(s.local.layout(), &s.closure, &probe, &s.key, &o, &NoProgress)
         .unwrap()
@@ -183,7 +180,7 @@ fn tampered_compressed_byte_is_refused() {
 #[test]
 fn unauthorized_key_refused() {
     let s = stores(false);
-    let t = InProcessTransport { options: AgentOptions::new(s.host.clone()) };
+    let t = AgentOptions::new(s.host.clone()).in_process();
     let summary = push_closure(
         s.local.layout(),
         &s.closure,
@@ -212,7 +209,7 @@ struct Raw {
 
 impl Raw {
     fn open(host: &StoreLayout) -> Raw {
-        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let t = AgentOptions::new(host.clone()).in_process();
         let Connection { reader, writer, agent } = t.connect().unwrap();
         Raw {
             frames: FrameReader::new(reader),

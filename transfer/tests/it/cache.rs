@@ -1,4 +1,4 @@
-//! `transfer::cache` against Debian's Nix 2.8: a cache ferry writes is accepted by
+//! `transfer::target::cache` against Debian's Nix 2.8: a cache ferry writes is accepted by
 //! `nix copy --from file://`, refused when unsigned or signed by an untrusted key, has narinfos
 //! identical to Nix's own (apart from the compressed bytes), and a cache Nix writes is read
 //! back into a ferry store.
@@ -13,7 +13,7 @@ use nar_core::store_path::StoreDir;
 use signing::keyfile::load_nix_signing_key;
 use signing::nix::{SigningKey, VerifyingKey};
 use store::{Store, StoreLayout};
-use transfer::cache::{CacheError, CacheOptions, CacheReader, CacheWriter, NarInfo};
+use transfer::target::cache::{CacheError, CacheOptions, CacheReader, CacheWriter, NarInfo};
 
 fn nix_copy_from_cache(
     cache: &Path,

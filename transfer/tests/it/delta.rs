@@ -6,7 +6,8 @@ use std::path::Path;
 
 use nar_core::hash::{NarDigest, NarHasher};
 use rand::{Rng, RngCore, SeedableRng};
-use transfer::delta::{self, BaseReason, DeltaError, EncodeParams, HeldPath, VerifiedBase};
+use transfer::delta::bases::{self, BaseReason, HeldPath};
+use transfer::delta::stream::{self as delta, DeltaError, EncodeParams, VerifiedBase};
 
 fn rng(seed: u64) -> rand::rngs::StdRng {
     rand::rngs::StdRng::seed_from_u64(seed)
@@ -282,7 +283,7 @@ fn new_stream_shorter_or_longer_than_announced_is_an_error() {
 
 #[test]
 fn name_version_like_parse_drv_name() {
-    use delta::parse_name_version as p;
+    use bases::parse_name_version as p;
     assert_eq!(p("foo-1.2.3"), ("foo", "1.2.3"));
     assert_eq!(p("libreoffice-core-7.4.7"), ("libreoffice-core", "7.4.7"));
     assert_eq!(p("foo-bar-baz"), ("foo-bar-baz", ""));
@@ -295,7 +296,7 @@ fn name_version_like_parse_drv_name() {
 
 #[test]
 fn versions_compare_like_nix() {
-    use delta::compare_versions as c;
+    use bases::compare_versions as c;
     use std::cmp::Ordering::*;
     assert_eq!(c("1.0", "2.3"), Less);
     assert_eq!(c("2.1", "2.3"), Less);
@@ -333,7 +334,7 @@ fn bases_ranked_by_place_name_and_version() {
         held("ff-renamed-1.0", Some(300_000_000), true),
         held("firefox-esr-10.0", Some(20_000_000), false), // too small: dropped
     ];
-    let r = delta::rank_bases("firefox-esr-153.7.0esr", Some(308_000_000), &h);
+    let r = bases::rank_bases("firefox-esr-153.7.0esr", Some(308_000_000), &h);
     let ids: Vec<&str> = r.iter().map(|b| b.id.as_str()).collect();
     // The same-place counterpart first even when renamed, then by version.
     assert_eq!(
@@ -350,18 +351,18 @@ fn bases_ranked_by_place_name_and_version() {
     // A same-name path of the current generation before other same-name paths.
     let mut in_gen = held("firefox-esr-115.0", Some(250_000_000), false);
     in_gen.in_generation = true;
-    let r = delta::rank_bases("firefox-esr-153.7.0esr", Some(308_000_000), &[h[1].clone(), in_gen]);
+    let r = bases::rank_bases("firefox-esr-153.7.0esr", Some(308_000_000), &[h[1].clone(), in_gen]);
     assert_eq!(r[0].id, "id-firefox-esr-115.0");
     assert_eq!(r[0].reason, BaseReason::SameNameInGeneration);
     // Same place and same name beats everything; a rebuild (same version) beats older ones.
     let h =
         [held("foo-1.0", None, false), held("foo-1.1", None, false), held("foo-0.9", None, true)];
-    let r = delta::rank_bases("foo-1.1", None, &h);
+    let r = bases::rank_bases("foo-1.1", None, &h);
     assert_eq!(r[0].reason, BaseReason::SamePlaceSameName);
     assert_eq!(r[1].id, "id-foo-1.1");
     assert_eq!(r[2].id, "id-foo-1.0");
     // Nothing of the same name, nothing at the same place: no candidate.
-    assert!(delta::rank_bases("bar-1", None, &h[..2]).is_empty());
+    assert!(bases::rank_bases("bar-1", None, &h[..2]).is_empty());
 }
 
 #[test]
@@ -384,7 +385,7 @@ fn closure_counterparts_follow_names_and_single_renames() {
     fn name(p: &str) -> &str {
         p.split_once('-').unwrap().1
     }
-    let pairs = delta::closure_counterparts("a-system-1", &old, "A-system-2", &new, name);
+    let pairs = bases::closure_counterparts("a-system-1", &old, "A-system-2", &new, name);
     assert_eq!(pairs["A-system-2"], "a-system-1");
     assert_eq!(pairs["B-bash-5.2"], "b-bash-5.1");
     assert_eq!(pairs["C-lo-7.4.8"], "c-lo-7.4.7");

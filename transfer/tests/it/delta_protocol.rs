@@ -13,7 +13,7 @@ use nar_core::store_path::{StoreDir, StorePath};
 use rand::{Rng, SeedableRng};
 use signing::guix::SigningKey;
 use transfer::agent::AgentOptions;
-use transfer::frame_cache::FrameCache;
+use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, NoProgress, PushOptions, PushSummary};
 use transfer::transport::InProcessTransport;
 
@@ -64,7 +64,7 @@ impl World {
     }
 
     fn push(&self, root: &StorePath, host: &StoreLayout, o: &PushOptions) -> PushSummary {
-        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let t = AgentOptions::new(host.clone()).in_process();
         push_closure(self.local.layout(), &self.closure(root), &t, &self.key, o, &NoProgress)
             .unwrap()
     }
@@ -226,7 +226,7 @@ fn compress_once_for_several_hosts() {
             .map(|h| {
                 let (local, o, closure) = (&local, &o, &closure);
                 scope.spawn(move || {
-                    let t = InProcessTransport { options: AgentOptions::new(h.clone()) };
+                    let t = AgentOptions::new(h.clone()).in_process();
                     push_closure(local, closure, &t, key, o, &NoProgress).unwrap()
                 })
             })
@@ -244,7 +244,7 @@ fn compress_once_for_several_hosts() {
 
 #[test]
 fn adaptive_and_no_delta_settings() {
-    use transfer::adaptive::CompressSetting;
+    use transfer::push::adaptive::CompressSetting;
     let mut w = world();
     let (_, a1, l2, a2) = generations(&mut w);
     let host = w.host("host");
@@ -273,7 +273,7 @@ fn adaptive_and_no_delta_settings() {
     };
     let s = w.push(&a3, &other, &max);
     assert!(s.rejected.is_empty(), "{:?}", s.rejected);
-    assert_eq!(s.encode.levels, vec![(transfer::adaptive::MAX_LEVEL, 2)]);
+    assert_eq!(s.encode.levels, vec![(transfer::push::adaptive::MAX_LEVEL, 2)]);
     assert_eq!(s.encode.paths_delta, 2);
 }
 
@@ -301,7 +301,7 @@ fn bases_only_for_peers_that_speak_delta() {
         references: Vec::new(),
     });
     for delta in [false, true] {
-        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let t = AgentOptions::new(host.clone()).in_process();
         let Connection { reader, writer, mut agent } = t.connect().unwrap();
         let mut frames = FrameReader::new(reader);
         let mut out = FrameWriter::new(writer, Arc::new(AtomicU64::new(0)));
@@ -400,7 +400,7 @@ fn same_place_bases_only_with_the_graph() {
     set_generation(&host, &s1);
     let closure = w.closure(&s2);
     for graph in [true, false] {
-        let t = InProcessTransport { options: AgentOptions::new(host.clone()) };
+        let t = AgentOptions::new(host.clone()).in_process();
         let Connection { reader, writer, mut agent } = t.connect().unwrap();
         let mut frames = FrameReader::new(reader);
         let mut out = FrameWriter::new(writer, Arc::new(AtomicU64::new(0)));
@@ -440,7 +440,7 @@ fn no_graph_for_agents_without_the_feature() {
     let host = w.host("host");
     w.push(&s1, &host, &PushOptions::default());
     set_generation(&host, &s1);
-    let t = OldAgent { inner: InProcessTransport { options: AgentOptions::new(host.clone()) } };
+    let t = OldAgent { inner: AgentOptions::new(host.clone()).in_process() };
     let s = push_closure(
         w.local.layout(),
         &w.closure(&s2),

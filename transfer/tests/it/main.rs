@@ -1,6 +1,7 @@
 //! One integration-test binary for `transfer` (one link step; modules share helpers).
 //!
-//! The transfer engine as a library: the agent, deltas, adaptive levels, binary caches, the Nix serve client, link shaping.
+//! The transfer engine as a library: the agent, deltas, adaptive levels, binary caches, the Nix serve client, link shaping
+//! (`relay` and `shaping` need the `bench` feature: `cargo test -p transfer --all-features`).
 
 mod adaptive;
 mod agent;
@@ -9,5 +10,7 @@ mod delta;
 mod delta_protocol;
 mod nix_fixture;
 mod nix_serve;
+#[cfg(feature = "bench")]
 mod relay;
+#[cfg(feature = "bench")]
 mod shaping;

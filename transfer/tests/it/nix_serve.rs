@@ -1,4 +1,4 @@
-//! `transfer::nix_serve` against Debian's Nix 2.8: `nix-store --store ROOT --serve --write` as a
+//! `transfer::target::nix_host` against Debian's Nix 2.8: `nix-store --store ROOT --serve --write` as a
 //! subprocess driven over its pipes. A pushed closure verifies in Nix's store with the same
 //! references and hashes; a second push sends no NAR; QueryPathInfos and DumpStorePath read
 //! it back; a lying path info and a missing reference are refused with errors naming the path.
@@ -12,7 +12,7 @@ use crate::nix_fixture::*;
 use nar_core::store_path::StoreDir;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use transfer::nix_serve::{NixServeClient, ServeError};
+use transfer::target::nix_host::{NixServeClient, ServeError};
 
 type Client = NixServeClient<ChildStdout, ChildStdin>;
 

@@ -96,7 +96,6 @@ fn shaped_transport_carries_a_push_no_faster_than_the_link() {
     use transfer::agent::AgentOptions;
     use transfer::push::{push_closure, NoProgress, PushOptions};
     use transfer::shaping::ShapedTransport;
-    use transfer::transport::InProcessTransport;
 
     let dir = tempfile::tempdir().unwrap();
     let layout = |n: &str| StoreLayout::new(dir.path().join(n), StoreDir::guix(), None).unwrap();
@@ -116,7 +115,7 @@ fn shaped_transport_carries_a_push_no_faster_than_the_link() {
     let host = layout("host");
     let spec = LinkSpec { rate: 1_000_000.0, latency: Duration::from_millis(20), burst: 16 << 10 };
     let shaped = ShapedTransport {
-        inner: Box::new(InProcessTransport { options: AgentOptions::new(host.clone()) }),
+        inner: Box::new(AgentOptions::new(host.clone()).in_process()),
         up: spec,
         down: spec,
     };

@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use closure::PathInfo;
 
 use nar_core::dump::{dump, DumpError};
-use nar_core::hash::{HashingReader, NarDigest, NarHasher, Sha256Hash};
+use nar_core::hash::{HashingReader, HashingWriter, NarDigest, NarHasher, Sha256Hash};
 use nar_core::store_path::{StoreDir, StorePath, StorePathError};
 use signing::nix::{fingerprint, Signature, SigningKey, VerifyingKey};
 use store::{Store, StoreError};
@@ -591,10 +591,8 @@ impl CacheWriter {
             .create_new(true)
             .open(temp)
             .map_err(io_err("create", temp))?;
-        let hashing = HashingFileWriter {
-            inner: BufWriter::with_capacity(CHUNK, file),
-            hasher: NarHasher::new(),
-        };
+        // Hashes the compressed bytes on their way to the file.
+        let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
         let mut encoder = zstd::stream::write::Encoder::new(hashing, self.options.zstd_level)
             .map_err(io_err("start zstd for", temp))?;
         if self.options.zstd_workers > 0 {
@@ -622,12 +620,12 @@ impl CacheWriter {
             Ok::<_, CacheError>((hasher.finish(), encoder))
         })?;
         let hashing = encoder.finish().map_err(io_err("write", temp))?;
-        let HashingFileWriter { inner, hasher } = hashing;
+        let (inner, file_digest) = hashing.finish();
         let file = inner.into_inner().map_err(|e| io_err("write", temp)(e.into_error()))?;
         if self.options.fsync {
             file.sync_all().map_err(io_err("sync", temp))?;
         }
-        Ok((nar, hasher.finish()))
+        Ok((nar, file_digest))
     }
 
     /// Write the closure of `roots` from `store`, references first, skipping paths the cache
@@ -650,23 +648,6 @@ impl CacheWriter {
             }
         }
         Ok(report)
-    }
-}
-
-/// Hashes the compressed bytes on their way to the file.
-struct HashingFileWriter {
-    inner: BufWriter<File>,
-    hasher: NarHasher,
-}
-
-impl Write for HashingFileWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 

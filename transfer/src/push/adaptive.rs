@@ -43,7 +43,7 @@ pub enum CompressSetting {
 }
 
 /// The highest level the controller picks (and `--compress max` uses).
-pub const MAX_LEVEL: i32 = crate::delta::MAX_LEVEL;
+pub const MAX_LEVEL: i32 = crate::delta::stream::MAX_LEVEL;
 
 impl std::str::FromStr for CompressSetting {
     type Err = String;

@@ -1,4 +1,4 @@
-//! [`SshTransport`]: the agent over an exec channel of a [`crate::ssh::SshSession`] (russh), with
+//! [`SshTransport`]: the agent over an exec channel of a [`crate::transport::ssh::SshSession`] (russh), with
 //! agent bootstrap.
 //!
 //! One SSH session per host is opened on first use and reused for every channel (the probe, the
@@ -29,25 +29,18 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use crate::ssh::{RemoteExit, RemoteStdin, RemoteStdout, SshConfig, SshSession};
+use super::bootstrap::AgentProgram;
+use super::{RemoteExit, RemoteStatus, RemoteStdin, RemoteStdout, SshConfig, SshSession};
 use crate::transport::{AgentHandle, Connection, Transport, TransportError};
 use proto::uri::StoreParams;
 
-/// What the probe found.
-#[derive(Debug, Clone)]
-struct AgentProgram {
-    path: String,
-    sudo: bool,
-    uploaded: bool,
-}
-
 /// The ferry agent over SSH.
 pub struct SshTransport {
-    config: SshConfig,
-    store: StoreParams,
+    pub(super) config: SshConfig,
+    pub(super) store: StoreParams,
     runtime: Arc<Runtime>,
     session: tokio::sync::Mutex<Option<Arc<SshSession>>>,
-    program: Mutex<Option<AgentProgram>>,
+    pub(super) program: Mutex<Option<AgentProgram>>,
     /// The executable uploaded when the host has no ferry of this version.
     pub local_executable: Option<PathBuf>,
 }
@@ -61,16 +54,8 @@ impl fmt::Debug for SshTransport {
     }
 }
 
-fn other(e: impl fmt::Display) -> TransportError {
+pub(super) fn other(e: impl fmt::Display) -> TransportError {
     TransportError::Other(e.to_string())
-}
-
-/// The remote architecture name (`uname -m`) of this build.
-pub fn local_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86" => "i686",
-        arch => arch,
-    }
 }
 
 impl SshTransport {
@@ -113,104 +98,6 @@ impl SshTransport {
         let s = Arc::new(SshSession::connect(&self.config).await.map_err(other)?);
         *slot = Some(s.clone());
         Ok(s)
-    }
-
-    async fn agent_program(&self, session: &SshSession) -> Result<AgentProgram, TransportError> {
-        if let Some(p) = self.program.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(p);
-        }
-        let version = env!("CARGO_PKG_VERSION");
-        // $2 = 1: the agent is to run under `sudo -n` if the user is not root; check it can.
-        let script = r#"v="$1"
-uid=$(id -u)
-echo "uid $uid"
-echo "home $HOME"
-if [ "$2" = 1 ] && [ "$uid" != 0 ]; then
-  if ! command -v sudo >/dev/null 2>&1; then echo "sudo missing"
-  elif out=$(sudo -n true 2>&1 </dev/null); then echo "sudo ok"
-  else echo "sudo refused $(printf '%s' "$out" | tr '\n' ' ')"; fi
-fi
-for f in "$(command -v ferry 2>/dev/null)" "$HOME/.cache/ferry/ferry-$v"; do
-  if [ -n "$f" ] && [ -x "$f" ] && [ "$("$f" --version 2>/dev/null)" = "ferry $v" ]; then
-    echo "found $f"; exit 0
-  fi
-done
-echo "arch $(uname -m)""#;
-        let wants_sudo = if self.store.wants_sudo() { "1" } else { "0" };
-        let out =
-            session.run(&["sh", "-c", script, "sh", version, wants_sudo]).await.map_err(other)?;
-        let text = String::from_utf8_lossy(&out);
-        let field = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        };
-        let uid: u32 = field("uid").and_then(|u| u.trim().parse().ok()).ok_or_else(|| {
-            other(format!(
-                "{}: the host's probe did not report the user's uid: {:?}",
-                self.config.target(),
-                text.trim()
-            ))
-        })?;
-        let sudo = self.store.use_sudo(uid);
-        if sudo {
-            let refused = |detail: String| TransportError::SudoRefused {
-                host: self.config.target(),
-                user: self.config.user.clone(),
-                detail,
-            };
-            match field("sudo").map(str::trim) {
-                Some("ok") => {}
-                Some("missing") => return Err(refused("sudo is not installed".to_owned())),
-                Some(r) => {
-                    let said = r.strip_prefix("refused").unwrap_or(r).trim();
-                    return Err(refused(format!("sudo -n said: {said}")));
-                }
-                None => return Err(refused("the probe did not report on sudo".to_owned())),
-            }
-        }
-        let program = if let Some(found) = field("found") {
-            AgentProgram { path: found.to_owned(), sudo, uploaded: false }
-        } else {
-            let arch = field("arch").unwrap_or("unknown");
-            if arch != local_arch() {
-                return Err(TransportError::Other(format!(
-                    "{}: the host has no ferry {version} and is {arch}, while this ferry is \
-                     built for {}; install ferry {version} on the host",
-                    self.config.target(),
-                    local_arch()
-                )));
-            }
-            let home = field("home").filter(|h| h.starts_with('/')).ok_or_else(|| {
-                other(format!("{}: the remote $HOME is not an absolute path", self.config.target()))
-            })?;
-            let local = self.local_executable.clone().ok_or_else(|| {
-                other("cannot find the running executable to upload it to the host")
-            })?;
-            let remote = format!("{home}/.cache/ferry/ferry-{version}");
-            session.upload(&local, &remote, 0o755).await.map_err(other)?;
-            AgentProgram { path: remote, sudo, uploaded: true }
-        };
-        *self.program.lock().unwrap_or_else(|p| p.into_inner()) = Some(program.clone());
-        Ok(program)
-    }
-
-    /// `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] ARGS...`.
-    fn argv_for(&self, program: &AgentProgram, args: &[String]) -> Vec<String> {
-        let mut argv = Vec::new();
-        if program.sudo {
-            argv.extend(["sudo".to_owned(), "-n".to_owned(), "--".to_owned()]);
-        }
-        argv.push(program.path.clone());
-        if let Some(root) = &self.store.root {
-            argv.extend(["--root".to_owned(), root.display().to_string()]);
-        }
-        if let Some(d) = &self.store.store_dir {
-            argv.extend(["--store-dir".to_owned(), d.clone()]);
-        }
-        if let Some(d) = &self.store.state_dir {
-            argv.extend(["--state-dir".to_owned(), d.display().to_string()]);
-        }
-        argv.extend(args.iter().cloned());
-        argv
     }
 
     /// Run `ferry ARGS...` on the host with the agent's program (found or uploaded as for the
@@ -286,7 +173,7 @@ echo "arch $(uname -m)""#;
 #[derive(Debug, Clone)]
 pub struct RemoteRun {
     /// Its exit status.
-    pub status: crate::ssh::RemoteStatus,
+    pub status: RemoteStatus,
     /// Its stderr (the tail).
     pub stderr: String,
 }

@@ -2,7 +2,7 @@
 //! whether the bytes come from another session's encoding (compress once).
 //!
 //! [`PathEncoder::prepare`] decides, before the path's `PathStart` goes out (its encoding is part
-//! of it): with the adaptive controller ([`crate::adaptive::Controller`]) the level and delta on/off
+//! of it): with the adaptive controller ([`crate::push::adaptive::Controller`]) the level and delta on/off
 //! follow the measured link; otherwise the fixed level is used, and a delta whenever the host
 //! offered a base the local store holds. A base whose local NAR does not check out means a full
 //! transfer. [`PathEncoder::write_data`] then encodes on a helper thread, forwards the
@@ -31,10 +31,10 @@ use closure::PathInfo;
 use nar_core::store_path::StorePath;
 use store::StoreLayout;
 
-use crate::adaptive::{AdaptiveConfig, Choice, CompressSetting, Controller};
-use crate::delta::VerifiedBase;
-use crate::delta_path::LocalBases;
-use crate::frame_cache::{Claim, Follower, FrameCache, Key, Producer};
+use crate::delta::bases::LocalBases;
+use crate::delta::stream::VerifiedBase;
+use crate::push::adaptive::{AdaptiveConfig, Choice, CompressSetting, Controller};
+use crate::push::frame_cache::{Claim, Follower, FrameCache, Key, Producer};
 use proto::frame::Encoding;
 use proto::io::{DataWriter, FrameWriter};
 
@@ -344,7 +344,7 @@ impl<'a> PathEncoder<'a> {
                     // helper thread's busy time since the segment began.
                     let clock = BusyClock::start(&self.out_blocked_ns);
                     let mut segment_start = clock.now();
-                    let mut record = |done: &crate::delta::EncodeStats, level: i32| {
+                    let mut record = |done: &crate::delta::stream::EncodeStats, level: i32| {
                         let now = clock.now();
                         if let (Some(c), Some(&(_, _, new_len, frame_len))) =
                             (controller, done.segments.last())
@@ -354,7 +354,7 @@ impl<'a> PathEncoder<'a> {
                         }
                         segment_start = now;
                     };
-                    let mut level_for = |i: usize, done: &crate::delta::EncodeStats| {
+                    let mut level_for = |i: usize, done: &crate::delta::stream::EncodeStats| {
                         if i > 0 {
                             let last = *lock(&levels).last().expect("segment 0 recorded");
                             record(done, last);
@@ -366,7 +366,7 @@ impl<'a> PathEncoder<'a> {
                         lock(&levels).push(l);
                         l
                     };
-                    let stats = crate::delta_path::encode_path(
+                    let stats = crate::delta::bases::encode_path(
                         &base,
                         &phys,
                         info.nar_size,
@@ -374,7 +374,7 @@ impl<'a> PathEncoder<'a> {
                         w,
                     )
                     .map_err(|e| match e {
-                        crate::delta::DeltaError::Io(io) => io,
+                        crate::delta::stream::DeltaError::Io(io) => io,
                         other => io::Error::other(other.to_string()),
                     })?;
                     if let Some(&last) = lock(&levels).last() {

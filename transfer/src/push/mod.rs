@@ -11,13 +11,19 @@
 //! 4. meanwhile this thread reads `Ack`/`Reject` as each path lands, then `Bye`.
 //!
 //! Each path's encoding (level, full or delta against a base the host offered, shared with other
-//! hosts' sessions) is [`crate::encode::PathEncoder`]'s decision. When deltas were sent, the
+//! hosts' sessions) is [`encode::PathEncoder`]'s decision. When deltas were sent, the
 //! sender waits for every answer before `Done` and re-sends in full the paths whose delta failed
 //! on the host (and those then refused for a missing reference), in the same session.
 //!
 //! Memory stays bounded: the NAR is produced by `dump` into the zstd encoder, whose output is
 //! cut into chunks of [`proto::frame::DATA_CHUNK`] bytes written straight to the stream;
 //! back-pressure from a slow link blocks the dump.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`encode`] | per-path encoding: level, delta or full, link metering |
+//! | [`frame_cache`] | compress once: encoded streams shared by the sessions of a push |
+//! | [`adaptive`] | zstd level and delta on/off from the measured link and compressor |
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -31,10 +37,14 @@ use nar_core::store_path::StorePath;
 use signing::guix::SigningKey;
 use store::StoreLayout;
 
-use crate::adaptive::CompressSetting;
-use crate::encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
-use crate::frame_cache::FrameCache;
-use crate::transport::{Connection, Transport, TransportError};
+pub mod adaptive;
+pub mod encode;
+pub mod frame_cache;
+
+use crate::transport::{Connection, Transport, TransportError, AGENT_SAID};
+use adaptive::CompressSetting;
+use encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
+use frame_cache::FrameCache;
 use proto::frame::{
     Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason, Welcome,
     FEATURE_DELTA, FEATURE_GRAPH,
@@ -191,9 +201,6 @@ pub enum PushError {
     Send { host: String, path: String, error: io::Error },
 }
 
-/// How push and pull errors introduce the agent's stderr.
-pub(crate) const AGENT_SAID: &str = "\nthe agent said:\n";
-
 /// Stops writing after a byte budget (the `cut_after` test hook).
 struct CutWriter<W> {
     inner: W,
@@ -221,7 +228,7 @@ impl<W: Write> Write for CutWriter<W> {
 }
 
 /// The `Query` entries for `closure`, in its order; with `graph`, each carries the indexes of
-/// its references other than itself (feature `graph`, see [`transfer::protocol`]).
+/// its references other than itself (feature `graph`, see [`proto::frame`]).
 pub fn query_entries(closure: &ValidatedClosure, graph: bool) -> Vec<QueryEntry> {
     closure
         .iter()
@@ -304,6 +311,11 @@ pub fn push_closure(
 }
 
 /// One push session on an open stream (also the agent's half of a pull, [`crate::pull`]).
+///
+/// Long, and kept whole on purpose: the handshake, the diff, the sender thread and the
+/// acknowledgement loop share one state machine (`state`), its `send`/`receive` closures and
+/// the counters inside one `thread::scope`; split into functions they would pass all of these
+/// around, and the protocol's order would no longer read top to bottom.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn session<R: io::Read, W: Write + Send>(
     local: &StoreLayout,

@@ -22,7 +22,7 @@
 //!
 //! **Deltas.** When the coordinator speaks `delta`, `Have` names base candidates for the missing
 //! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
-//! ([`crate::delta_path`]); any failure of the delta is a `Reject` with `delta-failed`.
+//! ([`crate::delta::bases`]); any failure of the delta is a `Reject` with `delta-failed`.
 //!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
@@ -39,6 +39,9 @@
 //! registered it) or that is queried with another NAR hash (the file holds other contents).
 //! Partial files of paths this query does not name are left alone unless too old: they may
 //! belong to another coordinator's interrupted copy.
+//!
+//! **Pull.** After `SendClosure` the roles swap on the stream: this side pushes the closure
+//! with the coordinator's own session code ([`send`]).
 //!
 //! **Locking.** The store is opened for writing ([`store::Store::open`]), which holds the
 //! store's writer lock for the session; concurrent sessions are serialized per path by the
@@ -64,6 +67,10 @@ use proto::frame::{
 };
 use proto::io::{DataReader, FrameReader, FrameWriter, FramedError};
 use proto::peer::AgentState;
+
+use crate::transport::InProcessTransport;
+
+mod send;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -95,6 +102,15 @@ impl AgentOptions {
             batch_bytes: 256 << 20,
             batch_delay: Duration::from_secs(1),
         }
+    }
+
+    /// This agent on a thread of this process ([`InProcessTransport`], named
+    /// `in-process://ROOT`): each connection is served by [`serve`] with these options.
+    pub fn in_process(self) -> InProcessTransport {
+        let name = format!("in-process://{}", self.layout.root().display());
+        InProcessTransport::new(name, move |input, output| {
+            serve(self.clone(), input, output).map(|_| ()).map_err(|e| e.to_string())
+        })
     }
 }
 
@@ -224,6 +240,9 @@ impl<R: Read, W: Write> Session<R, W> {
 }
 
 /// Serve one session on `input`/`output` (stdin/stdout under `ferry serve`).
+///
+/// One loop over the coordinator's frames, one arm per frame kind, kept whole so the agent's
+/// side of the protocol reads in order; the work of each arm is in `Session`'s methods.
 pub fn serve<R: Read, W: Write + Send>(
     options: AgentOptions,
     input: R,
@@ -338,7 +357,8 @@ pub fn serve<R: Read, W: Write + Send>(
                 prune_partials(&layout, &entries, &valid, s.options.partial_max_age);
                 let bases = if peer_delta {
                     // Offering no bases is always correct: a failure here only costs bytes.
-                    crate::delta_path::host_candidates(&store, &entries, &valid).unwrap_or_default()
+                    crate::delta::bases::host_candidates(&store, &entries, &valid)
+                        .unwrap_or_default()
                 } else {
                     Vec::new()
                 };
@@ -358,8 +378,8 @@ pub fn serve<R: Read, W: Write + Send>(
                 }
             }
             Frame::SendClosure { roots } => {
-                // Pull: from here on this side pushes (crate::pull).
-                return crate::pull::send_closure(&store, &roots, &mut s.frames, s.out);
+                // Pull: from here on this side pushes (crate::pull is the other side).
+                return send::send_closure(&store, &roots, &mut s.frames, s.out);
             }
             Frame::Done => {
                 s.commit_batch(&mut store)?;
@@ -579,7 +599,7 @@ fn refusal(start: &PathStart, error: StoreError, abs: &str) -> Frame {
     }
 }
 
-/// Receive a path sent as a delta ([`crate::delta_path::apply`]), imported at once (the batch
+/// Receive a path sent as a delta ([`crate::delta::bases::apply`]), imported at once (the batch
 /// was registered first, so its references are valid); no partial file is kept.
 fn receive_delta<R: Read>(
     data: &mut DataReader<'_, R>,
@@ -593,7 +613,7 @@ fn receive_delta<R: Read>(
         let message = format!("a delta cannot resume (offset {})", start.offset);
         return Ok(reject(&start.path, RejectReason::DeltaFailed, message));
     }
-    let result = crate::delta_path::apply(store, info, base, data);
+    let result = crate::delta::bases::apply(store, info, base, data);
     if let Some(fatal) = data.take_fatal() {
         return Err(fatal.into());
     }
@@ -601,8 +621,8 @@ fn receive_delta<R: Read>(
     let abs = start.path.to_absolute(store.store_dir());
     Ok(match result {
         Ok(outcome) => Frame::Ack { path: start.path.clone(), outcome: ack_outcome(outcome) },
-        Err(crate::delta_path::ApplyError::Store(e)) => refusal(start, e, &abs),
-        Err(crate::delta_path::ApplyError::Delta(message)) => {
+        Err(crate::delta::bases::ApplyError::Store(e)) => refusal(start, e, &abs),
+        Err(crate::delta::bases::ApplyError::Delta(message)) => {
             reject(&start.path, RejectReason::DeltaFailed, format!("{abs}: {message}"))
         }
     })
