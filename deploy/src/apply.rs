@@ -85,6 +85,16 @@ pub(crate) fn apply(
     }
 
     // 2. Activate, confirm.
+    if m.os.prebuilt.is_some() {
+        // TODO(issue 15): the host side of `switch` (profile PROFILE-N-link, switch and
+        // boot-switch, rollback with the previous generation's own command).
+        session.end().map_err(DeployError::CopySession)?;
+        return Err(DeployError::Activate(
+            "the closure was copied, but activating a system built elsewhere (its `switch` \
+             command) is not implemented yet"
+                .into(),
+        ));
+    }
     ctx.progress.phase(&m.name, Phase::Activate);
     let r = activate(ctx, run, &link, session, m, &system).map_err(DeployError::Activate)?;
     steps.extend(r.steps);

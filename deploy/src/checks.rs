@@ -384,6 +384,7 @@ mod tests {
             services: vec![],
             health_checks: vec![],
             boot: Default::default(),
+            prebuilt: None,
         }
     }
 

@@ -3,6 +3,9 @@
 //! # Format (TOML, kebab-case keys, unknown keys are errors)
 //!
 //! ```toml
+//! store = "ferry"                  # the local store systems come from: "ferry" (default), or
+//!                                  # "nix" / "guix": the machine's own, read in place
+//!
 //! [operating-system.base]          # a named declaration; machines share and override it
 //! host-name = "web"                # default: the machine's name
 //! timezone = "Etc/UTC"             # default "Etc/UTC"
@@ -21,6 +24,14 @@
 //! [operating-system.db]
 //! inherit = "base"                 # chains are allowed; cycles are errors
 //! host-name = "db"
+//!
+//! [operating-system.web]           # a system built by Nix or Guix, with its own switch command
+//! system = "/nix/store/…-nixos-system-web1-24.11"        # in the deployment's store
+//! switch = ["bin/switch-to-configuration", "switch"]    # run on the host, relative to the system
+//! boot-switch = ["bin/switch-to-configuration", "boot"] # optional: when `switch` fails
+//! profile = "/nix/var/nix/profiles/system"              # generations system-N-link beside it
+//! health-checks = [{ tcp = 22 }]                         # (packages, files, services… are the
+//!                                                        # builder's: not with `system`)
 //!
 //! [[machine]]
 //! name = "web1"                    # unique; used by `--on web1`
@@ -59,6 +70,15 @@
 //!   with `FERRY_ROOT` set to the root without its trailing slash (empty on a real host) and,
 //!   for services, the system's `profile/bin` first on `PATH` (see `system`). `tcp` and `http`
 //!   checks run on the coordinator as part of confirmation.
+//! - **Store paths** (`packages` that are absolute, `system`) must be in the deployment's store
+//!   dir (`/nix/store` for `store = "nix"`, `/gnu/store` for `"guix"`, ferry's store dir for
+//!   `"ferry"`); one in another store's dir is an error naming both. A Nix or Guix store is only
+//!   read: its systems are given with `system`, ferry's builder writes to ferry's store only.
+//! - **`system`** (with `switch`, required; `boot-switch`; `profile`, default
+//!   `/nix/var/nix/profiles/system` or `/var/guix/profiles/system` by the deployment's store,
+//!   ferry's profile for `"ferry"`) deploys that store path as it is: generations are
+//!   `PROFILE-N-link` as Nix and Guix name them, and activating one runs its `switch` command
+//!   (the program relative to the system) instead of ferry's `activate`.
 //! - **Errors** name the file, line and column: wrong types and unknown keys (from the TOML
 //!   parser), and semantic errors (unknown declaration, inheritance cycle, duplicate machine,
 //!   missing SSH host name, bad names) at the offending value.
@@ -69,7 +89,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nar_core::store_path::StoreDir;
 use serde::Deserialize;
+use store::DbKind;
 
 mod parse;
 #[cfg(test)]
@@ -134,6 +156,11 @@ pub struct Deployment {
     pub file: PathBuf,
     /// The folder relative paths were resolved against.
     pub dir: PathBuf,
+    /// The local store systems come from: the file's `store`, else the command line's (`None`:
+    /// neither said, ferry's as resolved today).
+    pub store: Option<DbKind>,
+    /// The store dir of that store: every store path in the file is in it.
+    pub store_dir: StoreDir,
     /// The machines, in file order.
     pub machines: Vec<Machine>,
 }
@@ -172,6 +199,8 @@ pub struct Configuration {
     /// Whether a `user` other than root runs the host's commands with `sudo -n`; `None`: only
     /// when `root` is `/` (the host's own store).
     pub sudo: Option<bool>,
+    /// The store dir of the host's store: the deployment's (a path is the same on both ends).
+    pub store_dir: StoreDir,
 }
 
 /// A resolved operating-system declaration.
@@ -188,6 +217,60 @@ pub struct OperatingSystem {
     pub services: Vec<Service>,
     pub health_checks: Vec<HealthCheck>,
     pub boot: BootParameters,
+    /// A system built elsewhere (`system = "/nix/store/…"`), deployed as it is; `None`: ferry's
+    /// builder makes the system from the fields above.
+    pub prebuilt: Option<PrebuiltSystem>,
+}
+
+/// `system`, `switch`, `boot-switch`, `profile`: a system built by Nix or Guix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrebuiltSystem {
+    /// The absolute store path (in the deployment's store dir).
+    pub path: String,
+    /// Program (relative to the system, or absolute) and arguments that switch to it.
+    pub switch: Vec<String>,
+    /// The same for the next boot only, run when `switch` fails.
+    pub boot_switch: Option<Vec<String>>,
+    /// The profile on the host (a path under the host's root): generations are
+    /// `PROFILE-N-link` next to it.
+    pub profile: String,
+}
+
+/// Where the deployment's store comes from when the file does not say (`store = …`): the
+/// command line's `--store`, and the store dir of ferry's own store as resolved there.
+#[derive(Debug, Clone)]
+pub struct StoreChoice {
+    /// `--store`, if given.
+    pub kind: Option<DbKind>,
+    /// ferry's store dir (`--store-dir`, default `/gnu/store`).
+    pub ferry_store_dir: StoreDir,
+}
+
+impl Default for StoreChoice {
+    fn default() -> Self {
+        StoreChoice { kind: None, ferry_store_dir: StoreDir::guix() }
+    }
+}
+
+impl StoreChoice {
+    /// The store dir of the store `kind` (`None`: ferry's).
+    pub fn store_dir(&self, kind: Option<DbKind>) -> StoreDir {
+        match kind {
+            Some(k @ (DbKind::Nix | DbKind::Guix)) => {
+                StoreDir::new(k.default_store_dir()).expect("a valid store dir")
+            }
+            Some(DbKind::Ferry) | None => self.ferry_store_dir.clone(),
+        }
+    }
+}
+
+/// The default profile of a system given as a store path, by the deployment's store.
+pub fn default_profile(kind: Option<DbKind>) -> &'static str {
+    match kind {
+        Some(DbKind::Nix) => "/nix/var/nix/profiles/system",
+        Some(DbKind::Guix) => "/var/guix/profiles/system",
+        Some(DbKind::Ferry) | None => "/var/ferry/profiles/system",
+    }
 }
 
 /// The contents of one etc file.
@@ -286,9 +369,14 @@ pub fn this_system() -> String {
 impl Deployment {
     /// Read and validate a deployment file, with the process environment.
     pub fn load(path: &Path) -> Result<Deployment, DeploymentError> {
+        Self::load_with(path, &StoreChoice::default())
+    }
+
+    /// [`load`](Self::load) with the command line's choice of store.
+    pub fn load_with(path: &Path, store: &StoreChoice) -> Result<Deployment, DeploymentError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| DeploymentError::Read { path: path.display().to_string(), source })?;
-        Self::parse(path, &text, &process_env)
+        Self::parse_with(path, &text, &process_env, store)
     }
 
     /// Validate a deployment file's text; `path` names it in errors and gives the folder
@@ -298,13 +386,29 @@ impl Deployment {
         text: &str,
         env: EnvLookup<'_>,
     ) -> Result<Deployment, DeploymentError> {
+        Self::parse_with(path, text, env, &StoreChoice::default())
+    }
+
+    /// [`parse`](Self::parse) with the command line's choice of store.
+    pub fn parse_with(
+        path: &Path,
+        text: &str,
+        env: EnvLookup<'_>,
+        store: &StoreChoice,
+    ) -> Result<Deployment, DeploymentError> {
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
         let dir = std::path::absolute(&dir).unwrap_or(dir);
-        let machines = parse::machines(path, text, &dir, env)?;
-        Ok(Deployment { file: path.to_owned(), dir, machines })
+        let parsed = parse::machines(path, text, &dir, env, store)?;
+        Ok(Deployment {
+            file: path.to_owned(),
+            dir,
+            store: parsed.store,
+            store_dir: parsed.store_dir,
+            machines: parsed.machines,
+        })
     }
 
     /// The machines selected by `--on` (`NAME|@TAG,...`), in file order; all with `None`.

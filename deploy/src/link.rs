@@ -134,12 +134,17 @@ impl Link {
     /// Reach machine `m` (nothing is connected yet: SSH connects on first use).
     pub fn new(m: &Machine) -> Result<Link, LinkError> {
         let root = m.configuration.root.clone();
+        // The deployment's store dir, when it is not the host's default.
+        let store_dir = Some(m.configuration.store_dir.as_str())
+            .filter(|d| *d != nar_core::store_path::StoreDir::GUIX)
+            .map(str::to_owned);
         Ok(match m.environment {
             Environment::Local => {
                 let mut transport =
                     LocalTransport::new(root.clone()).map_err(LinkError::NoExecutable)?;
                 // The host's own state dir, whatever FERRY_STATE_DIR says for ours.
                 transport.state_dir = Some(root.join("var/ferry"));
+                transport.store_dir = store_dir;
                 Link::Local { transport }
             }
             Environment::ManagedHost => {
@@ -148,6 +153,7 @@ impl Link {
                 let store = StoreParams {
                     root: (root != std::path::Path::new("/")).then_some(root),
                     sudo: m.configuration.sudo,
+                    store_dir,
                     ..StoreParams::default()
                 };
                 let config = ssh_config(m)?;

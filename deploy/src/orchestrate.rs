@@ -199,8 +199,14 @@ fn pipelines<T: Send>(
     then: &(dyn Fn(&Machine, Planned) -> Result<T, DeployError> + Sync),
 ) -> Result<Vec<HostRun<T>>, DeployError> {
     let started = Instant::now();
-    let mut store =
-        Store::open(ctx.layout.clone()).map_err(|e| DeployError::LocalStore(Box::new(e)))?;
+    // ferry's builder writes to the local store; systems built elsewhere are only read there
+    // (a Nix or Guix store is never written).
+    let open = if machines.iter().all(|m| m.os.prebuilt.is_some()) {
+        Store::open_read_only
+    } else {
+        Store::open
+    };
+    let mut store = open(ctx.layout.clone()).map_err(|e| DeployError::LocalStore(Box::new(e)))?;
     let built = Slots::new(machines.len());
     let progress = ctx.progress;
     Ok(std::thread::scope(|scope| {
@@ -212,8 +218,11 @@ fn pipelines<T: Send>(
             for (i, m) in machines.iter().enumerate() {
                 let provenance =
                     Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
-                let result = system::build_with(&mut store, &m.os, &provenance, &mut added)
-                    .map_err(|source| DeployError::Build { machine: m.name.clone(), source });
+                let result = match &m.os.prebuilt {
+                    Some(prebuilt) => system::prebuilt(&store, prebuilt),
+                    None => system::build_with(&mut store, &m.os, &provenance, &mut added),
+                }
+                .map_err(|source| DeployError::Build { machine: m.name.clone(), source });
                 if let Ok(system) = &result {
                     progress.line(&m.name, &format!("system {}", system.absolute));
                 }

@@ -53,7 +53,7 @@ use nar_core::store_path::{make_source_path, StorePath};
 use serde::Serialize;
 use store::{Store, StoreError};
 
-use crate::deployment::{service_order, BootParameters, EtcFile, OperatingSystem};
+use crate::deployment::{service_order, BootParameters, EtcFile, OperatingSystem, PrebuiltSystem};
 
 /// Store name of system items.
 pub const SYSTEM_NAME: &str = "system";
@@ -83,6 +83,10 @@ pub enum SystemError {
     Store(#[source] Box<StoreError>),
     #[error("{0}")]
     Services(String),
+    #[error("system {path} is not valid in the local {kind} store ({db}): build it there first")]
+    SystemMissing { path: String, kind: store::DbKind, db: String },
+    #[error("system {path}: {source}")]
+    Prebuilt { path: String, source: Box<StoreError> },
 }
 
 fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> SystemError + 'p {
@@ -222,6 +226,22 @@ pub fn build_with(
         add_source(store, &out, Some(SYSTEM_NAME)).map_err(|e| SystemError::Store(Box::new(e)))?;
     let absolute = path.to_absolute(store.store_dir());
     Ok(BuiltSystem { path, absolute, packages })
+}
+
+/// A system built elsewhere (`system = "/nix/store/…"`), as the local store (opened read-only:
+/// a Nix or Guix store is never written) holds it: nothing is built.
+pub fn prebuilt(store: &Store, system: &PrebuiltSystem) -> Result<BuiltSystem, SystemError> {
+    let err =
+        |e: StoreError| SystemError::Prebuilt { path: system.path.clone(), source: Box::new(e) };
+    let path = store.parse_path(&system.path).map_err(err)?;
+    if !store.is_valid(&path).map_err(err)? {
+        return Err(SystemError::SystemMissing {
+            path: system.path.clone(),
+            kind: store.db().kind(),
+            db: store.db().path().display().to_string(),
+        });
+    }
+    Ok(BuiltSystem { path, absolute: system.path.clone(), packages: Vec::new() })
 }
 
 /// `store.add_path(source, name)`, unless the store holds that path already: a source item's

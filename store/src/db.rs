@@ -37,14 +37,16 @@ use closure::{IndexedGraph, PathInfo};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DbError {
-    #[error("cannot open store database {path:?}: {source}")]
-    Open { path: PathBuf, source: rusqlite::Error },
+    // (Errors are part of the messages, not `source`s: printed with its causes, the reason
+    // would show twice.)
+    #[error("cannot open store database {path:?}: {error}")]
+    Open { path: PathBuf, error: rusqlite::Error },
     #[error("store database {path:?} is corrupt or not a store database: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("cannot create directory {path:?} for the store database: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
-    #[error("store database {path:?}: {source}")]
-    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("cannot create directory {path:?} for the store database: {error}")]
+    CreateDir { path: PathBuf, error: std::io::Error },
+    #[error("store database {path:?}: {error}")]
+    Sqlite { path: PathBuf, error: rusqlite::Error },
     #[error("store database {db:?} has an invalid entry {path:?}: {reason}")]
     BadRow { db: PathBuf, path: String, reason: String },
     #[error("path {0} is not valid")]
@@ -97,6 +99,12 @@ pub const SCAN_LIMIT: i64 = 8_000_000;
 /// `PRAGMA application_id` of a ferry database ("ferr").
 const APPLICATION_ID: i64 = 0x6665_7272;
 
+/// The connection settings of ferry's own database: WAL, full sync, foreign keys.
+fn set_up(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let _: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+}
+
 /// An open store database.
 #[derive(Debug)]
 pub struct Database {
@@ -113,21 +121,32 @@ impl Database {
     pub fn open_ferry(path: &Path, store_dir: StoreDir) -> Result<Self, DbError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
-                .map_err(|source| DbError::CreateDir { path: dir.to_owned(), source })?;
+                .map_err(|source| DbError::CreateDir { path: dir.to_owned(), error: source })?;
         }
         let conn = Connection::open(path)
-            .map_err(|source| DbError::Open { path: path.to_owned(), source })?;
+            .map_err(|source| DbError::Open { path: path.to_owned(), error: source })?;
         let corrupt =
             |e: rusqlite::Error| DbError::Corrupt { path: path.to_owned(), reason: e.to_string() };
         conn.busy_timeout(Duration::from_secs(30)).map_err(corrupt)?;
         // The first statement that reads the file: "file is not a database" surfaces here.
-        let _: String =
-            conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(corrupt)?;
-        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
-            .map_err(corrupt)?;
         let app_id: i64 =
             conn.query_row("PRAGMA application_id", [], |row| row.get(0)).map_err(corrupt)?;
         if app_id == 0 {
+            // A Nix or Guix database has no application id but has tables: never write to it.
+            let tables: i64 = conn
+                .query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table'", [], |row| {
+                    row.get(0)
+                })
+                .map_err(corrupt)?;
+            if tables > 0 {
+                return Err(DbError::Corrupt {
+                    path: path.to_owned(),
+                    reason: "it is not ferry's database (a Nix or Guix one?), and ferry never \
+                             writes to those: read it with --store nix or --store guix"
+                        .into(),
+                });
+            }
+            set_up(&conn).map_err(corrupt)?;
             conn.execute_batch(SCHEMA).map_err(corrupt)?;
             conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
                 .map_err(corrupt)?;
@@ -136,6 +155,8 @@ impl Database {
                 path: path.to_owned(),
                 reason: format!("application id {app_id:#x} is not ferry's ({APPLICATION_ID:#x})"),
             });
+        } else {
+            set_up(&conn).map_err(corrupt)?;
         }
         Self::finish(conn, path, DbKind::Ferry, store_dir)
     }
@@ -144,7 +165,7 @@ impl Database {
     pub fn open_read_only(path: &Path, kind: DbKind, store_dir: StoreDir) -> Result<Self, DbError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags)
-            .map_err(|source| DbError::Open { path: path.to_owned(), source })?;
+            .map_err(|source| DbError::Open { path: path.to_owned(), error: source })?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| DbError::Corrupt { path: path.to_owned(), reason: e.to_string() })?;
         Self::finish(conn, path, kind, store_dir)
@@ -211,7 +232,7 @@ impl Database {
     }
 
     fn sql(&self, source: rusqlite::Error) -> DbError {
-        DbError::Sqlite { path: self.path.clone(), source }
+        DbError::Sqlite { path: self.path.clone(), error: source }
     }
 
     fn check_writable(&self) -> Result<(), DbError> {
@@ -234,10 +255,10 @@ impl Database {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(|source| DbError::Sqlite { path: path.clone(), source })?;
+            .map_err(|source| DbError::Sqlite { path: path.clone(), error: source })?;
         let mut txn = WriteTxn { tx, path: path.clone(), store_dir };
         let value = f(&mut txn)?;
-        txn.tx.commit().map_err(|source| DbError::Sqlite { path, source })?;
+        txn.tx.commit().map_err(|source| DbError::Sqlite { path, error: source })?;
         Ok(value)
     }
 
@@ -662,7 +683,7 @@ pub struct WriteTxn<'c> {
 
 impl WriteTxn<'_> {
     fn sql(&self, source: rusqlite::Error) -> DbError {
-        DbError::Sqlite { path: self.path.clone(), source }
+        DbError::Sqlite { path: self.path.clone(), error: source }
     }
 
     /// Is `path` valid (seen from inside the transaction)?

@@ -20,6 +20,15 @@
 //! root other than `/` and the store dir then follows the database found (`/nix/store` for Nix),
 //! so the machine's own Nix never changes the default `/gnu/store`. So `ferry --root /tmp/s1 gc --requisites /nix/store/…` reads the chroot Nix
 //! store `nix-store --store /tmp/s1` made, without writing to it.
+//!
+//! **A named store** ([`LayoutOptions::store`], `--store nix|guix|ferry`) replaces the probing:
+//! `nix` is `/nix/store` with Nix's database `<root>/nix/var/nix/db` (root `/` unless given, as
+//! for Nix's chroot stores `nix-store --store ROOT`), `guix` is `/gnu/store` with
+//! `<root>/var/guix/db`, both read in place and never written; `ferry` is ferry's own database
+//! only. ferry's own state (its signing key, its database) stays in ferry's state dir: when no
+//! root is given for a Nix or Guix store, the state dir is the one ferry would use without
+//! `--store`. A state dir that is Nix's or Guix's own (`<root>/nix/var/nix`, `<root>/var/guix`)
+//! is refused: ferry never writes there.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -48,9 +57,20 @@ pub enum LayoutError {
          the default root / is not used)"
     )]
     NoHome,
+    #[error(
+        "state dir {state:?} is {kind}'s own state directory, and ferry never writes there: to \
+         read {kind}'s store in place, use the store `{name}` (`--store {name}`, or \
+         `store = \"{name}\"` in a deployment file) and leave the state dir to ferry"
+    )]
+    ForeignStateDir { state: PathBuf, kind: DbKind, name: &'static str },
+    #[error("the {kind} store keeps its paths in {expected}, not in the store dir {given} given")]
+    StoreDirMismatch { kind: DbKind, expected: &'static str, given: String },
+    #[error("unknown store {0:?}: one of nix, guix, ferry")]
+    UnknownStore(String),
 }
 
-/// Which kind of database a layout points at.
+/// Which kind of database a layout points at; also the store a layout is told to read
+/// ([`LayoutOptions::store`]: `nix`, `guix`, `ferry`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DbKind {
     /// ferry's own database (read-write).
@@ -59,6 +79,59 @@ pub enum DbKind {
     Nix,
     /// A Guix database (schema 7), opened read-only.
     Guix,
+}
+
+impl DbKind {
+    /// The name in options and deployment files: `ferry`, `nix`, `guix`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DbKind::Ferry => "ferry",
+            DbKind::Nix => "nix",
+            DbKind::Guix => "guix",
+        }
+    }
+
+    /// The store dir of this kind of store: Nix's `/nix/store`, Guix's `/gnu/store`; for ferry
+    /// its default, `/gnu/store` (ferry's store dir can be chosen).
+    pub fn default_store_dir(self) -> &'static str {
+        match self {
+            DbKind::Nix => StoreDir::NIX,
+            DbKind::Guix | DbKind::Ferry => StoreDir::GUIX,
+        }
+    }
+
+    /// Where this kind keeps its state under a root: `nix/var/nix`, `var/guix` (`None` for
+    /// ferry, whose state dir is chosen).
+    fn foreign_state_dir(self, root: &Path) -> Option<PathBuf> {
+        match self {
+            DbKind::Nix => Some(root.join("nix/var/nix")),
+            DbKind::Guix => Some(root.join("var/guix")),
+            DbKind::Ferry => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DbKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DbKind::Ferry => "ferry",
+            DbKind::Nix => "Nix",
+            DbKind::Guix => "Guix",
+        })
+    }
+}
+
+impl std::str::FromStr for DbKind {
+    type Err = LayoutError;
+
+    fn from_str(s: &str) -> Result<DbKind, LayoutError> {
+        match s {
+            "ferry" => Ok(DbKind::Ferry),
+            "nix" => Ok(DbKind::Nix),
+            "guix" => Ok(DbKind::Guix),
+            other => Err(LayoutError::UnknownStore(other.to_owned())),
+        }
+    }
 }
 
 /// Explicit choices, each overriding the environment and the defaults.
@@ -70,6 +143,9 @@ pub struct LayoutOptions {
     pub store_dir: Option<String>,
     /// Physical state dir.
     pub state_dir: Option<PathBuf>,
+    /// The store to read: Nix's or Guix's in place, or ferry's own only (`None`: ferry's, or a
+    /// Nix or Guix database found under a chroot root; see the module docs).
+    pub store: Option<DbKind>,
 }
 
 /// A resolved store layout.
@@ -79,6 +155,8 @@ pub struct StoreLayout {
     store_dir: StoreDir,
     state_dir: PathBuf,
     store_dir_explicit: bool,
+    /// The store named by [`LayoutOptions::store`].
+    kind: Option<DbKind>,
 }
 
 impl StoreLayout {
@@ -96,7 +174,7 @@ impl StoreLayout {
         if !state_dir.is_absolute() {
             return Err(LayoutError::RelativeStateDir(state_dir));
         }
-        Ok(StoreLayout { root, store_dir, state_dir, store_dir_explicit: true })
+        Ok(StoreLayout { root, store_dir, state_dir, store_dir_explicit: true, kind: None })
     }
 
     /// A layout rooted at `root` with the store dir chosen by the database found there (see the
@@ -123,17 +201,25 @@ impl StoreLayout {
         euid_is_root: bool,
     ) -> Result<Self, LayoutError> {
         let nonempty = |name: &str| env(name).filter(|v| !v.is_empty());
-        let root = match options.root.clone().or_else(|| nonempty(ENV_ROOT).map(PathBuf::from)) {
-            Some(root) => root,
-            None if euid_is_root => PathBuf::from("/"),
-            None => {
-                let data = nonempty("XDG_DATA_HOME")
-                    .map(PathBuf::from)
-                    .filter(|p| p.is_absolute())
-                    .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-                    .ok_or(LayoutError::NoHome)?;
-                data.join("ferry")
+        let ferry_root = || -> Result<PathBuf, LayoutError> {
+            if euid_is_root {
+                return Ok(PathBuf::from("/"));
             }
+            let data = nonempty("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| nonempty("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+                .ok_or(LayoutError::NoHome)?;
+            Ok(data.join("ferry"))
+        };
+        let foreign = options.store.filter(|k| *k != DbKind::Ferry);
+        let explicit_root = options.root.clone().or_else(|| nonempty(ENV_ROOT).map(PathBuf::from));
+        // A Nix or Guix store read in place is the machine's own (root `/`) unless a root is
+        // given; ferry's own state then stays where it would be without `--store`.
+        let root = match (&explicit_root, foreign) {
+            (Some(root), _) => root.clone(),
+            (None, Some(_)) => PathBuf::from("/"),
+            (None, None) => ferry_root()?,
         };
         if !root.is_absolute() {
             return Err(LayoutError::RelativeRoot(root));
@@ -142,28 +228,65 @@ impl StoreLayout {
             .store_dir
             .clone()
             .or_else(|| nonempty(ENV_STORE_DIR).map(|v| v.to_string_lossy().into_owned()));
-        let state_dir = options
+        let state_dir = match options
             .state_dir
             .clone()
             .or_else(|| nonempty(ENV_STATE_DIR).map(PathBuf::from))
-            .unwrap_or_else(|| root.join("var/ferry"));
+        {
+            Some(dir) => dir,
+            None if explicit_root.is_some() || foreign.is_none() => root.join("var/ferry"),
+            None => ferry_root()?.join("var/ferry"),
+        };
         if !state_dir.is_absolute() {
             return Err(LayoutError::RelativeStateDir(state_dir));
+        }
+        for kind in [DbKind::Nix, DbKind::Guix] {
+            let theirs = kind.foreign_state_dir(&root).expect("a foreign kind");
+            if same_dir(&state_dir, &theirs) {
+                return Err(LayoutError::ForeignStateDir {
+                    state: state_dir,
+                    kind,
+                    name: kind.name(),
+                });
+            }
         }
         let mut layout = StoreLayout {
             root,
             store_dir: StoreDir::guix(),
             state_dir,
             store_dir_explicit: explicit_store.is_some(),
+            kind: options.store,
         };
-        match explicit_store {
-            Some(dir) => layout.store_dir = StoreDir::new(dir)?,
-            None => match layout.database().0 {
+        match (explicit_store, options.store) {
+            (Some(dir), Some(kind)) if kind != DbKind::Ferry => {
+                if dir.trim_end_matches('/') != kind.default_store_dir() {
+                    return Err(LayoutError::StoreDirMismatch {
+                        kind,
+                        expected: kind.default_store_dir(),
+                        given: dir,
+                    });
+                }
+                layout.store_dir = StoreDir::new(dir)?;
+            }
+            (Some(dir), _) => layout.store_dir = StoreDir::new(dir)?,
+            (None, Some(kind)) => layout.store_dir = StoreDir::new(kind.default_store_dir())?,
+            (None, None) => match layout.database().0 {
                 DbKind::Nix => layout.store_dir = StoreDir::nix(),
                 DbKind::Guix | DbKind::Ferry => {}
             },
         }
         Ok(layout)
+    }
+
+    /// The store named by [`LayoutOptions::store`], if one was.
+    pub fn store_kind(&self) -> Option<DbKind> {
+        self.kind
+    }
+
+    /// True when this layout reads a Nix or Guix store in place (named, or found under a chroot
+    /// root): it is never written.
+    pub fn is_foreign(&self) -> bool {
+        self.database().0 != DbKind::Ferry
     }
 
     /// The root directory.
@@ -237,6 +360,12 @@ impl StoreLayout {
     /// root when one exists (and, when the store dir was given explicitly, matches it); otherwise
     /// ferry's (to be created).
     pub fn database(&self) -> (DbKind, PathBuf) {
+        match self.kind {
+            Some(DbKind::Nix) => return (DbKind::Nix, self.nix_db_path()),
+            Some(DbKind::Guix) => return (DbKind::Guix, self.guix_db_path()),
+            Some(DbKind::Ferry) => return (DbKind::Ferry, self.ferry_db_path()),
+            None => {}
+        }
         let ferry = self.ferry_db_path();
         if ferry.exists() {
             return (DbKind::Ferry, ferry);
@@ -253,6 +382,19 @@ impl StoreLayout {
             return (DbKind::Guix, guix);
         }
         (DbKind::Ferry, ferry)
+    }
+}
+
+/// The same directory: equal paths, or the same inode when both exist.
+fn same_dir(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let norm = |p: &Path| p.components().collect::<PathBuf>();
+    if norm(a) == norm(b) {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
     }
 }
 
@@ -339,5 +481,68 @@ mod tests {
         // An explicit, different store dir means ferry's own database.
         let l = StoreLayout::new(dir.path(), StoreDir::guix(), None).unwrap();
         assert_eq!(l.database().0, DbKind::Ferry);
+    }
+
+    #[test]
+    fn a_named_store_is_read_in_place_and_state_stays_ferrys() {
+        let nix = LayoutOptions { store: Some(DbKind::Nix), ..Default::default() };
+        // No root: the machine's own Nix store; ferry's state where it is without --store.
+        let l = StoreLayout::resolve_with(&nix, env(&[("HOME", "/home/u")]), false).unwrap();
+        assert_eq!(l.root(), Path::new("/"));
+        assert_eq!(l.store_dir().as_str(), "/nix/store");
+        assert_eq!(l.state_dir(), Path::new("/home/u/.local/share/ferry/var/ferry"));
+        assert_eq!(l.database(), (DbKind::Nix, PathBuf::from("/nix/var/nix/db/db.sqlite")));
+        assert!(l.is_foreign());
+        let l = StoreLayout::resolve_with(&nix, env(&[]), true).unwrap();
+        assert_eq!(l.state_dir(), Path::new("/var/ferry"));
+        // A root: Nix's chroot store there, ferry's state under it too.
+        let at = LayoutOptions { root: Some("/r".into()), ..nix.clone() };
+        let l = StoreLayout::resolve_with(&at, env(&[]), false).unwrap();
+        assert_eq!(l.database(), (DbKind::Nix, PathBuf::from("/r/nix/var/nix/db/db.sqlite")));
+        assert_eq!(l.state_dir(), Path::new("/r/var/ferry"));
+        let guix = LayoutOptions { store: Some(DbKind::Guix), ..at.clone() };
+        let l = StoreLayout::resolve_with(&guix, env(&[]), false).unwrap();
+        assert_eq!(l.store_dir().as_str(), "/gnu/store");
+        assert_eq!(l.database(), (DbKind::Guix, PathBuf::from("/r/var/guix/db/db.sqlite")));
+        // `ferry`: ferry's own database, even when a Nix one is under the root.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("nix/var/nix/db")).unwrap();
+        std::fs::write(dir.path().join("nix/var/nix/db/db.sqlite"), b"").unwrap();
+        let ferry = LayoutOptions {
+            root: Some(dir.path().to_owned()),
+            store: Some(DbKind::Ferry),
+            ..Default::default()
+        };
+        let l = StoreLayout::resolve_with(&ferry, env(&[]), false).unwrap();
+        assert_eq!((l.database().0, l.store_dir().as_str()), (DbKind::Ferry, "/gnu/store"));
+        assert_eq!("nix".parse::<DbKind>().unwrap(), DbKind::Nix);
+        assert!("lix".parse::<DbKind>().is_err());
+    }
+
+    #[test]
+    fn nix_state_dir_and_wrong_store_dir_are_refused() {
+        let opts = LayoutOptions {
+            root: Some("/r".into()),
+            store_dir: Some("/nix/store".into()),
+            state_dir: Some("/r/nix/var/nix".into()),
+            ..Default::default()
+        };
+        let err = StoreLayout::resolve_with(&opts, env(&[]), true).unwrap_err();
+        assert!(matches!(err, LayoutError::ForeignStateDir { kind: DbKind::Nix, .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("--store nix") && msg.contains("/r/nix/var/nix"), "{msg}");
+        let opts = LayoutOptions { state_dir: Some("/var/guix/".into()), ..Default::default() };
+        let err = StoreLayout::resolve_with(&opts, env(&[]), true).unwrap_err();
+        assert!(matches!(err, LayoutError::ForeignStateDir { kind: DbKind::Guix, .. }), "{err}");
+        let opts = LayoutOptions {
+            store: Some(DbKind::Nix),
+            store_dir: Some("/gnu/store".into()),
+            ..Default::default()
+        };
+        let err = StoreLayout::resolve_with(&opts, env(&[]), true).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "the Nix store keeps its paths in /nix/store, not in the store dir /gnu/store given"
+        );
     }
 }

@@ -43,7 +43,7 @@ use rayon::prelude::*;
 use rustix::fs::{flock, FlockOperation};
 
 use crate::db::{Database, DbError};
-use crate::layout::StoreLayout;
+use crate::layout::{DbKind, StoreLayout};
 use closure::scan::{scan_tree, Candidates, ScanError};
 use closure::PathInfo;
 use closure::{ClosureError, ValidatedClosure};
@@ -76,8 +76,10 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 pub enum StoreError {
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("{op} {path:?}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    /// (The I/O error is part of the message, not a `source`: printed with its causes, the
+    /// reason would show twice.)
+    #[error("{op} {path:?}: {error}")]
+    Io { op: &'static str, path: PathBuf, error: io::Error },
     #[error("cannot read {path:?} to add it to the store: {source}")]
     Dump { path: PathBuf, source: DumpError },
     #[error("cannot unpack {path} into the store: {source}")]
@@ -112,7 +114,7 @@ pub enum StoreError {
 }
 
 fn io_err<'p>(op: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> StoreError + 'p {
-    move |source| StoreError::Io { op, path: path.to_owned(), source }
+    move |error| StoreError::Io { op, path: path.to_owned(), error }
 }
 
 /// What an import did.
@@ -206,6 +208,12 @@ impl Store {
     /// the shared writer lock, and cleans up after crashed operations when no other writer is
     /// active.
     pub fn open(layout: StoreLayout) -> Result<Store, StoreError> {
+        if let Some(kind @ (DbKind::Nix | DbKind::Guix)) = layout.store_kind() {
+            return Err(StoreError::ReadOnly(format!(
+                "the {kind} store in {} is read in place and never written by ferry",
+                layout.physical_store_dir().display()
+            )));
+        }
         let store_dir = layout.physical_store_dir();
         fs::create_dir_all(&store_dir).map_err(io_err("cannot create store dir", &store_dir))?;
         let pending = layout.pending_dir();
@@ -225,7 +233,7 @@ impl Store {
         flock(&lock, FlockOperation::LockShared).map_err(|e| StoreError::Io {
             op: "cannot lock",
             path: lock_path,
-            source: e.into(),
+            error: e.into(),
         })?;
         store.lock = Some(lock);
         Ok(store)
@@ -347,7 +355,7 @@ impl Store {
                     || StoreError::Io {
                         op: "cannot take the name of",
                         path: source.to_owned(),
-                        source: io::Error::new(
+                        error: io::Error::new(
                             io::ErrorKind::InvalidInput,
                             "no file name; use --name",
                         ),

@@ -100,11 +100,11 @@ pub fn nix_tree_and_referrer(store: &Path, tree: &Path, name: &str) -> (String, 
 }
 
 /// A command for the `ferry` binary at `program` (a test's `env!("CARGO_BIN_EXE_ferry")`) with
-/// `FERRY_ROOT`, `FERRY_STORE_DIR` and `FERRY_STATE_DIR` removed from its environment, so that
-/// only the test's own options choose the store.
+/// `FERRY_ROOT`, `FERRY_STORE_DIR`, `FERRY_STATE_DIR` and `FERRY_STORE` removed from its
+/// environment, so that only the test's own options choose the store.
 pub fn ferry_command(program: &str) -> Command {
     let mut c = Command::new(program);
-    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR"] {
+    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR", "FERRY_STORE"] {
         c.env_remove(var);
     }
     c

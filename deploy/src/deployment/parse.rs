@@ -7,8 +7,10 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nar_core::store_path::StoreDir;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use store::DbKind;
 use toml::Spanned;
 
 use super::*;
@@ -20,18 +22,52 @@ pub(super) fn machines(
     text: &str,
     dir: &Path,
     env: EnvLookup<'_>,
-) -> Result<Vec<Machine>, DeploymentError> {
-    let cx = Cx { file: path.display().to_string(), text, dir: dir.to_owned(), env };
+    choice: &StoreChoice,
+) -> Result<Parsed, DeploymentError> {
+    let mut cx = Cx {
+        file: path.display().to_string(),
+        text,
+        dir: dir.to_owned(),
+        env,
+        store: choice.kind,
+        store_dir: choice.store_dir(choice.kind),
+    };
     let raw: RawFile = toml::from_str(text).map_err(|e| match e.span() {
         Some(span) => cx.at(span, e.message().to_owned()),
         None => DeploymentError::File { file: cx.file.clone(), message: e.message().to_owned() },
     })?;
-    cx.resolve(&raw)
+    if let Some(key) = &raw.store {
+        let kind: DbKind = key.get_ref().parse().map_err(|_| {
+            cx.at(key.span(), format!("unknown store '{}': one of nix, guix, ferry", key.get_ref()))
+        })?;
+        if let Some(given) = choice.kind.filter(|given| *given != kind) {
+            return Err(cx.at(
+                key.span(),
+                format!(
+                    "the file says store = \"{}\", the command line --store {}",
+                    kind.name(),
+                    given.name()
+                ),
+            ));
+        }
+        cx.store = Some(kind);
+        cx.store_dir = choice.store_dir(Some(kind));
+    }
+    let machines = cx.resolve(&raw)?;
+    Ok(Parsed { store: cx.store, store_dir: cx.store_dir, machines })
+}
+
+/// A resolved file: its store and its machines.
+pub(super) struct Parsed {
+    pub store: Option<DbKind>,
+    pub store_dir: StoreDir,
+    pub machines: Vec<Machine>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFile {
+    store: Option<Spanned<String>>,
     #[serde(default)]
     operating_system: BTreeMap<String, Spanned<RawOs>>,
     #[serde(default)]
@@ -54,6 +90,10 @@ struct RawOs {
     kernel: Option<String>,
     kernel_arguments: Option<Vec<String>>,
     initrd_modules: Option<Vec<String>>,
+    system: Option<Spanned<String>>,
+    switch: Option<Spanned<Vec<String>>>,
+    boot_switch: Option<Spanned<Vec<String>>>,
+    profile: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +232,9 @@ struct Cx<'a> {
     text: &'a str,
     dir: PathBuf,
     env: EnvLookup<'a>,
+    /// The deployment's store, and its store dir.
+    store: Option<DbKind>,
+    store_dir: StoreDir,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -282,7 +325,7 @@ impl Cx<'_> {
                     self.flatten(raw, (**os).clone(), &mut Vec::new())?,
                 ),
             };
-            let os = self.finish_os(name, merged)?;
+            let os = self.finish_os(name, merged, m.operating_system.span())?;
             let configuration = self.configuration(name, m, m_span.clone())?;
             if m.environment == Environment::Local {
                 let same_root = machines.iter().find(|o: &&Machine| {
@@ -356,13 +399,142 @@ impl Cx<'_> {
             kernel: os.kernel.or(parent.kernel),
             kernel_arguments: os.kernel_arguments.or(parent.kernel_arguments),
             initrd_modules: os.initrd_modules.or(parent.initrd_modules),
+            system: os.system.or(parent.system),
+            switch: os.switch.or(parent.switch),
+            boot_switch: os.boot_switch.or(parent.boot_switch),
+            profile: os.profile.or(parent.profile),
         })
     }
 
-    fn finish_os(&self, machine: &str, os: RawOs) -> Result<OperatingSystem, DeploymentError> {
+    /// An absolute path that names a store item: in the deployment's store dir (`Ok(true)`), a
+    /// path elsewhere that is not in any known store dir (`Ok(false)`), or an error naming both
+    /// store dirs when it is in another store's.
+    fn in_store(&self, value: &Spanned<String>) -> Result<bool, DeploymentError> {
+        let text = value.get_ref();
+        if self.store_dir.split_path(text).is_ok() {
+            return Ok(true);
+        }
+        for other in [StoreDir::nix(), StoreDir::guix()] {
+            if other != self.store_dir && other.split_path(text).is_ok() {
+                let fix = match other.as_str() {
+                    StoreDir::NIX => " (`store = \"nix\"` deploys from Nix's store)",
+                    _ => " (`store = \"guix\"` deploys from Guix's store)",
+                };
+                return Err(self.at(
+                    value.span(),
+                    format!(
+                        "{text} is in {}, but this deployment's store ({}) keeps its paths in \
+                         {}{fix}",
+                        other.as_str(),
+                        self.store.map_or("ferry", DbKind::name),
+                        self.store_dir.as_str()
+                    ),
+                ));
+            }
+        }
+        Ok(false)
+    }
+
+    /// `system`, `switch`, `boot-switch`, `profile`: a system given as a store path.
+    fn prebuilt(
+        &self,
+        os: &RawOs,
+        span: Range<usize>,
+    ) -> Result<Option<PrebuiltSystem>, DeploymentError> {
+        let Some(system) = &os.system else {
+            let stray = [
+                ("switch", os.switch.as_ref().map(Spanned::span)),
+                ("boot-switch", os.boot_switch.as_ref().map(Spanned::span)),
+                ("profile", os.profile.as_ref().map(Spanned::span)),
+            ];
+            if let Some((key, Some(at))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+                return Err(
+                    self.at(at, format!("`{key}` applies to a `system` given as a store path"))
+                );
+            }
+            if matches!(self.store, Some(DbKind::Nix | DbKind::Guix)) {
+                let kind = self.store.map_or("ferry", DbKind::name);
+                return Err(self.at(
+                    span,
+                    format!(
+                        "the deployment's store is {kind}'s, which ferry only reads: give the \
+                         system built by {kind} as `system = \"{}/…\"` with its `switch` command",
+                        self.store_dir.as_str()
+                    ),
+                ));
+            }
+            return Ok(None);
+        };
+        if !system.get_ref().starts_with('/') || !self.in_store(system)? {
+            return Err(self.at(
+                system.span(),
+                format!("`system` must be a store path in {}", self.store_dir.as_str()),
+            ));
+        }
+        if let Ok((_, rest)) = self.store_dir.split_path(system.get_ref()) {
+            if !rest.is_empty() {
+                return Err(
+                    self.at(system.span(), "`system` names a store item, not a file in one".into())
+                );
+            }
+        }
+        let builder_keys = [
+            ("packages", os.packages.is_some()),
+            ("files", os.files.is_some()),
+            ("services", os.services.is_some()),
+            ("bootloader", os.bootloader.is_some()),
+            ("kernel", os.kernel.is_some()),
+            ("kernel-arguments", os.kernel_arguments.is_some()),
+            ("initrd-modules", os.initrd_modules.is_some()),
+        ];
+        if let Some((key, _)) = builder_keys.iter().find(|(_, set)| *set) {
+            return Err(self.at(
+                system.span(),
+                format!("`{key}` is for ferry's builder: not with a `system` built elsewhere"),
+            ));
+        }
+        let command = |c: &Spanned<Vec<String>>, key: &str| {
+            if c.get_ref().first().is_none_or(|p| p.is_empty()) {
+                return Err(self.at(
+                    c.span(),
+                    format!("`{key}` needs a program (relative to the system, or absolute)"),
+                ));
+            }
+            Ok(c.get_ref().clone())
+        };
+        let Some(switch) = &os.switch else {
+            return Err(self.at(
+                system.span(),
+                "a `system` needs its `switch` command, as [\"bin/switch-to-configuration\", \"switch\"]".into(),
+            ));
+        };
+        let switch = command(switch, "switch")?;
+        let boot_switch = os.boot_switch.as_ref().map(|c| command(c, "boot-switch")).transpose()?;
+        let profile = match &os.profile {
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().ends_with('/') => {
+                return Err(self.at(
+                    p.span(),
+                    "`profile` is an absolute path on the host, as /nix/var/nix/profiles/system"
+                        .into(),
+                ));
+            }
+            Some(p) => p.get_ref().clone(),
+            None => default_profile(self.store).to_owned(),
+        };
+        Ok(Some(PrebuiltSystem { path: system.get_ref().clone(), switch, boot_switch, profile }))
+    }
+
+    fn finish_os(
+        &self,
+        machine: &str,
+        os: RawOs,
+        span: Range<usize>,
+    ) -> Result<OperatingSystem, DeploymentError> {
+        let prebuilt = self.prebuilt(&os, span)?;
         let mut packages = Vec::new();
         for p in os.packages.unwrap_or_default() {
             packages.push(if p.get_ref().starts_with('/') {
+                self.in_store(&p)?;
                 PathBuf::from(p.get_ref())
             } else {
                 self.local_path(&p)?
@@ -432,6 +604,7 @@ impl Cx<'_> {
                 kernel_arguments: os.kernel_arguments.unwrap_or_default(),
                 initrd_modules: os.initrd_modules.unwrap_or_default(),
             },
+            prebuilt,
         })
     }
 
@@ -545,6 +718,7 @@ impl Cx<'_> {
             root,
             confirm_timeout: c.confirm_timeout.map_or(Some(DEFAULT_CONFIRM_TIMEOUT), |t| t.0),
             sudo: c.sudo,
+            store_dir: self.store_dir.clone(),
         })
     }
 }

@@ -286,3 +286,90 @@ fn line_column_counts_characters() {
     assert_eq!(line_column("ab\ncdé\nf", 8), (3, 1));
     assert_eq!(line_column("ab\ncdé\nf", 7), (2, 4));
 }
+
+const NIX_HELLO: &str = "/nix/store/wzqpwja0d0a4jrb0y2rd2ljm2acnsjff-hello";
+const GUIX_HELLO: &str = "/gnu/store/wzqpwja0d0a4jrb0y2rd2ljm2acnsjff-hello";
+
+#[test]
+fn a_store_path_from_another_store_dir_is_an_error_at_its_place() {
+    // The issue's case: a Nix path in a ferry deployment (store dir /gnu/store) was re-added
+    // as a /gnu/store path with its references lost.
+    let text = format!(
+        "[operating-system.a]\npackages = [\"./pkgs/x\", \"{NIX_HELLO}\"]\n[[machine]]\n\
+         name = \"m\"\nenvironment = \"local\"\noperating-system = \"a\"\n"
+    );
+    let e = err(&text);
+    assert_eq!(
+        e,
+        format!(
+            "/srv/deploy/fleet.toml:2:25: {NIX_HELLO} is in /nix/store, but this deployment's \
+             store (ferry) keeps its paths in /gnu/store (`store = \"nix\"` deploys from Nix's \
+             store)"
+        )
+    );
+    // store = "nix": Guix paths are the wrong ones, in `system` too.
+    let text = format!(
+        "store = \"nix\"\n[operating-system.a]\nsystem = \"{GUIX_HELLO}\"\nswitch = [\"x\"]\n\
+         [[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = \"a\"\n"
+    );
+    let e = err(&text);
+    assert!(e.starts_with("/srv/deploy/fleet.toml:3:10: /gnu/store/wzqp"), "{e}");
+    assert!(e.contains("store (nix) keeps its paths in /nix/store"), "{e}");
+    // ferry's store dir chosen on the command line is the deployment's.
+    let choice = StoreChoice { kind: None, ferry_store_dir: StoreDir::nix() };
+    let text = format!(
+        "[operating-system.a]\npackages = [\"{NIX_HELLO}\"]\n[[machine]]\nname = \"m\"\n\
+         environment = \"local\"\noperating-system = \"a\"\n"
+    );
+    let d = Deployment::parse_with(Path::new("/srv/f.toml"), &text, &env, &choice).unwrap();
+    assert_eq!(d.machines[0].os.packages, [PathBuf::from(NIX_HELLO)]);
+    assert_eq!((d.store, d.store_dir.as_str()), (None, "/nix/store"));
+}
+
+#[test]
+fn a_system_built_by_nix_with_its_switch_commands() {
+    let text = format!(
+        "store = \"nix\"\n[operating-system.web]\nsystem = \"{NIX_HELLO}\"\n\
+         switch = [\"bin/switch-to-configuration\", \"switch\"]\n\
+         boot-switch = [\"bin/switch-to-configuration\", \"boot\"]\n\
+         health-checks = [{{ command = \"true\" }}]\n\
+         [[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = \"web\"\n\
+         [[machine]]\nname = \"n\"\nenvironment = \"local\"\n\
+         operating-system = {{ inherit = \"web\", profile = \"/nix/var/nix/profiles/web\" }}\n"
+    );
+    let d = parse(&text).unwrap();
+    assert_eq!((d.store, d.store_dir.as_str()), (Some(DbKind::Nix), "/nix/store"));
+    let p = d.machines[0].os.prebuilt.clone().unwrap();
+    assert_eq!(p.path, NIX_HELLO);
+    assert_eq!(p.switch, ["bin/switch-to-configuration", "switch"]);
+    assert_eq!(p.boot_switch.unwrap(), ["bin/switch-to-configuration", "boot"]);
+    assert_eq!(p.profile, "/nix/var/nix/profiles/system");
+    assert_eq!(d.machines[1].os.prebuilt.as_ref().unwrap().profile, "/nix/var/nix/profiles/web");
+    assert_eq!(d.machines[0].os.health_checks.len(), 1);
+
+    let machine = "[[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = \"a\"\n";
+    // ferry's builder cannot write into Nix's store.
+    let e = err(&format!("store = \"nix\"\n[operating-system.a]\nhost-name = \"h\"\n{machine}"));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:7:20: the deployment's store is nix's"), "{e}");
+    let e = err(&format!("[operating-system.a]\nsystem = \"{GUIX_HELLO}\"\n{machine}"));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:2:10: a `system` needs its `switch`"), "{e}");
+    let e = err(&format!(
+        "[operating-system.a]\nsystem = \"{GUIX_HELLO}\"\nswitch = [\"s\"]\n\
+         packages = [\"./p\"]\n{machine}"
+    ));
+    assert!(e.contains("`packages` is for ferry's builder"), "{e}");
+    let e = err(&format!("[operating-system.a]\nswitch = [\"s\"]\n{machine}"));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:2:10: `switch` applies to a `system`"), "{e}");
+    let e = err(&format!("store = \"lix\"\n{machine}"));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:1:9: unknown store 'lix'"), "{e}");
+    let choice = StoreChoice { kind: Some(DbKind::Guix), ..StoreChoice::default() };
+    let e = Deployment::parse_with(
+        Path::new("/srv/f.toml"),
+        &format!("store = \"nix\"\n{machine}"),
+        &env,
+        &choice,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("the file says store = \"nix\", the command line --store guix"), "{e}");
+}

@@ -24,7 +24,7 @@ use store::{LayoutOptions, StoreLayout};
 
 use super::board::Board;
 use crate::settings::GlobalOpts;
-use deploy::deployment::{Deployment, Machine};
+use deploy::deployment::{Deployment, Machine, StoreChoice};
 use deploy::orchestrate::{self, error_chain, HostReport, HostRun, Options, Stream};
 use deploy::plan::HostPlan;
 
@@ -65,7 +65,12 @@ pub struct DeployArgs {
 
 /// Run `ferry deploy`.
 pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
-    let deployment = Deployment::load(&args.file)?;
+    // A store path in the file must be in the deployment's store: the file's `store`, else
+    // `--store`, else ferry's own store as the options resolve it.
+    let ferry_store_dir = crate::settings::layout(global)
+        .map_or_else(|_| nar_core::store_path::StoreDir::guix(), |l| l.store_dir().clone());
+    let choice = StoreChoice { kind: global.store, ferry_store_dir };
+    let deployment = Deployment::load_with(&args.file, &choice)?;
     let machines = deployment.select(args.on.as_deref())?;
     let jobs = args.jobs as usize;
     if args.list_generations {
@@ -78,9 +83,8 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         (false, true) => {}
     }
     let layout = StoreLayout::resolve(&LayoutOptions {
-        root: global.root.clone(),
-        store_dir: global.store_dir.clone(),
-        state_dir: global.state_dir.clone(),
+        store: deployment.store,
+        ..crate::settings::layout_options(global)
     })?;
     let verb = if args.roll_back {
         "rolled back"

@@ -9,7 +9,6 @@ use std::os::fd::AsFd;
 use std::process::{ExitCode, Stdio};
 
 use anyhow::Context;
-use store::LayoutOptions;
 
 use crate::settings::GlobalOpts;
 use deploy::host::HostRoot;
@@ -74,11 +73,7 @@ fn exit_code(success: bool) -> ExitCode {
 }
 
 pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode> {
-    let host = HostRoot::new(LayoutOptions {
-        root: global.root.clone(),
-        store_dir: global.store_dir.clone(),
-        state_dir: global.state_dir.clone(),
-    });
+    let host = HostRoot::new(crate::settings::layout_options(global));
     match command {
         HostCommand::Facts => {
             let facts = host.facts(&read_request()?)?;

@@ -15,5 +15,6 @@ mod deploy_ssh;
 mod deployment_file;
 mod nar_cli;
 mod nix_interop;
+mod nix_source_store;
 mod store_cli;
 mod store_crash;

@@ -133,7 +133,7 @@ impl ImportBatch {
                         let err = StoreError::Io {
                             op: "cannot register the batch holding",
                             path: store.physical_path(&info.path),
-                            source: std::io::Error::other(message.clone()),
+                            error: std::io::Error::other(message.clone()),
                         };
                         (info.path, Err(err))
                     })
@@ -168,7 +168,7 @@ fn commit_members(
         rustix::fs::syncfs(&dir).map_err(|e| StoreError::Io {
             op: "cannot sync the file system of",
             path: store_dir.clone(),
-            source: e.into(),
+            error: e.into(),
         })?;
     } else {
         for (path, is_dir) in &entries {
