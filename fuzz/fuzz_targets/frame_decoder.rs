@@ -14,7 +14,11 @@ use libfuzzer_sys::fuzz_target;
 use proto::frame::{Frame, FrameDecoder, ProtocolError};
 
 /// Frames until the decoder needs more bytes or fails, pushing `stream` in pieces of `sizes`.
-fn decode(stream: &[u8], handshake_done: bool, sizes: &mut dyn FnMut() -> usize) -> (Vec<Frame>, Option<ProtocolError>) {
+fn decode(
+    stream: &[u8],
+    handshake_done: bool,
+    sizes: &mut dyn FnMut() -> usize,
+) -> (Vec<Frame>, Option<ProtocolError>) {
     let mut decoder = FrameDecoder::new();
     if handshake_done {
         decoder.set_peer("fuzz".into());

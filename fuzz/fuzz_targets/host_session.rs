@@ -32,10 +32,9 @@ fuzz_target!(|data: &[u8]| {
     }
     match parse_answer(&text) {
         Some(Ok(())) => assert_eq!(parse_answer(&encode_answer(None)), Some(Ok(()))),
-        Some(Err(why)) => assert_eq!(
-            parse_answer(&encode_answer(Some(&why))),
-            Some(Err(why.replace('\n', " ")))
-        ),
+        Some(Err(why)) => {
+            assert_eq!(parse_answer(&encode_answer(Some(&why))), Some(Err(why.replace('\n', " "))))
+        }
         None => {}
     }
 });
