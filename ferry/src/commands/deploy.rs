@@ -26,8 +26,9 @@ use crate::output::progress::Board;
 use crate::output::{format_bytes, Printer};
 use crate::settings::GlobalOpts;
 use deploy::deployment::{Deployment, Machine, StoreChoice};
-use deploy::orchestrate::{self, error_chain, HostReport, HostRun, Options, Stream};
-use deploy::plan::HostPlan;
+use deploy::error::error_chain;
+use deploy::orchestrate::{self, HostRun, Options, Stream};
+use deploy::plan::{HostPlan, HostReport};
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]

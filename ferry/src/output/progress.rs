@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deploy::orchestrate::{error_chain, DeployError};
+use deploy::error::{error_chain, DeployError};
 use deploy::progress::{DeployProgress, Phase};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use transfer::push::{Progress, ProgressEvent};
