@@ -29,7 +29,7 @@ use transfer::push::adaptive::CompressSetting;
 use transfer::push::{Progress, ProgressEvent, PushOptions, PushSummary};
 use transfer::target::nix_host::PullReport;
 use transfer::target::{CopyReport, Received, Source, Target};
-use transfer::transport::ssh::SshAuth;
+use transfer::transport::ssh::{SettingsSource, SshAuth};
 
 use crate::settings::GlobalOpts;
 
@@ -188,9 +188,13 @@ pub struct SshArgs {
     /// The host's SSH key ("ssh-ed25519 AAAA..."); default: known_hosts.
     #[arg(long, value_name = "KEY")]
     pub host_key: Option<String>,
-    /// known_hosts file (default ~/.ssh/known_hosts).
+    /// known_hosts file (default: the SSH config's, else ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
+    /// SSH config file read instead of ~/.ssh/config (as `ssh -F`): Host aliases, HostName,
+    /// User, Port, IdentityFile, ProxyJump...
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 }
 
 impl SshArgs {
@@ -200,6 +204,8 @@ impl SshArgs {
             identity: self.identity.clone(),
             host_key: self.host_key.clone(),
             known_hosts: self.known_hosts.clone(),
+            ssh_config: self.ssh_config.clone(),
+            source: SettingsSource::CommandLine,
         }
     }
 }
