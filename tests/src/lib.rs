@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+pub mod netns;
 pub mod sshd;
 
 /// Run a tool and return its output; panics with the command line, exit status and stderr on

@@ -16,5 +16,6 @@ mod deployment_file;
 mod nar_cli;
 mod nix_interop;
 mod nix_source_store;
+mod ssh_config;
 mod store_cli;
 mod store_crash;
