@@ -45,10 +45,12 @@
 //! authorize = true
 //! allow-downgrades = false
 //! safety-checks = true
-//! port = 22
-//! user = "root"
-//! identity = "~/.ssh/id_ed25519"
-//! host-key = "ssh-ed25519 AAAA…"
+//! port = 22                        # default: the SSH config's Port, else 22
+//! user = "root"                    # default: the SSH config's User, else root
+//! identity = "~/.ssh/id_ed25519"   # the private key; default: the SSH config's IdentityFile,
+//!                                  # ssh-agent, ~/.ssh/id_*
+//! host-key = "ssh-ed25519 AAAA…"   # or the line ssh-keyscan prints: "[host]:port ssh-ed25519 AAAA…"
+//! ssh-config = "~/.ssh/config"     # read instead of ~/.ssh/config (as `ssh -F`)
 //! root = "/"                       # where the host's store and state live
 //! sudo = true                      # a non-root user runs the host's commands with `sudo -n`;
 //!                                  # default: only when root = "/" (see proto::uri)
@@ -79,6 +81,11 @@
 //!   ferry's profile for `"ferry"`) deploys that store path as it is: generations are
 //!   `PROFILE-N-link` as Nix and Guix name them, and activating one runs its `switch` command
 //!   (the program relative to the system) instead of ferry's `activate`.
+//! - **SSH**: `host-name` may be an alias of the SSH config (`~/.ssh/config`, or `ssh-config`):
+//!   its `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`, `UserKnownHostsFile`,
+//!   `ProxyJump` and `ConnectTimeout` apply; `port`, `user` and `identity` given here win (see
+//!   `transfer::transport::ssh`). `host-key` pins the host's key, given bare or as the line
+//!   `ssh-keyscan` prints; it is checked when the file is loaded.
 //! - **Errors** name the file, line and column: wrong types and unknown keys (from the TOML
 //!   parser), and semantic errors (unknown declaration, inheritance cycle, duplicate machine,
 //!   missing SSH host name, bad names) at the offending value.
@@ -188,10 +195,16 @@ pub struct Configuration {
     pub authorize: bool,
     pub allow_downgrades: bool,
     pub safety_checks: bool,
-    pub port: u16,
-    pub user: String,
+    /// `None`: the SSH config's, else 22.
+    pub port: Option<u16>,
+    /// `None`: the SSH config's, else root.
+    pub user: Option<String>,
+    /// The private key file (`None`: the SSH config's, ssh-agent, `~/.ssh/id_*`).
     pub identity: Option<PathBuf>,
+    /// The pinned host key, `TYPE BASE64` (from a bare key or an `ssh-keyscan` line).
     pub host_key: Option<String>,
+    /// The SSH config file read instead of `~/.ssh/config`.
+    pub ssh_config: Option<PathBuf>,
     /// Where the host's store and state live (on the host for `managed-host`).
     pub root: PathBuf,
     /// `None` when confirmation is switched off.

@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use proto::uri::StoreParams;
-use transfer::transport::ssh::{SshAuth, SshConfig, SshTransport};
+use transfer::transport::ssh::{SettingsSource, SshAuth, SshConfig, SshError, SshTransport};
 use transfer::transport::{
     AgentHandle, Connection, LocalTransport, StderrTail, Transport, TransportError,
 };
@@ -39,6 +39,9 @@ pub enum LinkError {
     /// Setting up the SSH transport (its runtime).
     #[error(transparent)]
     SshSetup(std::io::Error),
+    /// The machine's SSH settings (its SSH config file) are wrong.
+    #[error("machine '{machine}': {source}")]
+    SshConfig { machine: String, source: Box<SshError> },
     #[error(transparent)]
     Transport(#[from] TransportError),
     /// A host key error, with what to do about it.
@@ -117,17 +120,20 @@ impl std::fmt::Debug for Link {
     }
 }
 
-/// The SSH settings of a managed host.
+/// The SSH settings of a managed host: the deployment file's, then its SSH config's.
 pub fn ssh_config(m: &Machine) -> Result<SshConfig, LinkError> {
     let c = &m.configuration;
     let host = c.host_name.clone().ok_or_else(|| LinkError::NoHostName(m.name.clone()))?;
-    let endpoint = proto::uri::SshEndpoint { user: Some(c.user.clone()), host, port: Some(c.port) };
+    let endpoint = proto::uri::SshEndpoint { user: c.user.clone(), host, port: c.port };
     let auth = SshAuth {
         identity: c.identity.clone(),
         host_key: c.host_key.clone(),
-        ..SshAuth::default()
+        known_hosts: None,
+        ssh_config: c.ssh_config.clone(),
+        source: SettingsSource::DeploymentFile,
     };
-    Ok(SshConfig::for_endpoint(&endpoint, auth))
+    SshConfig::for_endpoint(&endpoint, auth)
+        .map_err(|e| LinkError::SshConfig { machine: m.name.clone(), source: Box::new(e) })
 }
 
 impl Link {
@@ -159,11 +165,17 @@ impl Link {
                 let config = ssh_config(m)?;
                 let host_key_hint = format!(
                     "To pin the host's key for machine '{}', check it out of band, for example \
-                     with\n  ssh-keyscan -t ed25519 -p {} {}\nand set `host-key = \"ssh-ed25519 \
-                     AAAA...\"` in its [machine.configuration].",
+                     with\n  {}\nand set `host-key = \"…\"` in its [machine.configuration] to a \
+                     line it prints (or just its \"ssh-ed25519 AAAA…\").",
                     m.name,
-                    config.port,
-                    transfer::transport::ssh::shell_quote(&config.host)
+                    match config.jumps.last() {
+                        None => format!(
+                            "ssh-keyscan -t ed25519 -p {} {}",
+                            config.port,
+                            transfer::transport::ssh::shell_quote(&config.host)
+                        ),
+                        Some(_) => config.keyscan_command(),
+                    }
                 );
                 let transport = SshTransport::new(config, store).map_err(LinkError::SshSetup)?;
                 Link::Ssh { transport: Box::new(transport), host_key_hint }
@@ -236,10 +248,13 @@ impl Link {
         })
     }
 
-    /// `e`, with what to do about a host key error.
+    /// `e`, with what to do about a host key error (of the host: a bastion's says what to do).
     fn with_hint(&self, e: TransportError) -> LinkError {
+        let text = e.to_string();
         match self {
-            Link::Ssh { host_key_hint, .. } if e.to_string().contains(": host key: ") => {
+            Link::Ssh { host_key_hint, .. }
+                if text.contains(": host key: ") && !text.contains("(bastion for ") =>
+            {
                 LinkError::HostKey { error: e.to_string(), hint: host_key_hint.clone() }
             }
             _ => e.into(),

@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+pub mod netns;
 pub mod nix;
 pub mod sshd;
 

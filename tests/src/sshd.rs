@@ -26,6 +26,10 @@
 //! user's `~/.ssh/environment`, which is state outside the temp dir and needs
 //! `PermitUserEnvironment`.
 //!
+//! In a network namespace of the test's own ([`SshdOptions::netns`], see [`crate::netns`]) the
+//! server listens on the given address, port 22, instead: a host only that namespace's
+//! neighbours reach (a bastion, or a host behind one).
+//!
 //! A missing `sshd` or `ssh-keygen` is a panic that says which package to install, never a skip.
 
 use std::fs;
@@ -92,6 +96,9 @@ pub struct SshdOptions {
     /// The login user; `None` is the user running the tests. Another user must exist (see
     /// [`user_exists`]); tests that need one skip with a message when it does not.
     pub user: Option<String>,
+    /// `(namespace, address)`: run inside that network namespace, listening on the address
+    /// (port 22) instead of on loopback.
+    pub netns: Option<(String, String)>,
 }
 
 impl Default for SshdOptions {
@@ -102,6 +109,7 @@ impl Default for SshdOptions {
             path: None,
             extra_config: Vec::new(),
             user: None,
+            netns: None,
         }
     }
 }
@@ -125,6 +133,7 @@ pub fn remote_path(dirs: &[&Path]) -> String {
 pub struct Sshd {
     dir: TempDir,
     child: Option<Child>,
+    host: String,
     port: u16,
     user: String,
     host_keys: Vec<(KeyKind, String)>,
@@ -169,10 +178,12 @@ impl Sshd {
             open_to_user(dir.path(), &user);
         }
 
-        let mut sshd = Sshd { dir, child: None, port: 0, user, host_keys, options };
+        let host = options.netns.as_ref().map_or("127.0.0.1".to_owned(), |(_, a)| a.clone());
+        let mut sshd = Sshd { dir, child: None, host, port: 0, user, host_keys, options };
         let mut last_log = String::new();
         for _attempt in 0..20 {
-            let port = free_port();
+            // A namespace of the test's own has every port free.
+            let port = if sshd.options.netns.is_some() { 22 } else { free_port() };
             sshd.port = port;
             sshd.write_files();
             let config = sshd.config_path();
@@ -186,7 +197,15 @@ impl Sshd {
                 "sshd -t rejects the fixture config:\n{}",
                 String::from_utf8_lossy(&check.stderr)
             );
-            let child = Command::new(SSHD)
+            let mut command = match &sshd.options.netns {
+                Some((ns, _)) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns, SSHD]);
+                    c
+                }
+                None => Command::new(SSHD),
+            };
+            let child = command
                 .arg("-D")
                 .arg("-e")
                 .arg("-f")
@@ -216,11 +235,12 @@ impl Sshd {
     fn write_files(&self) {
         let d = self.dir.path();
         let mut config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nPidFile {pid}\nAuthorizedKeysFile {auth}\n\
+            "Port {port}\nListenAddress {host}\nPidFile {pid}\nAuthorizedKeysFile {auth}\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nLogLevel VERBOSE\n\
              MaxSessions 200\nMaxStartups 200:30:400\nAllowUsers {user}\n",
             port = self.port,
+            host = self.host,
             pid = d.join("sshd.pid").display(),
             auth = d.join("authorized_keys").display(),
             user = self.user,
@@ -267,17 +287,22 @@ impl Sshd {
         fs::write(self.config_path(), config).expect("write sshd_config");
 
         let mut known = String::new();
+        let name = |host: &str| match self.port {
+            22 => host.to_owned(),
+            port => format!("[{host}]:{port}"),
+        };
         for (_, line) in &self.host_keys {
-            known.push_str(&format!(
-                "[127.0.0.1]:{} {line}\n[localhost]:{} {line}\n",
-                self.port, self.port
-            ));
+            known.push_str(&format!("{} {line}\n", name(&self.host)));
+            if self.options.netns.is_none() {
+                known.push_str(&format!("{} {line}\n", name("localhost")));
+            }
         }
         fs::write(self.known_hosts(), known).expect("write known_hosts");
 
         let ssh_config = format!(
-            "Host peer\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+            "Host peer\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
              StrictHostKeyChecking yes\n  UserKnownHostsFile {}\n  LogLevel ERROR\n  BatchMode yes\n",
+            self.host,
             self.port,
             self.user,
             self.identity(KeyKind::Ed25519).display(),
@@ -286,7 +311,8 @@ impl Sshd {
         fs::write(self.ssh_config(), ssh_config).expect("write ssh_config");
     }
 
-    /// Wait until the server answers with its SSH banner.
+    /// Wait until the server answers with its SSH banner (in a namespace: until it logs that
+    /// it listens, as it cannot be reached from here).
     fn wait_ready(&mut self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
@@ -296,7 +322,13 @@ impl Sshd {
                     return Err(format!("sshd exited ({status})"));
                 }
             }
-            if let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            if self.options.netns.is_some() {
+                if self.log().contains("Server listening on") {
+                    return Ok(());
+                }
+            } else if let Ok(mut stream) =
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200))
+            {
                 let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
                 let mut banner = [0u8; 8];
                 if stream.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0-" {
@@ -305,17 +337,17 @@ impl Sshd {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "sshd did not answer on 127.0.0.1:{} within {timeout:?}",
-                    self.port
+                    "sshd did not answer on {}:{} within {timeout:?}",
+                    self.host, self.port
                 ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// `127.0.0.1`.
-    pub fn host(&self) -> &'static str {
-        "127.0.0.1"
+    /// `127.0.0.1`, or the address in the namespace ([`SshdOptions::netns`]).
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// The TCP port the server listens on.
@@ -343,7 +375,8 @@ impl Sshd {
         self.host_keys.iter().find(|(k, _)| *k == kind).map(|(_, line)| line.as_str())
     }
 
-    /// A `known_hosts` file with every host key under `[127.0.0.1]:PORT` and `[localhost]:PORT`.
+    /// A `known_hosts` file with every host key under `[127.0.0.1]:PORT` and `[localhost]:PORT`
+    /// (in a namespace: under its address).
     pub fn known_hosts(&self) -> PathBuf {
         self.dir.path().join("known_hosts")
     }

@@ -195,6 +195,7 @@ struct RawConfiguration {
     user: Option<String>,
     identity: Option<Spanned<String>>,
     host_key: Option<Spanned<String>>,
+    ssh_config: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
     confirm_timeout: Option<ConfirmTimeout>,
     sudo: Option<bool>,
@@ -642,6 +643,47 @@ impl Cx<'_> {
         }
     }
 
+    /// Where in the file byte `offset` of a string value is: exact when the value stands in
+    /// the file as written (no escapes), else the value's start.
+    fn in_value(&self, value: &Spanned<String>, offset: usize) -> Range<usize> {
+        let span = value.span();
+        let raw = &self.text[span.clone()];
+        match raw.find(value.get_ref().as_str()) {
+            Some(at) if !value.get_ref().is_empty() => {
+                let start = span.start + at + offset;
+                start..start
+            }
+            _ => span,
+        }
+    }
+
+    /// `host-key`: the bare key or ssh-keyscan's line, as `TYPE BASE64`.
+    fn host_key(&self, key: &Spanned<String>) -> Result<String, DeploymentError> {
+        match transfer::transport::ssh::parse_host_key(key.get_ref()) {
+            Ok(line) => Ok(line.key),
+            Err(e) => {
+                Err(self.at(self.in_value(key, e.offset), format!("host-key: {}", e.message)))
+            }
+        }
+    }
+
+    /// `identity`: the private key file (a `.pub` is refused: it is the other half).
+    fn identity(&self, value: &Spanned<String>) -> Result<PathBuf, DeploymentError> {
+        let path = self.local_path(value)?;
+        if path.extension().is_some_and(|e| e == "pub") {
+            return Err(self.at(
+                value.span(),
+                format!(
+                    "identity = \"{}\" is a public key: give the private key file, \
+                     identity = \"{}\"",
+                    value.get_ref(),
+                    value.get_ref().trim_end_matches(".pub")
+                ),
+            ));
+        }
+        Ok(path)
+    }
+
     fn configuration(
         &self,
         name: &str,
@@ -692,18 +734,9 @@ impl Cx<'_> {
                 ),
             ));
         }
-        if let Some(key) = &c.host_key {
-            let n = key.get_ref().split_whitespace().count();
-            if !(2..=3).contains(&n) {
-                return Err(self.at(
-                    key.span(),
-                    "host-key must be 'TYPE BASE64 [COMMENT]', as in known_hosts or the output \
-                     of ssh-keyscan"
-                        .into(),
-                ));
-            }
-        }
-        let identity = c.identity.as_ref().map(|i| self.local_path(i)).transpose()?;
+        let host_key = c.host_key.as_ref().map(|k| self.host_key(k)).transpose()?;
+        let identity = c.identity.as_ref().map(|i| self.identity(i)).transpose()?;
+        let ssh_config = c.ssh_config.as_ref().map(|p| self.local_path(p)).transpose()?;
         Ok(Configuration {
             host_name: c.host_name.clone(),
             system: c.system.clone().unwrap_or_else(this_system),
@@ -711,10 +744,11 @@ impl Cx<'_> {
             authorize: c.authorize.unwrap_or(true),
             allow_downgrades: c.allow_downgrades.unwrap_or(false),
             safety_checks: c.safety_checks.unwrap_or(true),
-            port: c.port.unwrap_or(22),
-            user: c.user.clone().unwrap_or_else(|| "root".into()),
+            port: c.port,
+            user: c.user.clone(),
             identity,
-            host_key: c.host_key.as_ref().map(|k| k.get_ref().clone()),
+            host_key,
+            ssh_config,
             root,
             confirm_timeout: c.confirm_timeout.map_or(Some(DEFAULT_CONFIRM_TIMEOUT), |t| t.0),
             sudo: c.sudo,

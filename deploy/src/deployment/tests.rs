@@ -36,7 +36,7 @@ host-name = "203.0.113.7"
 port = 22
 user = "root"
 identity = "~/.ssh/id_ed25519"
-host-key = "ssh-ed25519 AAAA..."
+host-key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVHkdCT6mGqEKxBnRWWvj5Lq1LcObrY6rUJ2cUpuHiN"
 root = "/"                           # where the host's store and state live (a directory for tests)
 "#;
 
@@ -61,7 +61,7 @@ fn the_issue_shape_parses_with_defaults() {
     assert_eq!(c.host_name.as_deref(), Some("203.0.113.7"));
     assert_eq!(c.system, this_system());
     assert!(c.build_locally && c.authorize && c.safety_checks && !c.allow_downgrades);
-    assert_eq!((c.port, c.user.as_str()), (22, "root"));
+    assert_eq!((c.port, c.user.as_deref()), (Some(22), Some("root")));
     assert_eq!(c.identity.as_deref(), Some(Path::new("/home/u/.ssh/id_ed25519")));
     assert_eq!(c.root, PathBuf::from("/"));
     assert_eq!(c.confirm_timeout, Some(Duration::from_secs(30)));
@@ -264,9 +264,9 @@ fn the_examples_parse() {
     assert_eq!(names, ["web1", "web2"]);
     let db1 = &ssh.machines[2];
     assert!(db1.configuration.allow_downgrades);
-    assert_eq!(db1.configuration.user, "deploy");
+    assert_eq!(db1.configuration.user.as_deref(), Some("deploy"));
     assert_eq!(db1.os.file_systems.len(), 2);
-    assert_eq!(ssh.machines[1].configuration.port, 2222);
+    assert_eq!(ssh.machines[1].configuration.port, Some(2222));
     assert_eq!(ssh.machines[0].os.health_checks.len(), 3);
 }
 
@@ -372,4 +372,78 @@ fn a_system_built_by_nix_with_its_switch_commands() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("the file says store = \"nix\", the command line --store guix"), "{e}");
+}
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVHkdCT6mGqEKxBnRWWvj5Lq1LcObrY6rUJ2cUpuHiN";
+
+fn ssh_machine(config: &str) -> String {
+    format!(
+        "[[machine]]\nname = \"a\"\noperating-system = {{}}\n[machine.configuration]\n\
+         host-name = \"web\"\n{config}\n"
+    )
+}
+
+#[test]
+fn host_key_takes_the_bare_key_or_the_keyscan_line() {
+    for given in [
+        KEY.to_owned(),
+        format!("{KEY} root@web"),
+        format!("[203.0.113.7]:2222 {KEY}"),
+        format!("203.0.113.7 {KEY}"),
+    ] {
+        let d = parse(&ssh_machine(&format!("host-key = \"{given}\""))).unwrap();
+        assert_eq!(d.machines[0].configuration.host_key.as_deref(), Some(KEY), "{given}");
+    }
+    // A multi-line paste of ssh-keyscan's output with its comment line.
+    let pasted =
+        format!("host-key = '''\n# 203.0.113.7:22 SSH-2.0-OpenSSH_9.2\n203.0.113.7 {KEY}\n'''");
+    let d = parse(&ssh_machine(&pasted)).unwrap();
+    assert_eq!(d.machines[0].configuration.host_key.as_deref(), Some(KEY));
+    let c = &d.machines[0].configuration;
+    assert_eq!((c.port, c.user.as_deref(), c.ssh_config.as_deref()), (None, None, None));
+}
+
+#[test]
+fn bad_host_keys_are_refused_at_their_line_and_column() {
+    // The key data cut short: the column of the data.
+    let cut = &KEY[..50];
+    let e = err(&ssh_machine(&format!("host-key = \"[h]:22 {cut}\"")));
+    let col = "host-key = \"[h]:22 ssh-ed25519 ".len() + 1;
+    assert!(
+        e.starts_with(&format!(
+            "/srv/deploy/fleet.toml:6:{col}: host-key: not a valid ssh-ed25519 key"
+        )),
+        "{e}"
+    );
+    let e = err(&ssh_machine("host-key = \"AAAAC3NzaC1lZDI1NTE5\""));
+    assert!(
+        e.starts_with(
+            "/srv/deploy/fleet.toml:6:13: host-key: \"AAAAC3NzaC1lZDI1NTE5\" is not a key type"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("ssh-keyscan"), "{e}");
+    let e = err(&ssh_machine("host-key = \"web ssh-ed25519\""));
+    assert!(e.contains("the key data is missing"), "{e}");
+    let two = format!("host-key = \"\"\"\nh {KEY}\nh {KEY}\n\"\"\"");
+    let e = err(&ssh_machine(&two));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:8:1: host-key: several keys"), "{e}");
+}
+
+#[test]
+fn identity_must_be_the_private_key_and_ssh_config_is_a_path() {
+    let e = err(&ssh_machine("identity = \"~/.ssh/id_ed25519.pub\""));
+    assert!(
+        e.starts_with(
+            "/srv/deploy/fleet.toml:6:12: identity = \"~/.ssh/id_ed25519.pub\" is a public key"
+        ),
+        "{e}"
+    );
+    assert!(e.contains("identity = \"~/.ssh/id_ed25519\""), "{e}");
+    let d =
+        parse(&ssh_machine("ssh-config = \"ssh/config\"\nport = 2200\nuser = \"ops\"")).unwrap();
+    let c = &d.machines[0].configuration;
+    assert_eq!(c.ssh_config.as_deref(), Some(Path::new("/srv/deploy/ssh/config")));
+    assert_eq!((c.port, c.user.as_deref()), (Some(2200), Some("ops")));
 }

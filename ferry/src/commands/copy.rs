@@ -26,7 +26,7 @@ use transfer::push::adaptive::CompressSetting;
 use transfer::push::{PushOptions, PushSummary};
 use transfer::target::nix_host::PullReport;
 use transfer::target::{CopyReport, Received, Source, Target};
-use transfer::transport::ssh::SshAuth;
+use transfer::transport::ssh::{SettingsSource, SshAuth};
 
 use crate::output::progress::CopyBars;
 use crate::output::Printer;
@@ -79,9 +79,13 @@ pub struct SshArgs {
     /// The host's SSH key ("ssh-ed25519 AAAA..."); default: known_hosts.
     #[arg(long, value_name = "KEY")]
     pub host_key: Option<String>,
-    /// known_hosts file (default ~/.ssh/known_hosts).
+    /// known_hosts file (default: the SSH config's, else ~/.ssh/known_hosts).
     #[arg(long, value_name = "FILE")]
     pub known_hosts: Option<PathBuf>,
+    /// SSH config file read instead of ~/.ssh/config (as `ssh -F`): Host aliases, HostName,
+    /// User, Port, IdentityFile, ProxyJump...
+    #[arg(long, value_name = "FILE")]
+    pub ssh_config: Option<PathBuf>,
 }
 
 impl SshArgs {
@@ -91,6 +95,8 @@ impl SshArgs {
             identity: self.identity.clone(),
             host_key: self.host_key.clone(),
             known_hosts: self.known_hosts.clone(),
+            ssh_config: self.ssh_config.clone(),
+            source: SettingsSource::CommandLine,
         }
     }
 }

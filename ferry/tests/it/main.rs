@@ -17,6 +17,7 @@ mod deployment_file;
 mod nar_cli;
 mod nix_interop;
 mod nix_source_store;
+mod ssh_config;
 mod store_cli;
 mod store_crash;
 mod util;

@@ -150,13 +150,13 @@ impl Target {
                 Target::LocalStore(t)
             }
             Uri::Ssh { endpoint, store } => Target::Agent(Box::new(SshTransport::new(
-                SshConfig::for_endpoint(&endpoint, auth.clone()),
+                SshConfig::for_endpoint(&endpoint, auth.clone())?,
                 store,
             )?)),
             Uri::NixSsh { endpoint, store } => Target::NixHost(Box::new(NixHost {
                 uri: uri.to_owned(),
                 ssh: SshTransport::new(
-                    SshConfig::for_endpoint(&endpoint, auth.clone()),
+                    SshConfig::for_endpoint(&endpoint, auth.clone())?,
                     store.clone(),
                 )?,
                 store,

@@ -1,5 +1,6 @@
 //! The russh client: one TCP connection per host ([`SshSession::connect`]: host key checked by
-//! [`super::known_hosts`], then authentication), reused for every channel: [`SshSession::exec`]
+//! [`super::known_hosts`], then authentication; through the `ProxyJump` bastions in turn, each
+//! next hop over a direct-tcpip channel of the one before), reused for every channel: [`SshSession::exec`]
 //! (a remote command as a duplex byte stream with stderr captured and the exit status as a
 //! future), [`SshSession::upload`] (SFTP, or `cat` over exec when the host has no SFTP
 //! subsystem), [`SshSession::remote_arch`].
@@ -60,6 +61,8 @@ pub struct SshSession {
     handle: Handle<ClientHandler>,
     cfg: Arc<SshConfig>,
     sftp: tokio::sync::Mutex<Option<Result<Arc<russh_sftp::client::SftpSession>, String>>>,
+    /// The bastion this session goes through (kept open as long as this one is).
+    via: Option<Box<SshSession>>,
 }
 
 impl fmt::Debug for SshSession {
@@ -85,6 +88,16 @@ fn load_identity(cfg: &SshConfig, path: &Path) -> Result<Arc<ssh_key::PrivateKey
         reason,
     };
     let text = std::fs::read_to_string(path).map_err(|e| identity_error(e.to_string()))?;
+    if PublicKey::from_openssh(text.trim()).is_ok() {
+        let private = path.with_extension("");
+        return Err(identity_error(format!(
+            "this is a public key; the identity is the private key file{}",
+            match path.extension() {
+                Some(e) if e == "pub" => format!(" ({})", private.display()),
+                _ => String::new(),
+            }
+        )));
+    }
     let key = ssh_key::PrivateKey::from_openssh(text.trim_start())
         .map_err(|e| identity_error(format!("{e} (expected an OpenSSH private key)")))?;
     if key.is_encrypted() {
@@ -96,13 +109,40 @@ fn load_identity(cfg: &SshConfig, path: &Path) -> Result<Arc<ssh_key::PrivateKey
     Ok(Arc::new(key))
 }
 
+/// The public key of an identity file: its `.pub`, else the public half of the private key
+/// file (readable even when the key is encrypted).
+fn public_of(path: &Path) -> Option<PublicKey> {
+    let mut pub_path = path.as_os_str().to_owned();
+    pub_path.push(".pub");
+    let from_pub = std::fs::read_to_string(PathBuf::from(pub_path))
+        .ok()
+        .and_then(|t| PublicKey::from_openssh(t.trim()).ok());
+    from_pub.or_else(|| {
+        let text = std::fs::read_to_string(path).ok()?;
+        ssh_key::PrivateKey::from_openssh(text.trim_start()).ok().map(|k| k.public_key().clone())
+    })
+}
+
 impl SshSession {
-    /// Connect, check the host key, and authenticate, all within `cfg.connect_timeout`.
+    /// Connect through `cfg`'s bastions in turn, then to the host; at each hop check the host
+    /// key and authenticate, each hop within its own `connect_timeout`.
     pub async fn connect(cfg: &SshConfig) -> Result<SshSession, SshError> {
+        let mut via = None;
+        for hop in &cfg.jumps {
+            via = Some(Self::connect_hop(hop, via).await?);
+        }
+        Self::connect_hop(cfg, via).await
+    }
+
+    /// Connect to one host (directly, or over a channel of the bastion `via`), check its key
+    /// and authenticate, within `cfg.connect_timeout`.
+    async fn connect_hop(cfg: &SshConfig, via: Option<SshSession>) -> Result<SshSession, SshError> {
         let cfg = Arc::new(cfg.clone());
         let timeout = cfg.connect_timeout;
-        let step = Arc::new(Mutex::new("TCP connect"));
-        let attempt = Self::connect_inner(cfg.clone(), step.clone());
+        let first =
+            if via.is_some() { "opening a channel through the bastion" } else { "TCP connect" };
+        let step = Arc::new(Mutex::new(first));
+        let attempt = Self::connect_inner(cfg.clone(), via, step.clone());
         match tokio::time::timeout(timeout, attempt).await {
             Ok(result) => result,
             Err(_) => Err(SshError::Timeout {
@@ -115,6 +155,7 @@ impl SshSession {
 
     async fn connect_inner(
         cfg: Arc<SshConfig>,
+        via: Option<SshSession>,
         step: Arc<Mutex<&'static str>>,
     ) -> Result<SshSession, SshError> {
         let target = cfg.target();
@@ -140,14 +181,38 @@ impl SshSession {
             ..client::Config::default()
         };
 
-        let socket = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
-            .await
-            .map_err(|source| SshError::Connect { target: target.clone(), source })?;
-        let _ = socket.set_nodelay(true);
-        set_step("key exchange");
         let refusal = Arc::new(Mutex::new(None));
         let handler = ClientHandler { cfg: cfg.clone(), expect, refusal: refusal.clone() };
-        let mut handle = match client::connect_stream(Arc::new(config), socket, handler).await {
+        let config = Arc::new(config);
+        let connected = match &via {
+            None => {
+                let socket = tokio::net::TcpStream::connect((cfg.host.as_str(), cfg.port))
+                    .await
+                    .map_err(|source| SshError::Connect { target: target.clone(), source })?;
+                let _ = socket.set_nodelay(true);
+                set_step("key exchange");
+                client::connect_stream(config, socket, handler).await
+            }
+            Some(bastion) => {
+                let channel = bastion
+                    .handle
+                    .channel_open_direct_tcpip(
+                        cfg.host.as_str(),
+                        u32::from(cfg.port),
+                        "127.0.0.1",
+                        0,
+                    )
+                    .await
+                    .map_err(|e| SshError::Jump {
+                        target: target.clone(),
+                        via: bastion.target(),
+                        reason: e.to_string(),
+                    })?;
+                set_step("key exchange");
+                client::connect_stream(config, channel.into_stream(), handler).await
+            }
+        };
+        let mut handle = match connected {
             Ok(h) => h,
             Err(source) => {
                 if let Some(e) = refusal.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -158,106 +223,161 @@ impl SshSession {
         };
         set_step("authentication");
         Self::authenticate(&cfg, &mut handle).await?;
-        Ok(SshSession { handle, cfg, sftp: tokio::sync::Mutex::new(None) })
+        Ok(SshSession { handle, cfg, sftp: tokio::sync::Mutex::new(None), via: via.map(Box::new) })
     }
 
+    /// Offer the keys in turn (see the module doc of [`super`] for the order); every refusal
+    /// is noted for the error.
     async fn authenticate(
         cfg: &SshConfig,
         handle: &mut Handle<ClientHandler>,
     ) -> Result<(), SshError> {
         let target = cfg.target();
-        let auth_err = |source| SshError::Protocol { target: target.clone(), step: "auth", source };
         let mut tried = Vec::new();
         let rsa_hash = match handle.best_supported_rsa_hash().await {
             Ok(Some(h)) => h,
             _ => Some(HashAlg::Sha256),
         };
 
-        let mut files: Vec<(PathBuf, bool)> = Vec::new();
-        match &cfg.identity {
-            Some(path) => files.push((path.clone(), true)),
-            None => {
-                if let Some(home) = std::env::var_os("HOME") {
-                    for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-                        files.push((PathBuf::from(&home).join(".ssh").join(name), false));
+        // The explicit identity first: one that cannot be loaded is an error.
+        if let Some(path) = &cfg.identity {
+            let key = load_identity(cfg, path)?;
+            if Self::offer(cfg, handle, path, key, rsa_hash, &mut tried).await? {
+                return Ok(());
+            }
+        }
+        // The SSH config's identity files: a missing one is skipped, as ssh does.
+        for path in &cfg.identity_files {
+            if Self::offer_file(cfg, handle, path, rsa_hash, &mut tried).await? {
+                return Ok(());
+            }
+        }
+
+        if cfg.use_agent {
+            // With IdentitiesOnly, only the agent's copies of the identity files.
+            let only: Option<Vec<PublicKey>> = cfg.identities_only.then(|| {
+                cfg.identity
+                    .iter()
+                    .chain(&cfg.identity_files)
+                    .filter_map(|p| public_of(p))
+                    .collect()
+            });
+            if Self::offer_agent(cfg, handle, only.as_deref(), rsa_hash, &mut tried).await {
+                return Ok(());
+            }
+        }
+
+        // The default files, only when no identity was named.
+        if cfg.identity.is_none() && cfg.identity_files.is_empty() {
+            if let Some(home) = std::env::var_os("HOME") {
+                for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                    let path = PathBuf::from(&home).join(".ssh").join(name);
+                    if Self::offer_file(cfg, handle, &path, rsa_hash, &mut tried).await? {
+                        return Ok(());
                     }
                 }
             }
         }
-        // The explicit identity first; the default files only after the agent.
-        if let Some((path, true)) = files.first().cloned() {
-            let key = load_identity(cfg, &path)?;
-            let desc =
-                format!("{} ({})", path.display(), key.public_key().fingerprint(HashAlg::Sha256));
-            let with_hash = PrivateKeyWithHashAlg::new(key, rsa_hash);
-            let result =
-                handle.authenticate_publickey(&cfg.user, with_hash).await.map_err(auth_err)?;
-            if result.success() {
-                return Ok(());
-            }
-            tried.push(format!("{desc} refused"));
-        }
-
-        if cfg.use_agent {
-            match std::env::var_os("SSH_AUTH_SOCK") {
-                None => tried.push("ssh-agent: SSH_AUTH_SOCK is not set".to_owned()),
-                Some(_) => match russh::keys::agent::client::AgentClient::connect_env().await {
-                    Err(e) => tried.push(format!("ssh-agent: cannot connect: {e}")),
-                    Ok(mut agent) => match agent.request_identities().await {
-                        Err(e) => tried.push(format!("ssh-agent: cannot list keys: {e}")),
-                        Ok(ids) if ids.is_empty() => {
-                            tried.push("ssh-agent: holds no keys".to_owned())
-                        }
-                        Ok(ids) => {
-                            for id in ids {
-                                let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id
-                                else {
-                                    continue;
-                                };
-                                let hash = if matches!(key.algorithm(), Algorithm::Rsa { .. }) {
-                                    rsa_hash
-                                } else {
-                                    None
-                                };
-                                let fp = key.fingerprint(HashAlg::Sha256);
-                                match handle
-                                    .authenticate_publickey_with(&cfg.user, key, hash, &mut agent)
-                                    .await
-                                {
-                                    Ok(r) if r.success() => return Ok(()),
-                                    Ok(_) => tried.push(format!("ssh-agent key {fp} refused")),
-                                    Err(e) => tried.push(format!("ssh-agent key {fp}: {e}")),
-                                }
-                            }
-                        }
-                    },
-                },
-            }
-        }
-
-        for (path, _) in files.iter().filter(|(_, explicit)| !explicit) {
-            if !path.exists() {
-                continue;
-            }
-            let key = match load_identity(cfg, path) {
-                Ok(k) => k,
-                Err(e) => {
-                    tried.push(e.to_string());
-                    continue;
-                }
-            };
-            let with_hash = PrivateKeyWithHashAlg::new(key, rsa_hash);
-            let result =
-                handle.authenticate_publickey(&cfg.user, with_hash).await.map_err(auth_err)?;
-            if result.success() {
-                return Ok(());
-            }
-            tried.push(format!("{} refused", path.display()));
-        }
         if tried.is_empty() {
             tried.push("no identity given, no ssh-agent, no ~/.ssh/id_* file".to_owned());
         }
-        Err(SshError::Auth { target, user: cfg.user.clone(), tried })
+        Err(SshError::Auth {
+            target,
+            hint: cfg.source.identity_hint(),
+            user: cfg.user.clone(),
+            tried,
+        })
+    }
+
+    /// Offer the key of `path` if the file exists (a key that cannot be loaded is noted).
+    async fn offer_file(
+        cfg: &SshConfig,
+        handle: &mut Handle<ClientHandler>,
+        path: &Path,
+        rsa_hash: Option<HashAlg>,
+        tried: &mut Vec<String>,
+    ) -> Result<bool, SshError> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        match load_identity(cfg, path) {
+            Ok(key) => Self::offer(cfg, handle, path, key, rsa_hash, tried).await,
+            Err(e) => {
+                tried.push(e.to_string());
+                Ok(false)
+            }
+        }
+    }
+
+    /// Offer one private key; `Ok(false)` (and a note) when the server refuses it.
+    async fn offer(
+        cfg: &SshConfig,
+        handle: &mut Handle<ClientHandler>,
+        path: &Path,
+        key: Arc<ssh_key::PrivateKey>,
+        rsa_hash: Option<HashAlg>,
+        tried: &mut Vec<String>,
+    ) -> Result<bool, SshError> {
+        let desc =
+            format!("{} ({})", path.display(), key.public_key().fingerprint(HashAlg::Sha256));
+        let with_hash = PrivateKeyWithHashAlg::new(key, rsa_hash);
+        let result = handle
+            .authenticate_publickey(&cfg.user, with_hash)
+            .await
+            .map_err(|source| SshError::Protocol { target: cfg.target(), step: "auth", source })?;
+        if !result.success() {
+            tried.push(format!("{desc} refused"));
+        }
+        Ok(result.success())
+    }
+
+    /// Offer the keys of ssh-agent (those in `only`, when given); whether one was accepted.
+    async fn offer_agent(
+        cfg: &SshConfig,
+        handle: &mut Handle<ClientHandler>,
+        only: Option<&[PublicKey]>,
+        rsa_hash: Option<HashAlg>,
+        tried: &mut Vec<String>,
+    ) -> bool {
+        if std::env::var_os("SSH_AUTH_SOCK").is_none() {
+            tried.push("ssh-agent: SSH_AUTH_SOCK is not set".to_owned());
+            return false;
+        }
+        let mut agent = match russh::keys::agent::client::AgentClient::connect_env().await {
+            Ok(a) => a,
+            Err(e) => {
+                tried.push(format!("ssh-agent: cannot connect: {e}"));
+                return false;
+            }
+        };
+        let ids = match agent.request_identities().await {
+            Ok(ids) if ids.is_empty() => {
+                tried.push("ssh-agent: holds no keys".to_owned());
+                return false;
+            }
+            Ok(ids) => ids,
+            Err(e) => {
+                tried.push(format!("ssh-agent: cannot list keys: {e}"));
+                return false;
+            }
+        };
+        for id in ids {
+            let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = id else {
+                continue;
+            };
+            if only.is_some_and(|only| !only.iter().any(|k| k.key_data() == key.key_data())) {
+                continue;
+            }
+            let hash =
+                if matches!(key.algorithm(), Algorithm::Rsa { .. }) { rsa_hash } else { None };
+            let fp = key.fingerprint(HashAlg::Sha256);
+            match handle.authenticate_publickey_with(&cfg.user, key, hash, &mut agent).await {
+                Ok(r) if r.success() => return true,
+                Ok(_) => tried.push(format!("ssh-agent key {fp} refused")),
+                Err(e) => tried.push(format!("ssh-agent key {fp}: {e}")),
+            }
+        }
+        false
     }
 
     /// The configuration this session was opened with.
@@ -495,9 +615,12 @@ impl SshSession {
         }
     }
 
-    /// Close the connection (every channel ends).
+    /// Close the connection (every channel ends), then the bastions' it went through.
     pub async fn close(&self) {
         let _ = self.handle.disconnect(Disconnect::ByApplication, "", "en").await;
+        if let Some(via) = &self.via {
+            Box::pin(via.close()).await;
+        }
     }
 }
 

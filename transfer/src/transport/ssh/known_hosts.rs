@@ -11,11 +11,113 @@ use std::sync::Arc;
 use russh::keys::ssh_key::{HashAlg, PublicKey};
 use russh::keys::Algorithm;
 
+use super::config::glob;
 use super::{OfferedKey, SshConfig, SshError};
 
 fn key_line(key: &PublicKey) -> String {
     let text = key.to_openssh().unwrap_or_default();
     text.split_whitespace().take(2).collect::<Vec<_>>().join(" ")
+}
+
+/// The key types a host key can have, as OpenSSH names them.
+const KEY_TYPES: [&str; 8] = [
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+    "ssh-dss",
+];
+
+/// A pinned host key as written: the bare key (`TYPE BASE64 [COMMENT]`), or a line that
+/// `ssh-keyscan` prints or known_hosts holds (`HOSTS TYPE BASE64 [COMMENT]`); `#` lines and
+/// blank lines around it are ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyLine {
+    /// `TYPE BASE64`, the key alone.
+    pub key: String,
+    /// The host field of a keyscan or known_hosts line (`[host]:port`, `host`), if there was one.
+    pub hosts: Option<String>,
+}
+
+/// Why a pinned host key was refused: the message, and the byte offset in the text it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostKeyLineError {
+    /// Byte offset of the offending part of the text.
+    pub offset: usize,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+/// Parse a pinned host key (see [`HostKeyLine`]): the key must decode and be of a known type.
+pub fn parse_host_key(text: &str) -> Result<HostKeyLine, HostKeyLineError> {
+    let err = |offset: usize, message: String| HostKeyLineError { offset, message };
+    let expected = "expected the key as ssh-keyscan prints it (\"[host]:port ssh-ed25519 AAAA…\" \
+                    or \"host ssh-ed25519 AAAA…\") or the bare key (\"ssh-ed25519 AAAA…\")";
+    let mut lines = Vec::new();
+    let mut start = 0;
+    for line in text.split_inclusive('\n') {
+        let trimmed = line.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') {
+            lines.push((start, line));
+        }
+        start += line.len();
+    }
+    let (line_start, line) = match lines.as_slice() {
+        [] => return Err(err(0, format!("no key: {expected}"))),
+        [one] => *one,
+        [_, (second, _), ..] => {
+            return Err(err(
+                *second,
+                "several keys: pin one of them (one line, the ssh-ed25519 one if there is one)"
+                    .to_owned(),
+            ))
+        }
+    };
+    // The words of the line with their offsets in `text`.
+    let mut words: Vec<(usize, &str)> = Vec::new();
+    let mut at = 0;
+    for word in line.split_whitespace() {
+        let pos = line[at..].find(word).map_or(at, |p| at + p);
+        words.push((line_start + pos, word));
+        at = pos + word.len();
+    }
+    let is_type = |w: &str| KEY_TYPES.contains(&w);
+    let (hosts, kind, data) = match words.as_slice() {
+        [(o, w), ..] if w.starts_with('@') => {
+            return Err(err(
+                *o,
+                format!("a known_hosts marker ({w}) is not a host key; {expected}"),
+            ))
+        }
+        [(_, t), rest @ ..] if is_type(t) => (None, words[0], rest.first().copied()),
+        [(o, h), (_, t), rest @ ..] if is_type(t) => {
+            (Some((*o, *h)), words[1], rest.first().copied())
+        }
+        [_, (o, t), ..] if t.contains("ssh") || t.contains("ecdsa") => {
+            return Err(err(
+                *o,
+                format!("unknown key type {t:?} (known: {})", KEY_TYPES.join(", ")),
+            ))
+        }
+        [(o, t)] | [(o, t), ..] => {
+            return Err(err(*o, format!("{t:?} is not a key type; {expected}")))
+        }
+        [] => unreachable!("a line with a non-blank character has a word"),
+    };
+    let Some((data_at, data)) = data else {
+        return Err(err(
+            kind.0 + kind.1.len(),
+            format!("the key data is missing after {}", kind.1),
+        ));
+    };
+    let key = format!("{} {data}", kind.1);
+    PublicKey::from_openssh(&key).map_err(|e| {
+        err(data_at, format!("not a valid {} key ({e}): cut short or mistyped?", kind.1))
+    })?;
+    Ok(HostKeyLine { key, hosts: hosts.map(|(_, h)| h.to_owned()) })
 }
 
 /// One known_hosts line that applies to the host.
@@ -24,18 +126,6 @@ pub(super) struct KnownEntry {
     line: usize,
     revoked: bool,
     key: PublicKey,
-}
-
-/// Glob match with `*` and `?` (OpenSSH `match_pattern`), ASCII case-insensitive.
-fn glob(pattern: &[u8], text: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, &text[i..])),
-        Some((b'?', rest)) => !text.is_empty() && glob(rest, &text[1..]),
-        Some((c, rest)) => {
-            text.first().is_some_and(|t| t.eq_ignore_ascii_case(c)) && glob(rest, &text[1..])
-        }
-    }
 }
 
 fn hashed_match(entry: &str, name: &str) -> bool {
@@ -123,13 +213,15 @@ impl Expectation {
         let target = cfg.target();
         Ok(match &cfg.host_key {
             Some(text) => {
-                Expectation::Pinned(PublicKey::from_openssh(text.trim()).map_err(|e| {
-                    SshError::BadPinnedKey {
-                        target: target.clone(),
-                        key: text.clone(),
-                        reason: e.to_string(),
-                    }
-                })?)
+                let bad = |reason: String| SshError::BadPinnedKey {
+                    target: target.clone(),
+                    key: text.clone(),
+                    reason,
+                };
+                let line = parse_host_key(text).map_err(|e| bad(e.message))?;
+                Expectation::Pinned(
+                    PublicKey::from_openssh(&line.key).map_err(|e| bad(e.to_string()))?,
+                )
             }
             None => {
                 let path =
@@ -175,7 +267,7 @@ impl Expectation {
             Expectation::Pinned(pinned) if same_key(pinned, offered) => Ok(()),
             Expectation::Pinned(pinned) => Err(SshError::HostKeyMismatch {
                 target,
-                origin: "the pinned host key (--host-key)".to_owned(),
+                origin: cfg.source.pinned().to_owned(),
                 expected: vec![key_line(pinned)],
                 offered: offered_key(),
             }),
@@ -194,6 +286,7 @@ impl Expectation {
                 if valid.is_empty() {
                     return Err(SshError::HostKeyUnknown {
                         target,
+                        pin: cfg.source.pin_hint(&key_line(offered)),
                         name: cfg.known_hosts_name(),
                         known_hosts: path.clone(),
                         offered: offered_key(),
@@ -242,5 +335,33 @@ mod tests {
         assert_eq!(lines("good.lan"), vec![(5, false)]);
         assert_eq!(lines("bad.lan"), vec![]);
         assert_eq!(lines("[x]:23"), vec![(6, true)]);
+    }
+
+    #[test]
+    fn pinned_key_lines() {
+        let key =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJdD7y3aLq454yWBdwLWbieU1ebz9/cu7/QEXn9OIeZJ";
+        let ok = |text: &str| parse_host_key(text).unwrap();
+        assert_eq!(ok(key), HostKeyLine { key: key.into(), hosts: None });
+        assert_eq!(ok(&format!("  {key} root@web\n")).key, key);
+        let scan = ok(&format!("[10.0.0.2]:2222 {key}"));
+        assert_eq!((scan.key.as_str(), scan.hosts.as_deref()), (key, Some("[10.0.0.2]:2222")));
+        assert_eq!(ok(&format!("# 10.0.0.2:22 SSH-2.0-OpenSSH_9.2\nweb {key}\n")).key, key);
+
+        let err = |text: &str| parse_host_key(text).unwrap_err();
+        // The offset points at what is wrong.
+        let cut = format!("web {}", &key[..60]);
+        assert_eq!(err(&cut).offset, 4 + "ssh-ed25519 ".len(), "{:?}", err(&cut));
+        assert!(err(&cut).message.contains("not a valid ssh-ed25519 key"));
+        assert_eq!(err("web ssh-ed25519").offset, 15);
+        assert!(err("ssh-foo AAAA").message.contains("not a key type"));
+        assert!(err("h ssh-ed448 AAAA").message.contains("unknown key type"));
+        assert_eq!(err("").offset, 0);
+        assert!(err(&format!("@revoked h {key}")).message.contains("marker"));
+        let two = format!("h {key}\nh {key}\n");
+        assert_eq!(err(&two).offset, two.find('\n').unwrap() + 1);
+        // The data must be of the type the line says.
+        let rsa_named = key.replace("ssh-ed25519", "ssh-rsa");
+        assert!(err(&rsa_named).message.contains("not a valid ssh-rsa key"));
     }
 }
