@@ -146,6 +146,7 @@ pub(crate) fn plan_host(
         system: Some(built.absolute.clone()),
         devices,
         paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
+        profile: m.os.prebuilt.as_ref().map(|p| p.profile.clone()),
     };
     let facts: Facts = session.facts(request).map_err(DeployError::Facts)?;
     steps.push(("facts", started.elapsed()));

@@ -14,7 +14,7 @@ impl HostRoot {
     /// The system type, the current generation and its system and provenance, the device
     /// probe's errors, and which of the requested paths the store lacks.
     pub fn facts(&self, req: &FactsRequest) -> Result<Facts, HostCommandError> {
-        let profiles = &self.profiles;
+        let profiles = &self.profiles_of(req.profile.as_deref());
         let generation = profiles.current()?;
         let current_system = match generation {
             Some(g) => Some(profiles.generation(g)?.system),
