@@ -67,6 +67,11 @@ pub struct FactsRequest {
     /// ferry's own profile).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profile: Option<String>,
+    /// The host's store to use, for these facts and the session's copy: `nix` (the host's
+    /// own Nix store under the root), `ferry`, or `auto` (Nix when the root has Nix's database
+    /// and `nix-store` is on PATH). `None`: ferry's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_store: Option<String>,
 }
 
 /// `ferry host facts` answer.
@@ -86,6 +91,9 @@ pub struct Facts {
     pub safety_errors: Vec<String>,
     /// The requested paths the host's store lacks.
     pub missing: Vec<String>,
+    /// The host's store used (`nix` or `ferry`), when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// A health-check command for the host.
@@ -294,6 +302,7 @@ mod tests {
                 devices: vec![DeviceSpec { device: "LABEL=root".into(), mount_point: "/".into() }],
                 paths: vec!["/gnu/store/bbb-x\nwith newline".into()],
                 profile: None,
+                host_store: Some("auto".into()),
             }),
             SessionRequest::Copy,
             SessionRequest::Activate(ActivateRequest {

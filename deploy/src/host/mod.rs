@@ -11,12 +11,14 @@
 //! - [`HostRoot::roll_back`], [`HostRoot::generations`], [`HostRoot::exec`].
 //!
 //! A system built by Nix or Guix has its generations in its own profile and is activated by
-//! its switch command ([`switch`]).
+//! its switch command ([`switch`]). The host's store is ferry's, or the host's own Nix store
+//! ([`nix_store`]), as the facts request asks.
 
 pub mod driver;
 
 mod activate;
 mod facts;
+mod nix_store;
 mod session;
 mod switch;
 
@@ -76,6 +78,10 @@ pub enum HostCommandError {
     AnswerFacts(#[source] io::Error),
     #[error("ferry serve (in the session): {0}")]
     Agent(transfer::agent::AgentError),
+    #[error("the host's Nix store has no database at {0} (store = \"nix\")")]
+    NoNixStore(String),
+    #[error("importing into the host's Nix store: {0}")]
+    NixImport(transfer::agent::nix_import::NixImportError),
 }
 
 impl From<StoreError> for HostCommandError {

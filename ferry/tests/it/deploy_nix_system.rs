@@ -189,3 +189,68 @@ fn nix_systems_deploy_switch_and_roll_back_with_their_own_commands() {
         assert_eq!(last_switch(r), switch_line(r, &top2, "switch"));
     }
 }
+
+/// `nix-store --store ROOT ARGS...` with the tests' hermetic Nix; its stdout.
+fn host_nix(root: &Path, args: &[&str]) -> String {
+    let out = ferry_tests::nix::command("nix-store").arg("--store").arg(root).args(args).output();
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "nix-store --store {} {args:?}: {}",
+        root.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn nix_systems_go_into_the_hosts_own_nix_stores() {
+    ferry_tests::nix::require();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = Run { dir: tmp.path().to_owned() };
+    fs::create_dir_all(tmp.path().join("home")).unwrap();
+    let nix_root = tmp.path().join("coordinator");
+    let top1 = build_system_with(&nix_root, &[]);
+    let top2 = build_system_with(&nix_root, &[("appText", "app-v2")]);
+    let fleet = Fleet::start_with(
+        2,
+        &SshdOptions { path: Some(remote_path(&[&ferry_dir()])), ..SshdOptions::default() },
+    );
+    let roots: Vec<PathBuf> = fleet.iter().map(root).collect();
+    for r in &roots {
+        host_nix(r, &["--init"]);
+    }
+
+    // `store = "auto"` (the default) finds each host's Nix store.
+    let file = tmp.path().join("fleet.toml");
+    fs::write(&file, deployment(&fleet, &top1, "")).unwrap();
+    let (stdout, _) = run.ferry(0, &["deploy", file.to_str().unwrap(), "--dry-run"], &[]);
+    for i in 0..2 {
+        assert!(
+            stdout.contains(&format!("h{i}: the host's store: nix (store = \"auto\")")),
+            "{stdout}"
+        );
+    }
+
+    // Generation 1, then 2 where only `app` and the toplevel travel; Nix registers them.
+    for (top, generation, sent) in [(&top1, 1, 3), (&top2, 2, 2)] {
+        for m in run.deploy(0, &deployment(&fleet, top, ""), &[]) {
+            assert_eq!(
+                (m["generation"].as_u64(), m["paths_sent"].as_u64()),
+                (Some(generation), Some(sent)),
+                "{m}"
+            );
+        }
+        for r in &roots {
+            assert_eq!(
+                profile(r),
+                (format!("system-{generation}-link"), format!("{}{top}", r.display()))
+            );
+            assert_eq!(last_switch(r), switch_line(r, top, "switch"));
+            host_nix(r, &["--verify", "--check-contents"]);
+            let closure = host_nix(r, &["--query", "--requisites", top]);
+            let names: Vec<&str> = closure.lines().map(|l| &l[44..]).collect();
+            assert_eq!(names, ["lib", "app", "toplevel"], "{closure}");
+        }
+    }
+}
