@@ -2,7 +2,8 @@
 //! 1. the copy of the missing paths through the transfer engine (`push_closure`, signed with
 //!    this machine's key; `authorize` adds the key to the host's ACL first); a host already on
 //!    the system stops here;
-//! 2. `activate`: the host registers generation N+1 and drives the activation state machine,
+//! 2. `activate`: the host registers generation N+1 (in the system's own profile for one built
+//!    by Nix or Guix, which its switch command activates) and drives the activation state machine,
 //!    streaming `activate`'s output; when it waits for confirmation, this side runs the TCP
 //!    and HTTP probes ([`crate::probes`]) and answers `ferry host confirm TOKEN` (or
 //!    `--reject REASON`) over a new connection. Without an answer before the deadline the host
@@ -12,12 +13,12 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use proto::session::{ActivateRequest, HostCheck, HostLine};
+use proto::session::{ActivateRequest, HostCheck, HostLine, SwitchSpec};
 use signing::guix::SigningKey;
 use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
-use crate::deployment::{HealthCheck, Machine};
+use crate::deployment::{HealthCheck, Machine, PrebuiltSystem};
 use crate::error::{error_chain, DeployError};
 use crate::link::{HostSession, Link};
 use crate::plan::{Ctx, HostPlan, HostReport, Planned};
@@ -89,20 +90,19 @@ pub(crate) fn apply(
     }
 
     // 2. Activate, confirm.
-    if m.os.prebuilt.is_some() {
-        // TODO(issue 15): the host side of `switch` (profile PROFILE-N-link, switch and
-        // boot-switch, rollback with the previous generation's own command).
-        session.end().map_err(DeployError::CopySession)?;
-        return Err(DeployError::Activate(
-            "the closure was copied, but activating a system built elsewhere (its `switch` \
-             command) is not implemented yet"
-                .into(),
-        ));
-    }
     ctx.progress.phase(&m.name, Phase::Activate);
     let r = activate(ctx, run, &link, session, m, &system).map_err(DeployError::Activate)?;
     steps.extend(r.steps);
     Ok(HostReport { paths, shared, bytes: sent, steps, ..r })
+}
+
+/// How the host activates a system built by Nix or Guix.
+pub(crate) fn switch_spec(p: &PrebuiltSystem) -> SwitchSpec {
+    SwitchSpec {
+        profile: p.profile.clone(),
+        switch: p.switch.clone(),
+        boot_switch: p.boot_switch.clone(),
+    }
 }
 
 /// Ask the session to activate and answer the confirmation request (over a new connection);
@@ -134,6 +134,7 @@ fn activate(
             })
             .collect(),
         token: format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>()),
+        switch: m.os.prebuilt.as_ref().map(switch_spec),
     };
     let mut result = None;
     let mut generation = None;

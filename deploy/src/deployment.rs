@@ -55,6 +55,9 @@
 //! sudo = true                      # a non-root user runs the host's commands with `sudo -n`;
 //!                                  # default: only when root = "/" (see proto::uri)
 //! confirm-timeout = 30             # seconds; `false` switches confirmation off
+//! store = "auto"                   # the host's store: "ferry", "nix" (the host's own Nix
+//!                                  # store under `root`), or "auto" (default: Nix's when the
+//!                                  # host has one and the deployment's store dir is /nix/store)
 //! ```
 //!
 //! # Rules
@@ -214,6 +217,33 @@ pub struct Configuration {
     pub sudo: Option<bool>,
     /// The store dir of the host's store: the deployment's (a path is the same on both ends).
     pub store_dir: StoreDir,
+    /// The host's store: ferry's, the host's own Nix store, or detected (`store = …`).
+    pub host_store: HostStoreKind,
+}
+
+/// `store` in `[machine.configuration]`: where the host keeps what is copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostStoreKind {
+    /// ferry's store under the host's root.
+    Ferry,
+    /// The host's own Nix store (under the root, as `nix-store --store ROOT` sees it).
+    Nix,
+    /// Nix's when the host has Nix's database under the root and `nix-store`, and the
+    /// deployment's store dir is `/nix/store`; else ferry's.
+    #[default]
+    Auto,
+}
+
+impl HostStoreKind {
+    /// The name in the file (and in the facts request).
+    pub fn name(self) -> &'static str {
+        match self {
+            HostStoreKind::Ferry => "ferry",
+            HostStoreKind::Nix => "nix",
+            HostStoreKind::Auto => "auto",
+        }
+    }
 }
 
 /// A resolved operating-system declaration.

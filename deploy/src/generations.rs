@@ -9,6 +9,10 @@
 //! R/var/ferry/current-system          -> /gnu/store/…-system     (the activated system)
 //! ```
 //!
+//! A system built by Nix or Guix has its generations in the profile the deployment names
+//! ([`Profiles::at`], e.g. `R/nix/var/nix/profiles/system` with `system-N-link` beside it, as
+//! Nix and Guix name them); there is no `current-system` link: its switch command does that.
+//!
 //! - A new generation gets N = **highest existing + 1**, never current + 1, so a generation is
 //!   never overwritten after a rollback (unlike Guix, guix-spec §5 and §8 item 6). The link is
 //!   created with `symlink(2)`, which fails rather than replaces: two writers cannot take the same
@@ -28,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-/// Name of the profile inside the profiles folder.
+/// Name of ferry's profile inside its profiles folder.
 pub const PROFILE_NAME: &str = "system";
 
 /// Errors of generation operations, each naming the path.
@@ -67,12 +71,32 @@ pub struct Generation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profiles {
     root: PathBuf,
+    /// The folder holding the profile and its generation links (under the root).
+    dir: PathBuf,
+    /// The profile's name: `NAME` and `NAME-N-link`.
+    name: String,
+    /// ferry's own profile (which has a `current-system` link).
+    ferry: bool,
 }
 
 impl Profiles {
-    /// The profiles of the host whose root is `root` (`/` on a real host).
+    /// ferry's profile of the host whose root is `root` (`/` on a real host).
     pub fn new(root: impl Into<PathBuf>) -> Profiles {
-        Profiles { root: root.into() }
+        let root = root.into();
+        let dir = root.join("var/ferry/profiles");
+        Profiles { root, dir, name: PROFILE_NAME.to_owned(), ferry: true }
+    }
+
+    /// The profile `profile` (an absolute path on the host, as `/nix/var/nix/profiles/system`)
+    /// of the host whose root is `root`: generations `PROFILE-N-link` beside it, no
+    /// `current-system` link.
+    pub fn at(root: impl Into<PathBuf>, profile: &Path) -> Profiles {
+        let mut p = Profiles::new(root);
+        let on_host = p.on_host(profile);
+        p.dir = on_host.parent().map_or_else(|| p.root.clone(), Path::to_owned);
+        p.name = profile.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+        p.ferry = false;
+        p
     }
 
     /// The host root.
@@ -80,24 +104,28 @@ impl Profiles {
         &self.root
     }
 
-    /// `R/var/ferry/profiles`.
+    /// `R/var/ferry/profiles` (the profile's folder).
     pub fn dir(&self) -> PathBuf {
-        self.root.join("var/ferry/profiles")
+        self.dir.clone()
     }
 
-    /// `R/var/ferry/profiles/system`.
+    /// `R/var/ferry/profiles/system` (the profile).
     pub fn profile_link(&self) -> PathBuf {
-        self.dir().join(PROFILE_NAME)
+        self.dir.join(&self.name)
     }
 
-    /// `R/var/ferry/current-system`.
-    pub fn current_system_link(&self) -> PathBuf {
-        self.root.join("var/ferry/current-system")
+    /// `R/var/ferry/current-system` (`None` for a Nix or Guix profile).
+    pub fn current_system_link(&self) -> Option<PathBuf> {
+        self.ferry.then(|| self.root.join("var/ferry/current-system"))
     }
 
     /// `R/var/ferry/profiles/system-N-link`.
     pub fn generation_link(&self, n: u64) -> PathBuf {
-        self.dir().join(format!("{PROFILE_NAME}-{n}-link"))
+        self.dir.join(self.link_name(n))
+    }
+
+    fn link_name(&self, n: u64) -> String {
+        format!("{}-{n}-link", self.name)
     }
 
     /// A logical absolute path (`/gnu/store/…`) as seen on this machine: under the root.
@@ -133,7 +161,7 @@ impl Profiles {
         let mut numbers = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io_err("cannot list", &dir))?;
-            if let Some(n) = parse_generation_name(&entry.file_name().to_string_lossy()) {
+            if let Some(n) = parse_link_name(&self.name, &entry.file_name().to_string_lossy()) {
                 numbers.push(n);
             }
         }
@@ -145,9 +173,9 @@ impl Profiles {
     pub fn current(&self) -> Result<Option<u64>, GenerationError> {
         let link = self.profile_link();
         match fs::read_link(&link) {
-            Ok(target) => {
-                Ok(target.file_name().and_then(|n| parse_generation_name(&n.to_string_lossy())))
-            }
+            Ok(target) => Ok(target
+                .file_name()
+                .and_then(|n| parse_link_name(&self.name, &n.to_string_lossy()))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("cannot read link", &link)(e)),
         }
@@ -230,14 +258,13 @@ impl Profiles {
         if fs::symlink_metadata(&link).is_err() {
             return Err(GenerationError::NoSuchGeneration(n));
         }
-        let name = format!("{PROFILE_NAME}-{n}-link");
-        switch_symlink(Path::new(&name), &self.profile_link())
+        switch_symlink(Path::new(&self.link_name(n)), &self.profile_link())
     }
 
     /// The activated system (`current-system`'s target, resolved), if any.
     #[cfg(test)] // the tests' view of the profile
     pub fn current_system(&self) -> Result<Option<PathBuf>, GenerationError> {
-        let link = self.current_system_link();
+        let Some(link) = self.current_system_link() else { return Ok(None) };
         match fs::read_link(&link) {
             Ok(t) => Ok(Some(self.resolve_target(&link, &t))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -245,9 +272,10 @@ impl Profiles {
         }
     }
 
-    /// Point `current-system` at `system` (as seen on the host), atomically.
+    /// Point `current-system` at `system` (as seen on the host), atomically (nothing for a Nix
+    /// or Guix profile).
     pub fn set_current_system(&self, system: &Path) -> Result<(), GenerationError> {
-        let link = self.current_system_link();
+        let Some(link) = self.current_system_link() else { return Ok(()) };
         if let Some(parent) = link.parent() {
             fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
         }
@@ -257,7 +285,7 @@ impl Profiles {
     /// Remove the `system` and `current-system` links (after a failed first deployment):
     /// no generation is current. The generation links stay.
     pub fn clear(&self) -> Result<(), GenerationError> {
-        for link in [self.profile_link(), self.current_system_link()] {
+        for link in std::iter::once(self.profile_link()).chain(self.current_system_link()) {
             match fs::remove_file(&link) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -279,7 +307,12 @@ impl Profiles {
 
 /// `system-N-link` → N.
 pub fn parse_generation_name(name: &str) -> Option<u64> {
-    let n = name.strip_prefix("system-")?.strip_suffix("-link")?;
+    parse_link_name(PROFILE_NAME, name)
+}
+
+/// `PROFILE-N-link` → N.
+fn parse_link_name(profile: &str, name: &str) -> Option<u64> {
+    let n = name.strip_prefix(profile)?.strip_prefix('-')?.strip_suffix("-link")?;
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0'))
     {
         return None;
@@ -425,6 +458,24 @@ mod tests {
         for bad in ["system-link", "system--link", "system-01-link", "system-1", "other-1-link"] {
             assert_eq!(parse_generation_name(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn a_nix_profile_has_its_own_folder_and_name() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profiles::at(t.path(), Path::new("/nix/var/nix/profiles/web"));
+        let a = system(t.path(), "a");
+        assert_eq!(p.add(&a).unwrap(), 1);
+        p.switch_to(1).unwrap();
+        p.set_current_system(&a).unwrap();
+        let dir = t.path().join("nix/var/nix/profiles");
+        assert_eq!(fs::read_link(dir.join("web")).unwrap(), PathBuf::from("web-1-link"));
+        assert_eq!(fs::read_link(dir.join("web-1-link")).unwrap(), a);
+        assert_eq!((p.current().unwrap(), p.current_system().unwrap()), (Some(1), None));
+        assert!(!t.path().join("var/ferry").exists());
+        // Another profile's links in the same folder are not this one's generations.
+        std::os::unix::fs::symlink(&a, dir.join("system-7-link")).unwrap();
+        assert_eq!(p.numbers().unwrap(), [1]);
     }
 
     #[test]

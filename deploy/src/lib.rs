@@ -26,8 +26,8 @@
 //! | [`progress`] | the [`progress::DeployProgress`] trait a front end renders, and [`progress::NoProgress`] |
 //! | [`checks`] | safety checks (file systems, devices) and the downgrade check |
 //! | [`activation`] | the activation/rollback state machine (pure: time is a parameter) |
-//! | [`generations`] | a host's profile: `system-N-link` generations, the atomic switch |
-//! | [`host`] | the host side (`ferry host …`): facts, the session, activation and confirmation, roll back, generations, exec; [`host::driver`] drives the state machine |
+//! | [`generations`] | a host's profile: `system-N-link` generations (ferry's, or a Nix/Guix profile's `PROFILE-N-link`), the atomic switch |
+//! | [`host`] | the host side (`ferry host …`): facts, the session, activation and confirmation, roll back, generations, exec; [`host::driver`] drives the state machine; a Nix/Guix system's own switch command |
 //! | [`link`] | reaching a machine's host: local subprocess or SSH, running `ferry host …` there |
 
 pub mod activation;

@@ -217,9 +217,16 @@ pub fn roll_back(
 
 fn roll_back_one(m: &Machine, progress: &dyn DeployProgress) -> Result<HostReport, DeployError> {
     let link = Link::new(m).map_err(DeployError::RollBack)?;
+    let mut args = vec!["roll-back"];
+    if let Some(p) = &m.os.prebuilt {
+        args.extend(["--profile", p.profile.as_str()]);
+        args.extend(p.switch.iter().flat_map(|a| ["--switch", a.as_str()]));
+        let boot = p.boot_switch.iter().flatten();
+        args.extend(boot.flat_map(|a| ["--boot-switch", a.as_str()]));
+    }
     let mut result = None;
     let exit = link
-        .host(&["roll-back"], b"", &mut |line| match HostLine::parse(line) {
+        .host(&args, b"", &mut |line| match HostLine::parse(line) {
             Some(HostLine::Result(r)) => result = Some(r),
             Some(HostLine::Line(l)) => progress.line(&m.name, &l),
             _ => progress.line(&m.name, line),
@@ -268,7 +275,11 @@ pub fn execute(
 pub fn list_generations(machines: &[&Machine], jobs: usize) -> Vec<HostRun<Vec<GenerationInfo>>> {
     let options = Options { jobs, ..Options::default() };
     for_each_machine(machines, &options, |_| true, &|_, m| {
-        Ok(Link::new(m)?.host_json(&["generations", "--json"], &())?)
+        let mut args = vec!["generations", "--json"];
+        if let Some(p) = &m.os.prebuilt {
+            args.extend(["--profile", p.profile.as_str()]);
+        }
+        Ok(Link::new(m)?.host_json(&args, &())?)
     })
 }
 

@@ -71,6 +71,8 @@ pub struct HostPlan {
     pub to_send: Vec<PlannedPath>,
     /// Their NAR bytes.
     pub bytes: u64,
+    /// The host's store the copy goes to (`nix` or `ferry`, as the host chose for `store`).
+    pub host_store: Option<String>,
     /// What the checks warned about (they passed).
     pub warnings: Vec<String>,
     /// Time spent in each step so far.
@@ -146,6 +148,8 @@ pub(crate) fn plan_host(
         system: Some(built.absolute.clone()),
         devices,
         paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
+        profile: m.os.prebuilt.as_ref().map(|p| p.profile.clone()),
+        host_store: Some(m.configuration.host_store.name().to_owned()),
     };
     let facts: Facts = session.facts(request).map_err(DeployError::Facts)?;
     steps.push(("facts", started.elapsed()));
@@ -186,6 +190,7 @@ pub(crate) fn plan_host(
         current_generation: facts.generation,
         on_this_system: facts.on_this_system,
         bytes: to_send.iter().map(|p| p.nar_size).sum(),
+        host_store: facts.store.clone(),
         to_send,
         warnings,
         steps,

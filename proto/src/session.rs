@@ -34,8 +34,12 @@
 //!   `<root>/var/ferry/confirm/TOKEN` ([`encode_answer`]) that the waiting activation polls.
 //!   It fails when no activation waits for TOKEN (`TOKEN.waiting` is there only while one
 //!   does): a confirmation after the deadline is an error, not a file left behind.
-//! - `ferry host roll-back`: no request; `line`/`result` lines as for `activate`.
-//! - `ferry host generations --json`: one JSON line, a list of [`GenerationInfo`].
+//! - `ferry host roll-back [--profile PATH --switch ARG...]`: no request; `line`/`result` lines
+//!   as for `activate`. With `--profile`, the profile of a system built by Nix or Guix, whose
+//!   generations are switched to with their own switch command (`--switch`: the program and
+//!   arguments, for generations ferry did not record one for).
+//! - `ferry host generations --json [--profile PATH]`: one JSON line, a list of
+//!   [`GenerationInfo`].
 //! - `ferry host exec -- CMD ARGS...`: runs the command in the root with `FERRY_ROOT` set and
 //!   the current system's `profile/bin` first on `PATH`; its stdout and stderr both go to
 //!   stdout; the exit code is the command's.
@@ -59,6 +63,15 @@ pub struct FactsRequest {
     pub devices: Vec<DeviceSpec>,
     /// Store paths (logical) whose presence in the host's store to report.
     pub paths: Vec<String>,
+    /// The profile whose generations to report (a system built by Nix or Guix; `None`:
+    /// ferry's own profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The host's store to use, for these facts and the session's copy: `nix` (the host's
+    /// own Nix store under the root), `ferry`, or `auto` (Nix when the root has Nix's database
+    /// and `nix-store` is on PATH). `None`: ferry's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_store: Option<String>,
 }
 
 /// `ferry host facts` answer.
@@ -78,6 +91,9 @@ pub struct Facts {
     pub safety_errors: Vec<String>,
     /// The requested paths the host's store lacks.
     pub missing: Vec<String>,
+    /// The host's store used (`nix` or `ferry`), when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// A health-check command for the host.
@@ -98,6 +114,21 @@ pub struct ActivateRequest {
     pub health_checks: Vec<HostCheck>,
     /// The confirmation token (letters, digits, `-`).
     pub token: String,
+    /// A system built by Nix or Guix: its profile and switch commands (`None`: a system built
+    /// by ferry, activated by its `activate`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<SwitchSpec>,
+}
+
+/// How a system built by Nix or Guix is activated on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchSpec {
+    /// The profile (absolute path on the host): generations are `PROFILE-N-link` beside it.
+    pub profile: String,
+    /// Program (relative to the system, or absolute) and arguments that switch to it.
+    pub switch: Vec<String>,
+    /// The same for the next boot only, run when `switch` fails.
+    pub boot_switch: Option<Vec<String>>,
 }
 
 /// How a host command ended (the last line of `activate` and `roll-back`).
@@ -270,6 +301,8 @@ mod tests {
                 system: Some("/gnu/store/aaa-system".into()),
                 devices: vec![DeviceSpec { device: "LABEL=root".into(), mount_point: "/".into() }],
                 paths: vec!["/gnu/store/bbb-x\nwith newline".into()],
+                profile: None,
+                host_store: Some("auto".into()),
             }),
             SessionRequest::Copy,
             SessionRequest::Activate(ActivateRequest {
@@ -277,6 +310,18 @@ mod tests {
                 confirm_timeout_ms: Some(30_000),
                 health_checks: vec![HostCheck { command: "true".into(), timeout_ms: 5 }],
                 token: "ab-1".into(),
+                switch: None,
+            }),
+            SessionRequest::Activate(ActivateRequest {
+                system: "/nix/store/aaa-nixos-system".into(),
+                confirm_timeout_ms: None,
+                health_checks: vec![],
+                token: "ab-2".into(),
+                switch: Some(SwitchSpec {
+                    profile: "/nix/var/nix/profiles/system".into(),
+                    switch: vec!["bin/switch-to-configuration".into(), "switch".into()],
+                    boot_switch: Some(vec!["bin/switch-to-configuration".into(), "boot".into()]),
+                }),
             }),
         ];
         for r in requests {

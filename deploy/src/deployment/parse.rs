@@ -199,6 +199,7 @@ struct RawConfiguration {
     root: Option<Spanned<String>>,
     confirm_timeout: Option<ConfirmTimeout>,
     sudo: Option<bool>,
+    store: Option<HostStoreKind>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -753,6 +754,7 @@ impl Cx<'_> {
             confirm_timeout: c.confirm_timeout.map_or(Some(DEFAULT_CONFIRM_TIMEOUT), |t| t.0),
             sudo: c.sudo,
             store_dir: self.store_dir.clone(),
+            host_store: c.store.unwrap_or_default(),
         })
     }
 }

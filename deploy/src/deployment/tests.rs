@@ -447,3 +447,19 @@ fn identity_must_be_the_private_key_and_ssh_config_is_a_path() {
     assert_eq!(c.ssh_config.as_deref(), Some(Path::new("/srv/deploy/ssh/config")));
     assert_eq!((c.port, c.user.as_deref()), (Some(2200), Some("ops")));
 }
+
+#[test]
+fn the_hosts_store_is_auto_unless_named() {
+    let machine = |store: &str| {
+        format!(
+            "[operating-system.a]\nhost-name = \"h\"\n[[machine]]\nname = \"m\"\n\
+             environment = \"local\"\noperating-system = \"a\"\n[machine.configuration]\n{store}\n"
+        )
+    };
+    let kind = |store: &str| parse(&machine(store)).unwrap().machines[0].configuration.host_store;
+    assert_eq!(kind(""), HostStoreKind::Auto);
+    assert_eq!(kind("store = \"nix\""), HostStoreKind::Nix);
+    assert_eq!(kind("store = \"ferry\""), HostStoreKind::Ferry);
+    let e = err(&machine("store = \"guix\""));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:8:9: unknown variant `guix`"), "{e}");
+}

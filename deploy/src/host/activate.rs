@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use proto::session::{self, ActivateRequest, HostLine, HostResult};
 
-use super::driver::{self, HostOutput};
+use super::driver::{self, Activator, HostOutput};
+use super::switch::Switcher;
 use super::{HostCommandError, HostRoot};
 use crate::activation::{Activation, Config, Event, Input, Outcome};
 use crate::deployment::HealthCheck;
@@ -33,12 +34,20 @@ impl HostRoot {
         req: &ActivateRequest,
         emit: &mut dyn FnMut(&HostLine),
     ) -> Result<HostResult, HostCommandError> {
-        let profiles = &self.profiles;
         if !session::valid_token(&req.token) {
             return Err(HostCommandError::InvalidToken(req.token.clone()));
         }
+        let switcher = req.switch.clone().map(|spec| Switcher::new(self.root(), spec));
+        let (profiles, activator) = match &switcher {
+            Some(s) => (&s.profiles, Activator::Switch(s)),
+            None => (&self.profiles, Activator::Ferry),
+        };
         let on_host = profiles.on_host(Path::new(&req.system));
-        if !on_host.join("activate").exists() {
+        let present = match activator {
+            Activator::Ferry => on_host.join("activate").exists(),
+            Activator::Switch(_) => on_host.exists(),
+        };
+        if !present {
             return Err(HostCommandError::NotASystem(on_host.display().to_string()));
         }
         let current = profiles.current()?;
@@ -52,6 +61,9 @@ impl HostRoot {
             }
         }
         let new = profiles.add(&on_host)?;
+        if let Some(s) = &switcher {
+            s.record(new)?;
+        }
         emit(&HostLine::Generation(new));
         let checks: Vec<HealthCheck> = req
             .health_checks
@@ -71,6 +83,7 @@ impl HostRoot {
         let emit = std::cell::RefCell::new(emit);
         let outcome = driver::run_activation(
             profiles,
+            activator,
             Activation::new(new, current, config),
             &checks,
             &mut |o| {
@@ -94,7 +107,11 @@ impl HostRoot {
             },
         )?;
         let _ = fs::remove_file(&marker);
-        Ok(outcome_result(outcome))
+        let mut result = outcome_result(outcome);
+        if result.success && switcher.as_ref().is_some_and(|s| s.next_boot(new)) {
+            result.detail = "activated for next boot (the live switch failed)".into();
+        }
+        Ok(result)
     }
 
     /// `confirm TOKEN [--reject REASON]`: answer the activation waiting for `token`.

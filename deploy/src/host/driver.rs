@@ -6,7 +6,9 @@
 //!
 //! - `SwitchProfile` → [`Profiles::switch_to`];
 //! - `RunActivate` → point `current-system` at the generation's system, run its `activate`
-//!   with `FERRY_ROOT` and `FERRY_PREVIOUS_SYSTEM`, streaming its stdout and stderr lines;
+//!   with `FERRY_ROOT` and `FERRY_PREVIOUS_SYSTEM`, streaming its stdout and stderr lines; for a
+//!   system built by Nix or Guix ([`Activator::Switch`]), the generation's own switch command
+//!   ([`Switcher`]) instead;
 //! - `RunHealthChecks` → the declaration's `command` checks, each with `sh -c` in the root,
 //!   `FERRY_ROOT` set (without trailing slash) and its timeout;
 //! - `ArmConfirmDeadline { at }` → `confirm(at)`: block until the coordinator confirms
@@ -20,6 +22,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use super::switch::Switcher;
 use crate::activation::{Action, Activation, Event, Input, Outcome, UnexpectedInput};
 use crate::deployment::HealthCheck;
 use crate::generations::{GenerationError, Profiles};
@@ -47,9 +50,19 @@ pub enum HostError {
     Stalled,
 }
 
+/// How a generation's system is activated.
+#[derive(Debug, Clone, Copy)]
+pub enum Activator<'a> {
+    /// A system built by ferry: its `activate`, `current-system` pointed at it.
+    Ferry,
+    /// A system built by Nix or Guix: its switch command.
+    Switch(&'a Switcher),
+}
+
 /// Drive `activation` to its outcome on the host whose generations are `profiles`.
 pub fn run_activation(
     profiles: &Profiles,
+    activator: Activator<'_>,
     mut activation: Activation,
     health_checks: &[HealthCheck],
     output: &mut dyn FnMut(HostOutput<'_>),
@@ -66,6 +79,11 @@ pub fn run_activation(
                 Action::RunActivate { generation, previous } => {
                     let system = system_of(generation)?;
                     let prev = previous.map(system_of).transpose()?;
+                    if let Activator::Switch(switcher) = activator {
+                        let code = switcher.activate(generation, &system, output);
+                        activation.handle(Instant::now(), Input::ActivateExited(code))?;
+                        continue;
+                    }
                     match profiles.set_current_system(&system) {
                         Ok(()) => Input::ActivateExited(run_activate(
                             root,
@@ -127,13 +145,21 @@ pub fn run_activate(
     line: &mut dyn FnMut(&str),
 ) -> Option<i32> {
     let program = system.join("activate");
-    let child = Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .env("FERRY_ROOT", root)
-        .env("FERRY_PREVIOUS_SYSTEM", previous.map(Path::as_os_str).unwrap_or_default())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .env("FERRY_PREVIOUS_SYSTEM", previous.map(Path::as_os_str).unwrap_or_default());
+    run_streaming(command, &program, line)
+}
+
+/// Run `command` (whose program is `program`) with its stdout and stderr lines going to
+/// `line` as they come. Returns the exit code (`None`: killed, or could not run).
+pub(super) fn run_streaming(
+    mut command: Command,
+    program: &Path,
+    line: &mut dyn FnMut(&str),
+) -> Option<i32> {
+    let child = command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
@@ -233,14 +259,24 @@ pub fn run_health_commands(root: &Path, checks: &[HealthCheck]) -> Result<(), Ve
 }
 
 /// `--roll-back`: switch to the previous generation and run its `activate` with the current
-/// one as the previous system. Returns `(from, to, activate's exit code)`.
+/// one as the previous system (or its own switch command). Returns `(from, to, the exit
+/// code)`.
 pub fn roll_back(
     profiles: &Profiles,
+    activator: Activator<'_>,
     line: &mut dyn FnMut(&str),
 ) -> Result<(u64, u64, Option<i32>), HostError> {
     let (from, to) = profiles.roll_back()?;
     let from_system = profiles.generation(from)?.system;
     let to_system = profiles.generation(to)?.system;
+    if let Activator::Switch(switcher) = activator {
+        let code = switcher.activate(to, &to_system, &mut |o| match o {
+            HostOutput::Line(l) => line(l),
+            HostOutput::Warning(w) => line(&format!("warning: {w}")),
+            HostOutput::Event(_) => {}
+        });
+        return Ok((from, to, code));
+    }
     profiles.set_current_system(&to_system)?;
     let code = run_activate(profiles.root(), &to_system, Some(&from_system), line);
     Ok((from, to, code))
@@ -281,7 +317,8 @@ mod tests {
         let config = Config { confirm_timeout: None, host_health_checks: false };
         let first = Activation::new(g1, None, config);
         assert_eq!(
-            run_activation(&profiles, first, &[], &mut out, &mut |_| None).unwrap(),
+            run_activation(&profiles, Activator::Ferry, first, &[], &mut out, &mut |_| None)
+                .unwrap(),
             Outcome::Deployed { generation: 1 }
         );
         (t, profiles, v2)
@@ -299,6 +336,7 @@ mod tests {
         let mut asked = None;
         let outcome = run_activation(
             &profiles,
+            Activator::Ferry,
             Activation::new(2, Some(1), config),
             &v2.health_checks,
             &mut |o| {
@@ -334,6 +372,7 @@ mod tests {
             Config { confirm_timeout: Some(Duration::from_secs(30)), host_health_checks: true };
         let outcome = run_activation(
             &profiles,
+            Activator::Ferry,
             Activation::new(2, Some(1), config),
             &v2.health_checks,
             &mut |_| {},
@@ -342,7 +381,7 @@ mod tests {
         .unwrap();
         assert_eq!(outcome, Outcome::Deployed { generation: 2 });
         assert_eq!(std::fs::read_to_string(t.path().join("s")).unwrap(), "v2\n");
-        let (from, to, code) = roll_back(&profiles, &mut |_| {}).unwrap();
+        let (from, to, code) = roll_back(&profiles, Activator::Ferry, &mut |_| {}).unwrap();
         assert_eq!((from, to, code), (2, 1, Some(0)));
         assert_eq!(std::fs::read_to_string(t.path().join("s")).unwrap(), "v1\n");
     }

@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use proto::session::{Facts, FactsRequest};
 use store::Store;
 
+use super::nix_store::HostStore;
 use super::{HostCommandError, HostRoot};
 use crate::checks::{self, Device, DeviceCheck};
 
@@ -14,7 +15,8 @@ impl HostRoot {
     /// The system type, the current generation and its system and provenance, the device
     /// probe's errors, and which of the requested paths the store lacks.
     pub fn facts(&self, req: &FactsRequest) -> Result<Facts, HostCommandError> {
-        let profiles = &self.profiles;
+        let profiles = &self.profiles_of(req.profile.as_deref());
+        let host_store = self.host_store(req.host_store.as_deref())?;
         let generation = profiles.current()?;
         let current_system = match generation {
             Some(g) => Some(profiles.generation(g)?.system),
@@ -55,20 +57,29 @@ impl HostRoot {
             on_this_system,
             provenance,
             safety_errors,
-            missing: self.missing(&req.paths)?,
+            missing: self.missing(&req.paths, host_store)?,
+            store: req.host_store.as_ref().map(|_| host_store.name().to_owned()),
         })
     }
 
     /// Of `paths` (logical store paths), those the store lacks (all of them without a store).
-    fn missing(&self, paths: &[String]) -> Result<Vec<String>, HostCommandError> {
+    fn missing(
+        &self,
+        paths: &[String],
+        host_store: HostStore,
+    ) -> Result<Vec<String>, HostCommandError> {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        let layout = self.layout()?;
-        if !layout.database().1.exists() {
-            return Ok(paths.to_vec());
-        }
-        let store = Store::open_read_only(layout)?;
+        let store = if host_store == HostStore::Nix {
+            self.nix_store()?
+        } else {
+            let layout = self.layout()?;
+            if !layout.database().1.exists() {
+                return Ok(paths.to_vec());
+            }
+            Store::open_read_only(layout)?
+        };
         let parsed = paths
             .iter()
             .map(|p| {

@@ -9,23 +9,30 @@
 //! - [`HostRoot::activate`]: register a generation and drive its activation ([`driver`]),
 //!   waiting for the coordinator's confirmation; [`HostRoot::confirm`] answers it;
 //! - [`HostRoot::roll_back`], [`HostRoot::generations`], [`HostRoot::exec`].
+//!
+//! A system built by Nix or Guix has its generations in its own profile and is activated by
+//! its switch command ([`switch`]). The host's store is ferry's, or the host's own Nix store
+//! ([`nix_store`]), as the facts request asks.
 
 pub mod driver;
 
 mod activate;
 mod facts;
+mod nix_store;
 mod session;
+mod switch;
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::SystemTime;
 
-use proto::session::{GenerationInfo, HostLine, HostResult};
+use proto::session::{GenerationInfo, HostLine, HostResult, SwitchSpec};
 use store::{LayoutError, LayoutOptions, StoreError, StoreLayout};
 
 use crate::generations::{GenerationError, Profiles};
-use driver::HostError;
+use driver::{Activator, HostError};
+use switch::Switcher;
 
 /// Why a `ferry host` command failed (the host's state is then what the last step left).
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +78,10 @@ pub enum HostCommandError {
     AnswerFacts(#[source] io::Error),
     #[error("ferry serve (in the session): {0}")]
     Agent(transfer::agent::AgentError),
+    #[error("the host's Nix store has no database at {0} (store = \"nix\")")]
+    NoNixStore(String),
+    #[error("importing into the host's Nix store: {0}")]
+    NixImport(transfer::agent::nix_import::NixImportError),
 }
 
 impl From<StoreError> for HostCommandError {
@@ -99,23 +110,39 @@ impl HostRoot {
         self.profiles.root()
     }
 
-    /// The root's generations.
+    /// The root's generations (ferry's profile).
     pub fn profiles(&self) -> &Profiles {
         &self.profiles
+    }
+
+    /// The generations of `profile` (a Nix or Guix profile, as a path on the host), or of
+    /// ferry's profile.
+    pub fn profiles_of(&self, profile: Option<&str>) -> Profiles {
+        match profile {
+            Some(p) => Profiles::at(self.root(), Path::new(p)),
+            None => self.profiles.clone(),
+        }
     }
 
     fn layout(&self) -> Result<StoreLayout, LayoutError> {
         StoreLayout::resolve(&self.store)
     }
 
-    /// `roll-back`: return to the previous generation (profile, activate, services); each line
-    /// of its `activate` goes to `emit` as a [`HostLine::Line`].
+    /// `roll-back`: return to the previous generation (profile, activate, services; or, with
+    /// `switch`, a Nix or Guix profile and the generation's own switch command); each line of
+    /// its output goes to `emit` as a [`HostLine::Line`].
     pub fn roll_back(
         &self,
+        switch: Option<SwitchSpec>,
         emit: &mut dyn FnMut(&HostLine),
     ) -> Result<HostResult, HostCommandError> {
+        let switcher = switch.map(|spec| Switcher::new(self.root(), spec));
+        let (profiles, activator) = match &switcher {
+            Some(s) => (&s.profiles, Activator::Switch(s)),
+            None => (&self.profiles, Activator::Ferry),
+        };
         let (from, to, code) =
-            driver::roll_back(&self.profiles, &mut |l| emit(&HostLine::Line(l.to_owned())))?;
+            driver::roll_back(profiles, activator, &mut |l| emit(&HostLine::Line(l.to_owned())))?;
         Ok(match code {
             Some(0) => HostResult {
                 success: true,
@@ -133,10 +160,13 @@ impl HostRoot {
         })
     }
 
-    /// `generations`: the list, oldest first.
-    pub fn generations(&self) -> Result<Vec<GenerationInfo>, HostCommandError> {
+    /// `generations`: the list of `profile`'s (default: ferry's profile), oldest first.
+    pub fn generations(
+        &self,
+        profile: Option<&str>,
+    ) -> Result<Vec<GenerationInfo>, HostCommandError> {
         Ok(self
-            .profiles
+            .profiles_of(profile)
             .list()?
             .into_iter()
             .map(|g| GenerationInfo {
@@ -158,7 +188,7 @@ impl HostRoot {
         if !root.is_dir() {
             return Err(HostCommandError::NoRoot(root.display().to_string()));
         }
-        let bin = self.profiles.current_system_link().join("profile/bin");
+        let bin = self.profiles.root().join("var/ferry/current-system/profile/bin");
         let path = std::env::var_os("PATH").unwrap_or_default();
         let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(&path)))?;
         Command::new(program)
@@ -191,7 +221,7 @@ mod tests {
         let facts = h.facts(&request).unwrap();
         assert_eq!((facts.generation, facts.on_this_system), (None, false));
         assert_eq!(facts.missing, [path]);
-        assert!(h.generations().unwrap().is_empty());
+        assert!(h.generations(None).unwrap().is_empty());
     }
 
     #[test]
@@ -205,7 +235,7 @@ mod tests {
         );
         let err = h.confirm("../x", None).unwrap_err().to_string();
         assert_eq!(err, "invalid confirmation token \"../x\"");
-        let err = h.roll_back(&mut |_| {}).unwrap_err();
+        let err = h.roll_back(None, &mut |_| {}).unwrap_err();
         assert!(matches!(err, HostCommandError::Driver(_)), "{err}");
     }
 }

@@ -1,12 +1,13 @@
 //! `session`: one deploy of this host in one command: requests on the input, one at a time,
 //! each answered before the next is read (see [`proto::session`]); the copy runs the agent on
-//! the same streams.
+//! the same streams (into the host's Nix store when the facts request asked for it).
 
 use std::io::{BufRead, Write};
 
 use proto::session::{HostLine, SessionRequest};
 use transfer::agent::AgentOptions;
 
+use super::nix_store::HostStore;
 use super::{HostCommandError, HostRoot};
 
 impl HostRoot {
@@ -17,6 +18,8 @@ impl HostRoot {
         mut input: R,
         mut out: W,
     ) -> Result<bool, HostCommandError> {
+        // The store the last facts request asked for: the copy goes there.
+        let mut host_store = HostStore::Ferry;
         loop {
             let mut line = String::new();
             if input.read_line(&mut line).map_err(HostCommandError::ReadRequest)? == 0 {
@@ -25,10 +28,14 @@ impl HostRoot {
             let line = line.strip_suffix('\n').unwrap_or(&line);
             match SessionRequest::parse(line).map_err(HostCommandError::BadRequest)? {
                 SessionRequest::Facts(request) => {
+                    host_store = self.host_store(request.host_store.as_deref())?;
                     let facts = serde_json::to_string(&self.facts(&request)?)?;
                     writeln!(out, "{facts}")
                         .and_then(|()| out.flush())
                         .map_err(HostCommandError::AnswerFacts)?;
+                }
+                SessionRequest::Copy if host_store == HostStore::Nix => {
+                    self.copy_into_nix(&mut input, &mut out)?;
                 }
                 SessionRequest::Copy => {
                     let options = AgentOptions::new(self.layout()?);

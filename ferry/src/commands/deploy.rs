@@ -144,6 +144,10 @@ fn print_plans(
     let mut text = String::new();
     for (m, run) in machines.iter().zip(plans) {
         let Ok(plan) = &run.result else { continue };
+        if let Some(store) = &plan.host_store {
+            let how = m.configuration.host_store.name();
+            text.push_str(&format!("{}: the host's store: {store} (store = \"{how}\")\n", m.name));
+        }
         text.push_str(&format!(
             "{}: would copy {} path(s), {} bytes:\n",
             m.name,

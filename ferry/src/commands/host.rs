@@ -12,7 +12,7 @@ use anyhow::Context;
 
 use crate::settings::GlobalOpts;
 use deploy::host::HostRoot;
-use proto::session::{HostLine, HostResult};
+use proto::session::{HostLine, HostResult, SwitchSpec};
 
 /// `ferry host` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -31,17 +31,48 @@ pub enum HostCommand {
         reject: Option<String>,
     },
     /// Return to the previous generation (profile, activate, services).
-    RollBack,
+    RollBack {
+        #[command(flatten)]
+        switch: SwitchArgs,
+    },
     /// List the generations.
     Generations {
         #[arg(long)]
         json: bool,
+        /// A Nix or Guix profile instead of ferry's.
+        #[arg(long, value_name = "PATH")]
+        profile: Option<String>,
     },
     /// Run a command in the root with the current system's profile on PATH.
     Exec {
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
+}
+
+/// A system built by Nix or Guix: its profile and switch commands (for generations whose own
+/// were not recorded).
+#[derive(Debug, clap::Args)]
+pub struct SwitchArgs {
+    /// The Nix or Guix profile instead of ferry's.
+    #[arg(long, value_name = "PATH", requires = "switch")]
+    profile: Option<String>,
+    /// The switch command, one argument per `--switch`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "profile")]
+    switch: Vec<String>,
+    /// The boot-switch command, one argument per `--boot-switch`.
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true, requires = "profile")]
+    boot_switch: Vec<String>,
+}
+
+impl SwitchArgs {
+    fn spec(self) -> Option<SwitchSpec> {
+        Some(SwitchSpec {
+            profile: self.profile?,
+            switch: self.switch,
+            boot_switch: (!self.boot_switch.is_empty()).then_some(self.boot_switch),
+        })
+    }
 }
 
 /// Print one protocol line; a vanished reader is ignored (the work goes on).
@@ -85,9 +116,11 @@ pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode
         }
         HostCommand::Activate => return Ok(ended(host.activate(&read_request()?, &mut emit)?)),
         HostCommand::Confirm { token, reject } => host.confirm(&token, reject.as_deref())?,
-        HostCommand::RollBack => return Ok(ended(host.roll_back(&mut emit)?)),
-        HostCommand::Generations { json } => {
-            let list = host.generations()?;
+        HostCommand::RollBack { switch } => {
+            return Ok(ended(host.roll_back(switch.spec(), &mut emit)?))
+        }
+        HostCommand::Generations { json, profile } => {
+            let list = host.generations(profile.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
             } else {

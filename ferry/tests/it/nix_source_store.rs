@@ -10,9 +10,10 @@ use std::process::Command;
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-/// The system: `toplevel` (bin/switch-to-configuration recording `$0 $1`) -> `app` -> `lib`.
+/// The system: `toplevel` (bin/switch-to-configuration recording `$0 $1` in
+/// `$FERRY_ROOT/switch.log`, failing when its argument is `failOn`) -> `app` -> `lib`.
 const SYSTEM_NIX: &str = r#"
-{ libText ? "lib-v1" }:
+{ libText ? "lib-v1", appText ? "app-v1", failOn ? "none" }:
 let
   mk = name: script: derivation {
     inherit name;
@@ -21,18 +22,18 @@ let
     args = [ "-c" ("export PATH=/usr/bin:/bin; " + script) ];
   };
   lib = mk "lib" "echo ${libText} > $out";
-  app = mk "app" "mkdir -p $out/bin; printf '#!/bin/sh\\nexec cat ${lib}\\n' > $out/bin/app; chmod +x $out/bin/app";
+  app = mk "app" "mkdir -p $out/bin; printf '#!/bin/sh\\n# ${appText}\\nexec cat ${lib}\\n' > $out/bin/app; chmod +x $out/bin/app";
 in mk "toplevel" ''
   mkdir -p $out/bin
   ln -s ${app} $out/app
-  printf '#!/bin/sh\necho "$0 $1" >> "$FERRY_ROOT/switch.log"\n' > $out/bin/switch-to-configuration
+  printf '#!/bin/sh\necho "$0 $1" >> "$FERRY_ROOT/switch.log"\ntest "$1" != ${failOn}\n' > $out/bin/switch-to-configuration
   chmod +x $out/bin/switch-to-configuration
 ''
 "#;
 
 /// Debian's Nix with only this configuration: root builds without the nixbld group, no
 /// substituters, and a sandbox that sees the host's /bin/sh (a chroot store builds in one).
-fn nix(program: &str) -> Command {
+pub fn nix(program: &str) -> Command {
     let mut c = Command::new(program);
     for var in ["NIX_CONFIG", "NIX_REMOTE", "NIX_PATH", "NIX_STORE_DIR", "NIX_STATE_DIR"] {
         c.env_remove(var);
@@ -58,16 +59,19 @@ fn check(c: &mut Command) -> String {
 
 /// Build the system into the Nix chroot store at `root`; its logical toplevel path.
 pub fn build_system(root: &Path, lib_text: &str) -> String {
+    build_system_with(root, &[("libText", lib_text)])
+}
+
+/// Build the system with these arguments (`libText`, `appText`, `failOn`).
+pub fn build_system_with(root: &Path, args: &[(&str, &str)]) -> String {
     let expr = root.parent().unwrap().join("system.nix");
     std::fs::write(&expr, SYSTEM_NIX).unwrap();
-    let out = check(
-        nix("nix-build")
-            .arg("--store")
-            .arg(root)
-            .args(["--no-out-link", "--argstr", "libText", lib_text])
-            .arg(&expr),
-    );
-    out.trim().to_owned()
+    let mut c = nix("nix-build");
+    c.arg("--store").arg(root).arg("--no-out-link");
+    for (name, value) in args {
+        c.args(["--argstr", name, value]);
+    }
+    check(c.arg(&expr)).trim().to_owned()
 }
 
 fn ferry(args: &[&str]) -> std::process::Output {

@@ -178,6 +178,8 @@ fn host_session_seeds_parse_and_round_trip() {
             system: Some("/gnu/store/aaa-system".into()),
             devices: vec![DeviceSpec { device: "LABEL=root".into(), mount_point: "/".into() }],
             paths: vec!["/gnu/store/bbb-hello-2.12".into()],
+            profile: None,
+            host_store: None,
         }),
         SessionRequest::Copy,
         SessionRequest::Activate(ActivateRequest {
@@ -185,6 +187,7 @@ fn host_session_seeds_parse_and_round_trip() {
             confirm_timeout_ms: Some(30_000),
             health_checks: vec![HostCheck { command: "true".into(), timeout_ms: 5000 }],
             token: "ab-12".into(),
+            switch: None,
         }),
     ];
     let session: String = requests.iter().map(SessionRequest::encode).collect();

@@ -70,6 +70,7 @@ use proto::peer::AgentState;
 
 use crate::transport::InProcessTransport;
 
+pub mod nix_import;
 mod send;
 
 /// How the agent runs.
