@@ -18,7 +18,7 @@ use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use crate::deployment::{HealthCheck, Machine};
-use crate::link::{HostSession, Link};
+use crate::link::{HostSession, Link, LinkError};
 use crate::orchestrate::{error_chain, Ctx, DeployError, HostReport, NEVER_CONFIRM_ENV};
 use crate::plan::{HostPlan, Planned};
 use crate::probes::coordinator_probes;
@@ -41,6 +41,9 @@ pub(crate) fn apply(
     planned: Planned,
 ) -> Result<HostReport, DeployError> {
     let Planned { plan, link, session, lap } = planned;
+    let session = session.ok_or_else(|| {
+        DeployError::Connect(LinkError::Session(format!("{}: no session to apply on", m.name)))
+    })?;
     let HostPlan { system, current_generation, on_this_system, to_send, closure, .. } = plan;
     let mut steps = plan.steps;
     let c = &m.configuration;

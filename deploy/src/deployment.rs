@@ -53,6 +53,8 @@
 //! sudo = true                      # a non-root user runs the host's commands with `sudo -n`;
 //!                                  # default: only when root = "/" (see proto::uri)
 //! confirm-timeout = 30             # seconds; `false` switches confirmation off
+//! agent = "build/aarch64/ferry"    # a ferry built for the host, uploaded instead of this one;
+//!                                  # "PATH": the host's own `ferry` on its PATH, as is
 //! ```
 //!
 //! # Rules
@@ -92,6 +94,7 @@ use std::time::Duration;
 use nar_core::store_path::StoreDir;
 use serde::Deserialize;
 use store::DbKind;
+use transfer::transport::ssh::AgentSource;
 
 mod parse;
 #[cfg(test)]
@@ -201,6 +204,10 @@ pub struct Configuration {
     pub sudo: Option<bool>,
     /// The store dir of the host's store: the deployment's (a path is the same on both ends).
     pub store_dir: StoreDir,
+    /// The agent program for a `managed-host`: this executable (default), `agent = "FILE"`
+    /// (a ferry built for the host, uploaded instead), or `agent = "PATH"` (the host's `ferry`
+    /// on its PATH, as is).
+    pub agent: AgentSource,
 }
 
 /// A resolved operating-system declaration.

@@ -198,6 +198,7 @@ struct RawConfiguration {
     root: Option<Spanned<String>>,
     confirm_timeout: Option<ConfirmTimeout>,
     sudo: Option<bool>,
+    agent: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -704,6 +705,24 @@ impl Cx<'_> {
             }
         }
         let identity = c.identity.as_ref().map(|i| self.local_path(i)).transpose()?;
+        let agent = match &c.agent {
+            None => AgentSource::ThisExecutable,
+            Some(a) if a.get_ref() == "PATH" => AgentSource::HostPath,
+            Some(a) => {
+                let path = self.local_path(a)?;
+                if !path.is_file() {
+                    return Err(self.at(
+                        a.span(),
+                        format!(
+                            "agent: no file {}: name a ferry built for the host (or \"PATH\" \
+                             for the ferry on the host's PATH)",
+                            path.display()
+                        ),
+                    ));
+                }
+                AgentSource::File(path)
+            }
+        };
         Ok(Configuration {
             host_name: c.host_name.clone(),
             system: c.system.clone().unwrap_or_else(this_system),
@@ -719,6 +738,7 @@ impl Cx<'_> {
             confirm_timeout: c.confirm_timeout.map_or(Some(DEFAULT_CONFIRM_TIMEOUT), |t| t.0),
             sudo: c.sudo,
             store_dir: self.store_dir.clone(),
+            agent,
         })
     }
 }

@@ -19,6 +19,8 @@ pub struct Board {
     hosts: Mutex<BTreeMap<String, Arc<HostBar>>>,
     /// What a host's line says when it succeeded (`ok`, `rolled back`).
     success: &'static str,
+    /// The agent uploads' rates (plain lines).
+    uploads: super::copy::AgentUploads,
 }
 
 impl Board {
@@ -28,6 +30,7 @@ impl Board {
             multi: std::io::stderr().is_terminal().then(MultiProgress::new),
             hosts: Mutex::default(),
             success,
+            uploads: Default::default(),
         }
     }
 
@@ -118,6 +121,10 @@ impl HostBar {
         *copy = Copy { total: nar_bytes, sent: 0, started: Instant::now(), last: Instant::now() };
         match &self.bar {
             Some(bar) => {
+                // The bar may have shown the agent's upload.
+                bar.set_position(0);
+                bar.reset_eta();
+                bar.reset_elapsed();
                 bar.set_length(nar_bytes);
                 bar.set_message(format!("copy {missing_paths}/{closure_paths}"));
             }
@@ -168,6 +175,21 @@ impl DeployProgress for Board {
     }
     fn copy_sent(&self, host: &str, nar_bytes: u64) {
         self.bar(host).copy_sent(nar_bytes);
+    }
+    fn agent_upload(&self, host: &str, sent: u64, total: u64, codec: &str) {
+        let line = self.uploads.line(host, sent, total, codec);
+        match &self.bar(host).bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(sent);
+                bar.set_message("agent");
+            }
+            None => {
+                if let Some(line) = line {
+                    eprintln!("{host}: {line}");
+                }
+            }
+        }
     }
     fn error(&self, host: &str, error: &DeployError) {
         self.say(host, &format!("error: {}", error_chain(error)));

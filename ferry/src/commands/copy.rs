@@ -83,6 +83,8 @@ struct Render {
     bars: Option<Bars>,
     /// Per host: NAR bytes sent, paths landed, paths missing.
     hosts: Mutex<std::collections::BTreeMap<String, (u64, usize, usize)>>,
+    /// Per host: the agent upload's rate.
+    uploads: AgentUploads,
     last_line: Mutex<Instant>,
     quiet: bool,
 }
@@ -91,7 +93,13 @@ impl Render {
     fn new(quiet: bool) -> Self {
         let bars = (std::io::stderr().is_terminal() && !quiet)
             .then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
-        Render { bars, hosts: Mutex::default(), last_line: Mutex::new(Instant::now()), quiet }
+        Render {
+            bars,
+            hosts: Mutex::default(),
+            uploads: AgentUploads::default(),
+            last_line: Mutex::new(Instant::now()),
+            quiet,
+        }
     }
 
     fn bar(&self, host: &str) -> Option<ProgressBar> {
@@ -137,6 +145,10 @@ impl Progress for Render {
                     .or_default()
                     .2 = *missing_paths;
                 if let Some(bar) = bar {
+                    // The bar may have shown the agent's upload.
+                    bar.set_position(0);
+                    bar.reset_eta();
+                    bar.reset_elapsed();
                     bar.set_length(*nar_bytes);
                     bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
                 } else {
@@ -174,8 +186,52 @@ impl Progress for Render {
                     }
                 }
             }
+            ProgressEvent::AgentUpload { sent, total, codec } => {
+                let line = self.uploads.line(host, *sent, *total, codec);
+                if let Some(bar) = bar {
+                    bar.set_length(*total);
+                    bar.set_position(*sent);
+                    bar.set_message(format!("uploading agent ({codec})"));
+                } else if let Some(line) = line {
+                    eprintln!("{host}: {line}");
+                }
+            }
             _ => {}
         }
+    }
+}
+
+/// The agent uploads under way, per host: when each started and from which byte, for the
+/// rate and ETA of "uploading agent 2.1/4.4 MiB (zstd), 1.9 MiB/s, ETA 1s".
+#[derive(Debug, Default)]
+pub(crate) struct AgentUploads(Mutex<std::collections::BTreeMap<String, Upload>>);
+
+/// When an upload started, from which byte, and when its last line was printed.
+type Upload = (Instant, u64, Option<Instant>);
+
+impl AgentUploads {
+    /// The line for this event, at most every 2 s per host (and at the start and the end).
+    pub(crate) fn line(&self, host: &str, sent: u64, total: u64, codec: &str) -> Option<String> {
+        let mut uploads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (started, first, last) = uploads.entry(host.to_owned()).or_insert((now, sent, None));
+        let due = last.is_none_or(|l| l.elapsed() >= Duration::from_secs(2)) || sent == total;
+        if !due {
+            return None;
+        }
+        *last = Some(now);
+        let secs = started.elapsed().as_secs_f64();
+        let rate = if secs > 0.2 { (sent - *first) as f64 / secs } else { 0.0 };
+        let pace = if rate > 0.0 && sent < total {
+            format!(", {}/s, ETA {:.0}s", mib(rate as u64), (total - sent) as f64 / rate)
+        } else if rate > 0.0 {
+            format!(", {}/s", mib(rate as u64))
+        } else {
+            String::new()
+        };
+        let fraction =
+            format!("{:.1}/{:.1} MiB", sent as f64 / 1048576.0, total as f64 / 1048576.0);
+        Some(format!("uploading agent {fraction} ({codec}){pace}"))
     }
 }
 

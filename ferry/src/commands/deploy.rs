@@ -141,6 +141,13 @@ fn print_plans(
     let mut text = String::new();
     for (m, run) in machines.iter().zip(plans) {
         let Ok(plan) = &run.result else { continue };
+        if let Some(bytes) = plan.agent_upload {
+            text.push_str(&format!(
+                "{}: would upload the agent ({:.1} MiB)\n",
+                m.name,
+                bytes as f64 / f64::from(1 << 20)
+            ));
+        }
         text.push_str(&format!(
             "{}: would copy {} path(s), {} bytes:\n",
             m.name,

@@ -2,6 +2,7 @@
 //!
 //! The `ferry` binary, run as a user runs it: every command against real stores, real sshd hosts, Debian's Nix and libgcrypt.
 
+mod agent_upload;
 mod archive_cli;
 mod bench_cli;
 mod bench_kernel;
