@@ -115,7 +115,7 @@ pub(crate) fn plan_host(
     progress.phase(&m.name, Phase::Connect);
     let link = Link::new(m).map_err(DeployError::Connect)?;
     let upload_progress = CopyProgress { host: &m.name, progress };
-    let ready = link.prepare_agent(ctx.dry_run, &upload_progress).map_err(DeployError::Connect)?;
+    let ready = link.prepare_agent(ctx.dry_run, &upload_progress).map_err(DeployError::Facts)?;
     let agent_upload = match ready {
         Some(AgentReady::WouldUpload { bytes }) => Some(bytes),
         _ => None,
