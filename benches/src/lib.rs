@@ -13,7 +13,7 @@ pub struct GenUpdateLink {
     #[arg(long, default_value = "/tmp/genbench")]
     pub work: std::path::PathBuf,
     /// The ferry binary (also the hosts' agent).
-    #[arg(long, default_value = "target/release/ferry")]
+    #[arg(long, default_value = "target/x86_64-unknown-linux-gnu/release/ferry")]
     pub ferry: std::path::PathBuf,
     /// Link rate.
     #[arg(long, default_value = "20mbit")]

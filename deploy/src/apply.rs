@@ -20,7 +20,7 @@ use transfer::push::{push_closure, PushOptions};
 
 use crate::deployment::{HealthCheck, Machine, PrebuiltSystem};
 use crate::error::{error_chain, DeployError};
-use crate::link::{HostSession, Link};
+use crate::link::{HostSession, Link, LinkError};
 use crate::plan::{Ctx, HostPlan, HostReport, Planned};
 use crate::probes::coordinator_probes;
 use crate::progress::{CopyProgress, Phase};
@@ -46,6 +46,9 @@ pub(crate) fn apply(
     planned: Planned,
 ) -> Result<HostReport, DeployError> {
     let Planned { plan, link, session, lap } = planned;
+    let session = session.ok_or_else(|| {
+        DeployError::Connect(LinkError::Session(format!("{}: no session to apply on", m.name)))
+    })?;
     let HostPlan { system, current_generation, on_this_system, to_send, closure, .. } = plan;
     let mut steps = plan.steps;
     let c = &m.configuration;

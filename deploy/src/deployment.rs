@@ -58,6 +58,8 @@
 //! store = "auto"                   # the host's store: "ferry", "nix" (the host's own Nix
 //!                                  # store under `root`), or "auto" (default: Nix's when the
 //!                                  # host has one and the deployment's store dir is /nix/store)
+//! agent = "build/aarch64/ferry"    # a ferry built for the host, uploaded instead of this one;
+//!                                  # "PATH": the host's own `ferry` on its PATH, as is
 //! ```
 //!
 //! # Rules
@@ -102,6 +104,7 @@ use std::time::Duration;
 use nar_core::store_path::StoreDir;
 use serde::Deserialize;
 use store::DbKind;
+use transfer::transport::ssh::AgentSource;
 
 mod parse;
 #[cfg(test)]
@@ -219,6 +222,10 @@ pub struct Configuration {
     pub store_dir: StoreDir,
     /// The host's store: ferry's, the host's own Nix store, or detected (`store = …`).
     pub host_store: HostStoreKind,
+    /// The agent program for a `managed-host`: this executable (default), `agent = "FILE"`
+    /// (a ferry built for the host, uploaded instead), or `agent = "PATH"` (the host's `ferry`
+    /// on its PATH, as is).
+    pub agent: AgentSource,
 }
 
 /// `store` in `[machine.configuration]`: where the host keeps what is copied.

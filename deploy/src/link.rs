@@ -20,7 +20,10 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 
 use proto::uri::StoreParams;
-use transfer::transport::ssh::{SettingsSource, SshAuth, SshConfig, SshError, SshTransport};
+use transfer::push::Progress;
+use transfer::transport::ssh::{
+    AgentReady, SettingsSource, SshAuth, SshConfig, SshError, SshTransport,
+};
 use transfer::transport::{
     AgentHandle, Connection, LocalTransport, StderrTail, Transport, TransportError,
 };
@@ -177,10 +180,45 @@ impl Link {
                         Some(_) => config.keyscan_command(),
                     }
                 );
-                let transport = SshTransport::new(config, store).map_err(LinkError::SshSetup)?;
+                let mut transport =
+                    SshTransport::new(config, store).map_err(LinkError::SshSetup)?;
+                transport.agent = m.configuration.agent.clone();
                 Link::Ssh { transport: Box::new(transport), host_key_hint }
             }
         })
+    }
+
+    /// Over SSH: find the host's agent program, or upload it reporting to `progress`; with
+    /// `dry_run`, only find out (nothing changes on the host). `None` for a `local` machine.
+    pub fn prepare_agent(
+        &self,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<Option<AgentReady>, LinkError> {
+        match self {
+            Link::Local { .. } => Ok(None),
+            Link::Ssh { transport, .. } => {
+                transport.prepare_agent(dry_run, progress).map(Some).map_err(|e| self.with_hint(e))
+            }
+        }
+    }
+
+    /// Run `sh -c SCRIPT sh ARGS...` on the host as the login user (no agent needed), with
+    /// `stdin`; its stdout, or an error with its stderr when it fails. `None` for a `local`
+    /// machine.
+    pub fn sh(
+        &self,
+        script: &str,
+        args: &[String],
+        stdin: &[u8],
+    ) -> Result<Option<String>, LinkError> {
+        match self {
+            Link::Local { .. } => Ok(None),
+            Link::Ssh { transport, .. } => {
+                let out = transport.run_sh(script, args, stdin).map_err(|e| self.with_hint(e))?;
+                Ok(Some(out))
+            }
+        }
     }
 
     /// Run `ferry host ARGS...` on the host with `stdin`; each stdout line goes to `line` as

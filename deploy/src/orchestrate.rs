@@ -169,7 +169,7 @@ pub fn deploy(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostReport>>, DeployError> {
-    let ctx = Ctx { layout, deployment, progress };
+    let ctx = Ctx { layout, deployment, progress, dry_run: false };
     // Compress once: each path's zstd stream is made by the first machine's session that
     // sends it and copied by the others (all at the same level, so they share).
     let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
@@ -188,9 +188,11 @@ pub fn dry_run(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostPlan>>, DeployError> {
-    let ctx = Ctx { layout, deployment, progress };
+    let ctx = Ctx { layout, deployment, progress, dry_run: true };
     pipelines(&ctx, machines, options, |_| true, &|_, planned| {
-        planned.session.end().map_err(DeployError::EndSession)?;
+        if let Some(session) = planned.session {
+            session.end().map_err(DeployError::EndSession)?;
+        }
         Ok(planned.plan)
     })
 }

@@ -8,6 +8,12 @@
 //!    probe, and which paths of the closure the host lacks;
 //! 2. the system-type check, the safety checks, the downgrade check (the host's provenance
 //!    commit must be an ancestor of ours unless `allow-downgrades`; a warning otherwise).
+//!
+//! Over SSH the agent program is found or uploaded first (with progress). A dry run never
+//! uploads it: when the host lacks it, the facts come from a `sh`-only probe ([`sh_facts`]) that
+//! reads the profile links, the provenance and the devices as the agent would; what it cannot
+//! know is whether a path present on disk is valid in the host's database (a present path
+//! counts as present), and the plan says so.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -21,16 +27,18 @@ use crate::deployment::Deployment;
 use crate::deployment::Machine;
 use crate::error::DeployError;
 use crate::link::{HostSession, Link};
-use crate::progress::DeployProgress;
-use crate::progress::Phase;
+use crate::progress::{CopyProgress, DeployProgress, Phase};
 use crate::system::{BuiltSystem, Provenance};
 use store::StoreLayout;
+use transfer::transport::ssh::AgentReady;
 
 /// What every machine's pipeline shares.
 pub(crate) struct Ctx<'a> {
     pub layout: &'a StoreLayout,
     pub deployment: &'a Deployment,
     pub progress: &'a dyn DeployProgress,
+    /// A dry run: nothing changes on the hosts (the agent is not uploaded).
+    pub dry_run: bool,
 }
 
 /// One machine's result for the table.
@@ -77,6 +85,9 @@ pub struct HostPlan {
     pub warnings: Vec<String>,
     /// Time spent in each step so far.
     pub steps: Vec<(&'static str, Duration)>,
+    /// A dry run on a host without the agent: its size, which a real run uploads first (the
+    /// facts then came from a `sh`-only probe).
+    pub agent_upload: Option<u64>,
     /// The system's whole closure in the local store (what the copy offers).
     pub(crate) closure: ValidatedClosure,
 }
@@ -100,7 +111,8 @@ impl HostPlan {
 pub(crate) struct Planned {
     pub plan: HostPlan,
     pub link: Link,
-    pub session: HostSession,
+    /// `None` only for a dry run on a host without the agent (facts from `sh`).
+    pub session: Option<HostSession>,
     pub lap: Instant,
 }
 
@@ -132,7 +144,12 @@ pub(crate) fn plan_host(
     // 1. Facts: one round trip, on the session that also does the copy and the activation.
     progress.phase(&m.name, Phase::Connect);
     let link = Link::new(m).map_err(DeployError::Connect)?;
-    let session = link.session().map_err(DeployError::Facts)?;
+    let upload_progress = CopyProgress { host: &m.name, progress };
+    let ready = link.prepare_agent(ctx.dry_run, &upload_progress).map_err(DeployError::Facts)?;
+    let agent_upload = match ready {
+        Some(AgentReady::WouldUpload { bytes }) => Some(bytes),
+        _ => None,
+    };
     let devices = if c.safety_checks {
         checks::device_checks(&m.os)
             .iter()
@@ -151,7 +168,24 @@ pub(crate) fn plan_host(
         profile: m.os.prebuilt.as_ref().map(|p| p.profile.clone()),
         host_store: Some(m.configuration.host_store.name().to_owned()),
     };
-    let facts: Facts = session.facts(request).map_err(DeployError::Facts)?;
+    let (session, facts) = match agent_upload {
+        Some(bytes) => {
+            progress.line(
+                &m.name,
+                &format!(
+                    "would upload the agent ({:.1} MiB); facts from a sh-only probe (paths on \
+                     disk count as present)",
+                    bytes as f64 / f64::from(1 << 20)
+                ),
+            );
+            (None, sh_facts(&link, m, &request)?)
+        }
+        None => {
+            let session = link.session().map_err(DeployError::Facts)?;
+            let facts = session.facts(request).map_err(DeployError::Facts)?;
+            (Some(session), facts)
+        }
+    };
     steps.push(("facts", started.elapsed()));
     let lap = Instant::now();
 
@@ -194,7 +228,84 @@ pub(crate) fn plan_host(
         to_send,
         warnings,
         steps,
+        agent_upload,
         closure,
     };
     Ok(Planned { plan, link, session, lap })
+}
+
+/// The `sh`-only facts probe: `$1` the host root (empty for `/`), `$2` the system to deploy;
+/// stdin: the closure's paths, one a line; then the device probe.
+const SH_FACTS: &str = r#"r=${1%/}
+echo "arch $(uname -m)"
+p="$r/var/ferry/profiles"
+if t=$(readlink "$p/system" 2>/dev/null); then
+  t=${t##*/}; echo "profile $t"
+  if s=$(readlink "$p/$t" 2>/dev/null); then
+    case "$s" in /*) ;; *) s="$p/$s";; esac
+    echo "system $s"
+    case "$s" in "$r"/*) h=$s;; *) h=$r$s;; esac
+    [ -f "$h/provenance" ] && echo "provenance $(od -An -v -tx1 "$h/provenance" | tr -d ' \n')"
+  fi
+fi
+while IFS= read -r x; do [ -e "$r$x" ] || [ -L "$r$x" ] || echo "missing $x"; done
+echo devices
+FERRY_ROOT=$r; export FERRY_ROOT
+"#;
+
+/// Machine `m`'s facts from `sh` alone (module doc): a dry run on a host without the agent.
+fn sh_facts(link: &Link, m: &Machine, request: &FactsRequest) -> Result<Facts, DeployError> {
+    let checks: Vec<checks::DeviceCheck> = request
+        .devices
+        .iter()
+        .map(|d| checks::DeviceCheck {
+            device: Device::parse(&d.device),
+            mount_point: d.mount_point.clone(),
+        })
+        .collect();
+    let script = format!("{SH_FACTS}{}", checks::probe_script(&checks));
+    let root = m.configuration.root.display().to_string();
+    let root = if root == "/" { String::new() } else { root };
+    let system = request.system.clone().unwrap_or_default();
+    let stdin: String = request.paths.iter().map(|p| format!("{p}\n")).collect();
+    let out = link
+        .sh(&script, &[root.clone(), system.clone()], stdin.as_bytes())
+        .map_err(DeployError::Facts)?
+        .unwrap_or_default();
+    let (head, devices) = out.split_once("\ndevices\n").unwrap_or((&out, ""));
+    let mut facts = Facts::default();
+    let mut arch = String::new();
+    for line in head.lines() {
+        let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match key {
+            "arch" => arch = rest.trim().to_owned(),
+            "profile" => {
+                facts.generation = rest
+                    .strip_prefix("system-")
+                    .and_then(|n| n.strip_suffix("-link"))
+                    .and_then(|n| n.parse().ok())
+            }
+            "system" => facts.current_system = Some(rest.to_owned()),
+            "provenance" => {
+                let hex = rest.trim().as_bytes();
+                let bytes: Option<Vec<u8>> = hex
+                    .chunks(2)
+                    .map(|c| {
+                        std::str::from_utf8(c).ok().and_then(|c| u8::from_str_radix(c, 16).ok())
+                    })
+                    .collect();
+                facts.provenance = bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
+            }
+            "missing" => facts.missing.push(rest.to_owned()),
+            _ => {}
+        }
+    }
+    facts.system_type = format!("{arch}-linux");
+    facts.on_this_system = facts
+        .current_system
+        .as_deref()
+        .is_some_and(|cur| cur == system || cur == format!("{root}{system}"));
+    facts.safety_errors =
+        checks::evaluate(&checks, devices).iter().map(ToString::to_string).collect();
+    Ok(facts)
 }

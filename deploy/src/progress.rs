@@ -51,6 +51,9 @@ pub trait DeployProgress: Sync {
     fn line(&self, _host: &str, _text: &str) {}
     /// The copy is known: `missing` of `closure` paths, `nar_bytes` to send.
     fn copy_plan(&self, _host: &str, _missing: usize, _closure: usize, _nar_bytes: u64) {}
+    /// The agent program is being uploaded to the host before its session starts: `sent` of
+    /// `total` compressed bytes (`codec`: `zstd`, `gzip`).
+    fn agent_upload(&self, _host: &str, _sent: u64, _total: u64, _codec: &str) {}
     /// More of the copy's NAR bytes went out.
     fn copy_sent(&self, _host: &str, _nar_bytes: u64) {}
     /// Its pipeline failed with `error` (also in its result).
@@ -80,6 +83,9 @@ impl Progress for CopyProgress<'_> {
                 self.progress.copy_plan(self.host, *missing_paths, *closure_paths, *nar_bytes)
             }
             ProgressEvent::Sent { nar_bytes } => self.progress.copy_sent(self.host, *nar_bytes),
+            ProgressEvent::AgentUpload { sent, total, codec } => {
+                self.progress.agent_upload(self.host, *sent, *total, codec)
+            }
             _ => {}
         }
     }

@@ -22,7 +22,7 @@
 //!   writeback for later.
 //!
 //! Build and run (release): `cargo build --release -p deploy -p ferry-benches &&
-//! target/release/copy_bench --ferry target/release/ferry --small 1000 --large /usr/share`.
+//! target/x86_64-unknown-linux-gnu/release/copy_bench --ferry target/x86_64-unknown-linux-gnu/release/ferry --small 1000 --large /usr/share`.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -38,7 +38,7 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 struct Args {
     /// The ferry executable (release build).
-    #[arg(long, default_value = "target/release/ferry")]
+    #[arg(long, default_value = "target/x86_64-unknown-linux-gnu/release/ferry")]
     ferry: PathBuf,
     /// Number of tiny paths for the many-small-paths runs (0: skip).
     #[arg(long, default_value_t = 1000)]

@@ -28,7 +28,7 @@ use serde_json::json;
 #[derive(Debug, Parser)]
 #[command(name = "deploy_bench")]
 struct Args {
-    /// The ferry binary under test (default: target/release/ferry of this workspace).
+    /// The ferry binary under test (default: target/x86_64-unknown-linux-gnu/release/ferry of this workspace).
     #[arg(long)]
     ferry: Option<PathBuf>,
     /// Hosts in the fleet runs.
@@ -49,7 +49,7 @@ fn default_ferry() -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("release/ferry")
+    target.join("x86_64-unknown-linux-gnu/release/ferry")
 }
 
 fn load() -> String {

@@ -35,8 +35,8 @@ const SHA_BUFFER: usize = 1 << 30;
 #[derive(Debug, Parser)]
 #[command(name = "nar_bench")]
 struct Args {
-    /// The release ferry binary [default: $CARGO_TARGET_DIR/release/ferry if that variable is
-    /// set, else target/release/ferry under the workspace root].
+    /// The release ferry binary [default: $CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/ferry if that variable is
+    /// set, else target/x86_64-unknown-linux-gnu/release/ferry under the workspace root].
     #[arg(long)]
     ferry: Option<PathBuf>,
     /// The real tree to serialize.
@@ -544,9 +544,9 @@ fn default_ferry() -> PathBuf {
         Some(dir) => {
             let dir = PathBuf::from(dir);
             let dir = if dir.is_absolute() { dir } else { workspace_root().join(dir) };
-            dir.join("release/ferry")
+            dir.join("x86_64-unknown-linux-gnu/release/ferry")
         }
-        None => workspace_root().join("target/release/ferry"),
+        None => workspace_root().join("target/x86_64-unknown-linux-gnu/release/ferry"),
     }
 }
 

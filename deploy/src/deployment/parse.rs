@@ -200,6 +200,7 @@ struct RawConfiguration {
     confirm_timeout: Option<ConfirmTimeout>,
     sudo: Option<bool>,
     store: Option<HostStoreKind>,
+    agent: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -738,6 +739,24 @@ impl Cx<'_> {
         let host_key = c.host_key.as_ref().map(|k| self.host_key(k)).transpose()?;
         let identity = c.identity.as_ref().map(|i| self.identity(i)).transpose()?;
         let ssh_config = c.ssh_config.as_ref().map(|p| self.local_path(p)).transpose()?;
+        let agent = match &c.agent {
+            None => AgentSource::ThisExecutable,
+            Some(a) if a.get_ref() == "PATH" => AgentSource::HostPath,
+            Some(a) => {
+                let path = self.local_path(a)?;
+                if !path.is_file() {
+                    return Err(self.at(
+                        a.span(),
+                        format!(
+                            "agent: no file {}: name a ferry built for the host (or \"PATH\" \
+                             for the ferry on the host's PATH)",
+                            path.display()
+                        ),
+                    ));
+                }
+                AgentSource::File(path)
+            }
+        };
         Ok(Configuration {
             host_name: c.host_name.clone(),
             system: c.system.clone().unwrap_or_else(this_system),
@@ -755,6 +774,7 @@ impl Cx<'_> {
             sudo: c.sudo,
             store_dir: self.store_dir.clone(),
             host_store: c.store.unwrap_or_default(),
+            agent,
         })
     }
 }

@@ -148,6 +148,13 @@ fn print_plans(
             let how = m.configuration.host_store.name();
             text.push_str(&format!("{}: the host's store: {store} (store = \"{how}\")\n", m.name));
         }
+        if let Some(bytes) = plan.agent_upload {
+            text.push_str(&format!(
+                "{}: would upload the agent ({})\n",
+                m.name,
+                format_bytes(bytes)
+            ));
+        }
         text.push_str(&format!(
             "{}: would copy {} path(s), {} bytes:\n",
             m.name,

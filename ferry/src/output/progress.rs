@@ -26,6 +26,8 @@ pub struct Board {
     hosts: Mutex<BTreeMap<String, Arc<HostBar>>>,
     /// What a host's line says when it succeeded (`ok`, `rolled back`).
     success: &'static str,
+    /// The agent uploads' rates (plain lines).
+    uploads: AgentUploads,
 }
 
 impl Board {
@@ -35,6 +37,7 @@ impl Board {
             multi: printer.draws_bars().then(MultiProgress::new),
             hosts: Mutex::default(),
             success,
+            uploads: Default::default(),
         }
     }
 
@@ -121,6 +124,10 @@ impl HostBar {
         *copy = Copy { total: nar_bytes, sent: 0, started: Instant::now(), last: Instant::now() };
         match &self.bar {
             Some(bar) => {
+                // The bar may have shown the agent's upload.
+                bar.set_position(0);
+                bar.reset_eta();
+                bar.reset_elapsed();
                 bar.set_length(nar_bytes);
                 bar.set_message(format!("copy {missing_paths}/{closure_paths}"));
             }
@@ -172,6 +179,21 @@ impl DeployProgress for Board {
     fn copy_sent(&self, host: &str, nar_bytes: u64) {
         self.bar(host).copy_sent(nar_bytes);
     }
+    fn agent_upload(&self, host: &str, sent: u64, total: u64, codec: &str) {
+        let line = self.uploads.line(host, sent, total, codec);
+        match &self.bar(host).bar {
+            Some(bar) => {
+                bar.set_length(total);
+                bar.set_position(sent);
+                bar.set_message("agent");
+            }
+            None => {
+                if let Some(line) = line {
+                    eprintln!("{host}: {line}");
+                }
+            }
+        }
+    }
     fn error(&self, host: &str, error: &DeployError) {
         self.say(host, &format!("error: {}", error_chain(error)));
     }
@@ -191,6 +213,8 @@ pub struct CopyBars {
     bars: Option<Bars>,
     /// Per host: NAR bytes sent, paths landed, paths missing.
     hosts: Mutex<std::collections::BTreeMap<String, (u64, usize, usize)>>,
+    /// Per host: the agent upload's rate.
+    uploads: AgentUploads,
     last_line: Mutex<Instant>,
 }
 
@@ -198,7 +222,12 @@ impl CopyBars {
     /// Bars when the printer draws them, plain lines otherwise.
     pub fn new(printer: Printer) -> Self {
         let bars = printer.draws_bars().then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
-        CopyBars { bars, hosts: Mutex::default(), last_line: Mutex::new(Instant::now()) }
+        CopyBars {
+            bars,
+            hosts: Mutex::default(),
+            uploads: AgentUploads::default(),
+            last_line: Mutex::new(Instant::now()),
+        }
     }
 
     fn bar(&self, host: &str) -> Option<ProgressBar> {
@@ -242,6 +271,10 @@ impl Progress for CopyBars {
                     .or_default()
                     .2 = *missing_paths;
                 if let Some(bar) = bar {
+                    // The bar may have shown the agent's upload.
+                    bar.set_position(0);
+                    bar.reset_eta();
+                    bar.reset_elapsed();
                     bar.set_length(*nar_bytes);
                     bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
                 } else {
@@ -282,7 +315,51 @@ impl Progress for CopyBars {
                     }
                 }
             }
+            ProgressEvent::AgentUpload { sent, total, codec } => {
+                let line = self.uploads.line(host, *sent, *total, codec);
+                if let Some(bar) = bar {
+                    bar.set_length(*total);
+                    bar.set_position(*sent);
+                    bar.set_message(format!("uploading agent ({codec})"));
+                } else if let Some(line) = line {
+                    eprintln!("{host}: {line}");
+                }
+            }
             _ => {}
         }
+    }
+}
+
+/// The agent uploads under way, per host: when each started and from which byte, for the
+/// rate and ETA of "uploading agent 2.1/4.4 MiB (zstd), 1.9 MiB/s, ETA 1s".
+#[derive(Debug, Default)]
+struct AgentUploads(Mutex<BTreeMap<String, Upload>>);
+
+/// When an upload started, from which byte, and when its last line was printed.
+type Upload = (Instant, u64, Option<Instant>);
+
+impl AgentUploads {
+    /// The line for this event, at most every 2 s per host (and at the start and the end).
+    fn line(&self, host: &str, sent: u64, total: u64, codec: &str) -> Option<String> {
+        let mut uploads = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let (started, first, last) = uploads.entry(host.to_owned()).or_insert((now, sent, None));
+        let due = last.is_none_or(|l| l.elapsed() >= Duration::from_secs(2)) || sent == total;
+        if !due {
+            return None;
+        }
+        *last = Some(now);
+        let secs = started.elapsed().as_secs_f64();
+        let rate = if secs > 0.2 { (sent - *first) as f64 / secs } else { 0.0 };
+        let pace = if rate > 0.0 && sent < total {
+            format!(", {}/s, ETA {:.0}s", format_bytes(rate as u64), (total - sent) as f64 / rate)
+        } else if rate > 0.0 {
+            format!(", {}/s", format_bytes(rate as u64))
+        } else {
+            String::new()
+        };
+        let fraction =
+            format!("{:.1}/{:.1} MiB", sent as f64 / 1048576.0, total as f64 / 1048576.0);
+        Some(format!("uploading agent {fraction} ({codec}){pace}"))
     }
 }

@@ -1,6 +1,6 @@
 //! `ferry copy --to ssh://` against Debian's OpenSSH on loopback (the `ferry_tests::sshd`
 //! fixture): copies to one and several hosts (separate roots), a no-op second copy, agent
-//! bootstrap by upload when the host has no ferry, a wrong host key, and dropped connections
+//! bootstrap by upload (to ~/.cache/ferry/agent/, named by content) when the host has no ferry, a wrong host key, and dropped connections
 //! mid-copy followed by a copy that sends only what was missing.
 
 use std::collections::BTreeSet;
@@ -98,7 +98,7 @@ fn bootstrap_uploads_the_agent_when_the_host_has_none() {
     let (out, json) = copy(&l, &sshd, &[&h], &["--authorize"]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), sshd.log());
     assert_eq!(json["paths_sent"], 2, "{json}");
-    let uploaded = home.path().join(format!(".cache/ferry/ferry-{}", env!("CARGO_PKG_VERSION")));
+    let uploaded = home.path().join(".cache/ferry/agent").join(super::agent_upload::agent_name());
     assert!(uploaded.exists(), "the agent was not uploaded to {}", uploaded.display());
     ferry_tests::assert_store_verifies(FERRY, &h);
 }

@@ -103,7 +103,7 @@ fn copy_as_a_sudo_user_uploads_the_agent_and_writes_as_root() {
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), sshd.log());
     assert_eq!(json["paths_sent"], 2, "{json}");
 
-    let uploaded = sshd.home().join(format!(".cache/ferry/ferry-{}", env!("CARGO_PKG_VERSION")));
+    let uploaded = sshd.home().join(".cache/ferry/agent").join(super::agent_upload::agent_name());
     let meta = fs::metadata(&uploaded)
         .unwrap_or_else(|e| panic!("the agent was not uploaded to {}: {e}", uploaded.display()));
     assert_eq!(meta.uid(), uid_of(SUDO_USER), "the upload is the login user's");

@@ -3,6 +3,7 @@
 //! The `ferry` binary, run as a user runs it: every command against real stores, real sshd hosts, Debian's Nix and libgcrypt.
 //! Every module builds its `ferry` commands with [`util`].
 
+mod agent_upload;
 mod archive_cli;
 mod bench_cli;
 mod bench_kernel;

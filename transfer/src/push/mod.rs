@@ -106,6 +106,10 @@ pub enum ProgressEvent<'a> {
     Landed { path: &'a StorePath },
     /// The host refused a path.
     Rejected { path: &'a StorePath, reason: RejectReason, message: &'a str },
+    /// The agent program is being uploaded to the host (before the agent starts): `sent` of
+    /// `total` compressed bytes (`sent` counts the bytes a resumed upload found there), with
+    /// `codec` (`zstd`, `gzip`).
+    AgentUpload { sent: u64, total: u64, codec: &'a str },
 }
 
 /// A receiver of [`ProgressEvent`]s.
@@ -259,6 +263,7 @@ pub fn push_closure(
 ) -> Result<PushSummary, PushError> {
     let host = transport.describe();
     let started = Instant::now();
+    transport.prepare(progress)?;
     let Connection { reader, writer, mut agent } = transport.connect()?;
     let wire_out = Arc::new(AtomicU64::new(0));
     let meter = Arc::new(LinkMeter::default());

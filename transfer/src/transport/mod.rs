@@ -91,6 +91,12 @@ pub trait Transport: Send + Sync + fmt::Debug {
     fn describe(&self) -> String;
     /// Start an agent and connect to it.
     fn connect(&self) -> Result<Connection, TransportError>;
+    /// Make sure the agent program is there before [`Transport::connect`], reporting an
+    /// upload to `progress` ([`crate::push::ProgressEvent::AgentUpload`]); nothing to do
+    /// unless the agent may have to be uploaded (SSH).
+    fn prepare(&self, _progress: &dyn crate::push::Progress) -> Result<(), TransportError> {
+        Ok(())
+    }
 }
 
 /// Keeps the last bytes a stream printed.

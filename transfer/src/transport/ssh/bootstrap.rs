@@ -1,20 +1,76 @@
-//! Agent bootstrap: before the first agent starts, one probe command reports the remote uid and
-//! `$HOME`, and which `ferry` of **this** version the host has (`ferry` on `PATH`, or
-//! `~/.cache/ferry/ferry-<version>`, each checked with `--version`). When there is none, the
-//! host's architecture must equal this build's ([`local_arch`]); then the running executable is
-//! uploaded to `~/.cache/ferry/ferry-<version>` and run from there. When the agent will run
-//! under `sudo -n`, the probe also checks the user may.
+//! Agent bootstrap: which `ferry` runs on a host as the agent, and getting it there.
+//!
+//! One probe (`sh` only, read-only: a dry run changes nothing) reports the remote uid, `$HOME`
+//! and `uname -m`; whether the user may `sudo -n` (when the agent will need it); which of
+//! `zstd` and `gzip` the host has to decompress with; and what the host already holds, each
+//! checked by the host's own SHA-256 program (`sha256sum`, else `shasum -a 256`):
+//! - a `ferry` on `PATH`, used only when its hash is the one expected and neither it nor its
+//!   directory is writable by anyone but the user or root;
+//! - the cached agent `~/.cache/ferry/agent/ferry-<version>-<sha256>` (named by its content, in
+//!   a 0700 directory of the login user), used only when its hash is its name's;
+//! - the compressed partial upload `ferry-<version>-<sha256>.<zst|gz>.part` and its size.
+//!
+//! Which program runs ([`AgentSource`]): by default this executable (found as above, or
+//! uploaded; its architecture must be the host's); `agent = "FILE"` uploads that file the same
+//! way (a ferry built for the host); `agent = "PATH"` runs the host's `ferry` on `PATH` as is.
+//!
+//! The upload ([`SshTransport::upload_agent`]) sends the program compressed ([`Codec`]: zstd,
+//! else gzip), appended to the partial file from the byte the probe found there (an
+//! interrupted upload resumes); the host decompresses it to a temp file, checks its SHA-256 and
+//! renames it to the content name. A cached file whose hash differs is replaced, never run;
+//! without a SHA-256 program the upload is redone on every run (the file just written to the
+//! 0700 directory is run). A failed decompression or check removes the temp and partial files
+//! (and starts over once when it had resumed); stale temp files are removed.
 
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::io::AsyncWriteExt;
+
+use super::agent_file::{Codec, LocalAgent};
 use super::transport::other;
 use super::{SshSession, SshTransport};
+use crate::push::{Progress, ProgressEvent};
 use crate::transport::TransportError;
 
-/// What the probe found.
+/// Test hook: the agent upload stops after this many bytes, as if the connection were cut.
+pub const UPLOAD_STOP_ENV: &str = "FERRY_TEST_AGENT_UPLOAD_STOP_AFTER";
+
+/// The directory of uploaded agents, under the login user's `$HOME`.
+pub const AGENT_DIR: &str = ".cache/ferry/agent";
+
+/// Which program runs as the agent on a host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum AgentSource {
+    /// This executable: a `ferry` on the host's `PATH` whose hash is this one's, else the
+    /// verified cached upload, else uploaded.
+    #[default]
+    ThisExecutable,
+    /// This file (a ferry built for the host), found or uploaded the same way
+    /// (`agent = "FILE"`).
+    File(PathBuf),
+    /// The `ferry` on the host's `PATH`, trusted as is (`agent = "PATH"`).
+    HostPath,
+}
+
+/// The program the agent runs as, once known.
 #[derive(Debug, Clone)]
 pub(super) struct AgentProgram {
     pub(super) path: String,
     pub(super) sudo: bool,
     pub(super) uploaded: bool,
+}
+
+/// What [`SshTransport::prepare_agent`] found or did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentReady {
+    /// The host has the agent: its path.
+    Present(String),
+    /// It was uploaded: its path and the compressed bytes sent this time.
+    Uploaded { path: String, sent: u64 },
+    /// A dry run: it would be uploaded; `bytes` is the program's size.
+    WouldUpload { bytes: u64 },
 }
 
 /// The remote architecture name (`uname -m`) of this build.
@@ -25,7 +81,142 @@ pub fn local_arch() -> &'static str {
     }
 }
 
+/// Shell functions both scripts use: `sum FILE` prints its SHA-256 (nothing without a SHA-256
+/// program); `safe FILE` says whether only the user or root can write it.
+const SH_FUNCTIONS: &str = r#"uid=$(id -u)
+if command -v sha256sum >/dev/null 2>&1; then h() { sha256sum < "$1"; }
+elif command -v shasum >/dev/null 2>&1; then h() { shasum -a 256 < "$1"; }
+else h() { return 1; }; fi
+sum() { s=$(h "$1" 2>/dev/null) && [ -n "$s" ] && echo "${s%% *}"; }
+safe() {
+  l=$(ls -ldn -- "$1" 2>/dev/null) || return 1
+  set -- $l
+  case "$1" in ?????w*|????????w*) return 1;; esac
+  [ "$3" = "$uid" ] || [ "$3" = 0 ]
+}
+"#;
+
+/// The probe: `$1` = 1 when the agent runs under `sudo -n`, `$2` the agent's name, `$3` its
+/// SHA-256, `$4` `path` to take the host's `ferry` as is. Changes nothing.
+const PROBE: &str = r#"echo "uid $uid"
+echo "home $HOME"
+echo "arch $(uname -m)"
+if [ "$1" = 1 ] && [ "$uid" != 0 ]; then
+  if ! command -v sudo >/dev/null 2>&1; then echo "sudo missing"
+  elif out=$(sudo -n true 2>&1 </dev/null); then echo "sudo ok"
+  else echo "sudo refused $(printf '%s' "$out" | tr '\n' ' ')"; fi
+fi
+for c in zstd gzip; do command -v "$c" >/dev/null 2>&1 && echo "decompress $c"; done
+[ -n "$(sum /dev/null)" ] && echo "hasher"
+f=$(command -v ferry 2>/dev/null)
+if [ "$4" = path ]; then [ -n "$f" ] && echo "found $f"; exit 0; fi
+if [ -n "$f" ] && [ -f "$f" ] && [ "$(sum "$f")" = "$3" ] && safe "$f" && safe "${f%/*}"; then
+  echo "found $f"; exit 0
+fi
+d="$HOME/.cache/ferry/agent"
+c="$d/$2"
+if [ -e "$c" ]; then
+  s=$(sum "$c")
+  if [ "$s" = "$3" ] && safe "$d" && safe "$c"; then echo "found $c"; exit 0; fi
+  echo "cached ${s:-unverifiable}"
+fi
+for z in zst gz; do p="$d/$2.$z.part"; [ -f "$p" ] && echo "partial $z $(($(wc -c < "$p")))"; done
+exit 0"#;
+
+/// The upload: `$1` the directory, `$2` the name, `$3` the extension, `$4` the offset to
+/// append at, `$5` the compressed size, `$6` the SHA-256, `$7` the decompressor. Stdin: the
+/// compressed bytes from `$4` on. Exit codes: 12 the partial file is not `$4` bytes long, 14
+/// stopped short (the partial file is kept), 15 decompression failed, 16 wrong SHA-256 (both
+/// remove the partial file).
+const UPLOAD: &str = r#"d="$1"; p="$d/$2.$3.part"; t="$d/$2.tmp.$$"
+umask 077
+mkdir -p -- "$d" && chmod 700 -- "$d" || exit 10
+# Temp files of uploads that died, and partial files of other agents, an hour old.
+find "$d" "$HOME/.cache/ferry" -maxdepth 1 -type f \( -name '*.tmp.*' -o -name '*.part' \
+  -o -name '*.ferry-upload-*' \) ! -path "$p" -mmin +60 -exec rm -f {} + 2>/dev/null
+if [ "$4" = 0 ]; then : > "$p" || exit 11
+else
+  n=$(wc -c < "$p" 2>/dev/null) && n=$((n)) || n=none
+  [ "$n" = "$4" ] || { echo "the partial upload holds $n bytes, not $4" >&2; exit 12; }
+fi
+cat >> "$p" || exit 13
+n=$(($(wc -c < "$p")))
+[ "$n" = "$5" ] || { echo "the upload stopped at $n of $5 bytes (kept to resume)" >&2; exit 14; }
+if ! "$7" -dcq < "$p" > "$t"; then rm -f -- "$t" "$p"; echo "$7 -d failed" >&2; exit 15; fi
+rm -f -- "$p"
+s=$(sum "$t")
+if [ -n "$s" ] && [ "$s" != "$6" ]; then
+  rm -f -- "$t"; echo "sha256 of the decompressed upload is $s, not $6" >&2; exit 16
+fi
+chmod 700 -- "$t" && mv -f -- "$t" "$d/$2" || { rm -f -- "$t"; exit 17; }
+echo "installed ${s:-unverified}""#;
+
+/// What the probe reported.
+#[derive(Debug, Default)]
+struct Probe {
+    uid: Option<u32>,
+    home: Option<String>,
+    arch: String,
+    sudo: Option<String>,
+    decompressors: Vec<String>,
+    found: Option<String>,
+    /// The cached file's hash when it was there but not usable.
+    cached: Option<String>,
+    /// Partial uploads: extension and size.
+    partial: Vec<(String, u64)>,
+}
+
+impl Probe {
+    fn parse(text: &str) -> Probe {
+        let mut p = Probe::default();
+        for line in text.lines() {
+            let (key, rest) = line.split_once(' ').unwrap_or((line, ""));
+            match key {
+                "uid" => p.uid = rest.trim().parse().ok(),
+                "home" => p.home = Some(rest.to_owned()),
+                "arch" => p.arch = rest.trim().to_owned(),
+                "sudo" => p.sudo = Some(rest.trim().to_owned()),
+                "decompress" => p.decompressors.push(rest.trim().to_owned()),
+                "found" => p.found = Some(rest.to_owned()),
+                "cached" => p.cached = Some(rest.trim().to_owned()),
+                "partial" => {
+                    if let Some((ext, n)) = rest.split_once(' ') {
+                        if let Ok(n) = n.trim().parse() {
+                            p.partial.push((ext.to_owned(), n));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// One upload at a time per host and user in this process (several machines of a deployment
+/// may be one host): the second finds the first's result.
+fn upload_lock(key: String) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let locks = LOCKS.get_or_init(Default::default);
+    locks.lock().unwrap_or_else(|p| p.into_inner()).entry(key).or_default().clone()
+}
+
 impl SshTransport {
+    /// The program to upload (`None` for [`AgentSource::HostPath`]).
+    fn local_agent(&self) -> Result<Option<Arc<LocalAgent>>, TransportError> {
+        let path = match &self.agent {
+            AgentSource::HostPath => return Ok(None),
+            AgentSource::File(p) => p.clone(),
+            AgentSource::ThisExecutable => std::env::current_exe().map_err(|e| {
+                other(format!("cannot find the running executable to upload it: {e}"))
+            })?,
+        };
+        LocalAgent::load(&path)
+            .map(Some)
+            .map_err(|e| other(format!("cannot read the agent program {}: {e}", path.display())))
+    }
+
+    /// The agent program for sessions: found, or uploaded (without progress) on first use.
     pub(super) async fn agent_program(
         &self,
         session: &SshSession,
@@ -33,45 +224,62 @@ impl SshTransport {
         if let Some(p) = self.program.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(p);
         }
-        let version = env!("CARGO_PKG_VERSION");
-        // $2 = 1: the agent is to run under `sudo -n` if the user is not root; check it can.
-        let script = r#"v="$1"
-uid=$(id -u)
-echo "uid $uid"
-echo "home $HOME"
-if [ "$2" = 1 ] && [ "$uid" != 0 ]; then
-  if ! command -v sudo >/dev/null 2>&1; then echo "sudo missing"
-  elif out=$(sudo -n true 2>&1 </dev/null); then echo "sudo ok"
-  else echo "sudo refused $(printf '%s' "$out" | tr '\n' ' ')"; fi
-fi
-for f in "$(command -v ferry 2>/dev/null)" "$HOME/.cache/ferry/ferry-$v"; do
-  if [ -n "$f" ] && [ -x "$f" ] && [ "$("$f" --version 2>/dev/null)" = "ferry $v" ]; then
-    echo "found $f"; exit 0
-  fi
-done
-echo "arch $(uname -m)""#;
+        self.ensure_agent(session, false, &crate::push::NoProgress).await?;
+        let program = self.program.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        program.ok_or_else(|| other("the agent program is not known after the bootstrap"))
+    }
+
+    /// Find the host's agent or upload it (module doc), reporting the upload to `progress`;
+    /// with `dry_run`, only find out (nothing changes on the host). The SSH session is opened
+    /// here when it is not yet.
+    pub fn prepare_agent(
+        &self,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<AgentReady, TransportError> {
+        self.runtime().block_on(async {
+            let session = self.session().await?;
+            self.ensure_agent(&session, dry_run, progress).await
+        })
+    }
+
+    async fn ensure_agent(
+        &self,
+        session: &SshSession,
+        dry_run: bool,
+        progress: &dyn Progress,
+    ) -> Result<AgentReady, TransportError> {
+        if let Some(p) = self.program.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(AgentReady::Present(p.path));
+        }
+        let local = self.local_agent()?;
+        let target = self.config.target();
+        let lock = upload_lock(format!("{}@{target}", self.config.user));
+        let _one_at_a_time = lock.lock().await;
         let wants_sudo = if self.store.wants_sudo() { "1" } else { "0" };
-        let out =
-            session.run(&["sh", "-c", script, "sh", version, wants_sudo]).await.map_err(other)?;
+        let (name, sha) = local.as_ref().map_or(("", ""), |l| (&l.name, &l.sha256));
+        let mode = if local.is_none() { "path" } else { "upload" };
+        let script = format!("{SH_FUNCTIONS}{PROBE}");
+        let out = session
+            .run(&["sh", "-c", &script, "sh", wants_sudo, name, sha, mode])
+            .await
+            .map_err(other)?;
         let text = String::from_utf8_lossy(&out);
-        let field = |name: &str| {
-            text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        };
-        let uid: u32 = field("uid").and_then(|u| u.trim().parse().ok()).ok_or_else(|| {
+        let probe = Probe::parse(&text);
+        let uid = probe.uid.ok_or_else(|| {
             other(format!(
-                "{}: the host's probe did not report the user's uid: {:?}",
-                self.config.target(),
+                "{target}: the host's probe did not report the user's uid: {:?}",
                 text.trim()
             ))
         })?;
         let sudo = self.store.use_sudo(uid);
         if sudo {
             let refused = |detail: String| TransportError::SudoRefused {
-                host: self.config.target(),
+                host: target.clone(),
                 user: self.config.user.clone(),
                 detail,
             };
-            match field("sudo").map(str::trim) {
+            match probe.sudo.as_deref() {
                 Some("ok") => {}
                 Some("missing") => return Err(refused("sudo is not installed".to_owned())),
                 Some(r) => {
@@ -81,30 +289,164 @@ echo "arch $(uname -m)""#;
                 None => return Err(refused("the probe did not report on sudo".to_owned())),
             }
         }
-        let program = if let Some(found) = field("found") {
-            AgentProgram { path: found.to_owned(), sudo, uploaded: false }
-        } else {
-            let arch = field("arch").unwrap_or("unknown");
-            if arch != local_arch() {
-                return Err(TransportError::Other(format!(
-                    "{}: the host has no ferry {version} and is {arch}, while this ferry is \
-                     built for {}; install ferry {version} on the host",
-                    self.config.target(),
-                    local_arch()
+        let remember = |path: String, uploaded: bool| {
+            *self.program.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(AgentProgram { path, sudo, uploaded });
+        };
+        if let Some(found) = probe.found.clone() {
+            remember(found.clone(), false);
+            return Ok(AgentReady::Present(found));
+        }
+        let Some(local) = local else {
+            return Err(other(format!(
+                "{target}: the machine says `agent = \"PATH\"`, but the host has no `ferry` on \
+                 its PATH; install ferry {} there, or remove `agent` to have it uploaded",
+                env!("CARGO_PKG_VERSION")
+            )));
+        };
+        self.check_arch(&local, &probe.arch)?;
+        if dry_run {
+            return Ok(AgentReady::WouldUpload { bytes: local.bytes.len() as u64 });
+        }
+        let home =
+            probe.home.as_deref().filter(|h| h.starts_with('/')).ok_or_else(|| {
+                other(format!("{target}: the remote $HOME is not an absolute path"))
+            })?;
+        // A cached file that is not this agent (`probe.cached`: its hash) is replaced.
+        let (path, sent) = self.upload_agent(session, &local, &probe, home, progress).await?;
+        remember(path.clone(), true);
+        Ok(AgentReady::Uploaded { path, sent })
+    }
+
+    /// The host's architecture must be the program's.
+    fn check_arch(&self, local: &LocalAgent, host_arch: &str) -> Result<(), TransportError> {
+        let ours = match &self.agent {
+            AgentSource::File(_) => match local.elf_arch() {
+                Some(a) => a,
+                None => return Ok(()),
+            },
+            _ => local_arch(),
+        };
+        if host_arch == ours || (ours == "armv7l" && host_arch.starts_with("armv")) {
+            return Ok(());
+        }
+        let target = self.config.target();
+        let what = match &self.agent {
+            AgentSource::File(p) => format!("the agent {} is built for {ours}", p.display()),
+            _ => format!("this ferry is built for {ours}"),
+        };
+        Err(TransportError::Other(format!(
+            "{target}: the host is {host_arch} (uname -m) and {what}: build ferry for \
+             {host_arch} (e.g. `cargo build --release --target {host_arch}-unknown-linux-gnu`) \
+             and name it in the machine's [machine.configuration] as `agent = \"PATH/TO/ferry\"` \
+             (or install ferry {} on the host's PATH and set `agent = \"PATH\"`)",
+            env!("CARGO_PKG_VERSION")
+        )))
+    }
+
+    /// Upload `local` compressed with the best codec the host has, resuming a partial upload;
+    /// the agent's path on the host and the compressed bytes sent.
+    async fn upload_agent(
+        &self,
+        session: &SshSession,
+        local: &LocalAgent,
+        probe: &Probe,
+        home: &str,
+        progress: &dyn Progress,
+    ) -> Result<(String, u64), TransportError> {
+        let target = self.config.target();
+        let codec = Codec::ALL
+            .into_iter()
+            .find(|c| probe.decompressors.iter().any(|d| d == c.program()))
+            .ok_or_else(|| {
+                other(format!(
+                    "{target}: the host has neither zstd nor gzip to decompress the agent with"
+                ))
+            })?;
+        let data = local
+            .compressed(codec)
+            .map_err(|e| other(format!("compressing the agent with {}: {e}", codec.program())))?;
+        let total = data.len() as u64;
+        let mut offset = probe
+            .partial
+            .iter()
+            .find(|(ext, _)| ext == codec.ext())
+            .map_or(0, |(_, n)| *n)
+            .min(total);
+        let dir = format!("{home}/{AGENT_DIR}");
+        let stop_after: Option<u64> =
+            std::env::var(UPLOAD_STOP_ENV).ok().and_then(|v| v.trim().parse().ok());
+        let host = self.describe_host();
+        loop {
+            let args = [
+                "sh".to_owned(),
+                "-c".to_owned(),
+                format!("{SH_FUNCTIONS}{UPLOAD}"),
+                "sh".to_owned(),
+                dir.clone(),
+                local.name.clone(),
+                codec.ext().to_owned(),
+                offset.to_string(),
+                total.to_string(),
+                local.sha256.clone(),
+                codec.program().to_owned(),
+            ];
+            let (mut stdin, _stdout, exit) = session.exec(&args).await.map_err(other)?.split();
+            let mut sent = offset;
+            progress
+                .event(&host, &ProgressEvent::AgentUpload { sent, total, codec: codec.program() });
+            let mut stopped = false;
+            let written: std::io::Result<()> = async {
+                for chunk in data[offset as usize..].chunks(256 << 10) {
+                    let chunk = match stop_after {
+                        Some(stop) if sent - offset + chunk.len() as u64 >= stop => {
+                            stopped = true;
+                            &chunk[..(stop - (sent - offset)) as usize]
+                        }
+                        _ => chunk,
+                    };
+                    stdin.write_all(chunk).await?;
+                    sent += chunk.len() as u64;
+                    progress.event(
+                        &host,
+                        &ProgressEvent::AgentUpload { sent, total, codec: codec.program() },
+                    );
+                    if stopped {
+                        break;
+                    }
+                }
+                stdin.shutdown().await
+            }
+            .await;
+            let (status, stderr) = exit.wait_with_stderr().await.map_err(other)?;
+            let failed = |why: String| {
+                other(format!("{target}: uploading the agent to {dir}/{}: {why}", local.name))
+            };
+            if stopped {
+                return Err(failed(format!(
+                    "stopped after {} bytes ({UPLOAD_STOP_ENV})",
+                    sent - offset
                 )));
             }
-            let home = field("home").filter(|h| h.starts_with('/')).ok_or_else(|| {
-                other(format!("{}: the remote $HOME is not an absolute path", self.config.target()))
-            })?;
-            let local = self.local_executable.clone().ok_or_else(|| {
-                other("cannot find the running executable to upload it to the host")
-            })?;
-            let remote = format!("{home}/.cache/ferry/ferry-{version}");
-            session.upload(&local, &remote, 0o755).await.map_err(other)?;
-            AgentProgram { path: remote, sudo, uploaded: true }
-        };
-        *self.program.lock().unwrap_or_else(|p| p.into_inner()) = Some(program.clone());
-        Ok(program)
+            match status.code {
+                Some(0) => return Ok((format!("{dir}/{}", local.name), sent - offset)),
+                // The partial file was not what the probe saw, or did not decompress to this
+                // agent: start over, once.
+                Some(12 | 15 | 16) if offset > 0 => offset = 0,
+                _ => {
+                    let why = match written {
+                        Err(e) => format!("{e}; {status}"),
+                        Ok(()) => status.to_string(),
+                    };
+                    let said = stderr.trim();
+                    return Err(failed(if said.is_empty() {
+                        why
+                    } else {
+                        format!("{said} ({why})")
+                    }));
+                }
+            }
+        }
     }
 
     /// `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] ARGS...`.
@@ -125,5 +467,10 @@ echo "arch $(uname -m)""#;
         }
         argv.extend(args.iter().cloned());
         argv
+    }
+
+    /// The host as progress events name it (the transport's description).
+    fn describe_host(&self) -> String {
+        crate::transport::Transport::describe(self)
     }
 }

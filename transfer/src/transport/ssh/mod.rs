@@ -7,7 +7,8 @@
 //! | `client` | [`SshSession`]: connect, authenticate, exec, upload (SFTP or `cat`), keepalive |
 //! | `config` | `~/.ssh/config` as OpenSSH reads it (`Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`…) |
 //! | `known_hosts` | host-key checking: the pinned key or `known_hosts` (hashed, patterns, `@revoked`); pinned-key lines as `ssh-keyscan` prints them |
-//! | `bootstrap` | finding the host's `ferry` of this version, or uploading this one; the `sudo -n` probe |
+//! | `agent_file` | the agent program on this side: named by its SHA-256, compressed once per process |
+//! | `bootstrap` | the one probe (agent found and verified, decompressors, `sudo -n`), the compressed, resumed, verified upload |
 //! | `transport` | [`SshTransport`]: the agent (or any `ferry` command) over an exec channel |
 //!
 //! This module holds what they share: the settings of a host ([`SshConfig`], built from a URI or
@@ -44,13 +45,14 @@
 //! expecting progress on another channel of the same session stalls both. Stderr is always
 //! drained (the last [`STDERR_CAP`] bytes are kept).
 
+mod agent_file;
 mod bootstrap;
 mod client;
 pub mod config;
 mod known_hosts;
 mod transport;
 
-pub use bootstrap::local_arch;
+pub use bootstrap::{local_arch, AgentReady, AgentSource, AGENT_DIR, UPLOAD_STOP_ENV};
 pub use client::{RemoteExit, RemoteProcess, RemoteStdin, RemoteStdout, SshSession, UploadMethod};
 pub use known_hosts::{parse_host_key, HostKeyLine, HostKeyLineError};
 pub use transport::{RemoteRun, SshTransport};

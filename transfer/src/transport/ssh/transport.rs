@@ -2,18 +2,17 @@
 //! agent bootstrap.
 //!
 //! One SSH session per host is opened on first use and reused for every channel (the probe, the
-//! upload, each agent session). Before the first agent starts, one probe command reports the
-//! remote uid and `$HOME`, and which `ferry` of **this** version the host has: `ferry` on `PATH`,
-//! or `~/.cache/ferry/ferry-<version>`, each checked with `--version`. When there is none, the
-//! host's architecture (`uname -m`) must equal this build's; then the running executable is
-//! uploaded (SFTP, or `cat` over exec without SFTP) to `~/.cache/ferry/ferry-<version>` and run
-//! from there. Nothing needs to be installed on a host but sshd.
+//! upload, each agent session). Before the first agent starts, the bootstrap (see
+//! `bootstrap`) finds the agent program on the host, checked by the host's SHA-256 program, or
+//! uploads it compressed to `~/.cache/ferry/agent/ferry-<version>-<sha256>` (resumed when an
+//! earlier upload was cut); [`SshTransport::prepare_agent`] does it with progress, or only
+//! finds out for a dry run. Nothing needs to be installed on a host but sshd.
 //!
 //! The agent runs as `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] serve`;
 //! `sudo -n` is added when the remote user is not root and the target is the host's own store
 //! (no `root=` parameter), since only root may write it, or when `sudo=1` asks for it
 //! ([`StoreParams::use_sudo`]). The agent program stays the login user's (found on `PATH` or
-//! uploaded to its `~/.cache/ferry`); only the agent runs as root. When sudo will be used, the
+//! uploaded to its `~/.cache/ferry/agent`); only the agent runs as root. When sudo will be used, the
 //! same probe runs `sudo -n true` and reports `sudo ok`, `sudo missing` or `sudo refused MSG`,
 //! so a host where the user may not use sudo without a password fails at once with
 //! [`TransportError::SudoRefused`] instead of an agent that never answers.
@@ -23,13 +22,12 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use super::bootstrap::AgentProgram;
+use super::bootstrap::{AgentProgram, AgentSource};
 use super::{RemoteExit, RemoteStatus, RemoteStdin, RemoteStdout, SshConfig, SshSession};
 use crate::transport::{AgentHandle, Connection, Transport, TransportError};
 use proto::uri::StoreParams;
@@ -41,8 +39,8 @@ pub struct SshTransport {
     runtime: Arc<Runtime>,
     session: tokio::sync::Mutex<Option<Arc<SshSession>>>,
     pub(super) program: Mutex<Option<AgentProgram>>,
-    /// The executable uploaded when the host has no ferry of this version.
-    pub local_executable: Option<PathBuf>,
+    /// Which program runs as the agent (this executable by default).
+    pub agent: AgentSource,
 }
 
 impl fmt::Debug for SshTransport {
@@ -72,7 +70,7 @@ impl SshTransport {
             runtime: Arc::new(runtime),
             session: tokio::sync::Mutex::new(None),
             program: Mutex::new(None),
-            local_executable: std::env::current_exe().ok(),
+            agent: AgentSource::default(),
         })
     }
 
@@ -113,6 +111,33 @@ impl SshTransport {
     ) -> Result<RemoteRun, TransportError> {
         let session = self.runtime.block_on(self.session())?;
         self.run_ferry_on(&session, args, stdin, line)
+    }
+
+    /// Run `sh -c SCRIPT sh ARGS...` on the host as the login user with `stdin`, on this
+    /// transport's session (no agent involved: the sh-only probes of a dry run); its stdout,
+    /// or an error with its stderr when it fails.
+    pub fn run_sh(
+        &self,
+        script: &str,
+        args: &[String],
+        stdin: &[u8],
+    ) -> Result<String, TransportError> {
+        self.runtime.block_on(async {
+            let session = self.session().await?;
+            let mut argv = vec!["sh", "-c", script, "sh"];
+            argv.extend(args.iter().map(String::as_str));
+            let (mut input, mut output, exit) = session.exec(&argv).await.map_err(other)?.split();
+            let _ = async {
+                input.write_all(stdin).await?;
+                input.shutdown().await
+            }
+            .await;
+            let mut out = Vec::new();
+            let read = output.read_to_end(&mut out).await;
+            exit.wait_checked().await.map_err(other)?;
+            read.map_err(|e| other(format!("{}: reading output: {e}", self.describe())))?;
+            Ok(String::from_utf8_lossy(&out).into_owned())
+        })
     }
 
     /// [`SshTransport::run_ferry`] over a new SSH connection of its own, closed afterwards: for
@@ -185,6 +210,10 @@ impl Transport for SshTransport {
 
     fn connect(&self) -> Result<Connection, TransportError> {
         self.connect_ferry(&["serve".to_owned()])
+    }
+
+    fn prepare(&self, progress: &dyn crate::push::Progress) -> Result<(), TransportError> {
+        self.prepare_agent(false, progress).map(drop)
     }
 }
 
