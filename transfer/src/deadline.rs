@@ -132,12 +132,14 @@ impl Watch {
         st.expired.as_ref().map(|m| io::Error::new(io::ErrorKind::TimedOut, m.clone()))
     }
 
-    /// Stop watching (the session is over).
-    pub fn close(&self) {
-        if let Some(s) = &self.0 {
-            lock(&s.state).closed = true;
-            s.changed.notify_all();
-        }
+    /// Stop watching (the session is over). Returns whether it had expired (the caller then
+    /// stops the peer itself before waiting for it: the hook may not have run yet).
+    pub fn close(&self) -> bool {
+        let Some(s) = &self.0 else { return false };
+        let mut st = lock(&s.state);
+        st.closed = true;
+        s.changed.notify_all();
+        st.expired.is_some()
     }
 }
 
@@ -223,9 +225,12 @@ impl Read for DeadlineReader {
                     self.current = chunk;
                     self.pos = 0;
                 }
-                Ok(Err(e)) => return Err(e),
+                // The expiry hook may have closed the connection: the deadline is the cause.
+                Ok(Err(e)) => return Err(self.watch.expired().unwrap_or(e)),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return Ok(0),
+                Err(RecvTimeoutError::Disconnected) => {
+                    return self.watch.expired().map_or(Ok(0), Err);
+                }
             }
         }
         let n = out.len().min(self.current.len() - self.pos);

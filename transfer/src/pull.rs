@@ -153,8 +153,11 @@ pub fn pull_closure(
         Err(other) => other.to_string(),
     };
     if let Err(e) = handshake {
-        watch.close();
+        let expired = watch.close();
         let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+        if expired {
+            agent.kill();
+        }
         drop(frames);
         drop(out);
         let stderr = stderr_of(&mut agent);
@@ -168,8 +171,11 @@ pub fn pull_closure(
     // The agent sends nothing between `Welcome` and its `Hello`, which comes after our
     // `SendClosure`: nothing is buffered, and the stream goes to the local agent as it is.
     if frames.decoder_mut().buffered() != 0 {
-        watch.close();
+        let expired = watch.close();
         let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+        if expired {
+            agent.kill();
+        }
         drop(frames);
         drop(out);
         let stderr = stderr_of(&mut agent);
@@ -180,8 +186,11 @@ pub fn pull_closure(
     let layout = local.layout.clone();
     let role = Role::Puller { roots: roots.to_vec(), watch: watch.clone() };
     let served = crate::agent::serve_as(local, reader, out.into_inner(), role);
-    watch.close();
+    let expired = watch.close();
     let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    if expired {
+        agent.kill();
+    }
     match served {
         Ok(serve) => {
             agent.wait()?;

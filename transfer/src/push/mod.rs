@@ -302,8 +302,11 @@ pub fn push_closure(
         started,
         &watch,
     );
-    watch.close();
+    let expired = watch.close();
     let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    if expired {
+        agent.kill();
+    }
     match result {
         Ok(mut summary) => {
             drop(frames);

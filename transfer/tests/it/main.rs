@@ -8,6 +8,7 @@ mod agent;
 mod cache;
 mod delta;
 mod delta_protocol;
+mod lying_peer;
 mod nix_fixture;
 mod nix_serve;
 #[cfg(feature = "bench")]
