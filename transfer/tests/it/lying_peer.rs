@@ -183,7 +183,7 @@ fn a_pull_fails_unless_the_requested_roots_arrive() {
     let nothing = liar("empty-host", lying_host(None, None));
     let err = transfer::pull::pull_closure(
         &nothing,
-        &[big.path.clone()],
+        std::slice::from_ref(&big.path),
         AgentOptions::new(dest.clone()),
     )
     .map(|s| s.serve)
