@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use ferry_tests::nix;
 use ferry_tests::sshd::Sshd;
 
 /// One measured `nix copy`.
@@ -108,10 +109,10 @@ pub fn nix_copy_over_ssh(sshd: &Sshd, work: &Path, trees: &[&Path]) -> Result<Ni
             std::fs::remove_dir_all(d)?;
         }
     }
-    let mut add = Command::new("nix-store");
-    add.env("NIX_CONFIG", "substituters =\n").arg("--store").arg(&src).arg("--add").args(trees);
+    let mut add = nix::command("nix-store");
+    add.arg("--store").arg(&src).arg("--add").args(trees);
     let paths: Vec<String> = run(&mut add)?.lines().map(str::to_owned).collect();
-    let mut size = Command::new("nix-store");
+    let mut size = nix::command("nix-store");
     size.arg("--store").arg(&src).args(["--query", "--size"]).args(&paths);
     let nar_bytes = run(&mut size)?.lines().map(|l| l.trim().parse::<u64>().unwrap_or(0)).sum();
     let relay = Relay::start(sshd.port())?;
@@ -122,10 +123,9 @@ pub fn nix_copy_over_ssh(sshd: &Sshd, work: &Path, trees: &[&Path]) -> Result<Ni
         sshd.port()
     );
     let t = Instant::now();
-    run(Command::new("nix")
+    run(nix::command("nix")
         .env("NIX_SSHOPTS", opts)
-        .env("NIX_CONFIG", "substituters =\n")
-        .args(["--extra-experimental-features", "nix-command", "copy", "--store"])
+        .args(["copy", "--store"])
         .arg(&src)
         .arg("--to")
         .arg(format!("ssh://peer?remote-store={}", dst.display()))

@@ -18,11 +18,15 @@ use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, PushOptions};
 
 use crate::deployment::{HealthCheck, Machine};
+use crate::error::{error_chain, DeployError};
 use crate::link::{HostSession, Link};
-use crate::orchestrate::{error_chain, Ctx, DeployError, HostReport, NEVER_CONFIRM_ENV};
-use crate::plan::{HostPlan, Planned};
+use crate::plan::{Ctx, HostPlan, HostReport, Planned};
 use crate::probes::coordinator_probes;
 use crate::progress::{CopyProgress, Phase};
+
+/// Test hook, read by the front end into [`crate::orchestrate::Options::never_confirm`]: the coordinator never
+/// confirms an activation (the host must roll back).
+pub const NEVER_CONFIRM_ENV: &str = "FERRY_TEST_NEVER_CONFIRM";
 
 /// What a real run adds to planning: the key, the shared encodings, the test hook.
 pub(crate) struct Apply<'a> {

@@ -18,6 +18,7 @@
 //! |---|---|
 //! | [`deployment`] | the deployment file: machines, operating systems, environments, validation at line and column |
 //! | [`system`] | the system builder: one store item per operating-system declaration |
+//! | [`error`] | [`error::DeployError`]: why a machine's pipeline failed, naming the step |
 //! | [`orchestrate`] | a run over the selected machines, in parallel: deploy, dry run, roll back, `-x`, generations; per-machine results and errors |
 //! | [`plan`] | one machine's plan: the host's facts, the checks, the paths to copy and their bytes |
 //! | `apply` (private) | executing a plan: the copy, activation, the confirmation over a new connection |
@@ -33,6 +34,7 @@ pub mod activation;
 mod apply;
 pub mod checks;
 pub mod deployment;
+pub mod error;
 pub mod generations;
 pub mod host;
 pub mod link;

@@ -20,20 +20,17 @@ use std::time::{Duration, Instant};
 
 use proto::session::{GenerationInfo, HostLine};
 use signing::guix::SigningKey;
-use store::{Store, StoreError, StoreLayout};
+use store::{Store, StoreLayout};
 use transfer::push::frame_cache::FrameCache;
-use transfer::push::PushError;
 
+pub use crate::apply::NEVER_CONFIRM_ENV;
 use crate::apply::{apply, Apply};
 use crate::deployment::{Deployment, Machine};
-use crate::link::{Link, LinkError};
-use crate::plan::{plan_host, HostPlan, Planned};
+use crate::error::DeployError;
+use crate::link::Link;
+use crate::plan::{plan_host, Ctx, HostPlan, HostReport, Planned};
 use crate::progress::{DeployProgress, Phase};
-use crate::system::{self, BuiltSystem, Provenance, SystemError};
-
-/// Test hook, read by the front end into [`Options::never_confirm`]: the coordinator never
-/// confirms an activation (the host must roll back).
-pub const NEVER_CONFIRM_ENV: &str = "FERRY_TEST_NEVER_CONFIRM";
+use crate::system::{self, BuiltSystem, Provenance};
 
 /// How a run goes.
 #[derive(Debug, Clone)]
@@ -50,86 +47,6 @@ impl Default for Options {
     fn default() -> Self {
         Options { jobs: 8, fail_fast: false, never_confirm: false }
     }
-}
-
-/// Why a machine's pipeline (or the whole run) failed; the text names the step.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum DeployError {
-    #[error("cannot open the local store")]
-    LocalStore(#[source] Box<StoreError>),
-    #[error("build: building the system of {machine}")]
-    Build { machine: String, source: SystemError },
-    #[error("build: the build stopped before this machine's system")]
-    BuildStopped,
-    #[error("closure of the system in the local store")]
-    Closure(#[source] Box<StoreError>),
-    #[error("connect")]
-    Connect(#[source] LinkError),
-    #[error("connect and facts")]
-    Facts(#[source] LinkError),
-    #[error("system type check: {0}")]
-    SystemType(String),
-    #[error("safety checks failed: {} (set `safety-checks = false` to skip them)", .0.join("; "))]
-    Safety(Vec<String>),
-    #[error("downgrade check: {0}")]
-    Downgrade(String),
-    /// Ending a dry run's session.
-    #[error("facts")]
-    EndSession(#[source] LinkError),
-    #[error("copy")]
-    CopySession(#[source] LinkError),
-    #[error("copy")]
-    Push(#[source] Box<PushError>),
-    #[error(
-        "copy: the host refused {} path(s): {}{}",
-        list.len(),
-        list.join("; "),
-        if *authorize { "" } else {
-            " (set `authorize = true` to add this machine's signing key to its ACL)"
-        }
-    )]
-    Refused { list: Vec<String>, authorize: bool },
-    /// Activation broke off; the text says what state the host is left in.
-    #[error("activate: {0}")]
-    Activate(String),
-    #[error("roll back")]
-    RollBack(#[source] LinkError),
-    #[error("roll back: {0}")]
-    RollBackEnded(String),
-    #[error(transparent)]
-    Link(#[from] LinkError),
-    #[error("skipped: an earlier machine failed (--fail-fast)")]
-    Skipped,
-}
-
-/// `error` and its sources, `: `-separated (as the front end prints errors).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
-}
-
-/// One machine's result for the table.
-#[derive(Debug, Clone, Default)]
-pub struct HostReport {
-    pub success: bool,
-    /// The generation the host is on at the end.
-    pub generation: Option<u64>,
-    /// Paths sent.
-    pub paths: usize,
-    /// Of those, paths whose compressed stream another machine's copy made (compress once).
-    pub shared: usize,
-    /// NAR bytes sent.
-    pub bytes: u64,
-    pub detail: String,
-    /// Time spent in each step.
-    pub steps: Vec<(&'static str, Duration)>,
 }
 
 /// What a run got from one machine, and how long its pipeline took.
@@ -180,13 +97,6 @@ fn for_each_machine<T: Send>(
         .into_iter()
         .map(|s| s.into_inner().unwrap_or_else(|p| p.into_inner()).expect("every machine ran"))
         .collect()
-}
-
-/// What every machine's pipeline shares.
-pub(crate) struct Ctx<'a> {
-    pub layout: &'a StoreLayout,
-    pub deployment: &'a Deployment,
-    pub progress: &'a dyn DeployProgress,
 }
 
 /// Build every machine's system (one thread, machine order) while each machine's pipeline
@@ -423,6 +333,8 @@ impl Drop for CloseOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::error_chain;
+    use crate::link::LinkError;
 
     #[test]
     fn errors_name_the_step_and_chain_their_causes() {

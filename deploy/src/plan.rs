@@ -17,11 +17,38 @@ use proto::session::{DeviceSpec, Facts, FactsRequest};
 use store::Store;
 
 use crate::checks::{self, Device, Verdict};
+use crate::deployment::Deployment;
 use crate::deployment::Machine;
+use crate::error::DeployError;
 use crate::link::{HostSession, Link};
-use crate::orchestrate::{Ctx, DeployError, HostReport};
+use crate::progress::DeployProgress;
 use crate::progress::Phase;
 use crate::system::{BuiltSystem, Provenance};
+use store::StoreLayout;
+
+/// What every machine's pipeline shares.
+pub(crate) struct Ctx<'a> {
+    pub layout: &'a StoreLayout,
+    pub deployment: &'a Deployment,
+    pub progress: &'a dyn DeployProgress,
+}
+
+/// One machine's result for the table.
+#[derive(Debug, Clone, Default)]
+pub struct HostReport {
+    pub success: bool,
+    /// The generation the host is on at the end.
+    pub generation: Option<u64>,
+    /// Paths sent.
+    pub paths: usize,
+    /// Of those, paths whose compressed stream another machine's copy made (compress once).
+    pub shared: usize,
+    /// NAR bytes sent.
+    pub bytes: u64,
+    pub detail: String,
+    /// Time spent in each step.
+    pub steps: Vec<(&'static str, Duration)>,
+}
 
 /// A path the host lacks.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use transfer::push::{Progress, ProgressEvent};
 
-use crate::orchestrate::DeployError;
+use crate::error::DeployError;
 
 /// A step of one machine's pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

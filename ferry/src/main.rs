@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod commands;
+mod output;
 mod settings;
 
 #[derive(Debug, Parser)]
@@ -60,15 +61,16 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let printer = output::Printer::detect();
     let result = match cli.command {
         Command::Nar(command) => commands::nar::run(&cli.global, command),
         Command::Store(command) => commands::store::run(&cli.global, command),
         Command::Gc(args) => commands::gc::run(&cli.global, args),
         Command::Archive(args) => commands::archive::run(&cli.global, args),
-        Command::Copy(args) => commands::copy::run(&cli.global, args),
+        Command::Copy(args) => commands::copy::run(&cli.global, printer, args),
         Command::Bench(args) => commands::bench::run(&cli.global, args),
         Command::Serve(args) => commands::serve::run(&cli.global, args),
-        Command::Deploy(args) => commands::deploy::run(&cli.global, args),
+        Command::Deploy(args) => commands::deploy::run(&cli.global, printer, args),
         Command::Host(command) => commands::host::run(&cli.global, command),
     };
     match result {

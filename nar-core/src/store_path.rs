@@ -169,6 +169,14 @@ impl StorePath {
             }
             return Err(StorePathError::TooShort(base.to_owned()));
         }
+        // A peer's bytes may put a multi-byte character across the end of the hash part.
+        if !base.is_char_boundary(HASH_PART_LEN) {
+            let cut = (0..=HASH_PART_LEN).rev().find(|&i| base.is_char_boundary(i)).unwrap_or(0);
+            return Err(StorePathError::BadHashPart {
+                path: base.to_owned(),
+                hash_part: base[..cut].to_owned(),
+            });
+        }
         let (hash_part, rest) = base.split_at(HASH_PART_LEN);
         let digest = parse_hash_part(hash_part).ok_or_else(|| StorePathError::BadHashPart {
             path: base.to_owned(),
@@ -393,5 +401,15 @@ mod tests {
         assert!(StoreDir::new("relative").is_err());
         assert!(StoreDir::new("/gnu/store/").is_err());
         assert!(StoreDir::new("/gnu/../store").is_err());
+    }
+
+    #[test]
+    fn multibyte_character_across_the_hash_part_is_an_error() {
+        // Byte 32 falls inside "é" (found by the frame_decoder fuzz target).
+        let base = format!("{}é-name", "a".repeat(31));
+        assert!(matches!(
+            StorePath::from_base_name(&base),
+            Err(StorePathError::BadHashPart { .. })
+        ));
     }
 }

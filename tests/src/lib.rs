@@ -1,5 +1,7 @@
-//! Shared harness of the integration tests: running real peer tools (Debian's Nix today; the
-//! loopback `sshd` fleet and libgcrypt later) with clear failures when one is missing.
+//! Shared harness of the integration tests and benches: running real peer tools with clear
+//! failures when one is missing; Debian's Nix, hermetic ([`nix`]); the loopback OpenSSH server
+//! ([`sshd`]); the `ferry` binary with a clean environment; sample trees and pseudo-random data;
+//! `git` with a fixed identity.
 //!
 //! A missing tool is a test failure that says which package to install, never a silent skip:
 //! `.ci/run` installs every package the tests need.
@@ -8,15 +10,24 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+pub mod nix;
 pub mod sshd;
 
-/// Run a tool and return its output; panics with the command line, exit status and stderr on
+/// A `Command` for the peer tool `program`: a Nix tool through [`nix::command`] (hermetic),
+/// any other as is.
+pub fn tool(program: &str) -> Command {
+    if package_of(program) == "nix-bin" {
+        nix::command(program)
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Run a tool (through [`tool`]) and return its output; panics with the command line, exit status and stderr on
 /// failure, or with the package to install when the tool is missing.
 pub fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(program);
+    let mut command = tool(program);
     command.args(args).stdin(Stdio::null());
-    // Never reach for a binary cache: this machine has no network.
-    command.env("NIX_CONFIG", "substituters =\n");
     for (k, v) in env {
         command.env(k, v);
     }
@@ -50,16 +61,6 @@ pub fn package_of(program: &str) -> &'static str {
     }
 }
 
-/// `nix-store --dump PATH`.
-pub fn nix_dump(path: &Path) -> Vec<u8> {
-    run("nix-store", &["--dump", path.to_str().expect("UTF-8 path")], &[]).stdout
-}
-
-/// `nix-hash --type sha256 --base32 PATH`.
-pub fn nix_hash(path: &Path) -> String {
-    run_text("nix-hash", &["--type", "sha256", "--base32", path.to_str().expect("UTF-8 path")], &[])
-}
-
 /// Writes a small sample tree into `dir`: a text file, an executable script under `sub/` and a
 /// relative symlink to the text file.
 pub fn write_sample_tree(dir: &Path) {
@@ -72,40 +73,16 @@ pub fn write_sample_tree(dir: &Path) {
     std::os::unix::fs::symlink("../a.txt", dir.join("sub/link")).expect("symlink sub/link");
 }
 
-/// Adds `tree` to the Nix chroot store at `store` (`nix-store --add`) and has Nix itself make a
-/// text file (`builtins.toFile`) that refers to it under the name `name`. Returns the two store
-/// paths: (the tree, the text file); the text file's only reference is the tree.
-pub fn nix_tree_and_referrer(store: &Path, tree: &Path, name: &str) -> (String, String) {
-    let store_arg = store.to_str().expect("UTF-8 path");
-    let added = run_text(
-        "nix-store",
-        &["--store", store_arg, "--add", tree.to_str().expect("UTF-8 path")],
-        &[],
-    );
-    let expr = format!(
-        "builtins.toFile \"ref\" \"see ${{builtins.path {{ path = {}; name = \"{name}\"; }}}}\"",
-        tree.display()
-    );
-    let text = run_text(
-        "nix-instantiate",
-        &["--store", store_arg, "--read-write-mode", "--eval", "-E", &expr],
-        &[],
-    )
-    .trim_matches('"')
-    .to_owned();
-    let references =
-        run_text("nix-store", &["--store", store_arg, "-q", "--references", &text], &[]);
-    assert_eq!(references, added, "the text file made by Nix must refer to the tree");
-    (added, text)
-}
-
 /// A command for the `ferry` binary at `program` (a test's `env!("CARGO_BIN_EXE_ferry")`) with
-/// `FERRY_ROOT`, `FERRY_STORE_DIR`, `FERRY_STATE_DIR` and `FERRY_STORE` removed from its
-/// environment, so that only the test's own options choose the store.
+/// every `FERRY_*` variable (`FERRY_ROOT`, `FERRY_STORE_DIR`, `FERRY_STATE_DIR`, the test hooks)
+/// removed from its environment, so that only the test's own options and variables choose the
+/// store and what ferry does.
 pub fn ferry_command(program: &str) -> Command {
     let mut c = Command::new(program);
-    for var in ["FERRY_ROOT", "FERRY_STORE_DIR", "FERRY_STATE_DIR", "FERRY_STORE"] {
-        c.env_remove(var);
+    for (var, _) in std::env::vars_os() {
+        if var.to_str().is_some_and(|v| v.starts_with("FERRY_")) {
+            c.env_remove(var);
+        }
     }
     c
 }
@@ -177,8 +154,9 @@ pub fn pseudo_random(seed: u64, len: usize) -> Vec<u8> {
     bytes
 }
 
-/// Run `git -C dir ARGS` with a fixed author and committer; its trimmed stdout. Panics with
-/// git's stderr when it fails.
+/// Run `git -C dir ARGS` with a fixed author and committer and no global or system git
+/// configuration (a fresh machine has no identity; a developer's may sign commits); its trimmed
+/// stdout. Panics with git's stderr when it fails.
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .arg("-C")
@@ -188,6 +166,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         .env("GIT_AUTHOR_EMAIL", "t@example.invalid")
         .env("GIT_COMMITTER_NAME", "t")
         .env("GIT_COMMITTER_EMAIL", "t@example.invalid")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
         .output()
         .unwrap();
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -20,6 +20,11 @@
 //! over SSH, and a slow or locking one — pyenv's rehash lock, say — would stall every channel),
 //! and each host of a fleet has its own `~/.cache`. The working directory of a session is still
 //! the user's home from the password database, so tests should give remote paths absolutely.
+//! They also get the variables that make a Nix started there (`ferry copy --to nix+ssh://`,
+//! `nix copy --to ssh://`) read only the tests' `nix.conf`, as every local Nix does
+//! ([`crate::nix::remote_env`]): through `SetEnv`, which the fixture owns, rather than the login
+//! user's `~/.ssh/environment`, which is state outside the temp dir and needs
+//! `PermitUserEnvironment`.
 //!
 //! A missing `sshd` or `ssh-keygen` is a panic that says which package to install, never a skip.
 
@@ -232,6 +237,11 @@ impl Sshd {
         // sshd honours only the first SetEnv directive: merge ours with any in extra_config
         // (theirs win) into one line.
         let mut env = vec![format!("HOME={}", self.default_home().display())];
+        // A Nix started on the host (`ferry copy --to nix+ssh://`, `nix copy --to ssh://`)
+        // reads the tests' configuration only, as every local one does (crate::nix).
+        for (var, value) in crate::nix::remote_env() {
+            env.push(format!("{var}={}", value.to_string_lossy()));
+        }
         if let Some(path) = &self.options.path {
             env.push(format!("PATH={path}"));
         }

@@ -287,7 +287,7 @@ fn large(b: &Bench, work: &Path, o: &LargeOptions<'_>) -> Result<()> {
     let nix_paths: Vec<String> = if o.skip_nix {
         Vec::new()
     } else {
-        let mut add = Command::new("nix-store");
+        let mut add = ferry_tests::nix::command("nix-store");
         add.arg("--store").arg(&nix_src).arg("--add").args(&items);
         let (_, out, _) = run(&mut add)?;
         out.lines().map(str::to_owned).collect()
@@ -331,9 +331,9 @@ fn large(b: &Bench, work: &Path, o: &LargeOptions<'_>) -> Result<()> {
                     (secs, sent.unwrap_or("").to_owned(), String::new())
                 }
                 ("nix copy", _) => {
-                    let (secs, _, _) = run(Command::new("nix")
+                    let (secs, _, _) = run(ferry_tests::nix::command("nix")
                         .env("NIX_SSHOPTS", format!("-F {}", b.sshd.ssh_config().display()))
-                        .args(["--extra-experimental-features", "nix-command", "copy"])
+                        .arg("copy")
                         .arg("--store")
                         .arg(&nix_src)
                         .arg("--to")

@@ -285,6 +285,12 @@ impl Ctx {
                 cmd
             }
         };
+        // Nix's tools run hermetic, as in the tests (through `time` too, which passes the
+        // environment on).
+        let program = Path::new(&argv[0]).file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if ferry_tests::package_of(program) == "nix-bin" {
+            ferry_tests::nix::configure(&mut cmd);
+        }
         cmd.stdin(match &stdin {
             Some(path) => Stdio::from(
                 File::open(path).with_context(|| format!("opening {}", path.display()))?,
@@ -549,7 +555,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn command_line(program: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(program).args(args).stderr(Stdio::null()).output().ok()?;
+    let out = ferry_tests::tool(program).args(args).stderr(Stdio::null()).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 

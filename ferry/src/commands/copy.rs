@@ -14,23 +14,22 @@
 //! Every kind of target goes through one library call (`transfer::target`: `copy_to_all`,
 //! `copy_from`); this command parses the arguments, renders progress and prints the summary.
 
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use proto::frame::Encoding;
 use serde_json::json;
 use transfer::pull::PullSummary;
 use transfer::push::adaptive::CompressSetting;
-use transfer::push::{Progress, ProgressEvent, PushOptions, PushSummary};
+use transfer::push::{PushOptions, PushSummary};
 use transfer::target::nix_host::PullReport;
 use transfer::target::{CopyReport, Received, Source, Target};
 use transfer::transport::ssh::SshAuth;
 
+use crate::output::progress::CopyBars;
+use crate::output::Printer;
 use crate::settings::GlobalOpts;
 
 /// Test hook: the coordinator stops writing after this many wire bytes (a cut connection).
@@ -69,114 +68,6 @@ pub struct CopyArgs {
     /// Store paths whose closures to copy.
     #[arg(required = true)]
     pub paths: Vec<String>,
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
-}
-
-/// The terminal's bars, one per host.
-type Bars = (MultiProgress, Mutex<Vec<(String, ProgressBar)>>);
-
-/// Renders progress: one bar per host on a terminal, plain lines otherwise.
-struct Render {
-    bars: Option<Bars>,
-    /// Per host: NAR bytes sent, paths landed, paths missing.
-    hosts: Mutex<std::collections::BTreeMap<String, (u64, usize, usize)>>,
-    last_line: Mutex<Instant>,
-    quiet: bool,
-}
-
-impl Render {
-    fn new(quiet: bool) -> Self {
-        let bars = (std::io::stderr().is_terminal() && !quiet)
-            .then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
-        Render { bars, hosts: Mutex::default(), last_line: Mutex::new(Instant::now()), quiet }
-    }
-
-    fn bar(&self, host: &str) -> Option<ProgressBar> {
-        let (multi, bars) = self.bars.as_ref()?;
-        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, bar)) = bars.iter().find(|(h, _)| h == host) {
-            return Some(bar.clone());
-        }
-        let bar = multi.add(ProgressBar::new(0));
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar.set_prefix(host.to_owned());
-        bars.push((host.to_owned(), bar.clone()));
-        Some(bar)
-    }
-
-    fn finish(&self) {
-        if let Some((_, bars)) = &self.bars {
-            for (_, bar) in bars.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-                bar.finish();
-            }
-        }
-    }
-}
-
-impl Progress for Render {
-    fn event(&self, host: &str, event: &ProgressEvent<'_>) {
-        if self.quiet && self.bars.is_none() {
-            return;
-        }
-        let bar = self.bar(host);
-        match event {
-            ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, resumed_bytes } => {
-                self.hosts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .entry(host.to_owned())
-                    .or_default()
-                    .2 = *missing_paths;
-                if let Some(bar) = bar {
-                    bar.set_length(*nar_bytes);
-                    bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
-                } else {
-                    let resumed = if *resumed_bytes > 0 {
-                        format!(", {} resumed", mib(*resumed_bytes))
-                    } else {
-                        String::new()
-                    };
-                    eprintln!(
-                        "{host}: {missing_paths} of {closure_paths} paths missing, {} to send{resumed}",
-                        mib(*nar_bytes)
-                    );
-                }
-            }
-            ProgressEvent::Sent { .. } | ProgressEvent::Landed { .. } => {
-                let (sent, landed, missing) = {
-                    let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
-                    let entry = hosts.entry(host.to_owned()).or_default();
-                    match event {
-                        ProgressEvent::Sent { nar_bytes } => entry.0 += nar_bytes,
-                        _ => entry.1 += 1,
-                    }
-                    *entry
-                };
-                if let Some(bar) = bar {
-                    if let ProgressEvent::Sent { nar_bytes } = event {
-                        bar.inc(*nar_bytes);
-                    }
-                    bar.set_message(format!("{landed}/{missing} paths landed"));
-                } else {
-                    let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
-                    if last.elapsed() >= Duration::from_secs(2) {
-                        *last = Instant::now();
-                        eprintln!("{host}: {} sent, {landed}/{missing} paths landed", mib(sent));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// SSH settings from the command line.
@@ -265,10 +156,11 @@ fn print_summary(s: &PushSummary) {
     );
 }
 
-pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, printer: Printer, args: CopyArgs) -> anyhow::Result<ExitCode> {
+    let printer = printer.with_json(args.json);
     let started = Instant::now();
     if let Some(uri) = &args.from {
-        return copy_from(global, &args, uri);
+        return copy_from(global, printer, &args, uri);
     }
     let layout = crate::settings::layout(global)?;
     let auth = args.ssh.auth();
@@ -308,7 +200,7 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
         cut_after: std::env::var(CUT_AFTER_ENV).ok().and_then(|v| v.parse().ok()),
         ..PushOptions::default()
     };
-    let render = Render::new(false);
+    let render = CopyBars::new(printer);
     let source = Source { layout: &layout, closure: &closure, key: &key };
     let results = transfer::target::copy_to_all(&targets, &source, &options, &render);
     render.finish();
@@ -337,7 +229,7 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
                         eprintln!("ferry: {uri}: refused {}: {}: {}", r.path, r.reason, r.message);
                     }
                 }
-                if !args.json {
+                if !printer.is_json() {
                     print_summary(&summary);
                 }
                 hosts_json.push(summary_json(&summary));
@@ -350,24 +242,27 @@ pub fn run(global: &GlobalOpts, args: CopyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.json {
-        let out = json!({
+    if printer.is_json() {
+        printer.json(&json!({
             "paths_sent": paths_sent,
             "nar_bytes_sent": nar_sent,
             "wire_bytes": wire,
             "seconds": started.elapsed().as_secs_f64(),
             "closure_paths": closure.len(),
             "hosts": hosts_json,
-        });
-        let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "{out}")?;
+        }))?;
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 /// `--from URI`: copy the closures into the local store. The roots are store paths of the
 /// target's store; for a store on this machine, also its physical paths.
-fn copy_from(global: &GlobalOpts, args: &CopyArgs, uri: &str) -> anyhow::Result<ExitCode> {
+fn copy_from(
+    global: &GlobalOpts,
+    printer: Printer,
+    args: &CopyArgs,
+    uri: &str,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let target = Target::from_uri(uri, &args.ssh.auth())?;
     let ours = crate::settings::layout(global)?;
@@ -387,34 +282,30 @@ fn copy_from(global: &GlobalOpts, args: &CopyArgs, uri: &str) -> anyhow::Result<
             })
             .collect::<anyhow::Result<Vec<_>>>()?,
     };
-    let render = Render::new(false);
+    let render = CopyBars::new(printer);
     let received = transfer::target::copy_from(&target, &ours, &roots, &render);
     render.finish();
-    Ok(match received? {
-        Received::Pushed(summary) => print_pushed(args, &summary),
-        Received::Pulled(summary) => print_pulled(args, uri, &summary),
-        Received::FromNix(report) => print_from_nix(args, uri, &report, started),
-    })
+    match received? {
+        Received::Pushed(summary) => print_pushed(printer, &summary),
+        Received::Pulled(summary) => print_pulled(printer, uri, &summary),
+        Received::FromNix(report) => print_from_nix(printer, uri, &report, started),
+    }
 }
 
 /// `--from local:///ROOT`: the summary of the push from that store into ours.
-fn print_pushed(args: &CopyArgs, summary: &PushSummary) -> ExitCode {
-    if args.json {
-        println!("{}", summary_json(summary));
+fn print_pushed(printer: Printer, summary: &PushSummary) -> anyhow::Result<ExitCode> {
+    if printer.is_json() {
+        printer.json(&summary_json(summary))?;
     } else {
         print_summary(summary);
     }
-    if summary.rejected.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(if summary.rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `--from ssh://`: what the host's agent sent back (`transfer::pull`); the paths must be
 /// signed by a key in the local ACL, and their NAR hashes are checked, as a host checks what it
 /// receives.
-fn print_pulled(args: &CopyArgs, uri: &str, summary: &PullSummary) -> ExitCode {
+fn print_pulled(printer: Printer, uri: &str, summary: &PullSummary) -> anyhow::Result<ExitCode> {
     let rejections: Vec<_> = summary
         .serve
         .rejections
@@ -423,19 +314,16 @@ fn print_pulled(args: &CopyArgs, uri: &str, summary: &PullSummary) -> ExitCode {
             json!({"path": path.to_string(), "reason": reason.as_str(), "message": message})
         })
         .collect();
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "host": summary.host,
-                "paths_received": summary.serve.imported,
-                "paths_rejected": summary.serve.rejected,
-                "rejected": rejections,
-                "wire_bytes": summary.wire_bytes_received + summary.wire_bytes_sent,
-                "wire_bytes_received": summary.wire_bytes_received,
-                "seconds": summary.seconds,
-            })
-        );
+    if printer.is_json() {
+        printer.json(&json!({
+            "host": summary.host,
+            "paths_received": summary.serve.imported,
+            "paths_rejected": summary.serve.rejected,
+            "rejected": rejections,
+            "wire_bytes": summary.wire_bytes_received + summary.wire_bytes_sent,
+            "wire_bytes_received": summary.wire_bytes_received,
+            "seconds": summary.seconds,
+        }))?;
     } else {
         for (path, reason, message) in &summary.serve.rejections {
             eprintln!("{uri}: refused {path}: {reason}: {message}");
@@ -448,33 +336,31 @@ fn print_pulled(args: &CopyArgs, uri: &str, summary: &PullSummary) -> ExitCode {
             summary.seconds
         );
     }
-    if summary.serve.rejected == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    }
+    Ok(if summary.serve.rejected == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// `--from nix+ssh://`: what a host running Nix sent (`nix-store --serve`). Paths need no
 /// signature, as with `nix copy --from ssh://` (the SSH host key authenticates the source); the
 /// NAR hashes are checked on import.
-fn print_from_nix(args: &CopyArgs, uri: &str, report: &PullReport, started: Instant) -> ExitCode {
+fn print_from_nix(
+    printer: Printer,
+    uri: &str,
+    report: &PullReport,
+    started: Instant,
+) -> anyhow::Result<ExitCode> {
     let seconds = started.elapsed().as_secs_f64();
-    if args.json {
-        println!(
-            "{}",
-            json!({
-                "paths_received": report.paths_received,
-                "paths_present": report.paths_present,
-                "nar_bytes_received": report.nar_bytes_received,
-                "seconds": seconds,
-            })
-        );
+    if printer.is_json() {
+        printer.json(&json!({
+            "paths_received": report.paths_received,
+            "paths_present": report.paths_present,
+            "nar_bytes_received": report.nar_bytes_received,
+            "seconds": seconds,
+        }))?;
     } else {
         eprintln!(
             "{uri}: received {} paths ({} NAR bytes), {} present already; {seconds:.2} s",
             report.paths_received, report.nar_bytes_received, report.paths_present
         );
     }
-    ExitCode::SUCCESS
+    Ok(ExitCode::SUCCESS)
 }

@@ -22,11 +22,13 @@ use anyhow::{bail, Context};
 use serde_json::json;
 use store::{LayoutOptions, StoreLayout};
 
-use super::board::Board;
+use crate::output::progress::Board;
+use crate::output::{format_bytes, Printer};
 use crate::settings::GlobalOpts;
 use deploy::deployment::{Deployment, Machine, StoreChoice};
-use deploy::orchestrate::{self, error_chain, HostReport, HostRun, Options, Stream};
-use deploy::plan::HostPlan;
+use deploy::error::error_chain;
+use deploy::orchestrate::{self, HostRun, Options, Stream};
+use deploy::plan::{HostPlan, HostReport};
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
@@ -64,7 +66,8 @@ pub struct DeployArgs {
 }
 
 /// Run `ferry deploy`.
-pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
+pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let printer = printer.with_json(args.json);
     // A store path in the file must be in the deployment's store: the file's `store`, else
     // `--store`, else ferry's own store as the options resolve it.
     let ferry_store_dir = crate::settings::layout(global)
@@ -105,11 +108,11 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
         never_confirm: std::env::var_os(orchestrate::NEVER_CONFIRM_ENV).is_some(),
     };
     let results = if args.roll_back {
-        orchestrate::roll_back(&machines, &options, &Board::new("rolled back"))
+        orchestrate::roll_back(&machines, &options, &Board::new(printer, "rolled back"))
     } else if args.dry_run {
-        let board = Board::new("ok");
+        let board = Board::new(printer, "ok");
         let plans = orchestrate::dry_run(&deployment, &machines, &layout, &options, &board)?;
-        print_plans(&machines, &plans, args.json)?;
+        print_plans(printer, &machines, &plans)?;
         let report = |r: HostRun<HostPlan>| HostRun {
             result: r.result.map(|plan| plan.report()),
             elapsed: r.elapsed,
@@ -125,18 +128,18 @@ pub fn run(global: &GlobalOpts, args: DeployArgs) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
         }
-        let board = Board::new("ok");
+        let board = Board::new(printer, "ok");
         orchestrate::deploy(&deployment, &machines, &layout, &key, &options, &board)?
     };
     let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-    report(&names, &results, args.json, started.elapsed())
+    report(printer, &names, &results, started.elapsed())
 }
 
 /// `--dry-run`: what would be copied to each machine (on stderr with `--json`).
 fn print_plans(
+    printer: Printer,
     machines: &[&Machine],
     plans: &[HostRun<HostPlan>],
-    json: bool,
 ) -> anyhow::Result<()> {
     let mut text = String::new();
     for (m, run) in machines.iter().zip(plans) {
@@ -151,19 +154,21 @@ fn print_plans(
             text.push_str(&format!("  {} {}\n", p.path, p.nar_size));
         }
     }
-    if json {
+    if printer.is_json() {
         eprint!("{text}");
     } else {
-        std::io::stdout().lock().write_all(text.as_bytes())?;
+        let mut out = printer.stdout();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
     }
     Ok(())
 }
 
 /// Print the table (or JSON); the exit code.
 fn report(
+    printer: Printer,
     names: &[&str],
     results: &[HostRun<HostReport>],
-    json: bool,
     total: Duration,
 ) -> anyhow::Result<ExitCode> {
     let mut ok = true;
@@ -181,7 +186,7 @@ fn report(
                 let sent = if r.bytes == 0 && r.paths == 0 {
                     "-".to_owned()
                 } else {
-                    format!("{} ({})", human(r.bytes), r.paths)
+                    format!("{} ({})", format_bytes(r.bytes), r.paths)
                 };
                 table.push_str(&format!(
                     "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {}\n",
@@ -211,12 +216,14 @@ fn report(
             }
         }
     }
-    if json {
+    if printer.is_json() {
         eprint!("{table}");
-        let out = json!({ "success": ok, "seconds": total.as_secs_f64(), "machines": rows });
-        writeln!(std::io::stdout().lock(), "{out}")?;
+        printer
+            .json(&json!({ "success": ok, "seconds": total.as_secs_f64(), "machines": rows }))?;
     } else {
-        print!("{table}");
+        let mut out = printer.stdout();
+        out.write_all(table.as_bytes())?;
+        out.flush()?;
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -276,21 +283,6 @@ fn list_generations(machines: &[&Machine], jobs: usize) -> anyhow::Result<ExitCo
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
-
 /// `YYYY-MM-DD HH:MM` in UTC.
 fn format_time(t: SystemTime) -> String {
     let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -314,11 +306,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn times_and_sizes() {
+    fn times() {
         assert_eq!(format_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00 UTC");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
         assert_eq!(format_time(t), "2025-11-24 16:00 UTC");
-        assert_eq!(human(512), "512 B");
-        assert_eq!(human(1536), "1.5 KiB");
     }
 }

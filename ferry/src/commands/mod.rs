@@ -2,7 +2,6 @@
 
 pub mod archive;
 pub mod bench;
-pub mod board;
 pub mod copy;
 pub mod deploy;
 pub mod gc;

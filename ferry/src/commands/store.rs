@@ -128,88 +128,10 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             }
             ExitCode::SUCCESS
         }
-        StoreCommand::Info { json: true, paths, .. } => {
-            let store = open_read_only(global)?;
-            let dir = store.store_dir().clone();
-            let mut objects = Vec::new();
-            for text in &paths {
-                let path = parse_store_arg(&store, text)?;
-                let info = store.path_info(&path)?;
-                let mut referrers: Vec<String> =
-                    store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
-                referrers.sort();
-                objects.push(serde_json::json!({
-                    "path": path.to_absolute(&dir),
-                    "narHash": info.nar_hash.to_string(),
-                    "narSize": info.nar_size,
-                    "references": info.absolute_references(&dir),
-                    "deriver": info.deriver.as_ref().map(|d| d.to_absolute(&dir)),
-                    "signatures": info.sigs,
-                    "ca": info.ca,
-                    "registrationTime": info.registration_time,
-                    "referrers": referrers,
-                }));
-            }
-            serde_json::to_writer_pretty(&mut out, &objects)?;
-            writeln!(out)?;
-            ExitCode::SUCCESS
-        }
+        StoreCommand::Info { json: true, paths, .. } => info_json(global, &paths, &mut out)?,
         StoreCommand::Info { hash, size, references, referrers, deriver, paths, .. } => {
-            let store = open_read_only(global)?;
-            let dir = store.store_dir().clone();
-            let all = !(hash || size || references || referrers || deriver);
-            for text in &paths {
-                let path = parse_store_arg(&store, text)?;
-                let info = store.path_info(&path)?;
-                let deriver_text = info
-                    .deriver
-                    .as_ref()
-                    .map(|d| d.to_absolute(&dir))
-                    .unwrap_or_else(|| "unknown-deriver".into());
-                if all {
-                    writeln!(out, "path: {}", path.to_absolute(&dir))?;
-                    writeln!(out, "nar-hash: {}", info.nar_hash)?;
-                    writeln!(out, "nar-size: {}", info.nar_size)?;
-                    for r in info.absolute_references(&dir) {
-                        writeln!(out, "reference: {r}")?;
-                    }
-                    writeln!(out, "deriver: {deriver_text}")?;
-                    for sig in &info.sigs {
-                        writeln!(out, "sig: {sig}")?;
-                    }
-                    if let Some(ca) = &info.ca {
-                        writeln!(out, "ca: {ca}")?;
-                    }
-                    writeln!(out, "registration-time: {}", info.registration_time)?;
-                    if paths.len() > 1 {
-                        writeln!(out)?;
-                    }
-                    continue;
-                }
-                if hash {
-                    writeln!(out, "{}", info.nar_hash)?;
-                }
-                if size {
-                    writeln!(out, "{}", info.nar_size)?;
-                }
-                if references {
-                    for r in info.absolute_references(&dir) {
-                        writeln!(out, "{r}")?;
-                    }
-                }
-                if referrers {
-                    let mut all: Vec<String> =
-                        store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
-                    all.sort();
-                    for r in all {
-                        writeln!(out, "{r}")?;
-                    }
-                }
-                if deriver {
-                    writeln!(out, "{deriver_text}")?;
-                }
-            }
-            ExitCode::SUCCESS
+            let fields = InfoFields { hash, size, references, referrers, deriver };
+            info_text(global, fields, &paths, &mut out)?
         }
         StoreCommand::List => {
             let store = open_read_only(global)?;
@@ -219,60 +141,7 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             ExitCode::SUCCESS
         }
         StoreCommand::Verify { check_contents, repair_db, paths } => {
-            let check_contents = check_contents || repair_db;
-            let layout = layout(global)?;
-            let foreign_db = layout.database().0 != store::DbKind::Ferry;
-            if repair_db && foreign_db {
-                anyhow::bail!(
-                    "--repair-db: the store under {} is a Nix or Guix database, which ferry \
-                     only reads",
-                    layout.root().display()
-                );
-            }
-            let mut store =
-                if foreign_db { Store::open_read_only(layout)? } else { Store::open(layout)? };
-            let only = paths
-                .iter()
-                .map(|p| parse_store_arg(&store, p))
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            let only = (!paths.is_empty()).then_some(only.as_slice());
-            let mut report = store.verify_paths(only, check_contents)?;
-            if repair_db {
-                let repaired = store.repair_db(&report)?;
-                for path in &repaired {
-                    eprintln!(
-                        "ferry: repaired the database entry of {}",
-                        path.to_absolute(store.store_dir())
-                    );
-                }
-                report
-                    .problems
-                    .retain(|problem| !matches!(problem, store::VerifyProblem::Modified { .. }));
-            }
-            for cleaned in &report.cleaned {
-                eprintln!("ferry: removed leftover {}", cleaned.display());
-            }
-            for leftover in &report.leftovers {
-                eprintln!(
-                    "ferry: note: leftover of an interrupted operation (removed by the next \
-                     writer): {}",
-                    leftover.display()
-                );
-            }
-            for problem in &report.problems {
-                writeln!(out, "{problem}")?;
-            }
-            eprintln!(
-                "ferry: checked {} valid paths{}: {} problems",
-                report.checked,
-                if check_contents { " and their contents" } else { "" },
-                report.problems.len()
-            );
-            if report.is_clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            }
+            verify(global, check_contents, repair_db, &paths, &mut out)?
         }
         StoreCommand::Sign { key_file, recursive, paths } => {
             sign_paths(global, &key_file, recursive, &paths)?;
@@ -290,6 +159,168 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
     };
     out.flush()?;
     Ok(code)
+}
+
+/// `ferry store info --json PATH...`: one JSON array of objects, as `nix path-info --json`.
+fn info_json(
+    global: &GlobalOpts,
+    paths: &[String],
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let store = open_read_only(global)?;
+    let dir = store.store_dir().clone();
+    let mut objects = Vec::new();
+    for text in paths {
+        let path = parse_store_arg(&store, text)?;
+        let info = store.path_info(&path)?;
+        let mut referrers: Vec<String> =
+            store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
+        referrers.sort();
+        objects.push(serde_json::json!({
+            "path": path.to_absolute(&dir),
+            "narHash": info.nar_hash.to_string(),
+            "narSize": info.nar_size,
+            "references": info.absolute_references(&dir),
+            "deriver": info.deriver.as_ref().map(|d| d.to_absolute(&dir)),
+            "signatures": info.sigs,
+            "ca": info.ca,
+            "registrationTime": info.registration_time,
+            "referrers": referrers,
+        }));
+    }
+    serde_json::to_writer_pretty(&mut *out, &objects)?;
+    writeln!(out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The fields `ferry store info` prints, as `nix-store -q` flags.
+#[derive(Debug, Clone, Copy)]
+struct InfoFields {
+    hash: bool,
+    size: bool,
+    references: bool,
+    referrers: bool,
+    deriver: bool,
+}
+
+/// `ferry store info [--hash|--size|--references|--referrers|--deriver] PATH...`.
+fn info_text(
+    global: &GlobalOpts,
+    fields: InfoFields,
+    paths: &[String],
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let InfoFields { hash, size, references, referrers, deriver } = fields;
+    let store = open_read_only(global)?;
+    let dir = store.store_dir().clone();
+    let all = !(hash || size || references || referrers || deriver);
+    for text in paths {
+        let path = parse_store_arg(&store, text)?;
+        let info = store.path_info(&path)?;
+        let deriver_text = info
+            .deriver
+            .as_ref()
+            .map(|d| d.to_absolute(&dir))
+            .unwrap_or_else(|| "unknown-deriver".into());
+        if all {
+            writeln!(out, "path: {}", path.to_absolute(&dir))?;
+            writeln!(out, "nar-hash: {}", info.nar_hash)?;
+            writeln!(out, "nar-size: {}", info.nar_size)?;
+            for r in info.absolute_references(&dir) {
+                writeln!(out, "reference: {r}")?;
+            }
+            writeln!(out, "deriver: {deriver_text}")?;
+            for sig in &info.sigs {
+                writeln!(out, "sig: {sig}")?;
+            }
+            if let Some(ca) = &info.ca {
+                writeln!(out, "ca: {ca}")?;
+            }
+            writeln!(out, "registration-time: {}", info.registration_time)?;
+            if paths.len() > 1 {
+                writeln!(out)?;
+            }
+            continue;
+        }
+        if hash {
+            writeln!(out, "{}", info.nar_hash)?;
+        }
+        if size {
+            writeln!(out, "{}", info.nar_size)?;
+        }
+        if references {
+            for r in info.absolute_references(&dir) {
+                writeln!(out, "{r}")?;
+            }
+        }
+        if referrers {
+            let mut all: Vec<String> =
+                store.referrers(&path)?.iter().map(|r| r.to_absolute(&dir)).collect();
+            all.sort();
+            for r in all {
+                writeln!(out, "{r}")?;
+            }
+        }
+        if deriver {
+            writeln!(out, "{deriver_text}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry store verify [--check-contents] [--repair-db] [PATH...]`.
+fn verify(
+    global: &GlobalOpts,
+    check_contents: bool,
+    repair_db: bool,
+    paths: &[String],
+    out: &mut impl Write,
+) -> anyhow::Result<ExitCode> {
+    let check_contents = check_contents || repair_db;
+    let layout = layout(global)?;
+    let foreign_db = layout.database().0 != store::DbKind::Ferry;
+    if repair_db && foreign_db {
+        anyhow::bail!(
+            "--repair-db: the store under {} is a Nix or Guix database, which ferry \
+             only reads",
+            layout.root().display()
+        );
+    }
+    let mut store = if foreign_db { Store::open_read_only(layout)? } else { Store::open(layout)? };
+    let only =
+        paths.iter().map(|p| parse_store_arg(&store, p)).collect::<anyhow::Result<Vec<_>>>()?;
+    let only = (!paths.is_empty()).then_some(only.as_slice());
+    let mut report = store.verify_paths(only, check_contents)?;
+    if repair_db {
+        let repaired = store.repair_db(&report)?;
+        for path in &repaired {
+            eprintln!(
+                "ferry: repaired the database entry of {}",
+                path.to_absolute(store.store_dir())
+            );
+        }
+        report.problems.retain(|problem| !matches!(problem, store::VerifyProblem::Modified { .. }));
+    }
+    for cleaned in &report.cleaned {
+        eprintln!("ferry: removed leftover {}", cleaned.display());
+    }
+    for leftover in &report.leftovers {
+        eprintln!(
+            "ferry: note: leftover of an interrupted operation (removed by the next \
+             writer): {}",
+            leftover.display()
+        );
+    }
+    for problem in &report.problems {
+        writeln!(out, "{problem}")?;
+    }
+    eprintln!(
+        "ferry: checked {} valid paths{}: {} problems",
+        report.checked,
+        if check_contents { " and their contents" } else { "" },
+        report.problems.len()
+    );
+    Ok(if report.is_clean() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 // ---------------------------------------------------------------------------------------------

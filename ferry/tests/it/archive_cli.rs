@@ -10,42 +10,16 @@
 //!
 //! Missing tools fail the tests with the package to install; they never skip.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::util::{ferry_in, output_with_stdin};
 use nar_core::store_path::StoreDir;
 use signing::bundle::{BundleReader, BundleWriter, ItemMeta};
 
 // ---------------------------------------------------------------------------------------------
 // Running things
-
-fn ferry_cmd(root: &Path, store_dir: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.arg("--root")
-        .arg(root)
-        .arg("--store-dir")
-        .arg(store_dir)
-        .env_remove("FERRY_ROOT")
-        .env_remove("FERRY_STORE_DIR")
-        .env_remove("FERRY_STATE_DIR");
-    cmd
-}
-
-fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    // The child may stop reading early (a rejected bundle): a broken pipe is fine.
-    let _ = input.write_all(stdin);
-    drop(input);
-    child.wait_with_output().unwrap()
-}
 
 fn check(out: Output, what: &str) -> Vec<u8> {
     assert!(
@@ -63,21 +37,21 @@ fn ok(root: &Path, args: &[&str]) -> String {
 }
 
 fn ok_in(root: &Path, store_dir: &str, args: &[&str]) -> String {
-    let mut cmd = ferry_cmd(root, store_dir);
+    let mut cmd = ferry_in(root, store_dir);
     cmd.args(args).stdin(Stdio::null());
     String::from_utf8(check(cmd.output().unwrap(), &format!("ferry {args:?}"))).unwrap()
 }
 
 fn ok_bytes(root: &Path, store_dir: &str, args: &[&str]) -> Vec<u8> {
-    let mut cmd = ferry_cmd(root, store_dir);
+    let mut cmd = ferry_in(root, store_dir);
     cmd.args(args).stdin(Stdio::null());
     check(cmd.output().unwrap(), &format!("ferry {args:?}"))
 }
 
 fn ferry_stdin(root: &Path, store_dir: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut cmd = ferry_cmd(root, store_dir);
+    let mut cmd = ferry_in(root, store_dir);
     cmd.args(args);
-    run_with_stdin(cmd, stdin)
+    output_with_stdin(cmd, stdin)
 }
 
 fn valid_paths(root: &Path) -> Vec<String> {
@@ -112,8 +86,8 @@ fn tool(program: &str) -> Command {
         "{program} is not on PATH: install it (apt-get install -y {}); these tests do not skip",
         ferry_tests::package_of(program)
     );
-    let mut cmd = Command::new(program);
-    cmd.env("NIX_CONFIG", "substituters =\n").env("GUILE_AUTO_COMPILE", "0");
+    let mut cmd = ferry_tests::tool(program);
+    cmd.env("GUILE_AUTO_COMPILE", "0");
     cmd
 }
 
@@ -244,7 +218,7 @@ fn guix_round_trip_export_r_import_verify() {
     let src = source();
     let sec = src.state().join("signing-key.sec");
     assert_eq!(std::fs::metadata(&sec).unwrap().permissions().mode() & 0o777, 0o400);
-    let again = ferry_cmd(&src.root, "/gnu/store").args(["archive", "--generate-key"]).output();
+    let again = ferry_in(&src.root, "/gnu/store").args(["archive", "--generate-key"]).output();
     let again = again.unwrap();
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("key pair exists under"));
@@ -323,7 +297,7 @@ fn export_refuses_a_path_changed_on_disk() {
     let file = src.physical(&src.a);
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     std::fs::write(&file, "contents of A\n").unwrap();
-    let out = ferry_cmd(&src.root, "/gnu/store")
+    let out = ferry_in(&src.root, "/gnu/store")
         .args(["archive", "--export", "-r", &src.b])
         .output()
         .unwrap();
@@ -338,7 +312,7 @@ fn export_refuses_a_path_changed_on_disk() {
     assert_clean(&target, "/gnu/store");
     // An invalid path is refused by name.
     let bogus = format!("/gnu/store/{}-bogus", "0".repeat(32));
-    let out = ferry_cmd(&src.root, "/gnu/store").args(["archive", "--export", &bogus]).output();
+    let out = ferry_in(&src.root, "/gnu/store").args(["archive", "--export", &bogus]).output();
     let out = out.unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("path `{bogus}' is not valid")));
@@ -516,7 +490,7 @@ fn reject_world_readable_secret_key() {
     let src = source();
     let sec = src.state().join("signing-key.sec");
     std::fs::set_permissions(&sec, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = ferry_cmd(&src.root, "/gnu/store")
+    let out = ferry_in(&src.root, "/gnu/store")
         .args(["archive", "--export", "-r", &src.b])
         .output()
         .unwrap();
@@ -530,7 +504,7 @@ fn reject_world_readable_secret_key() {
     ok(&src.root, &["archive", "--generate-key=nix:test-1"]);
     let nix_sec = src.state().join("nix-signing-key.sec");
     std::fs::set_permissions(&nix_sec, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let out = ferry_cmd(&src.root, "/gnu/store")
+    let out = ferry_in(&src.root, "/gnu/store")
         .args(["store", "sign", "--key-file", nix_sec.to_str().unwrap(), &src.a])
         .output()
         .unwrap();
@@ -602,7 +576,7 @@ fn nix_fixture(tmp: &Path) -> NixStore {
     let store = tmp.join("nix");
     let tree = tmp.join("tree");
     ferry_tests::write_sample_tree(&tree);
-    let (src, text) = ferry_tests::nix_tree_and_referrer(&store, &tree, "tree");
+    let (src, text) = ferry_tests::nix::tree_and_referrer(&store, &tree, "tree");
     NixStore { store, src, text }
 }
 
@@ -665,7 +639,7 @@ fn ferry_nix_export_imports_into_nix_store() {
     let nix = tmp.path().join("nix");
     let mut cmd = tool("nix-store");
     cmd.arg("--store").arg(&nix).arg("--import");
-    let imported = String::from_utf8(check(run_with_stdin(cmd, &bundle), "nix-store --import"));
+    let imported = String::from_utf8(check(output_with_stdin(cmd, &bundle), "nix-store --import"));
     assert_eq!(imported.unwrap(), format!("{lib}\n{app}\n"));
     nix_store(&nix, &["--verify-path", &lib]);
     nix_store(&nix, &["--verify-path", &app]);

@@ -5,12 +5,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::util::ferry_at;
+
 fn ferry(root: &Path, args: &[&str]) -> String {
-    let mut c = ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"));
-    ferry_tests::success_stdout(
-        args,
-        c.arg("--root").arg(root).args(args).output().expect("run ferry"),
-    )
+    ferry_tests::success_stdout(args, ferry_at(root).args(args).output().expect("run ferry"))
 }
 
 /// Text that compresses, and a version of it with a few lines changed.

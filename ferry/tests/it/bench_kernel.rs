@@ -8,9 +8,10 @@ use std::path::Path;
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
+use crate::util::{ferry_at, ferry_dir};
+
 fn ferry(root: &Path, args: &[&str]) -> std::process::Output {
-    let mut c = ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"));
-    c.arg("--root").arg(root).args(args).output().expect("run ferry")
+    ferry_at(root).args(args).output().expect("run ferry")
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {
@@ -29,7 +30,7 @@ fn bench_over_a_kernel_shaped_link_to_ssh() {
     std::fs::write(src.join("app-2.0"), ferry_tests::pseudo_random(2, 192 << 10)).unwrap();
     let base = ok(&root, &["store", "add", src.join("base-1.0").to_str().unwrap()]);
     let app = ok(&root, &["store", "add", src.join("app-2.0").to_str().unwrap()]);
-    let ferry_dir = Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_owned();
+    let ferry_dir = ferry_dir();
     let sshd = Sshd::start_with(SshdOptions {
         path: Some(remote_path(&[&ferry_dir])),
         ..SshdOptions::default()

@@ -5,13 +5,11 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
 
-fn ferry() -> Command {
-    ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"))
-}
+use crate::util::ferry;
 
 fn run(args: &[&str], env: &[(&str, String)]) -> Output {
     let mut c = ferry();

@@ -5,19 +5,14 @@
 use std::path::Path;
 use std::process::Command;
 
+use ferry_tests::nix;
 use ferry_tests::sshd::Sshd;
 use serde_json::Value;
 
-fn ferry(root: &Path) -> Command {
-    let mut c = ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"));
-    c.arg("--root").arg(root).args(["--store-dir", "/nix/store"]);
-    c
-}
+use crate::util::ferry_in;
 
-fn nix(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command\n");
-    c
+fn ferry(root: &Path) -> Command {
+    ferry_in(root, "/nix/store")
 }
 
 fn check(c: &mut Command) -> String {
@@ -72,7 +67,7 @@ fn file_cache_is_accepted_by_nix_copy() {
     let pk = std::fs::read_to_string(root.join("var/ferry/nix-signing-key.pub")).unwrap();
     let nix_root = tmp.path().join("nix");
     check(
-        nix("nix")
+        nix::command("nix")
             .args(["copy", "--from"])
             .arg(format!("file://{}", cache.display()))
             .arg("--to")
@@ -81,9 +76,14 @@ fn file_cache_is_accepted_by_nix_copy() {
             .args(app.split(' ')),
     );
     for p in &closure {
-        check(nix("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]));
+        check(nix::command("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]));
     }
-    check(nix("nix-store").arg("--store").arg(&nix_root).args(["--verify", "--check-contents"]));
+    check(
+        nix::command("nix-store")
+            .arg("--store")
+            .arg(&nix_root)
+            .args(["--verify", "--check-contents"]),
+    );
 }
 
 #[test]
@@ -109,9 +109,14 @@ fn nix_ssh_lands_paths_nix_verifies() {
     let first = copy(&root);
     assert_eq!(first["paths_sent"], 2, "{first}");
     for p in &closure {
-        check(nix("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]));
+        check(nix::command("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]));
     }
-    check(nix("nix-store").arg("--store").arg(&nix_root).args(["--verify", "--check-contents"]));
+    check(
+        nix::command("nix-store")
+            .arg("--store")
+            .arg(&nix_root)
+            .args(["--verify", "--check-contents"]),
+    );
     let second = copy(&root);
     assert_eq!(second["paths_sent"], 0, "{second}");
 

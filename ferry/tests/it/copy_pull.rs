@@ -7,20 +7,12 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
-fn ferry() -> Command {
-    ferry_tests::ferry_command(FERRY)
-}
-
-fn ok(args: &[&str]) -> String {
-    ferry_tests::ferry_ok(FERRY, args)
-}
+use crate::util::{ferry, ferry_dir, ok, FERRY};
 
 /// The host's store: `top` → {`big` (2 MiB), `base`}, `big` → `base`.
 fn host_store(dir: &Path) -> (PathBuf, String) {
@@ -71,7 +63,7 @@ fn pull_over_ssh_checks_the_local_acl_and_lands_the_closure() {
     let (host, top) = host_store(dir.path());
     let local = dir.path().join("local");
     let sshd = Sshd::start_with(SshdOptions {
-        path: Some(remote_path(&[Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap()])),
+        path: Some(remote_path(&[&ferry_dir()])),
         ..SshdOptions::default()
     });
     let closure: BTreeSet<String> =

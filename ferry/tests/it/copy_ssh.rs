@@ -5,21 +5,13 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
-
-fn ferry() -> Command {
-    ferry_tests::ferry_command(FERRY)
-}
-
-fn ok(args: &[&str]) -> String {
-    ferry_tests::ferry_ok(FERRY, args)
-}
+use crate::util::{ferry, ferry_dir, ok, FERRY};
 
 struct Local {
     _dir: tempfile::TempDir,
@@ -61,10 +53,6 @@ fn copy(l: &Local, sshd: &Sshd, hosts: &[&Path], extra: &[&str]) -> (Output, Val
     eprintln!("copy took {:?}: {}", t.elapsed(), String::from_utf8_lossy(&out.stderr));
     let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     (out, json)
-}
-
-fn ferry_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_owned()
 }
 
 #[test]

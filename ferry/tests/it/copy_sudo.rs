@@ -13,17 +13,15 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ferry_tests::sshd::{user_exists, Sshd, SshdOptions};
 use serde_json::Value;
 
+use crate::util::{coordinator, ferry, ferry_dir};
+
 const SUDO_USER: &str = "ferry-ci";
 const NO_SUDO_USER: &str = "ferry-nosudo";
-
-fn ferry() -> Command {
-    ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"))
-}
 
 fn ok(args: &[&str]) -> String {
     let out = ferry().args(args).output().unwrap();
@@ -165,7 +163,7 @@ fn deploy_as_a_sudo_user() {
     fs::write(&hello, "#!/bin/sh\necho \"Hello, $1\"\n").unwrap();
     fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     // The build's ferry on PATH when the user can reach it (else it is uploaded).
-    let ferry_dir = Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_owned();
+    let ferry_dir = ferry_dir();
     let sshd = Sshd::start_with(SshdOptions {
         user: Some(SUDO_USER.into()),
         path: Some(ferry_tests::sshd::remote_path(&[&ferry_dir])),
@@ -189,17 +187,7 @@ fn deploy_as_a_sudo_user() {
         ),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("deploy")
-        .arg(&file)
-        .arg("--json")
-        .current_dir(d)
-        .env_remove("FERRY_STORE_DIR")
-        .env_remove("FERRY_STATE_DIR")
-        .env("FERRY_ROOT", d.join("coordinator"))
-        .env("HOME", d.join("home"))
-        .output()
-        .unwrap();
+    let out = coordinator(d).arg("deploy").arg(&file).arg("--json").output().unwrap();
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{stdout}\n{stderr}\n{}", sshd.log());

@@ -4,15 +4,12 @@
 //! package as a delta against the path at the same place (feature `graph`); a host without a
 //! current generation gets it in full (bases by name only).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 use serde_json::Value;
 
-fn ferry() -> Command {
-    ferry_tests::ferry_command(env!("CARGO_BIN_EXE_ferry"))
-}
+use crate::util::{ferry, ferry_dir};
 
 fn ok(args: &[&str]) -> String {
     let out = ferry().args(args).output().unwrap();
@@ -47,10 +44,6 @@ fn set_generation(root: &Path, system: &str) {
     std::fs::create_dir_all(&profiles).unwrap();
     std::os::unix::fs::symlink(system, profiles.join("system-1-link")).unwrap();
     std::os::unix::fs::symlink("system-1-link", profiles.join("system")).unwrap();
-}
-
-fn ferry_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_owned()
 }
 
 #[test]

@@ -10,11 +10,13 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ferry_tests::git;
 use ferry_tests::sshd::{free_port, remote_path, Fleet, Sshd, SshdOptions};
 use serde_json::Value;
+
+use crate::util::{coordinator, ferry_dir};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -36,13 +38,8 @@ impl Env {
     }
 
     fn ferry(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        c.args(args)
-            .current_dir(self.path())
-            .env_remove("FERRY_STORE_DIR")
-            .env_remove("FERRY_STATE_DIR")
-            .env("FERRY_ROOT", self.path().join("coordinator"))
-            .env("HOME", self.path().join("home"));
+        let mut c = coordinator(self.path());
+        c.args(args);
         for (k, v) in env {
             c.env(k, v);
         }
@@ -96,10 +93,6 @@ impl Summary {
             .find(|m| m["machine"] == name)
             .unwrap_or_else(|| panic!("no {name} in {}", self.json))
     }
-}
-
-fn ferry_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_ferry")).parent().unwrap().to_owned()
 }
 
 /// Hosts whose sessions find this build's `ferry` on PATH (no upload of a debug binary).
@@ -392,13 +385,8 @@ fn the_host_rolls_back_by_itself_when_the_coordinator_goes_away() {
     // The coordinator dies while the host waits for confirmation: the channel carrying the
     // activation closes under the host, which must still roll back at the deadline.
     let f = file("two");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let mut child = coordinator(env.path())
         .args(["deploy", &f])
-        .current_dir(env.path())
-        .env_remove("FERRY_STORE_DIR")
-        .env_remove("FERRY_STATE_DIR")
-        .env("FERRY_ROOT", env.path().join("coordinator"))
-        .env("HOME", env.path().join("home"))
         .env("FERRY_TEST_NEVER_CONFIRM", "1")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -6,9 +6,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use ferry_tests::git;
+
+use crate::util::{coordinator, ferry_at};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -30,15 +32,11 @@ impl Env {
     }
 
     fn ferry(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-        c.args(args)
-            .current_dir(self.path())
-            .env_remove("FERRY_STORE_DIR")
-            .env_remove("FERRY_STATE_DIR")
-            .env("FERRY_ROOT", self.path().join("coordinator"))
+        coordinator(self.path())
+            .args(args)
             .env("XDG_DATA_HOME", self.path().join("data"))
-            .env("HOME", self.path().join("home"));
-        c.output().unwrap()
+            .output()
+            .unwrap()
     }
 
     /// Run and expect an exit code; returns stdout + stderr.
@@ -383,8 +381,8 @@ fn host_session_answers_requests_and_refuses_unknown_ones() {
     let env = Env::new();
     let root = env.path().join("host");
     let session = |input: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["--root", root.to_str().unwrap(), "host", "session"])
+        let mut child = ferry_at(&root)
+            .args(["host", "session"])
             .env("HOME", env.path().join("home"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -1,6 +1,7 @@
 //! One integration-test binary for `ferry` (one link step; modules share helpers).
 //!
 //! The `ferry` binary, run as a user runs it: every command against real stores, real sshd hosts, Debian's Nix and libgcrypt.
+//! Every module builds its `ferry` commands with [`util`].
 
 mod archive_cli;
 mod bench_cli;
@@ -18,3 +19,4 @@ mod nix_interop;
 mod nix_source_store;
 mod store_cli;
 mod store_crash;
+mod util;

@@ -1,32 +1,10 @@
 //! The `ferry nar` and `ferry store path` commands as a user runs them: real binary, real files,
 //! Debian's Nix as the reference; exit codes 0 (ok), 1 (error), 2 (usage).
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-fn ferry() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    c.env_remove("FERRY_ROOT").env_remove("FERRY_STORE_DIR").env_remove("FERRY_STATE_DIR");
-    c
-}
-
-fn with_stdin(mut command: Command, input: &[u8]) -> std::process::Output {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
-}
+use crate::util::{ferry, output_with_stdin, FERRY};
 
 fn sample_tree(dir: &Path) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
@@ -47,12 +25,12 @@ fn dump_hash_restore_ls() {
     let dump = ferry().args(["nar", "dump"]).arg(&tree).output().unwrap();
     assert!(dump.status.success());
     assert!(
-        dump.stdout == ferry_tests::nix_dump(&tree),
+        dump.stdout == ferry_tests::nix::dump(&tree),
         "ferry nar dump differs from nix-store --dump"
     );
 
     let hash = ferry().args(["nar", "hash"]).arg(&tree).output().unwrap();
-    assert_eq!(String::from_utf8(hash.stdout).unwrap().trim(), ferry_tests::nix_hash(&tree));
+    assert_eq!(String::from_utf8(hash.stdout).unwrap().trim(), ferry_tests::nix::hash(&tree));
     let hex = ferry().args(["nar", "hash", "--base16"]).arg(&tree).output().unwrap();
     let nix_hex =
         ferry_tests::run_text("nix-hash", &["--type", "sha256", tree.to_str().unwrap()], &[]);
@@ -61,13 +39,13 @@ fn dump_hash_restore_ls() {
     let out_dir = tmp.path().join("restored");
     let mut restore = ferry();
     restore.args(["nar", "restore"]).arg(&out_dir);
-    let restored = with_stdin(restore, &dump.stdout);
+    let restored = output_with_stdin(restore, &dump.stdout);
     assert!(restored.status.success(), "{}", String::from_utf8_lossy(&restored.stderr));
-    assert!(ferry_tests::nix_dump(&out_dir) == dump.stdout);
+    assert!(ferry_tests::nix::dump(&out_dir) == dump.stdout);
 
     let mut ls = ferry();
     ls.args(["nar", "ls"]);
-    let listing = with_stdin(ls, &dump.stdout);
+    let listing = output_with_stdin(ls, &dump.stdout);
     assert_eq!(
         String::from_utf8(listing.stdout).unwrap(),
         "directory\t-\t-\t/\nregular\t6\t-\t/README\ndirectory\t-\t-\t/bin\nregular\t10\tx\t/bin/tool\nsymlink\t-\t-\t/link -> bin/tool\n"
@@ -78,7 +56,7 @@ fn dump_hash_restore_ls() {
 fn store_path_matches_nix() {
     let tmp = tempfile::tempdir().unwrap();
     let tree = sample_tree(tmp.path());
-    let hash = ferry_tests::nix_hash(&tree);
+    let hash = ferry_tests::nix::hash(&tree);
     for store_dir in ["/gnu/store", "/nix/store"] {
         let ours = ferry()
             .args(["store", "path", "--store-dir", store_dir, "--name", "my-tree"])
@@ -114,7 +92,7 @@ fn exit_codes_and_errors() {
     let target = tmp.path().join("out");
     let mut restore = ferry();
     restore.args(["nar", "restore"]).arg(&target);
-    let failed = with_stdin(restore, &nar);
+    let failed = output_with_stdin(restore, &nar);
     assert_eq!(failed.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&failed.stderr);
     assert!(stderr.contains("at byte 103"), "{stderr}");
@@ -137,7 +115,7 @@ fn closed_stdout_is_not_an_error() {
         .arg("-c")
         .arg(format!(
             "'{}' nar dump '{}' | head -c 10 > /dev/null; echo ${{PIPESTATUS[0]}}",
-            env!("CARGO_BIN_EXE_ferry"),
+            FERRY,
             big.display()
         ))
         .output()

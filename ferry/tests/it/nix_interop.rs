@@ -10,25 +10,11 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use ferry_tests::nix;
 use nar_core::hash::Sha256Hash;
 use nar_core::store_path::{fold_digest, StoreDir, StorePath};
 
-fn nix(program: &str) -> Command {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {program}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    assert!(
-        found,
-        "{program} is not on PATH: these interop tests need Debian's Nix \
-         (apt-get install -y nix-bin); they do not skip"
-    );
-    let mut cmd = Command::new(program);
-    cmd.env("NIX_CONFIG", "substituters =\n");
-    cmd
-}
+use crate::util;
 
 fn run(cmd: &mut Command) -> String {
     String::from_utf8(run_bytes(cmd)).unwrap()
@@ -46,15 +32,11 @@ fn run_bytes(cmd: &mut Command) -> Vec<u8> {
 }
 
 fn nix_store(store: &Path, args: &[&str]) -> String {
-    run(nix("nix-store").arg("--store").arg(store).args(args))
+    run(nix::command("nix-store").arg("--store").arg(store).args(args))
 }
 
 fn ferry(args: &[&str]) -> String {
-    run(Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .env_remove("FERRY_ROOT")
-        .env_remove("FERRY_STORE_DIR")
-        .env_remove("FERRY_STATE_DIR")
-        .args(args))
+    run(util::ferry().args(args))
 }
 
 fn lines(text: &str) -> Vec<String> {
@@ -103,11 +85,12 @@ struct NixFixture {
 }
 
 fn fixture() -> NixFixture {
+    nix::require();
     let tmp = tempfile::tempdir().unwrap();
     let store = tmp.path().join("s");
     let src_dir = tmp.path().join("src");
     ferry_tests::write_sample_tree(&src_dir);
-    let (src, text) = ferry_tests::nix_tree_and_referrer(&store, &src_dir, "src");
+    let (src, text) = nix::tree_and_referrer(&store, &src_dir, "src");
 
     // Input-addressed paths with chosen references: a diamond over `leaf`, a self-reference
     // on `top`, and an edge to the text path.
@@ -131,7 +114,7 @@ fn fixture() -> NixFixture {
     let stream = export_stream(
         &items.iter().map(|(d, p, r)| (d.as_path(), *p, r.clone())).collect::<Vec<_>>(),
     );
-    let mut child = nix("nix-store")
+    let mut child = nix::command("nix-store")
         .arg("--store")
         .arg(&store)
         .arg("--import")
@@ -223,9 +206,12 @@ fn ferry_source_paths_equal_nix_store_add() {
     }
     // The stored copy's NAR is byte-identical to Nix's copy.
     let ours_nar = run_bytes(
-        nix("nix-store").arg("--dump").arg(ours_root.path().join(f.src.trim_start_matches('/'))),
+        nix::command("nix-store")
+            .arg("--dump")
+            .arg(ours_root.path().join(f.src.trim_start_matches('/'))),
     );
-    let theirs_nar =
-        run_bytes(nix("nix-store").arg("--dump").arg(f.store.join(f.src.trim_start_matches('/'))));
+    let theirs_nar = run_bytes(
+        nix::command("nix-store").arg("--dump").arg(f.store.join(f.src.trim_start_matches('/'))),
+    );
     assert_eq!(Sha256Hash::of(&ours_nar), Sha256Hash::of(&theirs_nar));
 }

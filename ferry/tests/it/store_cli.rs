@@ -1,18 +1,12 @@
 //! `ferry store` and `ferry gc` through the real binary, on temp roots.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
+
+use crate::util::ferry_at;
 
 fn ferry(root: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("--root")
-        .arg(root)
-        .args(args)
-        .env_remove("FERRY_ROOT")
-        .env_remove("FERRY_STORE_DIR")
-        .env_remove("FERRY_STATE_DIR")
-        .output()
-        .expect("run ferry")
+    ferry_at(root).args(args).output().expect("run ferry")
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {

@@ -8,15 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::util::ferry_at;
+
 fn ferry_cmd(root: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.arg("--root")
-        .arg(root)
-        .env_remove("FERRY_ROOT")
-        .env_remove("FERRY_STORE_DIR")
-        .env_remove("FERRY_STATE_DIR")
-        .env_remove("FERRY_TEST_CRASH_AT");
-    cmd
+    ferry_at(root)
 }
 
 fn ok(root: &Path, args: &[&str]) -> String {

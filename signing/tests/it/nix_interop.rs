@@ -15,10 +15,10 @@ use nar_core::store_path::{StoreDir, StorePath};
 use signing::bundle::{BundleReader, BundleWriter, ItemMeta};
 use signing::nix::{fingerprint, Signature, SigningKey, VerifyingKey};
 
+/// A Nix tool, hermetic (ferry-tests' configuration), with stdin closed.
 fn command(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command\n")
-        .stdin(Stdio::null());
+    let mut c = ferry_tests::nix::command(program);
+    c.stdin(Stdio::null());
     c
 }
 

@@ -6,7 +6,8 @@ use std::io::Write;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use ferry_tests::{nix_dump, nix_hash, run_text};
+use ferry_tests::nix::{dump as nix_dump, hash as nix_hash};
+use ferry_tests::run_text;
 use nar_core::hash::Sha256Hash;
 use nar_core::store_path::{make_fixed_output_path, make_source_path, FileIngestion, StoreDir};
 
@@ -96,12 +97,10 @@ fn restores_agree_with_nix() {
         let theirs = tmp.path().join(format!("nix-{name}"));
         let nar_file = tmp.path().join(format!("{name}.nar"));
         fs::write(&nar_file, ferry_dump(&tree)).unwrap();
-        let status = std::process::Command::new("sh")
-            .arg("-c")
-            .arg("nix-store --restore \"$1\" < \"$2\"")
-            .arg("sh")
+        let status = ferry_tests::nix::command("nix-store")
+            .arg("--restore")
             .arg(&theirs)
-            .arg(&nar_file)
+            .stdin(fs::File::open(&nar_file).unwrap())
             .status()
             .unwrap();
         assert!(status.success(), "nix-store --restore of ferry's NAR of {name}");

@@ -1,12 +1,13 @@
 //! Shared fixture of the Nix interop tests (cache.rs, nix_serve.rs): a ferry store with store
 //! dir `/nix/store` under a temp root, holding a small closure with references, a self
 //! reference, a deriver, an executable, a symlink, an empty directory and a multi-MiB file; and
-//! helpers to run Debian's Nix (2.8) on chroot stores (`--store DIR`, never `/nix`).
+//! the helpers of ferry-tests that run Debian's Nix (2.8) hermetically on chroot stores
+//! (`--store DIR`, never `/nix`), under the names these tests use.
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use closure::PathInfo;
@@ -15,21 +16,12 @@ use nar_core::hash::Sha256Hash;
 use nar_core::store_path::{fold_digest, StoreDir, StorePath};
 use store::{Store, StoreLayout};
 
+pub use ferry_tests::nix::{
+    command as nix_cmd, key_pair as nix_key_pair, require as require_nix, store as nix_store,
+};
+
 pub const INSTALL_HINT: &str =
     "these tests need Debian's Nix: apt-get update && apt-get install -y nix-bin";
-
-/// Fail (not skip) when Nix is missing.
-pub fn require_nix() {
-    let ok = Command::new("nix-store").arg("--version").output().map(|o| o.status.success());
-    assert!(matches!(ok, Ok(true)), "nix-store not found or not working; {INSTALL_HINT}");
-}
-
-/// A `Command` for a Nix tool with no substituters (no network) and the new CLI enabled.
-pub fn nix_cmd(program: &str) -> Command {
-    let mut c = Command::new(program);
-    c.env("NIX_CONFIG", "substituters =\nexperimental-features = nix-command\n");
-    c
-}
 
 /// Run and return the output; panics with stderr when it fails and `must_succeed`.
 pub fn run(cmd: &mut Command, must_succeed: bool) -> Output {
@@ -43,21 +35,6 @@ pub fn run(cmd: &mut Command, must_succeed: bool) -> Output {
         );
     }
     out
-}
-
-/// `nix-store --store ROOT ARGS...` on success, its stdout.
-pub fn nix_store(root: &Path, args: &[&str]) -> String {
-    let out = run(nix_cmd("nix-store").arg("--store").arg(root).args(args), true);
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A Nix key pair made by `nix-store --generate-binary-cache-key`: (secret file, public key).
-pub fn nix_key_pair(dir: &Path, name: &str) -> (PathBuf, String) {
-    let sk = dir.join(format!("{name}.sec"));
-    let pk = dir.join(format!("{name}.pub"));
-    run(nix_cmd("nix-store").arg("--generate-binary-cache-key").arg(name).arg(&sk).arg(&pk), true);
-    fs::set_permissions(&sk, fs::Permissions::from_mode(0o600)).unwrap();
-    (sk, fs::read_to_string(&pk).unwrap().trim().to_owned())
 }
 
 /// An input-addressed-looking store path with a made-up (but fixed) hash part.

@@ -1,16 +1,23 @@
+//! Progress rendering, for the two commands that have progress:
+//! - [`CopyBars`] renders `ferry copy`'s transfer events (`transfer::push::Progress`): one bar
+//!   per host on a terminal, plain `HOST: ...` lines otherwise (at most every two seconds);
+//! - [`Board`] renders a deploy run (`deploy::progress::DeployProgress`):
+//!
 //! Progress of a deploy run: one line per host (phase, bytes, rate, ETA) with indicatif bars
 //! on a terminal, plain `HOST: ...` lines otherwise (phase changes, and the copy's bytes at
 //! most every two seconds). Host output (activate lines, warnings) is printed above the bars.
 //! [`Board`] renders the deploy library's [`DeployProgress`].
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deploy::orchestrate::{error_chain, DeployError};
+use deploy::error::{error_chain, DeployError};
 use deploy::progress::{DeployProgress, Phase};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use transfer::push::{Progress, ProgressEvent};
+
+use super::{format_bytes, Printer};
 
 /// All hosts' progress.
 pub struct Board {
@@ -22,10 +29,10 @@ pub struct Board {
 }
 
 impl Board {
-    /// Bars when stderr is a terminal; `success` is the word for a host that succeeded.
-    pub fn new(success: &'static str) -> Board {
+    /// Bars when the printer draws them; `success` is the word for a host that succeeded.
+    pub fn new(printer: Printer, success: &'static str) -> Board {
         Board {
-            multi: std::io::stderr().is_terminal().then(MultiProgress::new),
+            multi: printer.draws_bars().then(MultiProgress::new),
             hosts: Mutex::default(),
             success,
         }
@@ -107,10 +114,6 @@ impl HostBar {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
-}
-
 impl HostBar {
     /// The copy is known: `missing_paths` of `closure_paths`, `nar_bytes` to send.
     fn copy_plan(&self, missing_paths: usize, closure_paths: usize, nar_bytes: u64) {
@@ -124,7 +127,7 @@ impl HostBar {
             None => eprintln!(
                 "{}: copying {missing_paths} of {closure_paths} paths, {}",
                 self.name,
-                mib(nar_bytes)
+                format_bytes(nar_bytes)
             ),
         }
     }
@@ -143,9 +146,9 @@ impl HostBar {
                 eprintln!(
                     "{}: copy {} of {}, {}/s, ETA {eta:.0}s",
                     self.name,
-                    mib(copy.sent),
-                    mib(copy.total),
-                    mib(rate as u64)
+                    format_bytes(copy.sent),
+                    format_bytes(copy.total),
+                    format_bytes(rate as u64)
                 );
             }
             None => {}
@@ -177,5 +180,109 @@ impl DeployProgress for Board {
     }
     fn built(&self, systems: usize, elapsed: Duration) {
         eprintln!("built {systems} system(s) in {:.1}s", elapsed.as_secs_f64());
+    }
+}
+
+/// The terminal's bars, one per host.
+type Bars = (MultiProgress, Mutex<Vec<(String, ProgressBar)>>);
+
+/// The progress of `ferry copy`: one bar per host on a terminal, plain lines otherwise.
+pub struct CopyBars {
+    bars: Option<Bars>,
+    /// Per host: NAR bytes sent, paths landed, paths missing.
+    hosts: Mutex<std::collections::BTreeMap<String, (u64, usize, usize)>>,
+    last_line: Mutex<Instant>,
+}
+
+impl CopyBars {
+    /// Bars when the printer draws them, plain lines otherwise.
+    pub fn new(printer: Printer) -> Self {
+        let bars = printer.draws_bars().then(|| (MultiProgress::new(), Mutex::new(Vec::new())));
+        CopyBars { bars, hosts: Mutex::default(), last_line: Mutex::new(Instant::now()) }
+    }
+
+    fn bar(&self, host: &str) -> Option<ProgressBar> {
+        let (multi, bars) = self.bars.as_ref()?;
+        let mut bars = bars.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, bar)) = bars.iter().find(|(h, _)| h == host) {
+            return Some(bar.clone());
+        }
+        let bar = multi.add(ProgressBar::new(0));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(host.to_owned());
+        bars.push((host.to_owned(), bar.clone()));
+        Some(bar)
+    }
+
+    /// Finish every bar (the summary follows).
+    pub fn finish(&self) {
+        if let Some((_, bars)) = &self.bars {
+            for (_, bar) in bars.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                bar.finish();
+            }
+        }
+    }
+}
+
+impl Progress for CopyBars {
+    fn event(&self, host: &str, event: &ProgressEvent<'_>) {
+        let bar = self.bar(host);
+        match event {
+            ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, resumed_bytes } => {
+                self.hosts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .entry(host.to_owned())
+                    .or_default()
+                    .2 = *missing_paths;
+                if let Some(bar) = bar {
+                    bar.set_length(*nar_bytes);
+                    bar.set_message(format!("{missing_paths}/{closure_paths} paths"));
+                } else {
+                    let resumed = if *resumed_bytes > 0 {
+                        format!(", {} resumed", format_bytes(*resumed_bytes))
+                    } else {
+                        String::new()
+                    };
+                    eprintln!(
+                        "{host}: {missing_paths} of {closure_paths} paths missing, {} to send{resumed}",
+                        format_bytes(*nar_bytes)
+                    );
+                }
+            }
+            ProgressEvent::Sent { .. } | ProgressEvent::Landed { .. } => {
+                let (sent, landed, missing) = {
+                    let mut hosts = self.hosts.lock().unwrap_or_else(|p| p.into_inner());
+                    let entry = hosts.entry(host.to_owned()).or_default();
+                    match event {
+                        ProgressEvent::Sent { nar_bytes } => entry.0 += nar_bytes,
+                        _ => entry.1 += 1,
+                    }
+                    *entry
+                };
+                if let Some(bar) = bar {
+                    if let ProgressEvent::Sent { nar_bytes } = event {
+                        bar.inc(*nar_bytes);
+                    }
+                    bar.set_message(format!("{landed}/{missing} paths landed"));
+                } else {
+                    let mut last = self.last_line.lock().unwrap_or_else(|p| p.into_inner());
+                    if last.elapsed() >= Duration::from_secs(2) {
+                        *last = Instant::now();
+                        eprintln!(
+                            "{host}: {} sent, {landed}/{missing} paths landed",
+                            format_bytes(sent)
+                        );
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
