@@ -5,6 +5,8 @@
 
 mod adaptive;
 mod agent;
+mod agent_session;
+mod agent_session_check;
 mod cache;
 mod delta;
 mod delta_protocol;
