@@ -12,12 +12,13 @@
 //! [`io::ErrorKind::TimedOut`] error whose text names the phase and the time waited (the
 //! session's error adds the host).
 //!
-//! [`DeadlineReader`] reads the connection on a pump thread, so a read blocked on a silent peer
-//! is given up without the transport's help; [`DeadlineWriter`] counts the bytes written.
+//! [`DeadlineReader`] reads the connection on a pump thread, on demand, so a read blocked on a
+//! silent peer is given up without the transport's help; [`DeadlineWriter`] counts the bytes
+//! written.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -179,64 +180,85 @@ fn watchdog(shared: std::sync::Weak<Shared>) {
     }
 }
 
-/// Reads a connection on a pump thread, giving up when the [`Watch`] expires.
+/// Reads a connection on a pump thread, giving up when the [`Watch`] expires. The pump reads
+/// only when asked (one read per [`Read::read`] call, of at most the caller's buffer), so it
+/// never takes bytes the session does not ask for: a stream lent for one session (a deploy's
+/// copy inside its host session) goes on intact after it.
 #[derive(Debug)]
 pub struct DeadlineReader {
-    chunks: Receiver<io::Result<Vec<u8>>>,
-    current: Vec<u8>,
-    pos: usize,
+    requests: SyncSender<usize>,
+    results: Receiver<io::Result<Vec<u8>>>,
+    pending: bool,
     watch: Watch,
 }
 
 impl DeadlineReader {
     /// Read `inner` on a thread; every byte read counts as moved for `watch`.
     pub fn new(mut inner: impl Read + Send + 'static, watch: Watch) -> Self {
-        let (tx, rx) = sync_channel(4);
-        std::thread::spawn(move || loop {
-            let mut buf = vec![0u8; 128 << 10];
-            match inner.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(buf)).is_err() {
-                        return;
+        let (requests, asked) = sync_channel::<usize>(1);
+        let (tx, results) = sync_channel(1);
+        std::thread::spawn(move || {
+            for n in asked {
+                let mut buf = vec![0u8; n];
+                let result = loop {
+                    match inner.read(&mut buf) {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        other => break other,
                     }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = tx.send(Err(e));
+                };
+                let result = result.map(|got| {
+                    buf.truncate(got);
+                    buf
+                });
+                if tx.send(result).is_err() {
                     return;
                 }
             }
         });
-        DeadlineReader { chunks: rx, current: Vec::new(), pos: 0, watch }
+        DeadlineReader { requests, results, pending: false, watch }
     }
 }
 
 impl Read for DeadlineReader {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        if !self.pending {
             if let Some(e) = self.watch.expired() {
                 return Err(e);
             }
-            match self.chunks.recv_timeout(Duration::from_millis(250)) {
-                Ok(Ok(chunk)) => {
-                    self.watch.moved(chunk.len());
-                    self.current = chunk;
-                    self.pos = 0;
+            let asked = out.len().min(128 << 10);
+            self.requests.send(asked).map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+            self.pending = true;
+        }
+        loop {
+            match self.results.recv_timeout(Duration::from_millis(250)) {
+                Ok(result) => {
+                    self.pending = false;
+                    // The expiry hook may have closed the connection: the deadline is the cause.
+                    let bytes = match result {
+                        Ok(b) if b.is_empty() => return self.watch.expired().map_or(Ok(0), Err),
+                        Ok(b) => b,
+                        Err(e) => return Err(self.watch.expired().unwrap_or(e)),
+                    };
+                    self.watch.moved(bytes.len());
+                    out[..bytes.len()].copy_from_slice(&bytes);
+                    return Ok(bytes.len());
                 }
-                // The expiry hook may have closed the connection: the deadline is the cause.
-                Ok(Err(e)) => return Err(self.watch.expired().unwrap_or(e)),
-                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    if let Some(e) = self.watch.expired() {
+                        return Err(e);
+                    }
+                }
                 Err(RecvTimeoutError::Disconnected) => {
-                    return self.watch.expired().map_or(Ok(0), Err);
+                    return Err(self
+                        .watch
+                        .expired()
+                        .unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()));
                 }
             }
         }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 

@@ -13,7 +13,8 @@
 //! [`Role::Puller`], so the host cannot change the local ACL (`Authorize` is a protocol error
 //! naming the host), ask for the local store, or land a path outside the closure of the roots
 //! asked for; each wait for it has a deadline ([`crate::deadline`], [`AgentOptions::deadlines`]);
-//! and the pull fails unless every root is valid locally at the end.
+//! and the pull fails unless every root is valid locally at the end (refusals in the summary,
+//! or [`PullError::RootsMissing`] when the host sent nothing that explains it).
 //!
 //! [`pull_closure`] is the local half; the agent's half is in [`crate::agent`] (it pushes with
 //! [`crate::push`]'s session), so this module needs only the agent and the transport.
@@ -67,8 +68,10 @@ pub enum PullError {
     NoSendFeature { host: String, version: String },
     #[error("{host}: receiving: {error}{}", crate::transport::stderr_note(crate::transport::AGENT_SAID, .stderr))]
     Receive { host: String, error: Box<AgentError>, stderr: String },
-    #[error("{host}: the pull ended without {missing}{refused}")]
-    RootsMissing { host: String, missing: String, refused: String, summary: Box<ServeSummary> },
+    #[error(
+        "{host}: the pull ended without {missing}, and the host sent nothing that was refused"
+    )]
+    RootsMissing { host: String, missing: String },
     #[error("cannot check the local store after the pull: {0}")]
     Store(#[from] store::StoreError),
 }
@@ -89,8 +92,9 @@ impl<R: Read> Read for Counted<R> {
 
 /// Pull the closures of `roots` from the agent behind `transport` into the store of `local`
 /// (opened for writing for the session). Paths the local store refuses are listed in the
-/// summary; the session goes on without them, as on push; the pull fails unless every root is
-/// valid locally at the end ([`PullError::RootsMissing`]).
+/// summary; the session goes on without them, as on push. A pull that ends with a root not
+/// valid locally is a failure: refused paths in the summary, or [`PullError::RootsMissing`]
+/// when nothing was refused.
 pub fn pull_closure(
     transport: &dyn Transport,
     roots: &[StorePath],
@@ -210,13 +214,19 @@ pub fn pull_closure(
     }
 }
 
-/// Every root asked for must be valid locally once the session is over.
+/// Every root asked for must be valid locally once the session is over: when some are not and
+/// no path was refused, the host did not send them ([`PullError::RootsMissing`]); when paths
+/// were refused, the summary's refusals say why and make the pull a failure for its callers
+/// (as on push).
 fn check_roots(
     layout: &store::StoreLayout,
     roots: &[StorePath],
     host: &str,
     serve: &ServeSummary,
 ) -> Result<(), PullError> {
+    if serve.rejected > 0 {
+        return Ok(());
+    }
     let store = store::Store::open_read_only(layout.clone())?;
     let valid = store.query_valid(roots.iter())?;
     let missing: Vec<String> = roots
@@ -227,21 +237,5 @@ fn check_roots(
     if missing.is_empty() {
         return Ok(());
     }
-    let refused = if serve.rejected == 0 {
-        String::new()
-    } else {
-        let shown: Vec<String> = serve
-            .rejections
-            .iter()
-            .take(5)
-            .map(|(p, reason, message)| format!("{p}: {reason}: {message}"))
-            .collect();
-        format!(" ({} paths refused: {})", serve.rejected, shown.join("; "))
-    };
-    Err(PullError::RootsMissing {
-        host: host.to_owned(),
-        missing: missing.join(", "),
-        refused,
-        summary: Box::new(serve.clone()),
-    })
+    Err(PullError::RootsMissing { host: host.to_owned(), missing: missing.join(", ") })
 }
