@@ -241,8 +241,9 @@ pub enum RejectReason {
     CorruptData,
     /// The host's store failed (disk full, IO error).
     Store,
-    /// A delta could not be applied (base missing or corrupt on the host, bad delta stream):
-    /// send the path in full.
+    /// A delta could not be applied (base missing or corrupt on the host, bad delta stream),
+    /// or a resumed path did not match (the bytes the host held were not the path's): send the
+    /// path in full.
     DeltaFailed,
 }
 
