@@ -24,6 +24,13 @@
 //!
 //! With [`RestoreOptions::fsync`], files and directories are synced before the call returns, as
 //! an atomic store import needs before it renames the result into place.
+//!
+//! **Bounds.** A NAR received from a peer is restored under limits the receiver knows before
+//! the first byte: [`RestoreOptions::max_size`] (the signed NAR size) stops the restore at the
+//! first event that would go past it, before anything of it is written, and
+//! [`RestoreOptions::max_nodes`] caps the files, directories and symlinks created. So a stream
+//! that decompresses to far more than it declared writes at most its declared size (and no
+//! more than the cap of inodes) before it is refused and removed.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -59,6 +66,15 @@ pub enum RestoreError {
     /// Reading the archive failed.
     #[error("reading the NAR: {0}")]
     Read(#[from] io::Error),
+    /// The archive goes on past [`RestoreOptions::max_size`].
+    #[error("the NAR goes past its declared size of {declared} bytes (at NAR byte {offset})")]
+    TooLarge { declared: u64, offset: u64 },
+    /// The archive holds more nodes than [`RestoreOptions::max_nodes`].
+    #[error(
+        "the NAR holds more than {max} files, directories and symlinks, the limit for one path \
+         (at NAR byte {offset})"
+    )]
+    TooManyNodes { max: u64, offset: u64 },
 }
 
 impl RestoreError {
@@ -66,7 +82,9 @@ impl RestoreError {
     pub fn offset(&self) -> Option<u64> {
         match self {
             RestoreError::Decode(e) => Some(e.offset),
-            RestoreError::Write { offset, .. } => Some(*offset),
+            RestoreError::Write { offset, .. }
+            | RestoreError::TooLarge { offset, .. }
+            | RestoreError::TooManyNodes { offset, .. } => Some(*offset),
             _ => None,
         }
     }
@@ -91,7 +109,15 @@ pub struct RestoreOptions {
     /// asynchronous writeback of the file's dirty pages), so that a later sync of the whole
     /// file system has little left to wait for. Durability still comes from that later sync.
     pub start_writeback: bool,
+    /// Stop with [`RestoreError::TooLarge`] at the first event ending past this NAR byte.
+    pub max_size: Option<u64>,
+    /// Stop with [`RestoreError::TooManyNodes`] before creating more nodes than this.
+    pub max_nodes: Option<u64>,
 }
+
+/// The default cap of nodes (files, directories, symlinks) of one received path: far above
+/// any real package (the largest hold a few hundred thousand files).
+pub const MAX_NODES: u64 = 2_000_000;
 
 /// Files smaller than this are left to the later sync as they are.
 pub const WRITEBACK_MIN: u64 = 256 << 10;
@@ -142,6 +168,7 @@ pub fn restore_with<R: BufRead + ?Sized>(
         file: None,
         written: 0,
         executable: false,
+        nodes: 0,
         options,
     };
     let result =
@@ -180,6 +207,8 @@ struct Restorer<'o> {
     written: u64,
     /// Whether the current file is executable.
     executable: bool,
+    /// Nodes created so far.
+    nodes: u64,
     options: &'o RestoreOptions,
 }
 
@@ -218,6 +247,15 @@ impl Restorer<'_> {
             offset,
             source,
         };
+        if let Some(declared) = self.options.max_size.filter(|&m| offset > m) {
+            return Err(RestoreError::TooLarge { declared, offset });
+        }
+        if matches!(event, NarEvent::Directory | NarEvent::File { .. } | NarEvent::Symlink { .. }) {
+            self.nodes += 1;
+            if let Some(max) = self.options.max_nodes.filter(|&m| self.nodes > m) {
+                return Err(RestoreError::TooManyNodes { max, offset });
+            }
+        }
         match event {
             NarEvent::Directory => {
                 let (dir, name) = self.place();

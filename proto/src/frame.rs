@@ -25,17 +25,17 @@
 //! | 0x02 | `Welcome` | agent | magic, min_version, max_version, ferry_version, features, store_dir:string, system:string, free_bytes:u64, generation:opt<string> |
 //! | 0x03 | `Authorize` | coordinator | public_key:bytes (Guix `(public-key …)` text) |
 //! | 0x04 | `Authorized` | agent | added:u8 |
-//! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure; [graph:list<list<u32>> — feature `graph`, see below] |
+//! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure, at most [`MAX_QUERY_ENTRIES`] (200,000) entries; [graph:list<list<u32>> — feature `graph`, see below] |
 //! | 0x11 | `Have` | agent | missing:list<path, resume_from:u64>, bases:list<path, list<path>> |
 //! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64, [base:path when encoding = 2] |
 //! | 0x21 | `Data` | coordinator | the rest of the frame: the next bytes of the encoded NAR |
 //! | 0x22 | `PathEnd` | coordinator | (empty) |
 //! | 0x30 | `Ack` | agent | path, outcome:u8 (0 imported, 1 was valid already) |
-//! | 0x31 | `Reject` | agent | path, reason:u8, message:string |
+//! | 0x31 | `Reject` | agent | path, reason:u8, message:string (cut to [`MAX_PEER_MESSAGE`] bytes and escaped on receipt, [`crate::text`]) |
 //! | 0x40 | `Done` | coordinator | (empty): no more paths |
 //! | 0x41 | `Bye` | agent | imported:u64, rejected:u64 |
 //! | 0x50 | `SendClosure` | coordinator | roots:list<path> — pull: the agent sends their closure |
-//! | 0x7f | `Error` | either | message:string; the sender closes the session |
+//! | 0x7f | `Error` | either | message:string (cut and escaped like `Reject`'s); the sender closes the session |
 //!
 //! # Conversation
 //! ```text
@@ -112,6 +112,8 @@ use std::fmt;
 use nar_core::hash::Sha256Hash;
 use nar_core::store_path::StorePath;
 
+use crate::text::{peer_text, MAX_PEER_MESSAGE};
+
 /// Magic in `Hello` and `Welcome`.
 pub const MAGIC: &[u8] = b"ferry-protocol";
 /// Oldest protocol version this build speaks.
@@ -123,6 +125,10 @@ pub const MAX_FRAME: u32 = 64 << 20;
 /// Largest first frame accepted before the handshake is done (a peer that is not ferry is
 /// caught quickly, with its first bytes shown).
 pub const MAX_HANDSHAKE_FRAME: u32 = 64 << 10;
+/// Most entries a `Query` may hold: a closure of more paths is refused by the coordinator
+/// before it is sent and by the agent's decoder (a hostile `Query` cannot make the agent hold
+/// more than this many paths, whatever the frame size allows).
+pub const MAX_QUERY_ENTRIES: u32 = 200_000;
 /// Size of the `Data` chunks the coordinator sends.
 pub const DATA_CHUNK: usize = 128 << 10;
 /// Features this build offers: `zstd` (path data may be zstd-compressed), `resume` (partial
@@ -187,6 +193,8 @@ pub enum ProtocolError {
     Unexpected { frame: &'static str, state: &'static str },
     #[error("the peer answered about {path}, which was not asked about or is not in flight")]
     UnknownPath { path: String },
+    #[error("the peer ended the session without answering {count} paths it was sent: {paths}")]
+    Unanswered { count: usize, paths: String },
     #[error("the peer reported an error: {0}")]
     Peer(String),
     #[error("the connection ended {state}")]
@@ -233,8 +241,9 @@ pub enum RejectReason {
     CorruptData,
     /// The host's store failed (disk full, IO error).
     Store,
-    /// A delta could not be applied (base missing or corrupt on the host, bad delta stream):
-    /// send the path in full.
+    /// A delta could not be applied (base missing or corrupt on the host, bad delta stream),
+    /// or a resumed path did not match (the bytes the host held were not the path's): send the
+    /// path in full.
     DeltaFailed,
 }
 
@@ -544,6 +553,12 @@ impl Frame {
                 kind::AUTHORIZE => Frame::Authorize { public_key: r.bytes()?.to_vec() },
                 kind::AUTHORIZED => Frame::Authorized { added: r.u8()? != 0 },
                 kind::QUERY => {
+                    let count = r.peek_u32()?;
+                    if count > MAX_QUERY_ENTRIES {
+                        return Err(format!(
+                            "{count} entries, more than the {MAX_QUERY_ENTRIES} a Query may hold"
+                        ));
+                    }
                     let mut entries = r.list(|r| {
                         Ok(QueryEntry {
                             path: r.path()?,
@@ -603,18 +618,19 @@ impl Frame {
                         b => return Err(format!("unknown outcome {b}")),
                     },
                 },
+                // A peer's text is data: cut and escaped as it arrives (crate::text).
                 kind::REJECT => Frame::Reject {
                     path: r.path()?,
                     reason: {
                         let b = r.u8()?;
                         RejectReason::from_u8(b).ok_or_else(|| format!("unknown reason {b}"))?
                     },
-                    message: r.string()?,
+                    message: peer_text(&r.string()?, MAX_PEER_MESSAGE),
                 },
                 kind::DONE => Frame::Done,
                 kind::BYE => Frame::Bye { imported: r.u64()?, rejected: r.u64()? },
                 kind::SEND_CLOSURE => Frame::SendClosure { roots: r.list(|r| r.path())? },
-                kind::ERROR => Frame::Error(r.string()?),
+                kind::ERROR => Frame::Error(peer_text(&r.string()?, MAX_PEER_MESSAGE)),
                 _ => unreachable!("unknown kinds are caught above"),
             })
         })()
@@ -749,6 +765,10 @@ impl<'a> Reader<'a> {
     }
     fn u32(&mut self) -> Result<u32, String> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+    fn peek_u32(&self) -> Result<u32, String> {
+        let at = self.buf.get(self.pos..self.pos + 4).ok_or("truncated before a count")?;
+        Ok(u32::from_le_bytes(at.try_into().expect("4 bytes")))
     }
     fn u64(&mut self) -> Result<u64, String> {
         Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
@@ -898,7 +918,7 @@ impl FrameDecoder {
         if len > MAX_HANDSHAKE_FRAME || len == 0 || !kind_ok {
             let shown = &avail[..avail.len().min(80)];
             return Err(ProtocolError::NotFerry {
-                first_bytes: String::from_utf8_lossy(shown).into_owned(),
+                first_bytes: peer_text(&String::from_utf8_lossy(shown), 80),
             });
         }
         Ok(())

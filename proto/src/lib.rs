@@ -11,6 +11,7 @@
 //! | [`peer`] | [`peer::CoordinatorState`] and [`peer::AgentState`]: which frame is allowed when; version negotiation |
 //! | [`io`] | blocking adapters over any `Read`/`Write`: frame reader and writer, one path's data as a stream, byte counters |
 //! | [`uri`] | copy targets as URIs: `ssh://`, `local://`, `nix+ssh://`, `file://` |
+//! | [`text`] | [`text::peer_text`]: a peer's messages and stderr, length-capped and with control characters escaped, before anything shows them |
 //! | [`session`] | the `ferry host …` line protocol of a deploy: facts, copy, activate, confirm, roll back, generations, exec |
 //!
 //! A conversation, sans IO:
@@ -28,4 +29,5 @@ pub mod frame;
 pub mod io;
 pub mod peer;
 pub mod session;
+pub mod text;
 pub mod uri;

@@ -24,7 +24,7 @@ pub fn negotiate(
             our_ferry: env!("CARGO_PKG_VERSION").to_owned(),
             peer_min,
             peer_max,
-            peer_ferry: peer_ferry.to_owned(),
+            peer_ferry: crate::text::peer_text(peer_ferry, 64),
         })
     }
 }
@@ -172,6 +172,17 @@ impl CoordinatorState {
                     return Err(ProtocolError::UnknownPath { path: path.to_string() });
                 }
                 self.phase
+            }
+            // Every path sent is accounted for: `Bye` with paths unanswered is an error.
+            (P::Draining, Frame::Bye { .. }) if !self.in_flight.is_empty() => {
+                let count = self.in_flight.len();
+                let mut paths: Vec<String> =
+                    self.in_flight.iter().take(10).map(|p| p.to_string()).collect();
+                if count > paths.len() {
+                    paths.push(format!("and {} more", count - paths.len()));
+                }
+                self.phase = P::Closed;
+                return Err(ProtocolError::Unanswered { count, paths: paths.join(", ") });
             }
             (P::Draining, Frame::Bye { .. }) => P::Closed,
             (phase, f) => {

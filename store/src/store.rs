@@ -425,7 +425,13 @@ impl Store {
     ) -> Result<PathBuf, StoreError> {
         let abs = self.absolute(&info.path);
         let temp = self.temp_path();
-        let digest = restore_with(reader, &temp, options, false)
+        // Bounded by what the sender declared (and signed): never more bytes than its size.
+        let options = RestoreOptions {
+            max_size: Some(info.nar_size),
+            max_nodes: Some(options.max_nodes.unwrap_or(nar_core::restore::MAX_NODES)),
+            ..options.clone()
+        };
+        let digest = restore_with(reader, &temp, &options, false)
             .map_err(|source| StoreError::Restore { path: abs.clone(), source })?;
         if digest != info.nar_digest() {
             let _ = remove_tree(&temp);

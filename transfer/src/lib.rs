@@ -22,7 +22,8 @@
 //! | [`delta`] | deltas: [`delta::stream`] (the format: zstd with the base NAR as prefix), [`delta::bases`] (ranking, offer, choice, encoding, applying) |
 //! | [`transport`] | the [`transport::Transport`] trait to an agent: local subprocess, in-process |
 //! | [`transport::ssh`] | the agent over SSH: russh client, known_hosts, bootstrap by upload, [`transport::ssh::SshConfig`] built in one place |
-//! | [`trust`] | what a path's signature covers; the local signing keys |
+//! | [`trust`] | what a path's signature covers, the grammar of the unsigned metadata; the local signing keys |
+//! | [`deadline`] | every wait for a peer ends: per-phase deadlines extended by bytes moved at a floor rate |
 //! | `shaping` | emulated link rate and latency inside a transport (`ferry bench`; feature `bench`) |
 //! | `relay` | TCP/Unix relay adding one-way latency (`ferry bench --link kernel`; feature `bench`) |
 //!
@@ -51,6 +52,7 @@
 //! ```
 
 pub mod agent;
+pub mod deadline;
 pub mod delta;
 pub mod pull;
 pub mod push;

@@ -7,6 +7,16 @@
 //! only when a key in its ACL (`<state>/acl`) made the signature (the Guix rule: a signature is
 //! required, even for root), checked in Guix's order (signing::acl). The NAR hash itself is
 //! checked while the NAR is restored.
+//!
+//! **Unsigned metadata.** A `PathStart` also carries fields the signature does not cover. Those
+//! that steer decoding are bounded by what is signed: `encoding` only chooses how bytes become
+//! the NAR, whose output stops at the signed size and must hash to the signed hash; `offset`
+//! only names bytes this host already holds (checked against its partial file, and a resumed
+//! path whose result does not match is sent again in full). Those that are stored and later
+//! written into narinfos, `ca` and `deriver`, are checked against their grammar
+//! ([`check_metadata`]) by the agent before the path is accepted and by the binary-cache writer
+//! before a narinfo is signed: a `ca` is one line of Nix's content-address syntax
+//! (`text:sha256:H`, `fixed:[r:|git:]ALGO:H`), a deriver a store path whose name ends in `.drv`.
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +88,57 @@ pub fn check_path(
             Err((RejectReason::Unauthorized, one_line(e)))
         }
         Err(e) => Err((RejectReason::BadSignature, one_line(e))),
+    }
+}
+
+/// Check the metadata of a path that no signature covers (`ca`, `deriver`; see the module
+/// docs): the message names the field and what is wrong.
+pub fn check_metadata(ca: Option<&str>, deriver: Option<&StorePath>) -> Result<(), String> {
+    if let Some(ca) = ca {
+        check_ca(ca).map_err(|why| {
+            format!(
+                "its ca {:?} is not a Nix content address: {why}",
+                proto::text::peer_text(ca, 200)
+            )
+        })?;
+    }
+    if let Some(d) = deriver {
+        if !d.name().ends_with(".drv") {
+            return Err(format!("its deriver {d} is not a derivation (no .drv)"));
+        }
+    }
+    Ok(())
+}
+
+/// One line of Nix's content-address syntax: `text:sha256:H` or `fixed:[r:|git:]ALGO:H`, with
+/// `H` the digest of `ALGO` in base 16, nix-base32 or base64.
+fn check_ca(ca: &str) -> Result<(), &'static str> {
+    let (algo_hash, text) = if let Some(rest) = ca.strip_prefix("text:") {
+        (rest, true)
+    } else if let Some(rest) = ca.strip_prefix("fixed:") {
+        let rest = rest.strip_prefix("r:").or_else(|| rest.strip_prefix("git:")).unwrap_or(rest);
+        (rest, false)
+    } else {
+        return Err("it starts with neither `text:` nor `fixed:`");
+    };
+    let (algo, hash) = algo_hash.split_once(':').ok_or("no `ALGO:HASH`")?;
+    let bytes = match algo {
+        "sha256" => 32,
+        "md5" if !text => 16,
+        "sha1" if !text => 20,
+        "sha512" if !text => 64,
+        _ => return Err("unknown hash algorithm"),
+    };
+    let is = |alphabet: &dyn Fn(u8) -> bool| hash.bytes().all(alphabet);
+    let base16 = hash.len() == bytes * 2 && is(&|b| b.is_ascii_hexdigit());
+    let nix32 = hash.len() == (bytes * 8).div_ceil(5)
+        && is(&|b| b"0123456789abcdfghijklmnpqrsvwxyz".contains(&b));
+    let base64 = hash.len() == bytes.div_ceil(3) * 4
+        && is(&|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    if base16 || nix32 || base64 {
+        Ok(())
+    } else {
+        Err("the digest is not base 16, nix-base32 or base64 of the algorithm's size")
     }
 }
 
@@ -158,5 +219,31 @@ mod tests {
         assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::Unsigned);
         start.signature = b"(garbage".to_vec();
         assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::BadSignature);
+    }
+
+    #[test]
+    fn metadata_grammar() {
+        let h = Sha256Hash::of(b"x");
+        for ok in [
+            format!("fixed:r:{}", h.to_typed_nix32()),
+            format!("text:{}", h.to_typed_nix32()),
+            format!("fixed:sha256:{}", h.to_hex()),
+            "fixed:sha1:0123456789abcdef0123456789abcdef01234567".to_owned(),
+        ] {
+            check_metadata(Some(&ok), None).unwrap();
+        }
+        for bad in [
+            format!("fixed:r:{}\nURL: evil\nReferences: x", h.to_typed_nix32()),
+            "fixed:r:sha256:short".to_owned(),
+            "text:md5:0123456789abcdef0123456789abcdef".to_owned(),
+            "nonsense".to_owned(),
+            String::new(),
+        ] {
+            assert!(check_metadata(Some(&bad), None).is_err(), "{bad:?}");
+        }
+        let drv = StorePath::from_parts([5; 20], "x.drv").unwrap();
+        check_metadata(None, Some(&drv)).unwrap();
+        let not = StorePath::from_parts([5; 20], "x").unwrap();
+        assert!(check_metadata(None, Some(&not)).unwrap_err().contains("deriver"));
     }
 }

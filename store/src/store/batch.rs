@@ -45,6 +45,8 @@ pub struct ImportBatch {
     members: Vec<(PathInfo, PathBuf)>,
     paths: HashSet<StorePath>,
     nar_bytes: u64,
+    /// Most nodes one member may create (`None`: [`nar_core::restore::MAX_NODES`]).
+    max_nodes: Option<u64>,
 }
 
 /// The outcome of one member of a committed batch.
@@ -54,6 +56,13 @@ impl ImportBatch {
     /// An empty batch.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Cap the files, directories and symlinks one member's NAR may create (the NAR size is
+    /// always capped at the member's declared size).
+    pub fn with_max_nodes(mut self, max: u64) -> Self {
+        self.max_nodes = Some(max);
+        self
     }
 
     /// Members restored and not committed yet.
@@ -101,7 +110,11 @@ impl ImportBatch {
                 });
             }
         }
-        let options = RestoreOptions { fsync: false, start_writeback: true };
+        let options = RestoreOptions {
+            start_writeback: true,
+            max_nodes: self.max_nodes,
+            ..RestoreOptions::default()
+        };
         let temp = store.restore_checked(info, reader, &options)?;
         self.paths.insert(info.path.clone());
         self.nar_bytes += info.nar_size;

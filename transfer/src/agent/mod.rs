@@ -41,7 +41,20 @@
 //! belong to another coordinator's interrupted copy.
 //!
 //! **Pull.** After `SendClosure` the roles swap on the stream: this side pushes the closure
-//! with the coordinator's own session code ([`send`]).
+//! with the coordinator's own session code ([`send`]). The side that pulls serves that push as
+//! [`Role::Puller`] ([`role`]): its ACL is what it was before the session, and only the closure
+//! it asked for is accepted.
+//!
+//! **Bounds.** What a coordinator sends is checked against what is signed before it costs
+//! more than that: a path's NAR stops at its signed size and at [`AgentOptions::max_nodes`]
+//! nodes ([`nar_core::restore`]); its unsigned `ca` and `deriver` must have their grammar
+//! ([`crate::trust::check_metadata`]); an `Authorize` must hold a valid Ed25519 public key
+//! ([`signing::guix::VerifyingKey`]); a `Query` holds at most
+//! [`proto::frame::MAX_QUERY_ENTRIES`] entries; the summary keeps the first
+//! [`MAX_KEPT_REJECTIONS`] rejections (and counts the rest). A partial file never grows past
+//! its path's declared size, all of them together stay under [`AgentOptions::partial_budget`],
+//! and a resumed path whose result does not match is refused with `delta-failed`, which makes
+//! the coordinator send it again in full in the same session (the bytes held are not trusted).
 //!
 //! **Locking.** The store is opened for writing ([`store::Store::open`]), which holds the
 //! store's writer lock for the session; concurrent sessions are serialized per path by the
@@ -71,7 +84,14 @@ use proto::peer::AgentState;
 use crate::transport::InProcessTransport;
 
 pub mod nix_import;
+mod role;
 mod send;
+
+use role::Accepted;
+pub use role::Role;
+
+/// Rejections a session's summary keeps (the rest are counted in [`ServeSummary::rejected`]).
+pub const MAX_KEPT_REJECTIONS: usize = 100;
 
 /// How the agent runs.
 #[derive(Debug, Clone)]
@@ -89,11 +109,18 @@ pub struct AgentOptions {
     /// Register the waiting paths once the first of them waited this long (checked as paths
     /// arrive).
     pub batch_delay: Duration,
+    /// Most files, directories and symlinks one path may create.
+    pub max_nodes: u64,
+    /// Most bytes all partial files may hold together: a path that would go past it is
+    /// received without one (not resumable).
+    pub partial_budget: u64,
+    /// How long a pull served with these options waits for the host ([`Role::Puller`]).
+    pub deadlines: crate::deadline::Deadlines,
 }
 
 impl AgentOptions {
-    /// Defaults for `layout`: partial files from 1 MiB, kept up to 7 days; batches of up to 1,000 paths, 256 MiB
-    /// or 1 s.
+    /// Defaults for `layout`: partial files from 1 MiB, kept up to 7 days, 16 GiB in all;
+    /// batches of up to 1,000 paths, 256 MiB or 1 s; at most 2,000,000 nodes per path.
     pub fn new(layout: StoreLayout) -> Self {
         AgentOptions {
             layout,
@@ -102,6 +129,9 @@ impl AgentOptions {
             batch_paths: 1000,
             batch_bytes: 256 << 20,
             batch_delay: Duration::from_secs(1),
+            max_nodes: nar_core::restore::MAX_NODES,
+            partial_budget: 16 << 30,
+            deadlines: crate::deadline::Deadlines::default(),
         }
     }
 
@@ -131,6 +161,9 @@ pub enum AgentError {
     Eof(&'static str),
     #[error("writing to the coordinator: {0}")]
     Write(io::Error),
+    /// The peer asked for something its role does not allow ([`Role`]).
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// What a session did.
@@ -140,7 +173,7 @@ pub struct ServeSummary {
     pub imported: u64,
     /// Paths refused.
     pub rejected: u64,
-    /// The paths refused, with the reasons.
+    /// The first [`MAX_KEPT_REJECTIONS`] paths refused, with the reasons.
     pub rejections: Vec<(StorePath, RejectReason, String)>,
 }
 
@@ -172,6 +205,11 @@ struct Session<R: Read, W: Write> {
     batch_started: Option<Instant>,
     /// The zstd decoder context, reused for every path.
     zstd: zstd::zstd_safe::DCtx<'static>,
+    role: Role,
+    /// As [`Role::Puller`]: the closure accepted, known from the `Query`.
+    accepted: Option<Accepted>,
+    /// The deadlines of the waits for the peer (a puller's; none for a host).
+    watch: crate::deadline::Watch,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -190,7 +228,9 @@ impl<R: Read, W: Write> Session<R, W> {
             Frame::Ack { .. } => self.summary.imported += 1,
             Frame::Reject { path, reason, message } => {
                 self.summary.rejected += 1;
-                self.summary.rejections.push((path.clone(), *reason, message.clone()));
+                if self.summary.rejections.len() < MAX_KEPT_REJECTIONS {
+                    self.summary.rejections.push((path.clone(), *reason, message.clone()));
+                }
             }
             _ => {}
         }
@@ -249,18 +289,37 @@ pub fn serve<R: Read, W: Write + Send>(
     input: R,
     output: W,
 ) -> Result<ServeSummary, AgentError> {
+    serve_as(options, input, output, Role::Host)
+}
+
+/// [`serve`] in a [`Role`].
+pub fn serve_as<R: Read, W: Write + Send>(
+    options: AgentOptions,
+    input: R,
+    output: W,
+    role: Role,
+) -> Result<ServeSummary, AgentError> {
+    let batch = ImportBatch::new().with_max_nodes(options.max_nodes);
+    let watch = match &role {
+        Role::Puller { watch, .. } => watch.clone(),
+        Role::Host => crate::deadline::Watch::none(),
+    };
     let mut s = Session {
         frames: FrameReader::new(input),
         out: FrameWriter::new(output, Arc::new(AtomicU64::new(0))),
         state: AgentState::new(),
         options,
         summary: ServeSummary::default(),
-        batch: ImportBatch::new(),
+        batch,
         batch_partials: Vec::new(),
         batch_started: None,
         zstd: zstd::zstd_safe::DCtx::create(),
+        role,
+        accepted: None,
+        watch,
     };
     // Handshake.
+    s.watch.phase("while waiting for the host's Hello", true);
     let hello = match s.frames.read_frame() {
         Ok(Some(f)) => f,
         Ok(None) => return Err(AgentError::Eof("before Hello")),
@@ -309,6 +368,7 @@ pub fn serve<R: Read, W: Write + Send>(
         Err(e) => return Err(s.fail(e.into())),
     };
     loop {
+        s.watch.phase("while waiting for the host's next frame", false);
         let frame = match s.frames.read_frame() {
             Ok(Some(f)) => f,
             Ok(None) => return Err(AgentError::Eof("in the middle of the session")),
@@ -318,10 +378,20 @@ pub fn serve<R: Read, W: Write + Send>(
             return Err(s.fail(e.into()));
         }
         match frame {
+            Frame::Authorize { .. } if matches!(s.role, Role::Puller { .. }) => {
+                let e = AgentError::Refused(
+                    "the host sent Authorize: a host being pulled from cannot change this side's \
+                     trust (protocol error)"
+                        .into(),
+                );
+                return Err(s.fail(e));
+            }
             Frame::Authorize { public_key } => {
-                let added =
-                    signing::Sexp::parse(&public_key).map_err(|e| e.to_string()).and_then(|key| {
-                        signing::keyfile::authorize_key_in_file(&acl_path, key)
+                // Only a valid Ed25519 public key, in its canonical form, goes into the ACL.
+                let added = signing::guix::VerifyingKey::from_text(&public_key)
+                    .map_err(|e| e.to_string())
+                    .and_then(|key| {
+                        signing::keyfile::authorize_key_in_file(&acl_path, key.to_sexp())
                             .map_err(|e| e.to_string())
                     });
                 match added {
@@ -338,6 +408,12 @@ pub fn serve<R: Read, W: Write + Send>(
                 }
             }
             Frame::Query(entries) => {
+                if let Role::Puller { roots, .. } = &s.role {
+                    match Accepted::from_query(roots, &entries) {
+                        Ok(accepted) => s.accepted = Some(accepted),
+                        Err(e) => return Err(s.fail(AgentError::Refused(e))),
+                    }
+                }
                 let paths: Vec<&StorePath> = entries.iter().map(|e| &e.path).collect();
                 let valid = match store.query_valid(paths.iter().copied()) {
                     Ok(v) => v,
@@ -378,6 +454,14 @@ pub fn serve<R: Read, W: Write + Send>(
                     s.commit_batch(&mut store)?;
                 }
             }
+            Frame::SendClosure { .. } if matches!(s.role, Role::Puller { .. }) => {
+                let e = AgentError::Refused(
+                    "the host sent SendClosure: a host being pulled from cannot ask for this \
+                     side's store (protocol error)"
+                        .into(),
+                );
+                return Err(s.fail(e));
+            }
             Frame::SendClosure { roots } => {
                 // Pull: from here on this side pushes (crate::pull is the other side).
                 return send::send_closure(&store, &roots, &mut s.frames, s.out);
@@ -410,8 +494,9 @@ pub fn partial_path(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> 
 }
 
 /// Remove the partial files that can no longer be resumed (see the module docs, "Resume"):
-/// those older than `max_age`, and those of a path in this query that is valid now or whose
-/// NAR hash is not the one queried. Returns the files removed.
+/// those older than `max_age`, and those of a path in this query that is valid now, whose
+/// NAR hash is not the one queried or that hold more than its NAR size. Returns the files
+/// removed.
 pub fn prune_partials(
     layout: &StoreLayout,
     entries: &[proto::frame::QueryEntry],
@@ -432,9 +517,11 @@ pub fn prune_partials(
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > max_age);
         let stale = name.split_once('-').and_then(|(hash_part, nar)| {
-            queried
-                .get(hash_part)
-                .map(|e| valid.contains(&e.path) || !e.nar_hash.to_hex().starts_with(nar))
+            queried.get(hash_part).map(|e| {
+                valid.contains(&e.path)
+                    || !e.nar_hash.to_hex().starts_with(nar)
+                    || entry.metadata().is_ok_and(|m| m.len() > e.nar_size)
+            })
         });
         if old || stale == Some(true) {
             let path = entry.path();
@@ -450,18 +537,28 @@ fn partial_len(layout: &StoreLayout, path: &StorePath, nar: &NarDigest) -> u64 {
     fs::metadata(partial_path(layout, path, nar)).map(|m| m.len().min(nar.size)).unwrap_or(0)
 }
 
-/// Reads from `inner` and appends what it read to `copy`.
+/// Reads from `inner` and appends what it read to `copy`, up to `left` bytes (the rest of the
+/// declared NAR size: a partial file never grows past it).
 struct Tee<R> {
     inner: R,
     copy: File,
+    left: u64,
 }
 
 impl<R: Read> Read for Tee<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.copy.write_all(&buf[..n])?;
+        let kept = (n as u64).min(self.left) as usize;
+        self.copy.write_all(&buf[..kept])?;
+        self.left -= kept as u64;
         Ok(n)
     }
+}
+
+/// Bytes held by all partial files (checked against [`AgentOptions::partial_budget`]).
+fn partial_bytes(layout: &StoreLayout) -> u64 {
+    let Ok(listing) = fs::read_dir(layout.state_dir().join("partial")) else { return 0 };
+    listing.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
 }
 
 fn reject(path: &StorePath, reason: RejectReason, message: String) -> Frame {
@@ -489,6 +586,17 @@ fn receive_path<R: Read, W: Write>(
         data.drain()?;
         return Ok(Some(reject(&start.path, reason, message)));
     }
+    if let Some(accepted) = &s.accepted {
+        if let Err(message) = accepted.check(start) {
+            data.drain()?;
+            return Ok(Some(reject(&start.path, RejectReason::Unauthorized, message)));
+        }
+    }
+    if let Err(message) = crate::trust::check_metadata(start.ca.as_deref(), start.deriver.as_ref())
+    {
+        data.drain()?;
+        return Ok(Some(reject(&start.path, RejectReason::CorruptData, message)));
+    }
     if s.batch.contains(&start.path) {
         // Sent twice: the batch answers it once.
         data.drain()?;
@@ -510,8 +618,11 @@ fn receive_path<R: Read, W: Write>(
     if let Encoding::ZstdDelta { base } = &start.encoding {
         return receive_delta(&mut data, store, &info, base, start).map(Some);
     }
-    let keep_partial = start.nar_size >= s.options.partial_min;
     let partial = partial_path(&s.options.layout, &start.path, &digest);
+    let keep_partial = start.nar_size >= s.options.partial_min
+        && (start.offset > 0
+            || partial_bytes(&s.options.layout).saturating_add(start.nar_size)
+                <= s.options.partial_budget);
     let decoded: Box<dyn Read + '_> = match start.encoding {
         Encoding::None => Box::new(&mut data),
         // One decoder context for the whole session, reset for each path.
@@ -523,7 +634,10 @@ fn receive_path<R: Read, W: Write>(
     let source: Box<dyn Read + '_> = if keep_partial {
         let opened = open_partial(&partial, start.offset);
         match opened {
-            Ok((held, copy)) => Box::new(held.chain(Tee { inner: decoded, copy })),
+            Ok((held, copy)) => {
+                let left = start.nar_size - start.offset.min(start.nar_size);
+                Box::new(held.chain(Tee { inner: decoded, copy, left }))
+            }
             Err(message) => {
                 drop(decoded);
                 data.drain()?;
@@ -567,6 +681,16 @@ fn receive_path<R: Read, W: Write>(
         Err(e @ StoreError::ReferenceNotValid { .. }) => {
             // Nothing of this path was read: a partial file made now is empty or unchanged.
             return Ok(Some(refusal(start, e, &abs)));
+        }
+        Err(e @ (StoreError::HashMismatch { .. } | StoreError::Restore { .. }))
+            if start.offset > 0 =>
+        {
+            // The bytes held are not trusted: the coordinator sends the path again in full.
+            reject(
+                &start.path,
+                RejectReason::DeltaFailed,
+                format!("resuming at NAR byte {} failed, send it in full: {e}", start.offset),
+            )
         }
         Err(e) => refusal(start, e, &abs),
     };

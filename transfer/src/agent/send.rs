@@ -48,6 +48,7 @@ pub(super) fn send_closure<R: Read, W: Write + Send>(
         out,
         (&wire, &meter),
         Instant::now(),
+        &crate::deadline::Watch::none(),
     )
     .map_err(|e| fail(e.to_string()))?;
     Ok(ServeSummary {

@@ -41,7 +41,8 @@ pub mod adaptive;
 pub mod encode;
 pub mod frame_cache;
 
-use crate::transport::{Connection, Transport, TransportError, AGENT_SAID};
+use crate::deadline::{DeadlineReader, DeadlineWriter, Deadlines, Watch};
+use crate::transport::{AgentHandle, Connection, Transport, TransportError, AGENT_SAID};
 use adaptive::CompressSetting;
 use encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
 use frame_cache::FrameCache;
@@ -74,6 +75,8 @@ pub struct PushOptions {
     pub authorize: bool,
     /// Test hook: stop writing after this many wire bytes, as if the connection were cut.
     pub cut_after: Option<u64>,
+    /// How long each phase may wait for the host ([`crate::deadline`]).
+    pub deadlines: Deadlines,
 }
 
 impl Default for PushOptions {
@@ -88,6 +91,7 @@ impl Default for PushOptions {
             link_rate_hint: None,
             authorize: false,
             cut_after: None,
+            deadlines: Deadlines::default(),
         }
     }
 }
@@ -203,6 +207,11 @@ pub enum PushError {
     StoreDirMismatch { host: String, ours: String, theirs: String },
     #[error("{host}: sending {path}: {error}")]
     Send { host: String, path: String, error: io::Error },
+    #[error(
+        "the closure has {paths} paths, more than the {max} one session can send (split the \
+         copy)"
+    )]
+    ClosureTooLarge { paths: usize, max: u32 },
 }
 
 /// Stops writing after a byte budget (the `cut_after` test hook).
@@ -264,14 +273,23 @@ pub fn push_closure(
     let host = transport.describe();
     let started = Instant::now();
     transport.prepare(progress)?;
-    let Connection { reader, writer, mut agent } = transport.connect()?;
+    let Connection { reader, writer, agent } = transport.connect()?;
+    // A deadline kills the connection (unblocking a write to a host that stopped reading).
+    let agent: Arc<Mutex<Box<dyn AgentHandle>>> = Arc::new(Mutex::new(agent));
+    let killer = agent.clone();
+    let watch = Watch::start(options.deadlines, "while waiting for Welcome", move || {
+        killer.lock().unwrap_or_else(|p| p.into_inner()).kill()
+    });
     let wire_out = Arc::new(AtomicU64::new(0));
     let meter = Arc::new(LinkMeter::default());
-    let mut frames = FrameReader::new(reader);
+    let mut frames = FrameReader::new(DeadlineReader::new(reader, watch.clone()));
     // A thread writes to the connection, so encoding runs ahead of the link.
     let out = FrameWriter::new(
         QueuedWriter::spawn(Metered {
-            inner: CutWriter { inner: writer, left: options.cut_after },
+            inner: DeadlineWriter::new(
+                CutWriter { inner: writer, left: options.cut_after },
+                watch.clone(),
+            ),
             meter: meter.clone(),
         }),
         wire_out.clone(),
@@ -287,7 +305,13 @@ pub fn push_closure(
         out,
         (&wire_out, &meter),
         started,
+        &watch,
     );
+    let expired = watch.close();
+    let mut agent = agent.lock().unwrap_or_else(|p| p.into_inner());
+    if expired {
+        agent.kill();
+    }
     match result {
         Ok(mut summary) => {
             drop(frames);
@@ -333,6 +357,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     mut out: FrameWriter<W>,
     (wire_out, meter): (&Arc<AtomicU64>, &Arc<LinkMeter>),
     started: Instant,
+    watch: &Watch,
 ) -> Result<PushSummary, PushError> {
     let session_err = |source: FramedError| PushError::Session {
         host: host.to_owned(),
@@ -370,7 +395,13 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         ..Default::default()
     };
 
+    if closure.len() > proto::frame::MAX_QUERY_ENTRIES as usize {
+        let max = proto::frame::MAX_QUERY_ENTRIES;
+        return Err(PushError::ClosureTooLarge { paths: closure.len(), max });
+    }
+
     // Handshake.
+    watch.phase("while waiting for Welcome", true);
     send(&mut out, Frame::Hello(Hello::ours()))?;
     out.flush().map_err(io_err)?;
     let Frame::Welcome(welcome) = receive(frames)? else {
@@ -396,6 +427,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     if options.authorize {
         send(&mut out, Frame::Authorize { public_key: key.verifying_key().to_key_file() })?;
         out.flush().map_err(io_err)?;
+        watch.phase("while waiting for Authorized", false);
         if let Frame::Authorized { added } = receive(frames)? {
             summary.authorized = Some(added);
         }
@@ -406,6 +438,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     let t = Instant::now();
     send(&mut out, Frame::Query(query_entries(closure, peer_graph)))?;
     out.flush().map_err(io_err)?;
+    watch.phase("while waiting for Have", false);
     let Frame::Have { missing, bases } = receive(frames)? else {
         unreachable!("checked by the state machine")
     };
@@ -460,6 +493,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
             let mut nar_sent = 0u64;
             let mut paths_sent = 0usize;
             let mut deltas = 0usize;
+            let mut resumed = 0usize;
             let mut fallbacks = 0usize;
             let result = (|| -> Result<(), PushError> {
                 // Sends one path; returns (NAR bytes sent, whether it went as a delta).
@@ -507,10 +541,11 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
                     nar_sent += sent;
                     paths_sent += 1;
                     deltas += usize::from(is_delta);
+                    resumed += usize::from(*offset > 0);
                 }
-                if deltas > 0 {
+                if deltas > 0 || resumed > 0 {
                     // Fallback: once every path is answered, send again in full what a failed
-                    // delta kept out (and what was refused for lack of it).
+                    // delta or resume kept out (and what was refused for lack of it).
                     out.flush().map_err(io_err)?;
                     let retry = answers.take_retries(paths_sent);
                     fallbacks =
@@ -533,6 +568,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         });
         let mut landed = 0usize;
         let outcome = loop {
+            watch.phase("while waiting for the host's answers", false);
             match receive(frames) {
                 Ok(Frame::Ack { path, .. }) => {
                     landed += 1;

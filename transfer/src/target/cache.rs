@@ -39,7 +39,9 @@
 //! and renamed last, and paths are written in topological order (references first), so after a
 //! crash every narinfo in the directory points at a complete NAR and its references' narinfos
 //! exist. A path whose narinfo exists is skipped. A path whose files no longer hash to what the
-//! store recorded is refused (the narinfo would lie).
+//! store recorded is refused (the narinfo would lie), and so is a path whose `CA` or `Deriver`
+//! breaks its grammar ([`crate::trust::check_metadata`]: no signature covers them, so they are
+//! never written, signed, or read back unchecked).
 //!
 //! # Reading ([`CacheReader`])
 //!
@@ -138,6 +140,10 @@ pub enum CacheError {
     /// Another store error.
     #[error(transparent)]
     Store(Box<StoreError>),
+    /// A path's unsigned metadata (`CA`, `Deriver`) breaks its grammar: no narinfo is written
+    /// (and signed) with it.
+    #[error("binary cache: {path}: {reason}; not written")]
+    BadMetadata { path: String, reason: String },
 }
 
 impl From<StoreError> for CacheError {
@@ -311,6 +317,12 @@ impl NarInfo {
                 .collect::<Result<_, _>>()?,
             None => BTreeSet::new(),
         };
+        let deriver = match fields.get("Deriver") {
+            Some(v) if !v.is_empty() && *v != "unknown-deriver" => Some(base("Deriver", v)?),
+            _ => None,
+        };
+        let ca = fields.get("CA").filter(|s| !s.is_empty()).map(|s| (*s).to_owned());
+        crate::trust::check_metadata(ca.as_deref(), deriver.as_ref()).map_err(err)?;
         Ok(NarInfo {
             path,
             url: get("URL")?.to_owned(),
@@ -320,13 +332,10 @@ impl NarInfo {
             nar_hash: hash("NarHash", get("NarHash")?)?,
             nar_size: size("NarSize", get("NarSize")?)?,
             references,
-            deriver: match fields.get("Deriver") {
-                Some(v) if !v.is_empty() && *v != "unknown-deriver" => Some(base("Deriver", v)?),
-                _ => None,
-            },
+            deriver,
             system: fields.get("System").map(|s| (*s).to_owned()),
             sigs,
-            ca: fields.get("CA").filter(|s| !s.is_empty()).map(|s| (*s).to_owned()),
+            ca,
         })
     }
 }
@@ -536,6 +545,9 @@ impl CacheWriter {
             return Ok(WriteOutcome::Skipped);
         }
         let abs = info.path.to_absolute(&self.store_dir);
+        // Never signed unvalidated: the fields no signature covers must have their grammar.
+        crate::trust::check_metadata(info.ca.as_deref(), info.deriver.as_ref())
+            .map_err(|reason| CacheError::BadMetadata { path: abs.clone(), reason })?;
         let nar_dir = self.dir.join(NAR_DIR);
         let temp = nar_dir.join(temp_name(".nar.zst"));
         let (nar, file) = match self.compress(source, &temp, &abs) {

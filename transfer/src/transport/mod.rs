@@ -46,15 +46,27 @@ pub enum TransportError {
 }
 
 /// `prefix` and the trimmed `stderr` of a remote program, or nothing when it printed nothing:
-/// how every transfer error quotes what the other side said.
+/// how every transfer error quotes what the other side said. The peer's text is data: its last
+/// [`STDERR_SHOWN`] bytes are kept, control characters escaped ([`proto::text::peer_text`]).
 pub(crate) fn stderr_note(prefix: &str, stderr: &str) -> String {
     let t = stderr.trim();
     if t.is_empty() {
-        String::new()
+        return String::new();
+    }
+    let mut cut = t.len().saturating_sub(STDERR_SHOWN);
+    while !t.is_char_boundary(cut) {
+        cut += 1;
+    }
+    let shown = proto::text::peer_text(&t[cut..], STDERR_SHOWN);
+    if cut > 0 {
+        format!("{prefix}({cut} earlier bytes not shown) {shown}")
     } else {
-        format!("{prefix}{t}")
+        format!("{prefix}{shown}")
     }
 }
+
+/// How much of a peer's stderr an error quotes (its end).
+pub(crate) const STDERR_SHOWN: usize = 8 << 10;
 
 /// How push and pull errors introduce the agent's stderr.
 pub(crate) const AGENT_SAID: &str = "\nthe agent said:\n";

@@ -18,20 +18,20 @@ use transfer::agent::AgentOptions;
 use transfer::push::{push_closure, NoProgress, PushOptions};
 use transfer::transport::{Connection, InProcessTransport, Transport, TransportError};
 
-struct Stores {
-    _dir: tempfile::TempDir,
-    local: Store,
-    host: StoreLayout,
+pub(crate) struct Stores {
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) local: Store,
+    pub(crate) host: StoreLayout,
     /// A second host, always authorized.
-    scratch: StoreLayout,
-    key: SigningKey,
+    pub(crate) scratch: StoreLayout,
+    pub(crate) key: SigningKey,
     /// `marked` (a file holding MARKER), `big` (1 MiB, incompressible), `top` → both.
-    closure: ValidatedClosure,
+    pub(crate) closure: ValidatedClosure,
 }
 
 const MARKER: &[u8] = b"TAMPER-MARKER-0123456789";
 
-fn stores(authorize: bool) -> Stores {
+pub(crate) fn stores(authorize: bool) -> Stores {
     let dir = tempfile::tempdir().unwrap();
     let layout =
         |name: &str| StoreLayout::new(dir.path().join(name), StoreDir::guix(), None).unwrap();
@@ -72,7 +72,7 @@ fn stores(authorize: bool) -> Stores {
     Stores { _dir: dir, local, host, scratch, key, closure }
 }
 
-fn host_valid(host: &StoreLayout) -> Vec<String> {
+pub(crate) fn host_valid(host: &StoreLayout) -> Vec<String> {
     let store = Store::open(host.clone()).unwrap();
     let report = store.verify(true).unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
@@ -201,15 +201,18 @@ fn unauthorized_key_refused() {
 }
 
 /// A hand-driven coordinator session.
-struct Raw {
-    frames: FrameReader<Box<dyn io::Read + Send>>,
-    out: FrameWriter<Box<dyn Write + Send>>,
-    agent: Box<dyn transfer::transport::AgentHandle>,
+pub(crate) struct Raw {
+    pub(crate) frames: FrameReader<Box<dyn io::Read + Send>>,
+    pub(crate) out: FrameWriter<Box<dyn Write + Send>>,
+    pub(crate) agent: Box<dyn transfer::transport::AgentHandle>,
 }
 
 impl Raw {
-    fn open(host: &StoreLayout) -> Raw {
-        let t = AgentOptions::new(host.clone()).in_process();
+    pub(crate) fn open(host: &StoreLayout) -> Raw {
+        Raw::open_with(AgentOptions::new(host.clone()))
+    }
+    pub(crate) fn open_with(options: AgentOptions) -> Raw {
+        let t = options.in_process();
         let Connection { reader, writer, agent } = t.connect().unwrap();
         Raw {
             frames: FrameReader::new(reader),
@@ -217,14 +220,14 @@ impl Raw {
             agent,
         }
     }
-    fn send(&mut self, f: Frame) {
+    pub(crate) fn send(&mut self, f: Frame) {
         self.out.send(&f).unwrap();
         self.out.flush().unwrap();
     }
-    fn recv(&mut self) -> Frame {
+    pub(crate) fn recv(&mut self) -> Frame {
         self.frames.read_frame().unwrap().expect("a frame")
     }
-    fn handshake(&mut self) {
+    pub(crate) fn handshake(&mut self) {
         self.send(Frame::Hello(Hello::ours()));
         assert!(matches!(self.recv(), Frame::Welcome(_)));
         self.send(Frame::Query(Vec::new()));
@@ -232,7 +235,7 @@ impl Raw {
     }
 }
 
-fn start_for(info: &PathInfo, signature: Vec<u8>) -> PathStart {
+pub(crate) fn start_for(info: &PathInfo, signature: Vec<u8>) -> PathStart {
     PathStart {
         path: info.path.clone(),
         nar_hash: info.nar_hash,
@@ -246,7 +249,7 @@ fn start_for(info: &PathInfo, signature: Vec<u8>) -> PathStart {
     }
 }
 
-fn nar_of(local: &Store, info: &PathInfo) -> Vec<u8> {
+pub(crate) fn nar_of(local: &Store, info: &PathInfo) -> Vec<u8> {
     let mut nar = Vec::new();
     nar_core::dump::dump(&local.physical_path(&info.path), &mut nar).unwrap();
     nar

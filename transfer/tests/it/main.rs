@@ -5,9 +5,12 @@
 
 mod adaptive;
 mod agent;
+mod agent_session;
+mod agent_session_check;
 mod cache;
 mod delta;
 mod delta_protocol;
+mod lying_peer;
 mod nix_fixture;
 mod nix_serve;
 #[cfg(feature = "bench")]
