@@ -147,9 +147,13 @@ impl Database {
                 });
             }
             set_up(&conn).map_err(corrupt)?;
-            conn.execute_batch(SCHEMA).map_err(corrupt)?;
-            conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID}"))
-                .map_err(corrupt)?;
+            // The tables and the mark that makes them ferry's, in one transaction: a crash
+            // leaves an empty file or a whole ferry database, never tables without the mark
+            // (which would read as a Nix or Guix database, refused above).
+            conn.execute_batch(&format!(
+                "BEGIN IMMEDIATE; {SCHEMA}; PRAGMA application_id = {APPLICATION_ID}; COMMIT;"
+            ))
+            .map_err(corrupt)?;
         } else if app_id != APPLICATION_ID {
             return Err(DbError::Corrupt {
                 path: path.to_owned(),
