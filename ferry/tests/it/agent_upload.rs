@@ -3,16 +3,16 @@
 //! on the host's PATH: the agent is a static executable that starts in a root without a
 //! dynamic loader; an upload cut at several points resumes and leaves no temp file; a cached
 //! agent with other bytes is replaced, never run; `deploy --dry-run` on a fresh host changes
-//! nothing there; a host of another architecture, or `agent = "PATH"` without one, is a clear
-//! error.
+//! nothing there; a `ferry` on the host's PATH runs only when its bytes are ours; a host of
+//! another architecture, or `agent = "PATH"` without one, is a clear error.
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferry_tests::sshd::{Sshd, SshdOptions};
+use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+use crate::util::FERRY;
 const STOP_ENV: &str = "FERRY_TEST_AGENT_UPLOAD_STOP_AFTER";
 
 fn sha256(path: &Path) -> String {
@@ -50,12 +50,18 @@ struct Setup {
 
 impl Setup {
     fn new() -> Setup {
+        Setup::with_path(None)
+    }
+
+    /// As [`Setup::new`], with `path` as the host's PATH.
+    fn with_path(path: Option<String>) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("local");
         let (_, top) = ferry_tests::add_base_and_big(FERRY, &root, &dir.path().join("src"), 1);
         let home = tempfile::tempdir().unwrap();
         let sshd = Sshd::start_with(SshdOptions {
             extra_config: vec![format!("SetEnv HOME={}", home.path().display())],
+            path,
             ..SshdOptions::default()
         });
         Setup { _dir: dir, root, top, home, sshd }
@@ -217,6 +223,39 @@ fn a_cached_agent_with_other_bytes_is_replaced_not_run() {
     assert!(!marker.exists(), "a cached file whose hash differs was run");
     assert_eq!(sha256(&agent), sha256(Path::new(FERRY)), "it was replaced");
     assert_eq!(s.agent_files(), vec![agent_name()]);
+}
+
+#[test]
+fn a_ferry_on_the_hosts_path_runs_only_when_its_bytes_are_ours() {
+    // A `ferry` of the right version on the host's PATH, but other bytes: not run, the agent
+    // is uploaded instead.
+    let bin = tempfile::tempdir().unwrap();
+    let marker = bin.path().join("the-path-ferry-ran");
+    let path_ferry = bin.path().join("ferry");
+    let impostor = format!(
+        "#!/bin/sh\ntouch {}\necho 'ferry {}'\n",
+        marker.display(),
+        env!("CARGO_PKG_VERSION")
+    );
+    fs::write(&path_ferry, impostor).unwrap();
+    fs::set_permissions(&path_ferry, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let s = Setup::with_path(Some(remote_path(&[bin.path()])));
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert!(!marker.exists(), "a PATH ferry with other bytes was run");
+    assert_eq!(s.agent_files(), vec![agent_name()], "the agent was uploaded instead");
+
+    // The same bytes as ours on the PATH (in a directory only root can write): used as they
+    // are, nothing uploaded.
+    fs::remove_dir_all(s.agent_dir()).unwrap();
+    fs::copy(FERRY, &path_ferry).unwrap();
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert!(
+        s.agent_files().is_empty(),
+        "uploaded although the PATH ferry is ours: {:?}",
+        s.agent_files()
+    );
 }
 
 /// Every file and directory under `dir`: path, type, mode, size and content hash.

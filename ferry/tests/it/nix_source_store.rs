@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+use crate::util::FERRY;
 
 /// The system: `toplevel` (bin/switch-to-configuration recording `$0 $1` in
 /// `$FERRY_ROOT/switch.log`, failing when its argument is `failOn`) -> `app` -> `lib`.

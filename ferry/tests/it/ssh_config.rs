@@ -12,7 +12,7 @@ use std::process::Output;
 use ferry_tests::netns::Netns;
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+use crate::util::FERRY;
 
 /// client ↔ bastion ↔ target; the client has no route to the target.
 struct Net {
