@@ -94,6 +94,21 @@ pub fn ferry_ok(program: &str, args: &[&str]) -> String {
     success_stdout(args, ferry_command(program).args(args).output().expect("spawn ferry"))
 }
 
+/// Run `c` and return its stdout; panics with the command, its stdout and stderr when it
+/// fails, or with the packages to install when it cannot start.
+pub fn stdout_ok(c: &mut Command) -> String {
+    let out = c.output().unwrap_or_else(|e| {
+        panic!("cannot run {c:?}: {e} (apt-get install -y nix-bin openssh-server)")
+    });
+    assert!(
+        out.status.success(),
+        "{c:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
 /// The stdout of a ferry run that must have succeeded; panics with its arguments, exit status
 /// and stderr otherwise.
 pub fn success_stdout(args: &[&str], out: Output) -> String {

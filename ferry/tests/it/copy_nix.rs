@@ -5,27 +5,14 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferry_tests::nix;
 use ferry_tests::sshd::Sshd;
+use ferry_tests::{nix, stdout_ok};
 use serde_json::Value;
 
 use crate::util::ferry_in;
 
 fn ferry(root: &Path) -> Command {
     ferry_in(root, "/nix/store")
-}
-
-fn check(c: &mut Command) -> String {
-    let out = c.output().unwrap_or_else(|e| {
-        panic!("cannot run {c:?}: {e} (apt-get install -y nix-bin openssh-server)")
-    });
-    assert!(
-        out.status.success(),
-        "{c:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Two /nix/store source paths without references (`ferry store add` records a `fixed:r:`
@@ -38,7 +25,7 @@ fn local(dir: &Path) -> (std::path::PathBuf, String, Vec<String>) {
     std::fs::write(src.join("app/run"), b"#!/bin/sh\necho hi\n").unwrap();
     std::os::unix::fs::symlink("run", src.join("app/link")).unwrap();
     let added =
-        check(ferry(&root).args(["store", "add"]).arg(src.join("lib")).arg(src.join("app")));
+        stdout_ok(ferry(&root).args(["store", "add"]).arg(src.join("lib")).arg(src.join("app")));
     let paths: Vec<String> = added.lines().map(str::to_owned).collect();
     (root, paths.join(" "), paths)
 }
@@ -48,7 +35,7 @@ fn file_cache_is_accepted_by_nix_copy() {
     let tmp = tempfile::tempdir().unwrap();
     let (root, app, closure) = local(tmp.path());
     let cache = tmp.path().join("cache");
-    let out = check(
+    let out = stdout_ok(
         ferry(&root)
             .args(["copy", "--json", "--to"])
             .arg(format!("file://{}", cache.display()))
@@ -56,7 +43,7 @@ fn file_cache_is_accepted_by_nix_copy() {
     );
     let json: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(json["paths_sent"], 2, "{json}");
-    let again = check(
+    let again = stdout_ok(
         ferry(&root)
             .args(["copy", "--json", "--to"])
             .arg(format!("file://{}", cache.display()))
@@ -66,7 +53,7 @@ fn file_cache_is_accepted_by_nix_copy() {
     assert_eq!(again["paths_sent"], 0, "{again}");
     let pk = std::fs::read_to_string(root.join("var/ferry/nix-signing-key.pub")).unwrap();
     let nix_root = tmp.path().join("nix");
-    check(
+    stdout_ok(
         nix::command("nix")
             .args(["copy", "--from"])
             .arg(format!("file://{}", cache.display()))
@@ -76,9 +63,11 @@ fn file_cache_is_accepted_by_nix_copy() {
             .args(app.split(' ')),
     );
     for p in &closure {
-        check(nix::command("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]));
+        stdout_ok(
+            nix::command("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]),
+        );
     }
-    check(
+    stdout_ok(
         nix::command("nix-store")
             .arg("--store")
             .arg(&nix_root)
@@ -95,7 +84,7 @@ fn nix_ssh_lands_paths_nix_verifies() {
     let uri =
         format!("nix+ssh://{}@127.0.0.1:{}?root={}", sshd.user(), sshd.port(), nix_root.display());
     let copy = |root: &Path| {
-        let out = check(
+        let out = stdout_ok(
             ferry(root)
                 .args(["copy", "--json", "--identity"])
                 .arg(sshd.identity_ed25519())
@@ -109,9 +98,11 @@ fn nix_ssh_lands_paths_nix_verifies() {
     let first = copy(&root);
     assert_eq!(first["paths_sent"], 2, "{first}");
     for p in &closure {
-        check(nix::command("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]));
+        stdout_ok(
+            nix::command("nix-store").arg("--store").arg(&nix_root).args(["-q", "--hash", p]),
+        );
     }
-    check(
+    stdout_ok(
         nix::command("nix-store")
             .arg("--store")
             .arg(&nix_root)
@@ -122,7 +113,7 @@ fn nix_ssh_lands_paths_nix_verifies() {
 
     // And back: --from nix+ssh:// into a fresh ferry store.
     let back = tmp.path().join("back");
-    let out = check(
+    let out = stdout_ok(
         ferry(&back)
             .args(["copy", "--json", "--identity"])
             .arg(sshd.identity_ed25519())
@@ -133,8 +124,8 @@ fn nix_ssh_lands_paths_nix_verifies() {
     );
     let pulled: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(pulled["paths_received"], 2, "{pulled}");
-    check(ferry(&back).args(["store", "verify", "--check-contents"]));
+    stdout_ok(ferry(&back).args(["store", "verify", "--check-contents"]));
     for p in &closure {
-        check(ferry(&back).args(["store", "info", "--hash", p]));
+        stdout_ok(ferry(&back).args(["store", "info", "--hash", p]));
     }
 }

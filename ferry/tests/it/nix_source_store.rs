@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use ferry_tests::stdout_ok;
+
 use crate::util::FERRY;
 
 /// The system: `toplevel` (bin/switch-to-configuration recording `$0 $1` in
@@ -31,30 +33,12 @@ in mk "toplevel" ''
 ''
 "#;
 
-/// Debian's Nix with only this configuration: root builds without the nixbld group, no
-/// substituters, and a sandbox that sees the host's /bin/sh (a chroot store builds in one).
+/// Debian's Nix with the tests' own configuration (`ferry_tests::nix`), plus a sandbox that
+/// sees the host's /bin/sh (a chroot store builds in one).
 pub fn nix(program: &str) -> Command {
-    let mut c = Command::new(program);
-    for var in ["NIX_CONFIG", "NIX_REMOTE", "NIX_PATH", "NIX_STORE_DIR", "NIX_STATE_DIR"] {
-        c.env_remove(var);
-    }
-    c.env(
-        "NIX_CONFIG",
-        "build-users-group =\nsubstituters =\nsandbox = true\nsandbox-paths = /bin /lib /lib64 /usr\n",
-    );
+    let mut c = ferry_tests::nix::command(program);
+    c.env("NIX_CONFIG", "sandbox = true\nsandbox-paths = /bin /lib /lib64 /usr\n");
     c
-}
-
-fn check(c: &mut Command) -> String {
-    let out =
-        c.output().unwrap_or_else(|e| panic!("cannot run {c:?}: {e} (apt-get install nix-bin)"));
-    assert!(
-        out.status.success(),
-        "{c:?} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
 
 /// Build the system into the Nix chroot store at `root`; its logical toplevel path.
@@ -71,7 +55,7 @@ pub fn build_system_with(root: &Path, args: &[(&str, &str)]) -> String {
     for (name, value) in args {
         c.args(["--argstr", name, value]);
     }
-    check(c.arg(&expr)).trim().to_owned()
+    stdout_ok(c.arg(&expr)).trim().to_owned()
 }
 
 fn ferry(args: &[&str]) -> std::process::Output {
