@@ -25,6 +25,11 @@
 //!   targets, for both the generation links and `system` (Guix writes `system` absolute after a
 //!   deploy and relative after a rollback).
 //! - A generation's time is the modification time of its link.
+//! - A generation whose activation failed (and was rolled back, or could not be) is **marked
+//!   failed**: a file `.system-N-link.failed` beside its link holds the reason, one line
+//!   ([`Profiles::mark_failed`]; hidden, so neither Nix nor Guix take it for a generation).
+//!   `--list-generations` shows the mark, and a rollback never returns to a failed generation
+//!   ([`previous_generation`]).
 
 use std::fs;
 use std::io;
@@ -65,6 +70,8 @@ pub struct Generation {
     pub time: SystemTime,
     /// True for the generation `system` points at.
     pub current: bool,
+    /// Why its activation failed, when it did (see [`Profiles::mark_failed`]).
+    pub failed: Option<String>,
 }
 
 /// The system profile of one host root.
@@ -126,6 +133,25 @@ impl Profiles {
 
     fn link_name(&self, n: u64) -> String {
         format!("{}-{n}-link", self.name)
+    }
+
+    /// `R/var/ferry/profiles/.system-N-link.failed`: the mark of a failed generation.
+    fn failed_mark(&self, n: u64) -> PathBuf {
+        self.dir.join(format!(".{}.failed", self.link_name(n)))
+    }
+
+    /// Mark generation `n` failed, with the reason (one line): listings show it, and a
+    /// rollback skips it.
+    pub fn mark_failed(&self, n: u64, reason: &str) -> Result<(), GenerationError> {
+        let mark = self.failed_mark(n);
+        let line = reason.replace(['\n', '\r'], " ");
+        fs::write(&mark, format!("{line}\n")).map_err(io_err("cannot write", &mark))
+    }
+
+    /// The reason generation `n` failed, if it is marked.
+    fn failure(&self, n: u64) -> Option<String> {
+        let text = fs::read_to_string(self.failed_mark(n)).ok()?;
+        Some(text.trim().to_owned())
     }
 
     /// A logical absolute path (`/gnu/store/…`) as seen on this machine: under the root.
@@ -196,7 +222,7 @@ impl Profiles {
             .map_err(io_err("cannot stat", &link))?;
         let system = self.resolve_target(&link, &target);
         let current = self.current()? == Some(n);
-        Ok(Generation { number: n, link, system, time, current })
+        Ok(Generation { number: n, link, system, time, current, failed: self.failure(n) })
     }
 
     /// Every generation, oldest first.
@@ -217,9 +243,11 @@ impl Profiles {
         Ok(out)
     }
 
-    /// The generation before `n` among those present (holes are skipped).
+    /// The generation before `n` among those present that did not fail (holes and failed
+    /// generations are skipped).
     pub fn previous_of(&self, n: u64) -> Result<Option<u64>, GenerationError> {
-        Ok(self.numbers()?.into_iter().filter(|&m| m < n).max())
+        let numbers = self.numbers()?;
+        Ok(previous_generation(n, numbers.into_iter().map(|m| (m, self.failure(m).is_some()))))
     }
 
     /// The generation before the current one.
@@ -303,6 +331,26 @@ impl Profiles {
         self.switch_to(prev)?;
         Ok((cur, prev))
     }
+}
+
+/// The generation a rollback from `current` returns to: the highest number below it that is
+/// not marked failed. `generations`: `(number, failed)`.
+pub fn previous_generation(
+    current: u64,
+    generations: impl IntoIterator<Item = (u64, bool)>,
+) -> Option<u64> {
+    generations.into_iter().filter(|&(n, failed)| n < current && !failed).map(|(n, _)| n).max()
+}
+
+/// What `--roll-back` would do given a host's generations `(number, current, failed)`:
+/// `(from, to)`, or why it cannot (the same errors as [`Profiles::roll_back`]).
+pub fn roll_back_target(
+    generations: impl IntoIterator<Item = (u64, bool, bool)>,
+) -> Result<(u64, u64), GenerationError> {
+    let all: Vec<(u64, bool, bool)> = generations.into_iter().collect();
+    let cur = all.iter().find(|g| g.1).map(|g| g.0).ok_or(GenerationError::NoCurrent)?;
+    let prev = previous_generation(cur, all.iter().map(|&(n, _, failed)| (n, failed)));
+    Ok((cur, prev.ok_or(GenerationError::NoPrevious(cur))?))
 }
 
 /// `system-N-link` → N.
@@ -403,6 +451,30 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+
+    #[test]
+    fn failed_generations_are_marked_and_skipped_by_rollbacks() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profiles::new(t.path());
+        for name in ["a", "b", "c"] {
+            let n = p.add(&system(t.path(), name)).unwrap();
+            p.switch_to(n).unwrap();
+        }
+        p.mark_failed(2, "health checks failed:\n`x` exited with code 1").unwrap();
+        let list = p.list().unwrap();
+        let failed: Vec<Option<&str>> = list.iter().map(|g| g.failed.as_deref()).collect();
+        assert_eq!(failed, [None, Some("health checks failed: `x` exited with code 1"), None]);
+        assert_eq!(p.numbers().unwrap(), [1, 2, 3], "the mark is not a generation");
+        assert_eq!(p.previous_of(3).unwrap(), Some(1));
+        let listed = list.iter().map(|g| (g.number, g.current, g.failed.is_some()));
+        assert_eq!(roll_back_target(listed).unwrap(), (3, 1));
+        assert_eq!(p.roll_back().unwrap(), (3, 1));
+        assert!(matches!(
+            roll_back_target([(1, true, false), (2, false, true)]),
+            Err(GenerationError::NoPrevious(1))
+        ));
+        assert!(matches!(roll_back_target([(1, false, false)]), Err(GenerationError::NoCurrent)));
     }
 
     #[test]

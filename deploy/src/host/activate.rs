@@ -107,6 +107,18 @@ impl HostRoot {
             },
         )?;
         let _ = fs::remove_file(&marker);
+        // A generation that did not come up is marked: listings show it, rollbacks skip it.
+        let failed = match &outcome {
+            Outcome::Deployed { .. } => None,
+            Outcome::RolledBack { reason, .. }
+            | Outcome::Failed { reason, .. }
+            | Outcome::RollbackFailed { reason, .. } => Some(reason.to_string()),
+        };
+        if let Some(reason) = failed {
+            if let Err(e) = profiles.mark_failed(new, &reason) {
+                (emit.borrow_mut())(&HostLine::Warning(e.to_string()));
+            }
+        }
         let mut result = outcome_result(outcome);
         if result.success && switcher.as_ref().is_some_and(|s| s.next_boot(new)) {
             result.detail = "activated for next boot (the live switch failed)".into();
