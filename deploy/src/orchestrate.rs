@@ -125,6 +125,7 @@ fn pipelines<T: Send>(
             let mut added = system::AddedPackages::default();
             // git runs once for the file; each machine adds its declaration's name.
             let provenance = Provenance::of_file(&ctx.deployment.file, None);
+            let mut succeeded = 0;
             for (i, m) in machines.iter().enumerate() {
                 let provenance =
                     Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
@@ -135,10 +136,12 @@ fn pipelines<T: Send>(
                 .map_err(|source| DeployError::Build { machine: m.name.clone(), source });
                 if let Ok(system) = &result {
                     progress.line(&m.name, &format!("system {}", system.absolute));
+                    succeeded += 1;
                 }
                 built.put(i, result.map(|system| (system, provenance)));
             }
-            progress.built(machines.len(), started.elapsed());
+            // Only the systems that were built: failed builds are each machine's error.
+            progress.built(succeeded, started.elapsed());
         });
         for_each_machine(machines, options, ok, &|i, m| {
             progress.start(&m.name);

@@ -60,7 +60,8 @@ pub trait DeployProgress: Sync {
     fn error(&self, _host: &str, _error: &DeployError) {}
     /// It is done.
     fn done(&self, _host: &str, _success: bool) {}
-    /// Every selected machine's system is built.
+    /// The builder is done: `systems` of the selected machines' systems were built (a failed
+    /// build is not counted: it is that machine's error).
     fn built(&self, _systems: usize, _elapsed: Duration) {}
 }
 
