@@ -90,7 +90,7 @@ pub fn run(global: &GlobalOpts, args: GcArgs) -> anyhow::Result<ExitCode> {
         writeln!(out, "{verb} invalid {}", p.display())?;
     }
     out.flush()?;
-    eprintln!(
+    note!(
         "ferry: {} roots; {verb} {} paths ({} NAR bytes) and {} invalid entries",
         report.roots.len(),
         report.deleted.len(),
