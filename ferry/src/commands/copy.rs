@@ -52,18 +52,18 @@ pub struct CopyArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// zstd level for path data: auto (follow the measured link; the default), max (fewest
-    /// bytes), none, or 1..=19.
-    #[arg(long, default_value = "auto", value_name = "LEVEL|max|auto")]
+    /// Compression of path data: auto (zstd at the level the measured link calls for; the
+    /// default), max (fewest bytes), none (uncompressed), or a zstd level 1..=19.
+    #[arg(long, default_value = "auto", value_name = "auto|max|none|LEVEL")]
     pub compress: CompressSetting,
     /// Never send deltas against paths the hosts already have.
     #[arg(long)]
     pub no_delta: bool,
-    /// A fixed zstd level for path data (same as --compress N).
-    #[arg(long, value_name = "N", conflicts_with = "compress")]
+    /// Old spelling of --compress LEVEL.
+    #[arg(long, value_name = "N", hide = true, conflicts_with_all = ["compress", "no_compress"])]
     pub compression_level: Option<i32>,
-    /// Send path data uncompressed.
-    #[arg(long)]
+    /// Old spelling of --compress none.
+    #[arg(long, hide = true, conflicts_with = "compress")]
     pub no_compress: bool,
     /// Store paths whose closures to copy.
     #[arg(required = true)]
@@ -190,12 +190,17 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: CopyArgs) -> anyhow::Res
             dir.display()
         );
     }
-    let compress = match args.compression_level {
-        Some(level) => CompressSetting::Level(level),
-        None => args.compress,
+    let compress = match (args.compression_level, args.no_compress) {
+        (Some(level), _) => CompressSetting::Level(level),
+        (None, true) => CompressSetting::Level(0),
+        (None, false) => args.compress,
     };
     let options = PushOptions {
-        encoding: if args.no_compress { Encoding::None } else { Encoding::Zstd },
+        encoding: if compress == CompressSetting::Level(0) {
+            Encoding::None
+        } else {
+            Encoding::Zstd
+        },
         zstd_level: match compress {
             CompressSetting::Level(l) => l,
             _ => PushOptions::default().zstd_level,

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use serde_json::json;
 use store::{LayoutOptions, StoreLayout};
 
@@ -33,19 +33,21 @@ use deploy::plan::{HostPlan, HostReport};
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
-    /// Deployment file (TOML; see examples/demo.toml).
+    /// Deployment file (TOML; docs/deployment.md, examples/demo.toml).
     pub file: PathBuf,
-    /// Machines to act on: names and @tags, comma-separated (default: all).
-    #[arg(long, value_name = "NAME|@TAG,...")]
+    /// Machines to act on: names, @tags and globs (`web*`, `db?`), comma-separated (default:
+    /// all).
+    #[arg(long, value_name = "NAME|@TAG|GLOB,...")]
     pub on: Option<String>,
-    /// Print per machine what would be copied (paths and bytes); change nothing.
+    /// Print per machine what would be copied (paths and bytes), or with --roll-back the
+    /// generation each would return to; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// List each machine's generations.
     #[arg(long, conflicts_with_all = ["dry_run", "roll_back"])]
     pub list_generations: bool,
     /// Return each machine to its previous generation (profile, activate, services).
-    #[arg(short = 'r', long, conflicts_with = "dry_run")]
+    #[arg(short = 'r', long)]
     pub roll_back: bool,
     /// Machines worked on at the same time (each its own pipeline).
     #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -65,6 +67,27 @@ pub struct DeployArgs {
     pub command: Vec<String>,
 }
 
+impl DeployArgs {
+    /// What clap's declarations cannot say: `-x` and `--` go together (exit 2, as guix
+    /// deploy's messages).
+    pub fn usage_error(&self) -> Option<(clap::error::ErrorKind, String)> {
+        use clap::error::ErrorKind;
+        match (self.execute, self.command.is_empty()) {
+            (true, true) => Some((
+                ErrorKind::MissingRequiredArgument,
+                "'-x' specified but no command given: put it after --, as in \
+                 ferry deploy FILE -x -- uname -a"
+                    .into(),
+            )),
+            (false, false) => Some((
+                ErrorKind::ArgumentConflict,
+                "'--' was used, but '-x' was not specified".into(),
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Run `ferry deploy`.
 pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::Result<ExitCode> {
     let printer = printer.with_json(args.json);
@@ -74,16 +97,19 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         .map_or_else(|_| nar_core::store_path::StoreDir::guix(), |l| l.store_dir().clone());
     let choice = StoreChoice { kind: global.store, ferry_store_dir };
     let deployment = Deployment::load_with(&args.file, &choice)?;
+    for warning in &deployment.warnings {
+        eprintln!("ferry: {warning}");
+    }
     let machines = deployment.select(args.on.as_deref())?;
     let jobs = args.jobs as usize;
     if args.list_generations {
         return list_generations(&machines, jobs);
     }
-    match (args.execute, args.command.is_empty()) {
-        (true, true) => bail!("'-x' specified but no command given"),
-        (false, false) => bail!("'--' was used, but '-x' was not specified"),
-        (true, false) => return execute(&machines, &args.command, jobs),
-        (false, true) => {}
+    if args.execute {
+        return execute(&machines, &args.command, jobs);
+    }
+    if args.roll_back && args.dry_run {
+        return roll_back_plan(&machines, jobs);
     }
     let layout = StoreLayout::resolve(&LayoutOptions {
         store: deployment.store,
@@ -268,6 +294,37 @@ fn execute(machines: &[&Machine], command: &[String], jobs: usize) -> anyhow::Re
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
+/// `--roll-back --dry-run`: the generation each machine would return to (the rule of
+/// [`deploy::generations::roll_back_target`]); nothing changes.
+fn roll_back_plan(machines: &[&Machine], jobs: usize) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    let mut out = String::new();
+    for (m, run) in machines.iter().zip(orchestrate::list_generations(machines, jobs)) {
+        let listed =
+            run.result.map_err(|e| format!("error: {}", error_chain(&e))).and_then(|gens| {
+                let numbers = gens.iter().map(|g| (g.number, g.current, g.failed.is_some()));
+                let (from, to) =
+                    deploy::generations::roll_back_target(numbers).map_err(|e| e.to_string())?;
+                let system = |n: u64| gens.iter().find(|g| g.number == n).map(|g| g.system.clone());
+                Ok((from, to, system(to).unwrap_or_default()))
+            });
+        match listed {
+            Ok((from, to, system)) => out.push_str(&format!(
+                "{}: would roll back from generation {from} to {to} ({system})\n",
+                m.name
+            )),
+            Err(e) => {
+                ok = false;
+                out.push_str(&format!("{}: {e}\n", m.name));
+            }
+        }
+    }
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes())?;
+    stdout.flush()?;
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
 fn list_generations(machines: &[&Machine], jobs: usize) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     for (m, run) in machines.iter().zip(orchestrate::list_generations(machines, jobs)) {
@@ -277,11 +334,12 @@ fn list_generations(machines: &[&Machine], jobs: usize) -> anyhow::Result<ExitCo
             Ok(gens) => {
                 for g in gens {
                     println!(
-                        "  {:>4}  {}  {}{}",
+                        "  {:>4}  {}  {}{}{}",
                         g.number,
                         format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(g.time)),
                         g.system,
-                        if g.current { "  (current)" } else { "" }
+                        if g.current { "  (current)" } else { "" },
+                        g.failed.map(|why| format!("  (failed: {why})")).unwrap_or_default()
                     );
                 }
             }

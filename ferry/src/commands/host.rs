@@ -126,7 +126,9 @@ pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode
             } else {
                 for g in list {
                     let current = if g.current { "  (current)" } else { "" };
-                    println!("{:>4}  {}{current}", g.number, g.system);
+                    let failed =
+                        g.failed.map(|why| format!("  (failed: {why})")).unwrap_or_default();
+                    println!("{:>4}  {}{current}{failed}", g.number, g.system);
                 }
             }
         }
