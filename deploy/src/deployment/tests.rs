@@ -556,3 +556,44 @@ fn missing_local_paths_are_errors_at_their_place() {
     let e = Deployment::load(&file).unwrap_err().to_string();
     assert!(e.ends_with(&format!("files: no file {}", dir.path().join("m").display())), "{e}");
 }
+
+/// docs/deployment.md names every key of every record: the keys are read from the parser's own
+/// "expected one of" errors, so a key added to a record fails here until the reference has it.
+#[test]
+fn the_reference_names_every_key() {
+    let reference = include_str!("../../../docs/deployment.md");
+    let machine = "[[machine]]\nname = \"m\"\nenvironment = \"local\"\n";
+    let records = [
+        ("the top level", "zzz = 1\n".to_owned()),
+        ("[[machine]]", format!("{machine}operating-system = {{}}\nzzz = 1\n")),
+        (
+            "[machine.configuration]",
+            format!("{machine}operating-system = {{}}\n[machine.configuration]\nzzz = 1\n"),
+        ),
+        ("an operating-system", format!("{machine}operating-system = {{ zzz = 1 }}\n")),
+        ("services", format!("{machine}operating-system = {{ services = [{{ zzz = 1 }}] }}\n")),
+        (
+            "file-systems",
+            format!("{machine}operating-system = {{ file-systems = [{{ zzz = 1 }}] }}\n"),
+        ),
+        (
+            "health-checks",
+            format!("{machine}operating-system = {{ health-checks = [{{ zzz = 1 }}] }}\n"),
+        ),
+        ("bootloader", format!("{machine}operating-system = {{ bootloader = {{ zzz = 1 }} }}\n")),
+        ("files", format!("{machine}operating-system = {{ files = {{ a = {{ zzz = 1 }} }} }}\n")),
+    ];
+    for (record, text) in records {
+        let e = err(&text);
+        let keys = e.split(", expected ").nth(1).unwrap_or_else(|| panic!("{record}: {e}"));
+        let keys = keys.trim_start_matches("one of ");
+        for key in
+            keys.split([',', ' ']).filter(|k| k.starts_with('`')).map(|k| k.trim_matches('`'))
+        {
+            assert!(
+                reference.contains(&format!("`{key}`")) || reference.contains(&format!("`{key} =")),
+                "docs/deployment.md does not name the key `{key}` of {record}: add its row"
+            );
+        }
+    }
+}
