@@ -7,6 +7,7 @@ mod agent_upload;
 mod archive_cli;
 mod bench_cli;
 mod bench_kernel;
+mod cli_reference;
 mod copy_local;
 mod copy_nix;
 mod copy_pull;
