@@ -1,5 +1,8 @@
 //! Deployment files: which machines get which operating system, and how to reach them.
 //!
+//! The reference for users, key by key with the Guix record each comes from, is
+//! `docs/deployment.md` (a test fails when a key of a record here has no row there).
+//!
 //! # Format (TOML, kebab-case keys, unknown keys are errors)
 //!
 //! ```toml
@@ -93,7 +96,12 @@
 //!   `ssh-keyscan` prints; it is checked when the file is loaded.
 //! - **Errors** name the file, line and column: wrong types and unknown keys (from the TOML
 //!   parser), and semantic errors (unknown declaration, inheritance cycle, duplicate machine,
-//!   missing SSH host name, bad names) at the offending value.
+//!   missing SSH host name, bad names) at the offending value; so do local paths that do not
+//!   exist ([`Deployment::load`] checks them, [`Deployment::parse`] reads no file system).
+//! - **Warnings** ([`Deployment::warnings`]): two `managed-host` machines with the same host,
+//!   port and root (both deploy there, the last one wins).
+//! - **`--on`** ([`Deployment::select`]): names, `@tags` and globs on names (`*`, `?`); one
+//!   that selects nothing is an error listing what exists and the closest name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;

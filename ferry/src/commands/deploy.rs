@@ -11,7 +11,9 @@
 //! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (in its root, with
 //! its current system's `profile/bin` first on `PATH`); output lines are prefixed with the
 //! machine as they come. `--dry-run` prints each machine's plan: the paths the host lacks and
-//! their exact NAR bytes (on stdout; on stderr with `--json`, whose stdout is the JSON only).
+//! their exact NAR bytes (on stdout; on stderr with `--json`, whose stdout is the JSON only);
+//! with `--roll-back`, the generation each machine would return to. `-x` without a command,
+//! or `--` without `-x`, is a usage error (exit 2, checked in `main`).
 
 use std::io::Write;
 use std::path::PathBuf;

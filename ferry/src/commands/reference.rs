@@ -75,7 +75,8 @@ pub fn markdown(cli: &Command) -> String {
         "# ferry command-line reference\n\n\
          <!-- Generated from the clap definitions: do not edit. Regenerate with\n     \
          cargo run -p ferry -- man --markdown > docs/cli.md\n     \
-         (the test `cli_reference_is_current` fails while this file differs). -->\n\n\
+         (the test `cli_reference_is_current` fails while this file differs; with\n     \
+         INSTA_UPDATE=always it rewrites it). -->\n\n\
          Every command's `--help`, as the binary prints it. Global options (`--root`, \
          `--store-dir`, `--state-dir`, `--store`, `-v`, `-q`, `--color`) apply to every command. \
          Exit codes: [exit-codes.md](exit-codes.md); the deployment file: \

@@ -8,8 +8,9 @@
 //! INSTA_UPDATE=always cargo test -p ferry --test integration cli_reference
 //! ```
 //!
-//! (or `cargo insta review` with cargo-insta installed). `docs/cli.md` is regenerated with
-//! `cargo run -p ferry -- man --markdown > docs/cli.md`. Snapshots hold no paths or times: the
+//! (or `cargo insta review` with cargo-insta installed). The same command rewrites
+//! `docs/cli.md` (else: `cargo run -p ferry -- man --markdown > docs/cli.md`). Snapshots hold
+//! no paths or times: the
 //! commands run in a temp directory with relative file names, and the temp directory is
 //! replaced by `[DIR]`.
 
@@ -17,7 +18,15 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use crate::util::ferry;
+use crate::util;
+
+/// `ferry` with colors left to the test (`CLICOLOR_FORCE` in the caller's environment would
+/// color help and errors).
+fn ferry() -> Command {
+    let mut c = util::ferry();
+    c.env_remove("CLICOLOR_FORCE").env_remove("CLICOLOR").env_remove("NO_COLOR");
+    c
+}
 
 /// `exit: N`, then stdout and stderr, with `dir` replaced by `[DIR]`.
 fn transcript(out: &Output, dir: Option<&Path>) -> String {
@@ -52,10 +61,16 @@ fn markdown() -> String {
 fn cli_reference_is_current() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/cli.md");
     let committed = fs::read_to_string(&path).unwrap_or_default();
+    let generated = markdown();
+    if committed != generated && std::env::var("INSTA_UPDATE").is_ok_and(|v| v == "always") {
+        fs::write(&path, &generated).unwrap();
+        return;
+    }
     assert!(
-        committed == markdown(),
+        committed == generated,
         "docs/cli.md differs from what the binary generates: regenerate it with\n    \
-         cargo run -p ferry -- man --markdown > docs/cli.md\nand review the diff"
+         cargo run -p ferry -- man --markdown > docs/cli.md\n(or INSTA_UPDATE=always cargo \
+         test -p ferry --test integration cli_reference) and review the diff"
     );
 }
 
