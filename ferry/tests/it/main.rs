@@ -12,6 +12,7 @@ mod copy_nix;
 mod copy_pull;
 mod copy_ssh;
 mod copy_sudo;
+mod copy_trust;
 mod delta_rename;
 mod deploy_nix_system;
 mod deploy_ssh;

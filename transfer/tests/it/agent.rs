@@ -15,7 +15,7 @@ use proto::peer::CoordinatorState;
 use signing::guix::SigningKey;
 use store::{Store, StoreLayout};
 use transfer::agent::AgentOptions;
-use transfer::push::{push_closure, NoProgress, PushOptions};
+use transfer::push::{push_closure, NoProgress, PushError, PushOptions};
 use transfer::transport::{Connection, InProcessTransport, Transport, TransportError};
 
 pub(crate) struct Stores {
@@ -181,7 +181,8 @@ fn tampered_compressed_byte_is_refused() {
 fn unauthorized_key_refused() {
     let s = stores(false);
     let t = AgentOptions::new(s.host.clone()).in_process();
-    let summary = push_closure(
+    // The host says in `Have` that it does not trust the key: nothing is sent.
+    let e = push_closure(
         s.local.layout(),
         &s.closure,
         &t,
@@ -189,7 +190,12 @@ fn unauthorized_key_refused() {
         &PushOptions::default(),
         &NoProgress,
     )
-    .unwrap();
+    .unwrap_err();
+    assert!(matches!(e, PushError::Untrusted { paths: 3, .. }), "{e}");
+    assert!(host_valid(&s.host).is_empty());
+    // Sent anyway (without asking), each path is refused on its own.
+    let o = PushOptions { trust_check: false, ..PushOptions::default() };
+    let summary = push_closure(s.local.layout(), &s.closure, &t, &s.key, &o, &NoProgress).unwrap();
     assert_eq!(summary.rejected.len(), 3);
     assert!(summary.rejected.iter().all(|r| r.reason == RejectReason::Unauthorized));
     assert!(host_valid(&s.host).is_empty());
@@ -224,8 +230,14 @@ impl Raw {
         self.out.send(&f).unwrap();
         self.out.flush().unwrap();
     }
+    /// The next frame other than `Received` (feature `progress`: counts, not answers).
     pub(crate) fn recv(&mut self) -> Frame {
-        self.frames.read_frame().unwrap().expect("a frame")
+        loop {
+            match self.frames.read_frame().unwrap().expect("a frame") {
+                Frame::Received { .. } => {}
+                other => return other,
+            }
+        }
     }
     pub(crate) fn handshake(&mut self) {
         self.send(Frame::Hello(Hello::ours()));
