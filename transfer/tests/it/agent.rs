@@ -361,3 +361,42 @@ fn version_mismatch_and_unknown_frame_are_clear_errors() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Feature `progress`: the host tells what it received as a path's data arrives (not only when
+/// paths are acknowledged), and the counts only grow, up to the bytes to send.
+#[test]
+fn the_host_tells_what_it_received_as_data_arrives() {
+    #[derive(Default)]
+    struct Seen {
+        total: std::sync::Mutex<u64>,
+        counts: std::sync::Mutex<Vec<u64>>,
+    }
+    impl transfer::push::Progress for Seen {
+        fn event(&self, _: &str, event: &transfer::push::ProgressEvent<'_>) {
+            match event {
+                transfer::push::ProgressEvent::Plan { nar_bytes, .. } => {
+                    *self.total.lock().unwrap() = *nar_bytes
+                }
+                transfer::push::ProgressEvent::Received { nar_bytes } => {
+                    self.counts.lock().unwrap().push(*nar_bytes)
+                }
+                _ => {}
+            }
+        }
+    }
+    let s = stores(true);
+    let t = AgentOptions::new(s.host.clone()).in_process();
+    let seen = Seen::default();
+    let o = PushOptions::default();
+    let summary = push_closure(s.local.layout(), &s.closure, &t, &s.key, &o, &seen).unwrap();
+    assert_eq!(summary.paths_landed, 3);
+    let total = *seen.total.lock().unwrap();
+    let counts = seen.counts.lock().unwrap().clone();
+    assert_eq!(counts.last(), Some(&total), "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    // Acknowledgements alone give at most one count below the 1 MiB path's size (the small
+    // path before it); the host counted that path's data as it arrived.
+    let big = s.closure.iter().find(|i| i.path.name() == "big").unwrap().nar_size;
+    let inside = counts.iter().filter(|&&n| n > 0 && n < big).count();
+    assert!(inside >= 2, "{counts:?}");
+}
