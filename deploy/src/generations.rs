@@ -65,6 +65,9 @@ pub struct Generation {
     pub time: SystemTime,
     /// True for the generation `system` points at.
     pub current: bool,
+    /// Why its activation failed (the host rolled back from it), when recorded
+    /// ([`Profiles::mark_failed`]).
+    pub failed: Option<String>,
 }
 
 /// The system profile of one host root.
@@ -196,7 +199,18 @@ impl Profiles {
             .map_err(io_err("cannot stat", &link))?;
         let system = self.resolve_target(&link, &target);
         let current = self.current()? == Some(n);
-        Ok(Generation { number: n, link, system, time, current })
+        let failed = fs::read_to_string(failed_mark(&link))
+            .ok()
+            .map(|t| t.lines().next().unwrap_or_default().to_owned());
+        Ok(Generation { number: n, link, system, time, current, failed })
+    }
+
+    /// Record that generation `n`'s activation failed, and why (one line, next to its link:
+    /// `system-N-link.failed`, which is no generation's name).
+    pub fn mark_failed(&self, n: u64, reason: &str) -> Result<(), GenerationError> {
+        let mark = failed_mark(&self.generation_link(n));
+        let line = reason.lines().next().unwrap_or_default();
+        fs::write(&mark, format!("{line}\n")).map_err(io_err("cannot write", &mark))
     }
 
     /// Every generation, oldest first.
@@ -303,6 +317,13 @@ impl Profiles {
         self.switch_to(prev)?;
         Ok((cur, prev))
     }
+}
+
+/// The failure mark of a generation link (`system-N-link.failed`).
+fn failed_mark(link: &Path) -> PathBuf {
+    let mut name = link.as_os_str().to_owned();
+    name.push(".failed");
+    PathBuf::from(name)
 }
 
 /// `system-N-link` → N.

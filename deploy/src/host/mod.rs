@@ -174,6 +174,7 @@ impl HostRoot {
                 time: g.time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 system: g.system.display().to_string(),
                 current: g.current,
+                failed: g.failed,
             })
             .collect())
     }

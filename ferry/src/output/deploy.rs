@@ -259,7 +259,12 @@ pub fn generations(
                 for g in &gens {
                     let date = format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(g.time));
                     let current = if g.current { "  (current)" } else { "" };
-                    text.push_str(&format!("  {:>4}  {date}  {}{current}\n", g.number, g.system));
+                    let failed =
+                        g.failed.as_ref().map(|f| format!("  (failed: {f})")).unwrap_or_default();
+                    text.push_str(&format!(
+                        "  {:>4}  {date}  {}{current}{failed}\n",
+                        g.number, g.system
+                    ));
                 }
                 let list: Vec<Value> = gens
                     .iter()
@@ -270,6 +275,7 @@ pub fn generations(
                             "date": iso_time(g.time),
                             "system": g.system,
                             "current": g.current,
+                            "failed": g.failed,
                         })
                     })
                     .collect();

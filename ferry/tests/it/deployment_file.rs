@@ -230,6 +230,20 @@ fn failures_roll_back_and_never_stop_the_others() {
     }
     // The failed generations are kept (never overwritten): the next one is 3.
     assert!(env.host("bad").join("var/ferry/profiles/system-2-link").exists());
+    // And marked, with the reason, in --list-generations (text and JSON).
+    let out = env.expect(0, &["deploy", &file, "--on", "bad,good", "--list-generations"]);
+    assert!(out.contains("(failed: activate exited with code 1"), "{out}");
+    let out = env.ferry(&["deploy", &file, "--on", "bad,good", "--list-generations", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let generations = |name: &str| {
+        let machines = json["machines"].as_array().unwrap();
+        machines.iter().find(|m| m["machine"] == name).unwrap()["generations"].clone()
+    };
+    let bad = generations("bad");
+    assert_eq!(bad[0]["failed"], serde_json::Value::Null, "{json}");
+    let failed = bad[1]["failed"].as_str().unwrap_or_default();
+    assert!(failed.contains("activate exited with code 1"), "{json}");
+    assert_eq!(generations("good")[1]["failed"], serde_json::Value::Null, "{json}");
 }
 
 #[test]
