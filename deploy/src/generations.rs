@@ -7,6 +7,7 @@
 //! R/var/ferry/profiles/system-2-link  -> /gnu/store/…-system
 //! R/var/ferry/profiles/system         -> system-2-link            (the current generation)
 //! R/var/ferry/current-system          -> /gnu/store/…-system     (the activated system)
+//! R/var/ferry/failed/var_ferry_profiles_system-2-link             (why 2 failed, and its target)
 //! ```
 //!
 //! A system built by Nix or Guix has its generations in the profile the deployment names
@@ -65,7 +66,7 @@ pub struct Generation {
     pub time: SystemTime,
     /// True for the generation `system` points at.
     pub current: bool,
-    /// Why its activation failed (the host rolled back from it), when recorded
+    /// Why its activation failed (the host rolled back from it, or could not), when recorded
     /// ([`Profiles::mark_failed`]).
     pub failed: Option<String>,
 }
@@ -199,18 +200,35 @@ impl Profiles {
             .map_err(io_err("cannot stat", &link))?;
         let system = self.resolve_target(&link, &target);
         let current = self.current()? == Some(n);
-        let failed = fs::read_to_string(failed_mark(&link))
-            .ok()
-            .map(|t| t.lines().next().unwrap_or_default().to_owned());
+        // The mark names the link's target: a mark left by a removed generation of the same
+        // number does not apply.
+        let failed = fs::read_to_string(self.failed_mark(&link)).ok().and_then(|text| {
+            let (reason, marked) = text.trim_end().split_once('\n')?;
+            (Path::new(marked) == target).then(|| reason.to_owned())
+        });
         Ok(Generation { number: n, link, system, time, current, failed })
     }
 
-    /// Record that generation `n`'s activation failed, and why (one line, next to its link:
-    /// `system-N-link.failed`, which is no generation's name).
+    /// Record that generation `n`'s activation failed, and why: the reason's first line and the
+    /// link's target, in ferry's own state (`R/var/ferry/failed/`), never beside the links (Nix
+    /// reads any `NAME-N-link…` name there as a generation).
     pub fn mark_failed(&self, n: u64, reason: &str) -> Result<(), GenerationError> {
-        let mark = failed_mark(&self.generation_link(n));
+        let mark = self.failed_mark(&self.generation_link(n));
+        if let Some(dir) = mark.parent() {
+            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        }
+        let link = self.generation_link(n);
+        let target = fs::read_link(&link).map_err(io_err("cannot read link", &link))?;
         let line = reason.lines().next().unwrap_or_default();
-        fs::write(&mark, format!("{line}\n")).map_err(io_err("cannot write", &mark))
+        let text = format!("{line}\n{}\n", target.display());
+        fs::write(&mark, text).map_err(io_err("cannot write", &mark))
+    }
+
+    /// `R/var/ferry/failed/<the link's path under the root, with `_` for `/`>`.
+    fn failed_mark(&self, link: &Path) -> PathBuf {
+        let under_root = link.strip_prefix(&self.root).unwrap_or(link);
+        let name = under_root.to_string_lossy().trim_start_matches('/').replace('/', "_");
+        self.root.join("var/ferry/failed").join(name)
     }
 
     /// Every generation, oldest first.
@@ -319,13 +337,6 @@ impl Profiles {
     }
 }
 
-/// The failure mark of a generation link (`system-N-link.failed`).
-fn failed_mark(link: &Path) -> PathBuf {
-    let mut name = link.as_os_str().to_owned();
-    name.push(".failed");
-    PathBuf::from(name)
-}
-
 /// `system-N-link` → N.
 pub fn parse_generation_name(name: &str) -> Option<u64> {
     parse_link_name(PROFILE_NAME, name)
@@ -392,6 +403,24 @@ mod tests {
         let p = root.join("gnu/store").join(format!("{name}-system"));
         fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    #[test]
+    fn a_failed_generation_is_marked_until_its_number_is_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profiles::new(t.path());
+        p.add(&system(t.path(), "aaaa")).unwrap();
+        p.add(&system(t.path(), "bbbb")).unwrap();
+        p.mark_failed(2, "activate exited with code 1\nmore").unwrap();
+        let failed: Vec<_> = p.list().unwrap().into_iter().map(|g| g.failed).collect();
+        assert_eq!(failed, [None, Some("activate exited with code 1".to_owned())]);
+        // Nothing beside the links that Nix could take for a generation.
+        assert_eq!(p.numbers().unwrap(), [1, 2]);
+        assert_eq!(fs::read_dir(p.dir()).unwrap().count(), 2);
+        // Generation 2 removed and made again for another system: the mark does not apply.
+        fs::remove_file(p.generation_link(2)).unwrap();
+        assert_eq!(p.add(&system(t.path(), "cccc")).unwrap(), 2);
+        assert_eq!(p.generation(2).unwrap().failed, None);
     }
 
     #[test]
