@@ -1,6 +1,6 @@
 //! One snapshot per `--json` shape (`docs/json.md` documents each): `deploy`, `deploy
-//! --dry-run`, `deploy -x`, `deploy --list-generations`, `copy --to`, `copy --from local://`
-//! and `store info`. Each run is real (the demo's `local` machines, stores in temp dirs); what
+//! --dry-run`, `deploy -x`, `deploy --list-generations`, `copy --to`, `copy --from local://`,
+//! `store info` and `gc`. Each run is real (the demo's `local` machines, stores in temp dirs); what
 //! varies between runs is redacted before the snapshot: durations and dates, byte counts,
 //! temp directories, store hashes.
 //!
@@ -36,6 +36,7 @@ const SIZES: &[&str] = &[
     "resumed_bytes",
     "agent_upload_bytes",
     "free_bytes",
+    "freed_nar_bytes",
 ];
 
 /// `value` with what varies replaced by placeholders: durations, sizes, `tmp` (a temp dir),
@@ -227,6 +228,14 @@ fn copy_and_store_shapes() {
     let out = ferry().arg("--root").arg(&root).args(["store", "info", "--json", &top]).output();
     let json = json_of(&out.unwrap(), "store info");
     insta::assert_snapshot!("store_info", pretty(&redact(&json, dir.path())));
+
+    let gc = |args: &[&str]| {
+        let out = ferry().arg("--root").arg(&root).arg("gc").args(args).output().unwrap();
+        pretty(&redact(&json_of(&out, &format!("gc {args:?}")), dir.path()))
+    };
+    insta::assert_snapshot!("gc_requisites", gc(&["--json", "--requisites", &top]));
+    // Nothing is a root: a dry run would delete both paths.
+    insta::assert_snapshot!("gc_dry_run", gc(&["--json", "--dry-run"]));
 }
 
 #[test]
