@@ -7,6 +7,7 @@
 //! R/var/ferry/profiles/system-2-link  -> /gnu/store/…-system
 //! R/var/ferry/profiles/system         -> system-2-link            (the current generation)
 //! R/var/ferry/current-system          -> /gnu/store/…-system     (the activated system)
+//! R/var/ferry/failed/var_ferry_profiles_system-2-link             (why 2 failed, and its target)
 //! ```
 //!
 //! A system built by Nix or Guix has its generations in the profile the deployment names
@@ -135,23 +136,37 @@ impl Profiles {
         format!("{}-{n}-link", self.name)
     }
 
-    /// `R/var/ferry/profiles/.system-N-link.failed`: the mark of a failed generation.
+    /// `R/var/ferry/failed/<the link's path under the root, `_` for `/`>`: the mark of a failed
+    /// generation, in ferry's own state and never beside the links (Nix reads any
+    /// `NAME-N-link…` name in a profile directory as a generation).
     fn failed_mark(&self, n: u64) -> PathBuf {
-        self.dir.join(format!(".{}.failed", self.link_name(n)))
+        let link = self.generation_link(n);
+        let under_root = link.strip_prefix(&self.root).unwrap_or(&link);
+        let name = under_root.to_string_lossy().trim_start_matches('/').replace('/', "_");
+        self.root.join("var/ferry/failed").join(name)
     }
 
-    /// Mark generation `n` failed, with the reason (one line): listings show it, and a
-    /// rollback skips it.
+    /// Mark generation `n` failed: the reason's first line and the link's target. Listings show
+    /// it, and a rollback skips it.
     pub fn mark_failed(&self, n: u64, reason: &str) -> Result<(), GenerationError> {
         let mark = self.failed_mark(n);
-        let line = reason.replace(['\n', '\r'], " ");
-        fs::write(&mark, format!("{line}\n")).map_err(io_err("cannot write", &mark))
+        if let Some(dir) = mark.parent() {
+            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        }
+        let link = self.generation_link(n);
+        let target = fs::read_link(&link).map_err(io_err("cannot read link", &link))?;
+        let line = reason.lines().next().unwrap_or_default();
+        fs::write(&mark, format!("{line}\n{}\n", target.display()))
+            .map_err(io_err("cannot write", &mark))
     }
 
-    /// The reason generation `n` failed, if it is marked.
+    /// The reason generation `n` failed, if it is marked. The mark names the link's target: a
+    /// mark left by a removed generation of the same number does not apply.
     fn failure(&self, n: u64) -> Option<String> {
         let text = fs::read_to_string(self.failed_mark(n)).ok()?;
-        Some(text.trim().to_owned())
+        let target = fs::read_link(self.generation_link(n)).ok()?;
+        let (reason, marked) = text.trim_end().split_once('\n')?;
+        (Path::new(marked) == target).then(|| reason.to_owned())
     }
 
     /// A logical absolute path (`/gnu/store/…`) as seen on this machine: under the root.
@@ -419,6 +434,24 @@ mod tests {
         let p = root.join("gnu/store").join(format!("{name}-system"));
         fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    #[test]
+    fn a_failed_generation_is_marked_until_its_number_is_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profiles::new(t.path());
+        p.add(&system(t.path(), "aaaa")).unwrap();
+        p.add(&system(t.path(), "bbbb")).unwrap();
+        p.mark_failed(2, "activate exited with code 1\nmore").unwrap();
+        let failed: Vec<_> = p.list().unwrap().into_iter().map(|g| g.failed).collect();
+        assert_eq!(failed, [None, Some("activate exited with code 1".to_owned())]);
+        // Nothing beside the links that Nix could take for a generation.
+        assert_eq!(p.numbers().unwrap(), [1, 2]);
+        assert_eq!(fs::read_dir(p.dir()).unwrap().count(), 2);
+        // Generation 2 removed and made again for another system: the mark does not apply.
+        fs::remove_file(p.generation_link(2)).unwrap();
+        assert_eq!(p.add(&system(t.path(), "cccc")).unwrap(), 2);
+        assert_eq!(p.generation(2).unwrap().failed, None);
     }
 
     #[test]

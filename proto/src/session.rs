@@ -149,7 +149,7 @@ pub struct GenerationInfo {
     pub time: u64,
     pub system: String,
     pub current: bool,
-    /// Why its activation failed (it was rolled back), when it did; absent otherwise.
+    /// Why its activation failed, when the host recorded it (absent from older hosts).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed: Option<String>,
 }

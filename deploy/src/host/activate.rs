@@ -107,15 +107,16 @@ impl HostRoot {
             },
         )?;
         let _ = fs::remove_file(&marker);
-        // A generation that did not come up is marked: listings show it, rollbacks skip it.
+        // The generation that failed is marked: `--list-generations` shows it, rollbacks skip
+        // it. A mark that cannot be written is a warning and changes nothing else.
         let failed = match &outcome {
+            Outcome::RolledBack { from, reason, .. }
+            | Outcome::RollbackFailed { from, reason, .. } => Some((*from, reason)),
+            Outcome::Failed { generation, reason } => Some((*generation, reason)),
             Outcome::Deployed { .. } => None,
-            Outcome::RolledBack { reason, .. }
-            | Outcome::Failed { reason, .. }
-            | Outcome::RollbackFailed { reason, .. } => Some(reason.to_string()),
         };
-        if let Some(reason) = failed {
-            if let Err(e) = profiles.mark_failed(new, &reason) {
+        if let Some((n, reason)) = failed {
+            if let Err(e) = profiles.mark_failed(n, &reason.to_string()) {
                 (emit.borrow_mut())(&HostLine::Warning(e.to_string()));
             }
         }

@@ -241,6 +241,18 @@ fn failures_roll_back_and_never_stop_the_others() {
     );
     assert_eq!(out.matches("(failed: ").count(), 1, "{out}");
 
+    let out = env.ferry(&["deploy", &file, "--on", "bad,good", "--list-generations", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let generations = |name: &str| {
+        let machines = json["machines"].as_array().unwrap();
+        machines.iter().find(|m| m["machine"] == name).unwrap()["generations"].clone()
+    };
+    let bad = generations("bad");
+    assert_eq!(bad[0]["failed"], serde_json::Value::Null, "{json}");
+    let failed = bad[1]["failed"].as_str().unwrap_or_default();
+    assert!(failed.contains("activate exited with code 1"), "{json}");
+    assert_eq!(generations("good")[1]["failed"], serde_json::Value::Null, "{json}");
+
     // --roll-back --dry-run says where each would go, and changes nothing; a rollback never
     // returns to a failed generation (bad has 1 current and 2 failed: nothing before 1).
     let out = env.expect(1, &["deploy", &file, "--on", "good,bad", "--roll-back", "--dry-run"]);
@@ -248,6 +260,20 @@ fn failures_roll_back_and_never_stop_the_others() {
     assert!(
         out.contains("bad: cannot roll back: there is no generation before generation 1"),
         "{out}"
+    );
+    let out =
+        env.ferry(&["deploy", &file, "--on", "good,bad", "--roll-back", "--dry-run", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["success"], false, "{json}");
+    let good = &json["machines"][0];
+    assert_eq!(
+        (good["machine"].as_str(), good["from"].as_u64(), good["to"].as_u64()),
+        (Some("good"), Some(2), Some(1)),
+        "{json}"
+    );
+    assert!(
+        json["machines"][1]["error"].as_str().unwrap_or_default().contains("no generation before"),
+        "{json}"
     );
     assert_eq!(env.current("good").as_deref(), Some("system-2-link"));
 }

@@ -76,7 +76,7 @@ use signing::acl::Acl;
 
 use proto::frame::{
     AckOutcome, Encoding, Frame, MissingEntry, PathStart, ProtocolError, RejectReason, Welcome,
-    FEATURES, FEATURE_DELTA, MIN_VERSION, VERSION,
+    FEATURES, FEATURE_DELTA, FEATURE_PROGRESS, FEATURE_TRUST, MIN_VERSION, RECEIVED_EVERY, VERSION,
 };
 use proto::io::{DataReader, FrameReader, FrameWriter, FramedError};
 use proto::peer::AgentState;
@@ -210,6 +210,53 @@ struct Session<R: Read, W: Write> {
     accepted: Option<Accepted>,
     /// The deadlines of the waits for the peer (a puller's; none for a host).
     watch: crate::deadline::Watch,
+    /// NAR bytes received in this session, and the count last told to the coordinator (feature
+    /// `progress`; `None` when the coordinator did not ask for it).
+    received: Received,
+}
+
+/// The count of feature `progress` (see [`proto::frame`]).
+#[derive(Debug, Default)]
+struct Received {
+    wanted: bool,
+    bytes: u64,
+    told: u64,
+}
+
+impl Received {
+    /// Tell the coordinator the count if it asked and the count changed by `at_least` bytes.
+    /// A failed write is left to the next frame sent (the session fails there).
+    fn tell<W: Write>(&mut self, at_least: u64, state: &mut AgentState, out: &mut FrameWriter<W>) {
+        if !self.wanted || self.bytes == self.told || self.bytes - self.told < at_least {
+            return;
+        }
+        self.told = self.bytes;
+        let frame = Frame::Received { nar_bytes: self.bytes };
+        if state.on_send(&frame).is_ok() && out.send(&frame).is_ok() {
+            let _ = out.flush();
+        }
+    }
+}
+
+/// A path's NAR as it is decoded, counted for feature `progress` up to its declared size
+/// (`left`): every [`RECEIVED_EVERY`] bytes the coordinator is told.
+struct Counted<'a, R, W: Write> {
+    inner: R,
+    left: u64,
+    received: &'a mut Received,
+    state: &'a mut AgentState,
+    out: &'a mut FrameWriter<W>,
+}
+
+impl<R: Read, W: Write> Read for Counted<'_, R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let counted = (n as u64).min(self.left);
+        self.left -= counted;
+        self.received.bytes += counted;
+        self.received.tell(RECEIVED_EVERY, self.state, self.out);
+        Ok(n)
+    }
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -247,8 +294,10 @@ impl<R: Read, W: Write> Session<R, W> {
             || self.batch_started.is_some_and(|t| t.elapsed() >= self.options.batch_delay)
     }
 
-    /// Register the waiting paths and answer each of them.
+    /// Register the waiting paths and answer each of them (after telling the coordinator how
+    /// much arrived, feature `progress`).
     fn commit_batch(&mut self, store: &mut Store) -> Result<(), AgentError> {
+        self.received.tell(1, &mut self.state, &mut self.out);
         self.batch_started = None;
         if self.batch.is_empty() {
             return Ok(());
@@ -317,6 +366,7 @@ pub fn serve_as<R: Read, W: Write + Send>(
         role,
         accepted: None,
         watch,
+        received: Received::default(),
     };
     // Handshake.
     s.watch.phase("while waiting for the host's Hello", true);
@@ -326,8 +376,13 @@ pub fn serve_as<R: Read, W: Write + Send>(
         Err(e) => return Err(s.fail(e.into())),
     };
     let negotiated = s.state.on_receive(&hello);
-    let peer_delta =
-        matches!(&hello, Frame::Hello(h) if h.features.iter().any(|f| f == FEATURE_DELTA));
+    let peer_delta = matches!(&hello, Frame::Hello(h) if h.offers(FEATURE_DELTA));
+    s.received.wanted = matches!(&hello, Frame::Hello(h) if h.offers(FEATURE_PROGRESS));
+    // The coordinator's key, whose trust `Have` tells (feature `trust`).
+    let coordinator_key = match &hello {
+        Frame::Hello(h) if h.offers(FEATURE_TRUST) => h.public_key.clone(),
+        _ => None,
+    };
     let layout = s.options.layout.clone();
     let welcome = Welcome {
         min_version: MIN_VERSION,
@@ -439,7 +494,12 @@ pub fn serve_as<R: Read, W: Write + Send>(
                 } else {
                     Vec::new()
                 };
-                s.send(Frame::Have { missing, bases })?;
+                // Trust as it is now, after any `Authorize` of this session.
+                let trusted = coordinator_key.as_ref().map(|key| {
+                    signing::guix::VerifyingKey::from_text(key)
+                        .is_ok_and(|key| acl.is_authorized(&key.to_sexp()))
+                });
+                s.send(Frame::Have { missing, bases, trusted })?;
                 s.flush()?;
             }
             Frame::PathStart(start) => {
@@ -631,6 +691,13 @@ fn receive_path<R: Read, W: Write>(
         }
         Encoding::ZstdDelta { .. } => unreachable!("handled above"),
     };
+    let decoded = Counted {
+        inner: decoded,
+        left: start.nar_size.saturating_sub(start.offset),
+        received: &mut s.received,
+        state: &mut s.state,
+        out: &mut s.out,
+    };
     let source: Box<dyn Read + '_> = if keep_partial {
         let opened = open_partial(&partial, start.offset);
         match opened {
@@ -656,7 +723,7 @@ fn receive_path<R: Read, W: Write>(
             ),
         )));
     } else {
-        decoded
+        Box::new(decoded)
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
     let result = s.batch.restore(store, &info, &mut reader);
