@@ -80,8 +80,6 @@ pub enum HostCommandError {
     Agent(transfer::agent::AgentError),
     #[error("the host's Nix store has no database at {0} (store = \"nix\")")]
     NoNixStore(String),
-    #[error("importing into the host's Nix store: {0}")]
-    NixImport(transfer::agent::nix_import::NixImportError),
 }
 
 impl From<StoreError> for HostCommandError {

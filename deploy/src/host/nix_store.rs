@@ -1,16 +1,17 @@
 //! The host's own Nix store as the destination (`store = "nix"` or `"auto"` in a machine's
-//! configuration): the paths the host lacks are those Nix's database lacks; the agent receives
-//! into a ferry staging store under the root (`<root>/var/ferry/nix-staging`, store dir
-//! `/nix/store`; each NAR rebuilt and hash-checked there, as always, and kept as a base for
-//! the next deltas), then hands what Nix lacks to `nix-store --import`
-//! ([`transfer::agent::nix_import`]), with `--store ROOT` for a root other than `/`, as
-//! Nix's chroot stores are named.
+//! configuration): the paths the host lacks are those Nix's database lacks; the agent reads
+//! Nix's database in place (read only; delta bases are Nix's own paths, checked against the NAR
+//! hashes recorded there) and hands each verified NAR, as it arrives, to `nix-store --serve
+//! --write` ([`transfer::agent::nix_store`]), with `--store ROOT` for a root other than `/`,
+//! as Nix's chroot stores are named. Nix registers each path with the host's ferry Nix
+//! signature; nothing is written twice.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
 use nar_core::store_path::StoreDir;
 use store::{DbKind, LayoutOptions, Store, StoreLayout};
+use transfer::agent::nix_store::NixOptions;
 use transfer::agent::AgentOptions;
 
 use super::{HostCommandError, HostRoot};
@@ -74,30 +75,19 @@ impl HostRoot {
         Ok(Store::open_read_only(layout)?)
     }
 
-    /// The ferry store the agent receives into before Nix imports.
-    fn staging_layout(&self) -> Result<StoreLayout, HostCommandError> {
-        Ok(StoreLayout::resolve(&LayoutOptions {
-            root: Some(self.root().join("var/ferry/nix-staging")),
-            store_dir: Some(StoreDir::NIX.to_owned()),
-            store: Some(DbKind::Ferry),
-            state_dir: None,
-        })?)
-    }
-
-    /// The session's copy into the host's Nix store: the agent on `input` and `out`, then the
-    /// import of what Nix lacks.
+    /// The session's copy into the host's Nix store: the agent on `input` and `out`, reading
+    /// Nix's database in place and handing each verified path to `nix-store --serve --write`
+    /// ([`transfer::agent::nix_store`]); ferry's state (ACL, partial files, the host's Nix key)
+    /// stays in ferry's state dir under the root.
     pub(crate) fn copy_into_nix<R: Read, W: Write + Send>(
         &self,
         input: R,
         out: W,
     ) -> Result<(), HostCommandError> {
-        let nix = self.nix_store()?;
-        let staging = self.staging_layout()?;
-        transfer::agent::serve(AgentOptions::new(staging.clone()), input, out)
-            .map_err(HostCommandError::Agent)?;
-        let staged = Store::open(staging)?;
-        transfer::agent::nix_import::import_into_nix(&staged, &nix, Some(self.root()))
-            .map_err(HostCommandError::NixImport)?;
+        let layout = self.nix_store()?.layout().clone();
+        let mut options = AgentOptions::new(layout);
+        options.nix = Some(NixOptions::new(self.root()));
+        transfer::agent::serve(options, input, out).map_err(HostCommandError::Agent)?;
         Ok(())
     }
 }

@@ -24,6 +24,12 @@
 //! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
 //! ([`crate::delta::bases`]); any failure of the delta is a `Reject` with `delta-failed`.
 //!
+//! **Nix's store.** With [`AgentOptions::nix`], the store is the host's own Nix store: its
+//! database is only read (valid paths, delta bases and their NAR hashes), and each path, once
+//! its signature is checked, streams into `nix-store --serve --write` ([`nix_store`]), which
+//! registers it with the host's ferry Nix signature; its last bytes go out only once its hash
+//! matched. Such paths are answered as soon as Nix registered them (no batch).
+//!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
@@ -83,7 +89,7 @@ use proto::peer::AgentState;
 
 use crate::transport::InProcessTransport;
 
-pub mod nix_import;
+pub mod nix_store;
 mod role;
 mod send;
 
@@ -116,6 +122,9 @@ pub struct AgentOptions {
     pub partial_budget: u64,
     /// How long a pull served with these options waits for the host ([`Role::Puller`]).
     pub deadlines: crate::deadline::Deadlines,
+    /// Import into the host's own Nix store instead ([`nix_store`]): `layout` is then Nix's
+    /// store read in place (its database opened read only), with ferry's state dir.
+    pub nix: Option<nix_store::NixOptions>,
 }
 
 impl AgentOptions {
@@ -132,6 +141,7 @@ impl AgentOptions {
             max_nodes: nar_core::restore::MAX_NODES,
             partial_budget: 16 << 30,
             deadlines: crate::deadline::Deadlines::default(),
+            nix: None,
         }
     }
 
@@ -164,6 +174,9 @@ pub enum AgentError {
     /// The peer asked for something its role does not allow ([`Role`]).
     #[error("{0}")]
     Refused(String),
+    /// The host's ferry Nix key, for a host whose store is Nix's.
+    #[error("the host's Nix signing key: {0}")]
+    NixKey(crate::trust::KeyError),
 }
 
 /// What a session did.
@@ -210,6 +223,8 @@ struct Session<R: Read, W: Write> {
     accepted: Option<Accepted>,
     /// The deadlines of the waits for the peer (a puller's; none for a host).
     watch: crate::deadline::Watch,
+    /// Where verified NARs go when the host's store is Nix's ([`nix_store`]).
+    nix: Option<nix_store::NixSink>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -317,6 +332,7 @@ pub fn serve_as<R: Read, W: Write + Send>(
         role,
         accepted: None,
         watch,
+        nix: None,
     };
     // Handshake.
     s.watch.phase("while waiting for the host's Hello", true);
@@ -353,13 +369,27 @@ pub fn serve_as<R: Read, W: Write + Send>(
         }
         Err(e) => return Err(s.fail(e.into())),
     }
-    let mut store = match Store::open(layout.clone()) {
+    let opened = match &s.options.nix {
+        // Nix's database is Nix's: read only, Nix registers (see nix_store).
+        Some(_) => Store::open_read_only(layout.clone()),
+        None => Store::open(layout.clone()),
+    };
+    let mut store = match opened {
         Ok(store) => store,
         Err(e) => {
             s.send(Frame::Welcome(welcome))?;
             return Err(s.fail(AgentError::Store(e)));
         }
     };
+    if let Some(nix) = s.options.nix.clone() {
+        match nix_store::NixSink::new(nix, layout.store_dir().clone(), layout.state_dir()) {
+            Ok(sink) => s.nix = Some(sink),
+            Err(e) => {
+                s.send(Frame::Welcome(welcome))?;
+                return Err(s.fail(AgentError::NixKey(e)));
+            }
+        }
+    }
     s.send(Frame::Welcome(welcome))?;
     s.flush()?;
     let acl_path = layout.state_dir().join("acl");
@@ -468,6 +498,9 @@ pub fn serve_as<R: Read, W: Write + Send>(
             }
             Frame::Done => {
                 s.commit_batch(&mut store)?;
+                if let Some(nix) = &mut s.nix {
+                    nix.finish();
+                }
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
                 s.send(bye)?;
                 s.flush()?;
@@ -616,7 +649,7 @@ fn receive_path<R: Read, W: Write>(
     info.ca = start.ca.clone();
 
     if let Encoding::ZstdDelta { base } = &start.encoding {
-        return receive_delta(&mut data, store, &info, base, start).map(Some);
+        return receive_delta(&mut data, store, s.nix.as_mut(), &info, base, start).map(Some);
     }
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let keep_partial = start.nar_size >= s.options.partial_min
@@ -659,7 +692,11 @@ fn receive_path<R: Read, W: Write>(
         decoded
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
-    let result = s.batch.restore(store, &info, &mut reader);
+    let result = match &mut s.nix {
+        Some(nix) => crate::delta::bases::references_valid(store, &info)
+            .and_then(|()| nix.add(&info, &mut reader)),
+        None => s.batch.restore(store, &info, &mut reader),
+    };
     drop(reader);
     if let Some(fatal) = data.take_fatal() {
         // The connection broke or the protocol was broken: keep the partial file for resume.
@@ -668,6 +705,10 @@ fn receive_path<R: Read, W: Write>(
     data.drain()?;
     let abs = start.path.to_absolute(&store_dir);
     let answer = match result {
+        // Nix registered it already.
+        Ok(ImportOutcome::Imported) if s.nix.is_some() => {
+            Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
+        }
         Ok(ImportOutcome::Imported) => {
             if keep_partial {
                 s.batch_partials.push(partial);
@@ -725,10 +766,12 @@ fn refusal(start: &PathStart, error: StoreError, abs: &str) -> Frame {
 }
 
 /// Receive a path sent as a delta ([`crate::delta::bases::apply`]), imported at once (the batch
-/// was registered first, so its references are valid); no partial file is kept.
+/// was registered first, so its references are valid), or handed to Nix; no partial file is
+/// kept.
 fn receive_delta<R: Read>(
     data: &mut DataReader<'_, R>,
     store: &mut Store,
+    nix: Option<&mut nix_store::NixSink>,
     info: &PathInfo,
     base: &StorePath,
     start: &PathStart,
@@ -738,7 +781,13 @@ fn receive_delta<R: Read>(
         let message = format!("a delta cannot resume (offset {})", start.offset);
         return Ok(reject(&start.path, RejectReason::DeltaFailed, message));
     }
-    let result = crate::delta::bases::apply(store, info, base, data);
+    let result = match nix {
+        Some(nix) => crate::delta::bases::prepare(store, info, base).and_then(|verified| {
+            let name = base.to_absolute(store.store_dir());
+            crate::delta::bases::apply_verified(&verified, &name, info, data, |r| nix.add(info, r))
+        }),
+        None => crate::delta::bases::apply(store, info, base, data),
+    };
     if let Some(fatal) = data.take_fatal() {
         return Err(fatal.into());
     }
