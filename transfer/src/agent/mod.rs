@@ -24,11 +24,12 @@
 //! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
 //! ([`crate::delta::bases`]); any failure of the delta is a `Reject` with `delta-failed`.
 //!
-//! **Nix's store.** With [`AgentOptions::nix`], the store is the host's own Nix store: its
-//! database is only read (valid paths, delta bases and their NAR hashes), and each path, once
-//! its signature is checked, streams into `nix-store --serve --write` ([`nix_store`]), which
-//! registers it with the host's ferry Nix signature; its last bytes go out only once its hash
-//! matched. Such paths are answered as soon as Nix registered them (no batch).
+//! **A daemon's store.** With [`AgentOptions::daemon`], the store is the host's own Nix or Guix
+//! store ([`daemon`]): its database is only read (valid paths, delta bases and their NAR
+//! hashes), and each path, once its signature is checked, streams into the daemon's import
+//! (`nix-store --serve --write`, [`nix_store`]; `guix archive --import`, [`guix_store`]), which
+//! registers it signed by the host's ferry key; what makes it importable goes out only once its
+//! hash matched. Such paths are answered as soon as the daemon registered them (no batch).
 //!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
@@ -89,6 +90,8 @@ use proto::peer::AgentState;
 
 use crate::transport::InProcessTransport;
 
+pub mod daemon;
+pub mod guix_store;
 pub mod nix_store;
 mod role;
 mod send;
@@ -122,9 +125,9 @@ pub struct AgentOptions {
     pub partial_budget: u64,
     /// How long a pull served with these options waits for the host ([`Role::Puller`]).
     pub deadlines: crate::deadline::Deadlines,
-    /// Import into the host's own Nix store instead ([`nix_store`]): `layout` is then Nix's
-    /// store read in place (its database opened read only), with ferry's state dir.
-    pub nix: Option<nix_store::NixOptions>,
+    /// Import into the host's own Nix or Guix store instead ([`daemon`]): `layout` is then
+    /// that store read in place (its database opened read only), with ferry's state dir.
+    pub daemon: Option<daemon::DaemonStore>,
 }
 
 impl AgentOptions {
@@ -141,7 +144,7 @@ impl AgentOptions {
             max_nodes: nar_core::restore::MAX_NODES,
             partial_budget: 16 << 30,
             deadlines: crate::deadline::Deadlines::default(),
-            nix: None,
+            daemon: None,
         }
     }
 
@@ -174,9 +177,9 @@ pub enum AgentError {
     /// The peer asked for something its role does not allow ([`Role`]).
     #[error("{0}")]
     Refused(String),
-    /// The host's ferry Nix key, for a host whose store is Nix's.
-    #[error("the host's Nix signing key: {0}")]
-    NixKey(crate::trust::KeyError),
+    /// The host's ferry key, for a host whose store is a daemon's.
+    #[error("the host's signing key: {0}")]
+    DaemonKey(crate::trust::KeyError),
 }
 
 /// What a session did.
@@ -223,8 +226,8 @@ struct Session<R: Read, W: Write> {
     accepted: Option<Accepted>,
     /// The deadlines of the waits for the peer (a puller's; none for a host).
     watch: crate::deadline::Watch,
-    /// Where verified NARs go when the host's store is Nix's ([`nix_store`]).
-    nix: Option<nix_store::NixSink>,
+    /// Where verified NARs go when the host's store is a daemon's ([`daemon`]).
+    sink: Option<daemon::Sink>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -332,7 +335,7 @@ pub fn serve_as<R: Read, W: Write + Send>(
         role,
         accepted: None,
         watch,
-        nix: None,
+        sink: None,
     };
     // Handshake.
     s.watch.phase("while waiting for the host's Hello", true);
@@ -369,8 +372,8 @@ pub fn serve_as<R: Read, W: Write + Send>(
         }
         Err(e) => return Err(s.fail(e.into())),
     }
-    let opened = match &s.options.nix {
-        // Nix's database is Nix's: read only, Nix registers (see nix_store).
+    let opened = match &s.options.daemon {
+        // The daemon's database is the daemon's: read only, it registers (see daemon).
         Some(_) => Store::open_read_only(layout.clone()),
         None => Store::open(layout.clone()),
     };
@@ -381,12 +384,12 @@ pub fn serve_as<R: Read, W: Write + Send>(
             return Err(s.fail(AgentError::Store(e)));
         }
     };
-    if let Some(nix) = s.options.nix.clone() {
-        match nix_store::NixSink::new(nix, layout.store_dir().clone(), layout.state_dir()) {
-            Ok(sink) => s.nix = Some(sink),
+    if let Some(d) = s.options.daemon.clone() {
+        match daemon::Sink::new(d, layout.store_dir().clone(), layout.state_dir()) {
+            Ok(sink) => s.sink = Some(sink),
             Err(e) => {
                 s.send(Frame::Welcome(welcome))?;
-                return Err(s.fail(AgentError::NixKey(e)));
+                return Err(s.fail(AgentError::DaemonKey(e)));
             }
         }
     }
@@ -498,8 +501,8 @@ pub fn serve_as<R: Read, W: Write + Send>(
             }
             Frame::Done => {
                 s.commit_batch(&mut store)?;
-                if let Some(nix) = &mut s.nix {
-                    nix.finish();
+                if let Some(sink) = &mut s.sink {
+                    sink.finish();
                 }
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
                 s.send(bye)?;
@@ -649,7 +652,7 @@ fn receive_path<R: Read, W: Write>(
     info.ca = start.ca.clone();
 
     if let Encoding::ZstdDelta { base } = &start.encoding {
-        return receive_delta(&mut data, store, s.nix.as_mut(), &info, base, start).map(Some);
+        return receive_delta(&mut data, store, s.sink.as_mut(), &info, base, start).map(Some);
     }
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let keep_partial = start.nar_size >= s.options.partial_min
@@ -692,9 +695,8 @@ fn receive_path<R: Read, W: Write>(
         decoded
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
-    let result = match &mut s.nix {
-        Some(nix) => crate::delta::bases::references_valid(store, &info)
-            .and_then(|()| nix.add(&info, &mut reader)),
+    let result = match &mut s.sink {
+        Some(sink) => sink.add(store, &info, &mut reader),
         None => s.batch.restore(store, &info, &mut reader),
     };
     drop(reader);
@@ -705,8 +707,8 @@ fn receive_path<R: Read, W: Write>(
     data.drain()?;
     let abs = start.path.to_absolute(&store_dir);
     let answer = match result {
-        // Nix registered it already.
-        Ok(ImportOutcome::Imported) if s.nix.is_some() => {
+        // The daemon registered it already.
+        Ok(ImportOutcome::Imported) if s.sink.is_some() => {
             Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
         }
         Ok(ImportOutcome::Imported) => {
@@ -771,7 +773,7 @@ fn refusal(start: &PathStart, error: StoreError, abs: &str) -> Frame {
 fn receive_delta<R: Read>(
     data: &mut DataReader<'_, R>,
     store: &mut Store,
-    nix: Option<&mut nix_store::NixSink>,
+    sink: Option<&mut daemon::Sink>,
     info: &PathInfo,
     base: &StorePath,
     start: &PathStart,
@@ -781,10 +783,11 @@ fn receive_delta<R: Read>(
         let message = format!("a delta cannot resume (offset {})", start.offset);
         return Ok(reject(&start.path, RejectReason::DeltaFailed, message));
     }
-    let result = match nix {
-        Some(nix) => crate::delta::bases::prepare(store, info, base).and_then(|verified| {
+    let result = match sink {
+        Some(sink) => crate::delta::bases::prepare(store, info, base).and_then(|verified| {
             let name = base.to_absolute(store.store_dir());
-            crate::delta::bases::apply_verified(&verified, &name, info, data, |r| nix.add(info, r))
+            let import = |r: &mut dyn io::BufRead| sink.add_checked(info, r);
+            crate::delta::bases::apply_verified(&verified, &name, info, data, import)
         }),
         None => crate::delta::bases::apply(store, info, base, data),
     };

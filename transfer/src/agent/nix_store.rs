@@ -1,4 +1,4 @@
-//! The host's own Nix store as the agent's destination ([`AgentOptions::nix`](super::AgentOptions::nix)):
+//! The host's own Nix store as the agent's destination ([`super::daemon::DaemonStore::Nix`]):
 //! each verified NAR goes straight to Nix, which registers it, with a ferry Nix signature.
 //!
 //! The agent then reads Nix's database (read only: which paths are valid, the bases for deltas
@@ -30,10 +30,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use closure::PathInfo;
-use nar_core::hash::NarHasher;
 use nar_core::store_path::StoreDir;
 use proto::nix_serve::{self, MIN_ADD_TO_STORE_NAR};
 use store::{ImportOutcome, StoreError};
+
+use super::daemon::Checked;
 
 /// The last bytes of a NAR that are written to Nix only once the whole NAR is checked (the
 /// archive's closing `)` and its padding: without them Nix cannot finish the path).
@@ -111,7 +112,7 @@ impl NixSink {
     }
 
     /// Hand the NAR read from `nar` to Nix as `info` (see the module docs: checked before its
-    /// last bytes go out; the references were checked by the caller). A mismatch is
+    /// last bytes go out; the references were checked by the caller, [`super::daemon::Sink`]). A mismatch is
     /// [`StoreError::HashMismatch`]; Nix's failures are [`StoreError::Io`] with its stderr.
     pub(crate) fn add(
         &mut self,
@@ -270,29 +271,27 @@ impl Server {
         self.stdin().and_then(|i| i.write_all(header)).map_err(to_nix)?;
         let held_from = info.nar_size - HELD_BACK.min(info.nar_size);
         let mut held = Vec::with_capacity(HELD_BACK as usize);
-        let mut hasher = NarHasher::new();
+        let mut checked = Checked::new(nar, info.nar_digest());
         let mut buf = vec![0u8; 256 << 10];
+        let mut sent = 0u64;
         loop {
-            let n = match nar.read(&mut buf) {
+            let n = match checked.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Failure::Source(e)),
+                Err(e) => {
+                    return Err(match checked.mismatch {
+                        Some(digest) => Failure::Mismatch(digest),
+                        None => Failure::Source(e),
+                    })
+                }
             };
-            let at = hasher.size();
-            hasher.update(&buf[..n]);
-            if hasher.size() > info.nar_size {
-                // Longer than signed: what was read is the digest shown.
-                return Err(Failure::Mismatch(hasher.finish()));
-            }
-            let now = (held_from.saturating_sub(at) as usize).min(n);
+            let now = (held_from.saturating_sub(sent) as usize).min(n);
             self.stdin().and_then(|i| i.write_all(&buf[..now])).map_err(to_nix)?;
             held.extend_from_slice(&buf[now..n]);
+            sent += n as u64;
         }
-        let digest = hasher.finish();
-        if digest != info.nar_digest() {
-            return Err(Failure::Mismatch(digest));
-        }
+        // The reader ended: the NAR matched.
         let stdin = self.stdin().map_err(to_nix)?;
         stdin.write_all(&held).and_then(|()| stdin.flush()).map_err(to_nix)?;
         match self.read_u64() {

@@ -16,6 +16,7 @@ use proto::frame::{AckOutcome, Frame, RejectReason};
 use rand::{Rng, SeedableRng};
 use signing::guix::SigningKey;
 use store::{DbKind, LayoutOptions, Store, StoreLayout};
+use transfer::agent::daemon::DaemonStore;
 use transfer::agent::nix_store::NixOptions;
 use transfer::agent::AgentOptions;
 use transfer::push::{push_closure, NoProgress, PushOptions, PushSummary};
@@ -53,7 +54,7 @@ impl NixHost {
             ferry_tests::nix::remote_env().into_iter().map(|(k, v)| (k.into(), v)).collect();
         env.push(("HOME".into(), ferry_tests::nix::state_dir().into_os_string()));
         let mut options = AgentOptions::new(self.layout.clone());
-        options.nix = Some(NixOptions { env, ..NixOptions::new(&self.root) });
+        options.daemon = Some(DaemonStore::Nix(NixOptions { env, ..NixOptions::new(&self.root) }));
         options
     }
 

@@ -5,6 +5,7 @@
 
 mod adaptive;
 mod agent;
+mod agent_guix;
 mod agent_nix;
 mod agent_session;
 mod agent_session_check;
