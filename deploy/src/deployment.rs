@@ -260,8 +260,12 @@ pub enum HostStoreKind {
     Ferry,
     /// The host's own Nix store (under the root, as `nix-store --store ROOT` sees it).
     Nix,
+    /// The host's own Guix store (its daemon's database under the root; paths go through
+    /// `guix archive --import`).
+    Guix,
     /// Nix's when the host has Nix's database under the root and `nix-store`, and the
-    /// deployment's store dir is `/nix/store`; else ferry's.
+    /// deployment's store dir is `/nix/store`; Guix's when it has Guix's database and `guix`,
+    /// and the store dir is `/gnu/store`; else ferry's.
     #[default]
     Auto,
 }
@@ -272,6 +276,7 @@ impl HostStoreKind {
         match self {
             HostStoreKind::Ferry => "ferry",
             HostStoreKind::Nix => "nix",
+            HostStoreKind::Guix => "guix",
             HostStoreKind::Auto => "auto",
         }
     }

@@ -24,6 +24,13 @@
 //! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
 //! ([`crate::delta::bases`]); any failure of the delta is a `Reject` with `delta-failed`.
 //!
+//! **A daemon's store.** With [`AgentOptions::daemon`], the store is the host's own Nix or Guix
+//! store ([`daemon`]): its database is only read (valid paths, delta bases and their NAR
+//! hashes), and each path, once its signature is checked, streams into the daemon's import
+//! (`nix-store --serve --write`, [`nix_store`]; `guix archive --import`, [`guix_store`]), which
+//! registers it signed by the host's ferry key; what makes it importable goes out only once its
+//! hash matched. Such paths are answered as soon as the daemon registered them (no batch).
+//!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
@@ -76,17 +83,21 @@ use signing::acl::Acl;
 
 use proto::frame::{
     AckOutcome, Encoding, Frame, MissingEntry, PathStart, ProtocolError, RejectReason, Welcome,
-    FEATURES, FEATURE_DELTA, FEATURE_PROGRESS, FEATURE_TRUST, MIN_VERSION, RECEIVED_EVERY, VERSION,
+    FEATURES, FEATURE_DELTA, FEATURE_PROGRESS, FEATURE_TRUST, MIN_VERSION, VERSION,
 };
 use proto::io::{DataReader, FrameReader, FrameWriter, FramedError};
 use proto::peer::AgentState;
 
 use crate::transport::InProcessTransport;
 
-pub mod nix_import;
+pub mod daemon;
+pub mod guix_store;
+pub mod nix_store;
+mod progress;
 mod role;
 mod send;
 
+use progress::{Counted, Received};
 use role::Accepted;
 pub use role::Role;
 
@@ -116,6 +127,9 @@ pub struct AgentOptions {
     pub partial_budget: u64,
     /// How long a pull served with these options waits for the host ([`Role::Puller`]).
     pub deadlines: crate::deadline::Deadlines,
+    /// Import into the host's own Nix or Guix store instead ([`daemon`]): `layout` is then
+    /// that store read in place (its database opened read only), with ferry's state dir.
+    pub daemon: Option<daemon::DaemonStore>,
 }
 
 impl AgentOptions {
@@ -132,6 +146,7 @@ impl AgentOptions {
             max_nodes: nar_core::restore::MAX_NODES,
             partial_budget: 16 << 30,
             deadlines: crate::deadline::Deadlines::default(),
+            daemon: None,
         }
     }
 
@@ -164,6 +179,9 @@ pub enum AgentError {
     /// The peer asked for something its role does not allow ([`Role`]).
     #[error("{0}")]
     Refused(String),
+    /// The host's ferry key, for a host whose store is a daemon's.
+    #[error("the host's signing key: {0}")]
+    DaemonKey(crate::trust::KeyError),
 }
 
 /// What a session did.
@@ -213,50 +231,8 @@ struct Session<R: Read, W: Write> {
     /// NAR bytes received in this session, and the count last told to the coordinator (feature
     /// `progress`; `None` when the coordinator did not ask for it).
     received: Received,
-}
-
-/// The count of feature `progress` (see [`proto::frame`]).
-#[derive(Debug, Default)]
-struct Received {
-    wanted: bool,
-    bytes: u64,
-    told: u64,
-}
-
-impl Received {
-    /// Tell the coordinator the count if it asked and the count changed by `at_least` bytes.
-    /// A failed write is left to the next frame sent (the session fails there).
-    fn tell<W: Write>(&mut self, at_least: u64, state: &mut AgentState, out: &mut FrameWriter<W>) {
-        if !self.wanted || self.bytes == self.told || self.bytes - self.told < at_least {
-            return;
-        }
-        self.told = self.bytes;
-        let frame = Frame::Received { nar_bytes: self.bytes };
-        if state.on_send(&frame).is_ok() && out.send(&frame).is_ok() {
-            let _ = out.flush();
-        }
-    }
-}
-
-/// A path's NAR as it is decoded, counted for feature `progress` up to its declared size
-/// (`left`): every [`RECEIVED_EVERY`] bytes the coordinator is told.
-struct Counted<'a, R, W: Write> {
-    inner: R,
-    left: u64,
-    received: &'a mut Received,
-    state: &'a mut AgentState,
-    out: &'a mut FrameWriter<W>,
-}
-
-impl<R: Read, W: Write> Read for Counted<'_, R, W> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let counted = (n as u64).min(self.left);
-        self.left -= counted;
-        self.received.bytes += counted;
-        self.received.tell(RECEIVED_EVERY, self.state, self.out);
-        Ok(n)
-    }
+    /// Where verified NARs go when the host's store is a daemon's ([`daemon`]).
+    sink: Option<daemon::Sink>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -367,6 +343,7 @@ pub fn serve_as<R: Read, W: Write + Send>(
         accepted: None,
         watch,
         received: Received::default(),
+        sink: None,
     };
     // Handshake.
     s.watch.phase("while waiting for the host's Hello", true);
@@ -408,13 +385,27 @@ pub fn serve_as<R: Read, W: Write + Send>(
         }
         Err(e) => return Err(s.fail(e.into())),
     }
-    let mut store = match Store::open(layout.clone()) {
+    let opened = match &s.options.daemon {
+        // The daemon's database is the daemon's: read only, it registers (see daemon).
+        Some(_) => Store::open_read_only(layout.clone()),
+        None => Store::open(layout.clone()),
+    };
+    let mut store = match opened {
         Ok(store) => store,
         Err(e) => {
             s.send(Frame::Welcome(welcome))?;
             return Err(s.fail(AgentError::Store(e)));
         }
     };
+    if let Some(d) = s.options.daemon.clone() {
+        match daemon::Sink::new(d, layout.store_dir().clone(), layout.state_dir()) {
+            Ok(sink) => s.sink = Some(sink),
+            Err(e) => {
+                s.send(Frame::Welcome(welcome))?;
+                return Err(s.fail(AgentError::DaemonKey(e)));
+            }
+        }
+    }
     s.send(Frame::Welcome(welcome))?;
     s.flush()?;
     let acl_path = layout.state_dir().join("acl");
@@ -528,6 +519,9 @@ pub fn serve_as<R: Read, W: Write + Send>(
             }
             Frame::Done => {
                 s.commit_batch(&mut store)?;
+                if let Some(sink) = &mut s.sink {
+                    sink.finish();
+                }
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
                 s.send(bye)?;
                 s.flush()?;
@@ -676,7 +670,7 @@ fn receive_path<R: Read, W: Write>(
     info.ca = start.ca.clone();
 
     if let Encoding::ZstdDelta { base } = &start.encoding {
-        return receive_delta(&mut data, store, &info, base, start).map(Some);
+        return receive_delta(&mut data, store, s.sink.as_mut(), &info, base, start).map(Some);
     }
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let keep_partial = start.nar_size >= s.options.partial_min
@@ -726,7 +720,10 @@ fn receive_path<R: Read, W: Write>(
         Box::new(decoded)
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
-    let result = s.batch.restore(store, &info, &mut reader);
+    let result = match &mut s.sink {
+        Some(sink) => sink.add(store, &info, &mut reader),
+        None => s.batch.restore(store, &info, &mut reader),
+    };
     drop(reader);
     if let Some(fatal) = data.take_fatal() {
         // The connection broke or the protocol was broken: keep the partial file for resume.
@@ -735,6 +732,10 @@ fn receive_path<R: Read, W: Write>(
     data.drain()?;
     let abs = start.path.to_absolute(&store_dir);
     let answer = match result {
+        // The daemon registered it already.
+        Ok(ImportOutcome::Imported) if s.sink.is_some() => {
+            Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
+        }
         Ok(ImportOutcome::Imported) => {
             if keep_partial {
                 s.batch_partials.push(partial);
@@ -792,10 +793,12 @@ fn refusal(start: &PathStart, error: StoreError, abs: &str) -> Frame {
 }
 
 /// Receive a path sent as a delta ([`crate::delta::bases::apply`]), imported at once (the batch
-/// was registered first, so its references are valid); no partial file is kept.
+/// was registered first, so its references are valid), or handed to Nix; no partial file is
+/// kept.
 fn receive_delta<R: Read>(
     data: &mut DataReader<'_, R>,
     store: &mut Store,
+    sink: Option<&mut daemon::Sink>,
     info: &PathInfo,
     base: &StorePath,
     start: &PathStart,
@@ -805,7 +808,14 @@ fn receive_delta<R: Read>(
         let message = format!("a delta cannot resume (offset {})", start.offset);
         return Ok(reject(&start.path, RejectReason::DeltaFailed, message));
     }
-    let result = crate::delta::bases::apply(store, info, base, data);
+    let result = match sink {
+        Some(sink) => crate::delta::bases::prepare(store, info, base).and_then(|verified| {
+            let name = base.to_absolute(store.store_dir());
+            let import = |r: &mut dyn io::BufRead| sink.add_checked(info, r);
+            crate::delta::bases::apply_verified(&verified, &name, info, data, import)
+        }),
+        None => crate::delta::bases::apply(store, info, base, data),
+    };
     if let Some(fatal) = data.take_fatal() {
         return Err(fatal.into());
     }
