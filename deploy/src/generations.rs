@@ -146,8 +146,8 @@ impl Profiles {
         self.root.join("var/ferry/failed").join(name)
     }
 
-    /// Mark generation `n` failed: the reason's first line and the link's target. Listings show
-    /// it, and a rollback skips it.
+    /// Mark generation `n` failed: the reason (its lines joined) and the link's target. Listings
+    /// show it, and a rollback skips it.
     pub fn mark_failed(&self, n: u64, reason: &str) -> Result<(), GenerationError> {
         let mark = self.failed_mark(n);
         if let Some(dir) = mark.parent() {
@@ -155,7 +155,7 @@ impl Profiles {
         }
         let link = self.generation_link(n);
         let target = fs::read_link(&link).map_err(io_err("cannot read link", &link))?;
-        let line = reason.lines().next().unwrap_or_default();
+        let line = reason.lines().collect::<Vec<_>>().join(" ");
         fs::write(&mark, format!("{line}\n{}\n", target.display()))
             .map_err(io_err("cannot write", &mark))
     }
