@@ -10,6 +10,7 @@ mod bench_kernel;
 mod copy_local;
 mod copy_nix;
 mod copy_pull;
+mod copy_s3;
 mod copy_ssh;
 mod copy_sudo;
 mod delta_rename;
