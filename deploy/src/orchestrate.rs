@@ -41,11 +41,14 @@ pub struct Options {
     pub fail_fast: bool,
     /// Never confirm an activation ([`NEVER_CONFIRM_ENV`]).
     pub never_confirm: bool,
+    /// A binary cache (`s3://`, `file://`) each machine's closure is put into before its copy
+    /// (`--push-to`): one writer for the run, so a path is written once whatever the machines.
+    pub push_to: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { jobs: 8, fail_fast: false, never_confirm: false }
+        Options { jobs: 8, fail_fast: false, never_confirm: false, push_to: None }
     }
 }
 
@@ -169,7 +172,19 @@ pub fn deploy(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostReport>>, DeployError> {
-    let ctx = Ctx { layout, deployment, progress, dry_run: false };
+    let push_to = match &options.push_to {
+        Some(uri) => Some(std::sync::Mutex::new(
+            transfer::target::cache_writer(
+                uri,
+                layout,
+                transfer::target::cache::DEFAULT_ZSTD_LEVEL,
+            )
+            .map_err(|e| DeployError::PushTo(Box::new(e)))?
+            .0,
+        )),
+        None => None,
+    };
+    let ctx = Ctx { layout, deployment, progress, dry_run: false, push_to: push_to.as_ref() };
     // Compress once: each path's zstd stream is made by the first machine's session that
     // sends it and copied by the others (all at the same level, so they share).
     let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
@@ -188,7 +203,7 @@ pub fn dry_run(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostPlan>>, DeployError> {
-    let ctx = Ctx { layout, deployment, progress, dry_run: true };
+    let ctx = Ctx { layout, deployment, progress, dry_run: true, push_to: None };
     pipelines(&ctx, machines, options, |_| true, &|_, planned| {
         if let Some(session) = planned.session {
             session.end().map_err(DeployError::EndSession)?;

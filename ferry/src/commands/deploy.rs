@@ -56,6 +56,10 @@ pub struct DeployArgs {
     /// Print the result table as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Put each machine's closure into this binary cache (`s3://BUCKET?…`, `file:///DIR`)
+    /// first, narinfos signed with the local Nix key; then deploy as usual.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
+    pub push_to: Option<String>,
     /// Run the command after `--` on every selected machine in parallel (as `guix deploy -x`);
     /// each output line is prefixed with the machine; exit 0 only if it exited 0 everywhere.
     #[arg(short = 'x', long, conflicts_with_all = ["dry_run", "roll_back", "list_generations"])]
@@ -106,6 +110,7 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         jobs,
         fail_fast: args.fail_fast,
         never_confirm: std::env::var_os(orchestrate::NEVER_CONFIRM_ENV).is_some(),
+        push_to: args.push_to.clone(),
     };
     let results = if args.roll_back {
         orchestrate::roll_back(&machines, &options, &Board::new(printer, "rolled back"))
@@ -199,8 +204,16 @@ fn report(
                 } else {
                     format!("{} ({})", format_bytes(r.bytes), r.paths)
                 };
+                // What the host fetched itself from its `substitute-from` caches.
+                let (sub_paths, sub_bytes) =
+                    r.substituted.iter().fold((0, 0), |(p, b), s| (p + s.paths, b + s.nar_bytes));
+                let from_caches = if sub_paths == 0 {
+                    String::new()
+                } else {
+                    format!(" ({} ({sub_paths}) from caches)", format_bytes(sub_bytes))
+                };
                 table.push_str(&format!(
-                    "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {}\n",
+                    "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {}{from_caches}\n",
                     if r.success { "ok" } else { "FAILED" },
                     r.detail
                 ));
@@ -208,6 +221,8 @@ fn report(
                     "machine": name, "success": r.success, "generation": r.generation,
                     "paths_sent": r.paths, "paths_shared": r.shared, "bytes_sent": r.bytes,
                     "seconds": elapsed.as_secs_f64(), "detail": r.detail,
+                    "paths_substituted": sub_paths, "bytes_substituted": sub_bytes,
+                    "substituted": r.substituted,
                     "steps": r.steps.iter().map(|(k, v)| (k.to_string(), json!(v.as_secs_f64())))
                         .collect::<serde_json::Map<_, _>>(),
                 }));

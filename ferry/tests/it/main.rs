@@ -16,6 +16,7 @@ mod copy_sudo;
 mod delta_rename;
 mod deploy_nix_system;
 mod deploy_ssh;
+mod deploy_substitute;
 mod deployment_file;
 mod nar_cli;
 mod nix_interop;

@@ -86,6 +86,7 @@ use crate::transport::InProcessTransport;
 pub mod nix_import;
 mod role;
 mod send;
+pub mod substitute;
 
 use role::Accepted;
 pub use role::Role;

@@ -214,7 +214,7 @@ pub fn copy_to(
     match target {
         Target::Agent(transport) => push(transport.as_ref()),
         Target::LocalStore(transport) => push(transport),
-        Target::Cache { uri, location } => to_cache(source, location, uri, options.zstd_level),
+        Target::Cache { uri, .. } => to_cache(source, uri, options.zstd_level),
         Target::NixHost(host) => host.push(source),
     }
 }
@@ -298,23 +298,32 @@ pub fn copy_from(
     }
 }
 
-/// Write the closure into a binary cache (`file://`, `s3://`), narinfos signed with the local
-/// Nix key (`<state>/nix-signing-key.sec`, generated on first use).
-fn to_cache(
-    source: &Source<'_>,
-    location: &proto::uri::Target,
+/// A writer of the binary cache `uri` (`file://`, `s3://`) for the paths of `layout`, narinfos
+/// signed with the local Nix key (`<state>/nix-signing-key.sec`, generated on first use: then
+/// also its directory and public key), compressed at zstd `level`.
+pub fn cache_writer(
     uri: &str,
+    layout: &StoreLayout,
     level: i32,
-) -> Result<CopyReport, CopyError> {
-    let started = Instant::now();
-    let layout = source.layout;
+) -> Result<(cache::CacheWriter, Option<(PathBuf, String)>), CopyError> {
+    let location = proto::uri::Target::parse(uri)?;
     let (key, generated) = crate::trust::load_or_generate_nix_key(layout.state_dir(), "ferry-1")?;
-    let generated_nix_key = generated.map(|d| (d, key.verifying_key().to_string()));
+    let generated = generated.map(|d| (d, key.verifying_key().to_string()));
     let options = cache::CacheOptions { zstd_level: level, ..Default::default() };
-    let backend = cache::backend_for(location, options.fsync)?
-        .ok_or_else(|| UriError { uri: uri.to_owned(), reason: "not a binary cache".to_owned() })?;
+    let backend = cache::backend_for(&location, options.fsync)?.ok_or_else(|| UriError {
+        uri: uri.to_owned(),
+        reason: "not a binary cache (file://, s3://)".to_owned(),
+    })?;
     let writer =
         cache::CacheWriter::with_backend(backend, layout.store_dir().clone(), Some(key), options)?;
+    Ok((writer, generated))
+}
+
+/// Write the closure into a binary cache (`file://`, `s3://`) with [`cache_writer`].
+fn to_cache(source: &Source<'_>, uri: &str, level: i32) -> Result<CopyReport, CopyError> {
+    let started = Instant::now();
+    let layout = source.layout;
+    let (writer, generated_nix_key) = cache_writer(uri, layout, level)?;
     let mut summary = PushSummary {
         host: uri.to_owned(),
         closure_paths: source.closure.len(),
