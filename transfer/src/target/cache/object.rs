@@ -182,7 +182,8 @@ impl ObjectBackend {
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART);
         let result = async {
             let mut f = File::open(file).map_err(io_err("open", file))?;
-            let mut buf = vec![0; PART];
+            // WriteMultipart gathers the parts itself: reads need not be part-sized.
+            let mut buf = vec![0; 1 << 20];
             loop {
                 let n = read_full(&mut f, &mut buf).map_err(io_err("read", file))?;
                 if n == 0 {

@@ -29,7 +29,9 @@ const CHUNKS_IN_FLIGHT: usize = 8;
 pub struct CacheOptions {
     /// zstd level (1–19).
     pub zstd_level: i32,
-    /// zstd worker threads per path; 0 compresses on the path's own thread.
+    /// zstd worker threads in all, shared by the [`CacheOptions::jobs`] (each path gets
+    /// `zstd_workers / jobs`; 0 compresses on the path's own thread, whose job then is the
+    /// parallelism): compression memory stays that of about this many zstd contexts.
     pub zstd_workers: u32,
     /// `Priority:` written to a new `nix-cache-info`.
     pub priority: u32,
@@ -136,7 +138,7 @@ impl CacheWriter {
         if self.contains(&info.path)? {
             return Ok(WriteOutcome::Skipped);
         }
-        let narinfo = self.put_nar(info, source)?;
+        let narinfo = self.put_nar(info, source, self.options.zstd_workers)?;
         self.put_narinfo(&narinfo)?;
         Ok(WriteOutcome::Written(Box::new(narinfo)))
     }
@@ -176,6 +178,7 @@ impl CacheWriter {
             n => n,
         }
         .clamp(1, todo.len().max(1));
+        let zstd_workers = self.options.zstd_workers / jobs as u32;
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
         let (tx, rx) = mpsc::channel::<(usize, Result<NarInfo, CacheError>)>();
@@ -189,7 +192,7 @@ impl CacheWriter {
                         break;
                     }
                     let (info, source) = todo[i];
-                    if tx.send((i, self.put_nar(info, source))).is_err() {
+                    if tx.send((i, self.put_nar(info, source, zstd_workers))).is_err() {
                         break;
                     }
                 });
@@ -224,13 +227,18 @@ impl CacheWriter {
     }
 
     /// The NAR of one path as a complete object; returns its (signed) narinfo, not yet written.
-    fn put_nar(&self, info: &PathInfo, source: &Path) -> Result<NarInfo, CacheError> {
+    fn put_nar(
+        &self,
+        info: &PathInfo,
+        source: &Path,
+        zstd_workers: u32,
+    ) -> Result<NarInfo, CacheError> {
         let abs = info.path.to_absolute(&self.store_dir);
         // Never signed unvalidated: the fields no signature covers must have their grammar.
         crate::trust::check_metadata(info.ca.as_deref(), info.deriver.as_ref())
             .map_err(|reason| CacheError::BadMetadata { path: abs.clone(), reason })?;
         let temp = self.backend.spool_dir()?.join(temp_name(".nar.zst"));
-        let (nar, file) = match self.compress(source, &temp, &abs) {
+        let (nar, file) = match self.compress(source, &temp, &abs, zstd_workers) {
             Ok(d) => d,
             Err(e) => {
                 let _ = fs::remove_file(&temp);
@@ -266,6 +274,7 @@ impl CacheWriter {
         source: &Path,
         temp: &Path,
         abs: &str,
+        zstd_workers: u32,
     ) -> Result<(NarDigest, NarDigest), CacheError> {
         let file = OpenOptions::new()
             .write(true)
@@ -276,10 +285,8 @@ impl CacheWriter {
         let hashing = HashingWriter::new(BufWriter::with_capacity(CHUNK, file));
         let mut encoder = zstd::stream::write::Encoder::new(hashing, self.options.zstd_level)
             .map_err(io_err("start zstd for", temp))?;
-        if self.options.zstd_workers > 0 {
-            encoder
-                .multithread(self.options.zstd_workers)
-                .map_err(io_err("start zstd for", temp))?;
+        if zstd_workers > 0 {
+            encoder.multithread(zstd_workers).map_err(io_err("start zstd for", temp))?;
         }
         let (writer, receiver) = chunk_pipe(CHUNKS_IN_FLIGHT);
         let (nar, encoder) = std::thread::scope(|scope| {
