@@ -170,6 +170,12 @@ impl Moto {
             .collect()
     }
 
+    /// The recording as moto wrote it: one JSON object a line, with each request's headers
+    /// (`Authorization` names the access key, never the secret).
+    pub fn recording_text(&self) -> String {
+        fs::read_to_string(self.recording()).unwrap_or_default()
+    }
+
     /// Start counting requests afresh.
     pub fn forget_requests(&self) {
         let _ = fs::remove_file(self.recording());

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry_tests::s3::Moto;
+use ferry_tests::s3::{Moto, SECRET_KEY};
 use ferry_tests::{assert_store_verifies, pseudo_random, stdout_ok};
 use serde_json::Value;
 
@@ -112,4 +112,52 @@ fn a_push_killed_mid_upload_resumes_and_the_bucket_pulls_into_a_fresh_store() {
         assert_eq!(json["paths_received"], 2, "{label}: {json}");
         assert_store_verifies(FERRY, &fresh);
     }
+}
+
+#[test]
+fn credentials_come_from_a_profile_and_are_never_shown() {
+    let moto = Moto::start();
+    moto.create_bucket("creds");
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("local");
+    std::fs::write(tmp.path().join("f"), b"f\n").unwrap();
+    let path = stdout_ok(ferry_at(&root).args(["store", "add"]).arg(tmp.path().join("f")));
+    let file = tmp.path().join("credentials");
+    std::fs::write(
+        &file,
+        format!(
+            "[default]\naws_access_key_id = AKIDDEFAULT\naws_secret_access_key = x\n\n\
+             [profile ci]\naws_access_key_id = AKIDCI\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let copy = |uri: &str, env: &[(&str, &str)]| {
+        let mut c = ferry_at(&root);
+        c.args(["copy", "--to", uri, path.trim()]).env("AWS_SHARED_CREDENTIALS_FILE", &file);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    // AWS_PROFILE picks the section; requests are signed with its key.
+    moto.forget_requests();
+    let out = copy(&moto.uri("creds"), &[("AWS_PROFILE", "ci")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let recording = moto.recording_text();
+    assert!(recording.contains("Credential=AKIDCI/"), "not signed with the profile's key");
+    assert!(!recording.contains(SECRET_KEY), "the secret travelled");
+    // A profile the file lacks: an error that names it, and no secret anywhere.
+    let out = copy(&format!("{}&profile=nope", moto.uri("creds")), &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no profile [nope]"), "{stderr}");
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+    // A server that is not there: the error names the bucket, not the secret.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let uri = format!("s3://creds?endpoint=http://127.0.0.1:{port}&profile=ci");
+    let out = copy(&uri, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("s3://creds"), "{stderr}");
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
 }
