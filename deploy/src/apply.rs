@@ -52,7 +52,9 @@ pub(crate) fn apply(
     let session = session.ok_or_else(|| {
         DeployError::Connect(LinkError::Session(format!("{}: no session to apply on", m.name)))
     })?;
-    let HostPlan { system, current_generation, on_this_system, to_send, closure, .. } = plan;
+    let HostPlan {
+        system, current_generation, on_this_system, to_send, closure, substituted, ..
+    } = plan;
     let mut steps = plan.steps;
     let c = &m.configuration;
 
@@ -100,6 +102,7 @@ pub(crate) fn apply(
             wire_bytes: Some(wire),
             detail: "already on this system".into(),
             steps,
+            substituted,
         });
     }
 
@@ -108,7 +111,16 @@ pub(crate) fn apply(
     ctx.progress.phase(&m.name, Phase::Activate);
     let r = activate(ctx, run, &link, session, m, &system).map_err(DeployError::Activate)?;
     steps.extend(r.steps);
-    Ok(HostReport { paths, present, shared, bytes: sent, wire_bytes: Some(wire), steps, ..r })
+    Ok(HostReport {
+        paths,
+        present,
+        shared,
+        bytes: sent,
+        wire_bytes: Some(wire),
+        steps,
+        substituted,
+        ..r
+    })
 }
 
 /// How the host activates a system built by Nix or Guix.

@@ -63,6 +63,10 @@
 //!                                  # host has one and the deployment's store dir is /nix/store)
 //! agent = "build/aarch64/ferry"    # a ferry built for the host, uploaded instead of this one;
 //!                                  # "PATH": the host's own `ferry` on its PATH, as is
+//! substitute-from = ["s3://cache?endpoint=…", "https://cache.example.org"]
+//!                                  # binary caches the host fetches missing paths from itself
+//!                                  # (a real run; signed by a key of the host's
+//!                                  # trusted-public-keys), before the coordinator sends the rest
 //! ```
 //!
 //! # Rules
@@ -250,6 +254,9 @@ pub struct Configuration {
     /// (a ferry built for the host, uploaded instead), or `agent = "PATH"` (the host's `ferry`
     /// on its PATH, as is).
     pub agent: AgentSource,
+    /// `substitute-from`: binary caches (`s3://`, `file://`, `http(s)://`) the host fetches
+    /// missing paths from itself before the coordinator sends the rest.
+    pub substitute_from: Vec<String>,
 }
 
 /// `store` in `[machine.configuration]`: where the host keeps what is copied.

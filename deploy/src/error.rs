@@ -36,6 +36,9 @@ pub enum DeployError {
     CopySession(#[source] LinkError),
     #[error("copy")]
     Push(#[source] Box<PushError>),
+    /// `--push-to`: putting the closure into the binary cache failed.
+    #[error("push to the binary cache")]
+    PushTo(#[source] Box<transfer::target::CopyError>),
     #[error(
         "copy: the host refused {} path(s): {}{}",
         list.len(),

@@ -49,11 +49,20 @@ pub struct Options {
     pub never_confirm: bool,
     /// Set to stop starting new work (module docs, "Interrupts").
     pub interrupt: Arc<AtomicBool>,
+    /// A binary cache (`s3://`, `file://`) each machine's closure is put into before its copy
+    /// (`--push-to`): one writer for the run, so a path is written once whatever the machines.
+    pub push_to: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { jobs: 8, fail_fast: false, never_confirm: false, interrupt: Arc::default() }
+        Options {
+            jobs: 8,
+            fail_fast: false,
+            never_confirm: false,
+            interrupt: Arc::default(),
+            push_to: None,
+        }
     }
 }
 
@@ -193,7 +202,19 @@ pub fn deploy(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostReport>>, DeployError> {
-    let ctx = Ctx { layout, deployment, progress, dry_run: false };
+    let push_to = match &options.push_to {
+        Some(uri) => Some(std::sync::Mutex::new(
+            transfer::target::cache_writer(
+                uri,
+                layout,
+                transfer::target::cache::DEFAULT_ZSTD_LEVEL,
+            )
+            .map_err(|e| DeployError::PushTo(Box::new(e)))?
+            .0,
+        )),
+        None => None,
+    };
+    let ctx = Ctx { layout, deployment, progress, dry_run: false, push_to: push_to.as_ref() };
     // Compress once: each path's zstd stream is made by the first machine's session that
     // sends it and copied by the others (all at the same level, so they share).
     let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
@@ -212,7 +233,7 @@ pub fn dry_run(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostPlan>>, DeployError> {
-    let ctx = Ctx { layout, deployment, progress, dry_run: true };
+    let ctx = Ctx { layout, deployment, progress, dry_run: true, push_to: None };
     pipelines(&ctx, machines, options, |_| true, &|_, planned| {
         if let Some(session) = planned.session {
             session.end().map_err(DeployError::EndSession)?;

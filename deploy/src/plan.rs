@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use closure::ValidatedClosure;
-use proto::session::{DeviceSpec, Facts, FactsRequest};
+use proto::session::{DeviceSpec, Facts, FactsRequest, Substituted};
 use store::Store;
 
 use crate::checks::{self, Device, Verdict};
@@ -39,6 +39,10 @@ pub(crate) struct Ctx<'a> {
     pub progress: &'a dyn DeployProgress,
     /// A dry run: nothing changes on the hosts (the agent is not uploaded).
     pub dry_run: bool,
+    /// `--push-to`: the binary cache each machine's closure goes into before its facts (one
+    /// writer for the run, one machine at a time: the first writes a path, the others find it
+    /// there), so hosts that substitute from it find the closure.
+    pub push_to: Option<&'a std::sync::Mutex<transfer::target::cache::CacheWriter>>,
 }
 
 /// One machine's result for the table.
@@ -62,6 +66,8 @@ pub struct HostReport {
     pub detail: String,
     /// Time spent in each step.
     pub steps: Vec<(&'static str, Duration)>,
+    /// What the host fetched itself from each of its `substitute-from` caches.
+    pub substituted: Vec<Substituted>,
 }
 
 /// A path the host lacks.
@@ -96,6 +102,9 @@ pub struct HostPlan {
     pub agent_upload: Option<u64>,
     /// The system's whole closure in the local store (what the copy offers).
     pub(crate) closure: ValidatedClosure,
+    /// What the host fetched itself from its `substitute-from` caches (before `to_send` was
+    /// made).
+    pub substituted: Vec<Substituted>,
 }
 
 impl HostPlan {
@@ -147,6 +156,17 @@ pub(crate) fn plan_host(
         .map_err(|e| DeployError::Closure(Box::new(e)))?;
 
     let mut steps = Vec::new();
+    // 0. `--push-to`: the closure into the binary cache first.
+    if let Some(cache) = ctx.push_to {
+        let started = Instant::now();
+        let writer = cache.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let physical: Vec<_> =
+            closure.iter().map(|i| (i, ctx.layout.physical_path(&i.path))).collect();
+        writer
+            .write_paths(&physical, &mut |_| {})
+            .map_err(|e| DeployError::PushTo(Box::new(e.into())))?;
+        steps.push(("push-to", started.elapsed()));
+    }
     let started = Instant::now();
     // 1. Facts: one round trip, on the session that also does the copy and the activation.
     progress.phase(&m.name, Phase::Connect);
@@ -174,6 +194,8 @@ pub(crate) fn plan_host(
         paths: closure.iter().map(|i| i.path.to_absolute(store_dir)).collect(),
         profile: m.os.prebuilt.as_ref().map(|p| p.profile.clone()),
         host_store: Some(m.configuration.host_store.name().to_owned()),
+        // A real run only: a dry run changes nothing on the host.
+        substitute_from: if ctx.dry_run { Vec::new() } else { c.substitute_from.clone() },
     };
     let (session, facts) = match agent_upload {
         Some(bytes) => {
@@ -237,7 +259,13 @@ pub(crate) fn plan_host(
         steps,
         agent_upload,
         closure,
+        substituted: facts.substituted.clone(),
     };
+    for s in &plan.substituted {
+        for reason in &s.refused {
+            progress.line(&m.name, &format!("{}: refused: {reason}", s.cache));
+        }
+    }
     Ok(Planned { plan, link, session, lap })
 }
 

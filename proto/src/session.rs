@@ -72,6 +72,28 @@ pub struct FactsRequest {
     /// and `nix-store` is on PATH). `None`: ferry's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_store: Option<String>,
+    /// Binary caches (`s3://`, `file://`, `http(s)://`) the host fetches missing paths from
+    /// itself before answering (a real run only; the machine's `substitute-from`). A host
+    /// that does not know the field ignores it and substitutes nothing: the coordinator then
+    /// sends every missing path ([`Facts::substituted`] is empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substitute_from: Vec<String>,
+}
+
+/// What the host fetched from one binary cache before answering `facts`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Substituted {
+    /// The cache's URI.
+    pub cache: String,
+    /// Paths imported from it.
+    pub paths: u64,
+    /// Their NAR bytes.
+    pub nar_bytes: u64,
+    /// Compressed bytes read.
+    pub file_bytes: u64,
+    /// Why paths (or the whole cache) were refused; those paths come from the coordinator.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 /// `ferry host facts` answer.
@@ -94,6 +116,10 @@ pub struct Facts {
     /// The host's store used (`nix` or `ferry`), when one was asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store: Option<String>,
+    /// What came from each cache of [`FactsRequest::substitute_from`], in its order; `missing`
+    /// is what is still missing after.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub substituted: Vec<Substituted>,
 }
 
 /// A health-check command for the host.
@@ -306,6 +332,7 @@ mod tests {
                 paths: vec!["/gnu/store/bbb-x\nwith newline".into()],
                 profile: None,
                 host_store: Some("auto".into()),
+                substitute_from: vec!["s3://b?endpoint=http://127.0.0.1:9000".into()],
             }),
             SessionRequest::Copy,
             SessionRequest::Activate(ActivateRequest {

@@ -6,8 +6,16 @@
 //! local:///ROOT[?store-dir=DIR&state-dir=DIR]                        a ferry agent, local subprocess
 //! nix+ssh://[user@]host[:port][?root=DIR]                            nix-store --serve --write
 //! file:///DIR                                                        a binary cache directory
+//! s3://BUCKET[/PREFIX][?endpoint=URL&region=R&profile=P&scheme=http|https]
+//!                                                                    a binary cache in an S3 bucket
+//! http://HOST[:PORT]/PATH, https://…                                 a binary cache over HTTP (read only)
 //! ```
 //! Query values are taken literally except `%XX` escapes.
+//!
+//! `s3://` parameters are Nix's: `endpoint` is an S3-compatible server (`host[:port]`, or a whole
+//! `http(s)://host[:port]` URL; AWS when absent), `scheme` the scheme put in front of an endpoint
+//! given without one (`https` by default), `region` the signing region, `profile` the section of
+//! `~/.aws/credentials` (else `AWS_PROFILE`). No credential is ever part of a URI.
 //!
 //! `sudo` (ssh:// only) says whether the agent runs under `sudo -n` when the login user is not
 //! root: by default it does exactly when no `root=` is given (the host's own store is root's);
@@ -18,7 +26,7 @@ use std::path::PathBuf;
 
 /// A URI that is not one of the forms above.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid target {uri:?}: {reason} (expected ssh://[user@]host[:port], local:///ROOT, nix+ssh://[user@]host[:port] or file:///DIR)")]
+#[error("invalid target {uri:?}: {reason} (expected ssh://[user@]host[:port], local:///ROOT, nix+ssh://[user@]host[:port], file:///DIR, s3://BUCKET or http(s)://…)")]
 pub struct UriError {
     pub uri: String,
     pub reason: String,
@@ -65,6 +73,67 @@ pub enum Target {
     NixSsh { endpoint: SshEndpoint, store: StoreParams },
     /// `file:///DIR`.
     File { dir: PathBuf },
+    /// `s3://BUCKET[/PREFIX]`.
+    S3(S3Location),
+    /// `http(s)://…`: the whole URI, without a trailing slash.
+    Http { url: String },
+}
+
+/// A binary cache in an S3 bucket (see the module doc for the parameters).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing slash (may be empty).
+    pub prefix: String,
+    /// The server's base URL (`http(s)://host[:port]`); `None` is AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub profile: Option<String>,
+}
+
+impl S3Location {
+    /// Parse the part after `s3://`: `BUCKET[/PREFIX][?QUERY]`.
+    fn parse(rest: &str) -> Result<S3Location, String> {
+        let (path, query) = match rest.split_once('?') {
+            Some((p, q)) => (p, q),
+            None => (rest, ""),
+        };
+        let (bucket, prefix) = path.split_once('/').unwrap_or((path, ""));
+        if bucket.is_empty() {
+            return Err("no bucket".into());
+        }
+        let mut loc = S3Location {
+            bucket: bucket.to_owned(),
+            prefix: unescape(prefix.trim_matches('/'))?,
+            ..S3Location::default()
+        };
+        let mut scheme = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').ok_or("query parameter without '='")?;
+            let v = unescape(v)?;
+            match k {
+                "endpoint" => loc.endpoint = Some(v),
+                "region" => loc.region = Some(v),
+                "profile" => loc.profile = Some(v),
+                "scheme" if v == "http" || v == "https" => scheme = Some(v),
+                "scheme" => return Err(format!("scheme={v:?}: expected http or https")),
+                _ => {
+                    return Err(format!(
+                        "unknown parameter {k:?} (known: endpoint, region, profile, scheme)"
+                    ))
+                }
+            }
+        }
+        if let Some(e) = &loc.endpoint {
+            let e = e.trim_end_matches('/');
+            loc.endpoint = Some(if e.starts_with("http://") || e.starts_with("https://") {
+                e.to_owned()
+            } else {
+                format!("{}://{e}", scheme.as_deref().unwrap_or("https"))
+            });
+        }
+        Ok(loc)
+    }
 }
 
 fn unescape(s: &str) -> Result<String, String> {
@@ -89,6 +158,17 @@ impl Target {
     pub fn parse(uri: &str) -> Result<Target, UriError> {
         let err = |reason: &str| UriError { uri: uri.to_owned(), reason: reason.to_owned() };
         let (scheme, rest) = uri.split_once("://").ok_or_else(|| err("no scheme"))?;
+        match scheme {
+            "s3" => return Ok(Target::S3(S3Location::parse(rest).map_err(|r| err(&r))?)),
+            "http" | "https" => {
+                let host = rest.split(['/', '?']).next().unwrap_or("");
+                if host.is_empty() {
+                    return Err(err("no host"));
+                }
+                return Ok(Target::Http { url: uri.trim_end_matches('/').to_owned() });
+            }
+            _ => {}
+        }
         let (rest, query) = match rest.split_once('?') {
             Some((r, q)) => (r, Some(q)),
             None => (rest, None),
@@ -210,6 +290,30 @@ mod tests {
             Target::File { dir: "/tmp/cache".into() }
         );
         assert!(matches!(Target::parse("nix+ssh://h").unwrap(), Target::NixSsh { .. }));
+        assert_eq!(
+            Target::parse("s3://b/some/prefix/?endpoint=127.0.0.1:9000&scheme=http&region=eu-1")
+                .unwrap(),
+            Target::S3(S3Location {
+                bucket: "b".into(),
+                prefix: "some/prefix".into(),
+                endpoint: Some("http://127.0.0.1:9000".into()),
+                region: Some("eu-1".into()),
+                profile: None,
+            })
+        );
+        assert_eq!(
+            Target::parse("s3://b?endpoint=http://h:1/&profile=p").unwrap(),
+            Target::S3(S3Location {
+                bucket: "b".into(),
+                endpoint: Some("http://h:1".into()),
+                profile: Some("p".into()),
+                ..S3Location::default()
+            })
+        );
+        assert_eq!(
+            Target::parse("http://127.0.0.1:8/bucket/").unwrap(),
+            Target::Http { url: "http://127.0.0.1:8/bucket".into() }
+        );
         let Target::Ssh { store, .. } = Target::parse("ssh://u@h?root=/r&sudo=1").unwrap() else {
             panic!("not ssh")
         };
@@ -225,6 +329,11 @@ mod tests {
             "ssh://h?sudo=maybe",
             "local:///x?sudo=1",
             "nix+ssh://h?sudo=1",
+            "s3://",
+            "s3:///x",
+            "s3://b?secret=1",
+            "s3://b?scheme=ftp",
+            "http:///x",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }

@@ -12,6 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 pub mod netns;
 pub mod nix;
+pub mod s3;
 pub mod sshd;
 
 /// A `Command` for the peer tool `program`: a Nix tool through [`nix::command`] (hermetic),

@@ -183,6 +183,20 @@ pub fn load_or_generate_nix_key(
     Ok((key, Some(state_dir.to_owned())))
 }
 
+/// The Nix keys a machine trusts for binary caches: `<state>/trusted-public-keys` (one
+/// `name:base64` per line, what `ferry archive --authorize` writes for Nix keys) and the
+/// machine's own `<state>/nix-signing-key.pub` (the key its own cache writes sign with, as the
+/// ACL holds the machine's own Guix key). Missing files are no keys; unreadable lines are
+/// skipped.
+pub fn nix_trusted_keys(state_dir: &Path) -> Vec<signing::nix::VerifyingKey> {
+    let mut keys = Vec::new();
+    for file in ["trusted-public-keys", "nix-signing-key.pub"] {
+        let Ok(text) = std::fs::read_to_string(state_dir.join(file)) else { continue };
+        keys.extend(text.lines().filter_map(|l| signing::nix::VerifyingKey::parse(l.trim()).ok()));
+    }
+    keys
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,6 +210,7 @@ struct RawConfiguration {
     sudo: Option<bool>,
     store: Option<HostStoreKind>,
     agent: Option<Spanned<String>>,
+    substitute_from: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -805,6 +806,22 @@ impl Cx<'_> {
                 AgentSource::File(path)
             }
         };
+        let mut substitute_from = Vec::new();
+        for uri in c.substitute_from.iter().flatten() {
+            use proto::uri::Target as Uri;
+            match Uri::parse(uri.get_ref()) {
+                Ok(Uri::File { .. } | Uri::S3(_) | Uri::Http { .. }) => {
+                    substitute_from.push(uri.get_ref().clone())
+                }
+                Ok(_) => {
+                    return Err(self.at(
+                        uri.span(),
+                        "substitute-from: a binary cache is s3://, file:// or http(s)://".into(),
+                    ))
+                }
+                Err(e) => return Err(self.at(uri.span(), format!("substitute-from: {e}"))),
+            }
+        }
         Ok(Configuration {
             host_name: c.host_name.clone(),
             system: c.system.clone().unwrap_or_else(this_system),
@@ -823,6 +840,7 @@ impl Cx<'_> {
             store_dir: self.store_dir.clone(),
             host_store: c.store.unwrap_or_default(),
             agent,
+            substitute_from,
         })
     }
 }

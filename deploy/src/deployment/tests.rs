@@ -598,3 +598,21 @@ fn the_reference_names_every_key() {
         }
     }
 }
+
+#[test]
+fn substitute_from_takes_binary_caches_only() {
+    let with = |list: &str| format!("{ISSUE_SHAPE}substitute-from = {list}\n");
+    let d = parse(&with(
+        r#"["s3://c?endpoint=http://127.0.0.1:9000", "file:///srv/c", "https://c.example"]"#,
+    ))
+    .unwrap();
+    assert_eq!(d.machines[0].configuration.substitute_from.len(), 3);
+    assert!(parse(ISSUE_SHAPE).unwrap().machines[0].configuration.substitute_from.is_empty());
+    let e = err(&with(r#"["ssh://h"]"#));
+    assert!(
+        e.contains("fleet.toml:22:") && e.contains("substitute-from: a binary cache is"),
+        "{e}"
+    );
+    let e = err(&with(r#"["s3://"]"#));
+    assert!(e.contains("substitute-from: invalid target"), "{e}");
+}

@@ -4,7 +4,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use proto::session::{Facts, FactsRequest};
+use proto::session::{Facts, FactsRequest, Substituted};
 use store::Store;
 
 use super::nix_store::HostStore;
@@ -50,6 +50,11 @@ impl HostRoot {
                 .map(ToString::to_string)
                 .collect();
         }
+        let mut missing = self.missing(&req.paths, host_store)?;
+        let mut substituted = Vec::new();
+        if !req.substitute_from.is_empty() && !missing.is_empty() {
+            substituted = self.substitute(&req.substitute_from, &mut missing, host_store)?;
+        }
         Ok(Facts {
             system_type: crate::deployment::this_system(),
             generation,
@@ -57,9 +62,38 @@ impl HostRoot {
             on_this_system,
             provenance,
             safety_errors,
-            missing: self.missing(&req.paths, host_store)?,
+            missing,
             store: req.host_store.as_ref().map(|_| host_store.name().to_owned()),
+            substituted,
         })
+    }
+
+    /// Fetch what it can of `missing` from the binary caches `caches` itself
+    /// ([`transfer::agent::substitute`]); what came is taken out of `missing`. Into ferry's
+    /// store only: a host whose store is Nix's substitutes with Nix's own substituters.
+    fn substitute(
+        &self,
+        caches: &[String],
+        missing: &mut Vec<String>,
+        host_store: HostStore,
+    ) -> Result<Vec<Substituted>, HostCommandError> {
+        if host_store == HostStore::Nix {
+            let reason = "the host's store is Nix's: not substituted by ferry".to_owned();
+            return Ok(caches
+                .iter()
+                .map(|c| Substituted {
+                    cache: c.clone(),
+                    refused: vec![reason.clone()],
+                    ..Default::default()
+                })
+                .collect());
+        }
+        let layout = self.layout()?;
+        let wanted: Vec<_> =
+            missing.iter().filter_map(|p| layout.store_dir().parse_path(p).ok()).collect();
+        let (reports, got) = transfer::agent::substitute::substitute(&layout, &wanted, caches);
+        missing.retain(|p| !layout.store_dir().parse_path(p).is_ok_and(|p| got.contains(&p)));
+        Ok(reports)
     }
 
     /// Of `paths` (logical store paths), those the store lacks (all of them without a store).

@@ -9,7 +9,9 @@
 //!
 //! `--from URI PATH...` copies the other way: `ssh://` (the host's agent sends the closures,
 //! signed with its key, which the local ACL must hold; `transfer::pull`), `local:///ROOT` (read
-//! from that store directly) and `nix+ssh://` (`nix-store --serve`).
+//! from that store directly), `nix+ssh://` (`nix-store --serve`) and binary caches (`file://`,
+//! `s3://`, `http(s)://`: paths signed by a Nix key of `<state>/trusted-public-keys` or the
+//! machine's own `nix-signing-key.pub`).
 //!
 //! Every kind of target goes through one library call (`transfer::target`: `copy_to_all`,
 //! `copy_from`); this command parses the arguments, renders progress and prints the summary.
@@ -316,7 +318,9 @@ fn copy_from(
     match received? {
         Received::Pushed(summary) => print_pushed(printer, &summary),
         Received::Pulled(summary) => print_pulled(printer, uri, &summary),
-        Received::FromNix(report) => print_from_nix(printer, uri, &report, started),
+        Received::FromNix(report) | Received::FromCache(report) => {
+            print_from_nix(printer, uri, &report, started)
+        }
     }
 }
 

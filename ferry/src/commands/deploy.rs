@@ -68,6 +68,10 @@ pub struct DeployArgs {
     /// Print the result table as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Put each machine's closure into this binary cache (`s3://BUCKET?…`, `file:///DIR`)
+    /// first, narinfos signed with the local Nix key; then deploy as usual.
+    #[arg(long, value_name = "URI", conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
+    pub push_to: Option<String>,
     /// Run the command after `--` on every selected machine in parallel (as `guix deploy -x`);
     /// each output line is prefixed with the machine; exit 0 only if it exited 0 everywhere.
     #[arg(short = 'x', long, conflicts_with_all = ["dry_run", "roll_back", "list_generations"])]
@@ -146,6 +150,7 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         jobs,
         fail_fast: args.fail_fast,
         never_confirm: std::env::var_os(orchestrate::NEVER_CONFIRM_ENV).is_some(),
+        push_to: args.push_to.clone(),
         ..Options::default()
     };
     let board = Board::new(printer, if args.roll_back { "rolled back" } else { "ok" });

@@ -84,14 +84,26 @@ fn plan_json(plan: &HostPlan) -> Value {
 }
 
 /// The table header: which numbers are which.
-const HEADER: [&str; 9] =
-    ["MACHINE", "RESULT", "GENERATION", "PATHS SENT", "PRESENT", "NAR", "WIRE", "TIME", "DETAIL"];
+/// PATHS SENT, NAR and WIRE are what the coordinator sent; PRESENT the paths the host had;
+/// CACHED the paths the host fetched itself from its `substitute-from` caches.
+const HEADER: [&str; 10] = [
+    "MACHINE",
+    "RESULT",
+    "GENERATION",
+    "PATHS SENT",
+    "PRESENT",
+    "CACHED",
+    "NAR",
+    "WIRE",
+    "TIME",
+    "DETAIL",
+];
 
-fn table_row(cells: [&str; 9]) -> String {
-    let [machine, result, generation, sent, present, nar, wire, time, detail] = cells;
+fn table_row(cells: [&str; 10]) -> String {
+    let [machine, result, generation, sent, present, cached, nar, wire, time, detail] = cells;
     format!(
-        "{machine:<16} {result:<10} {generation:>10} {sent:>10} {present:>7} {nar:>10} \
-         {wire:>10} {time:>7}  {detail}\n"
+        "{machine:<16} {result:<10} {generation:>10} {sent:>10} {present:>7} {cached:>6} \
+         {nar:>10} {wire:>10} {time:>7}  {detail}\n"
     )
 }
 
@@ -118,12 +130,17 @@ pub fn report(
                 let count = |n: usize| if copied { n.to_string() } else { "-".into() };
                 let nar = if copied { format_bytes(r.bytes) } else { "-".into() };
                 let wire = r.wire_bytes.filter(|_| copied).map_or_else(|| "-".into(), format_bytes);
+                // What the host fetched itself from its `substitute-from` caches.
+                let (sub_paths, sub_bytes) =
+                    r.substituted.iter().fold((0, 0), |(p, b), s| (p + s.paths, b + s.nar_bytes));
+                let cached = if sub_paths == 0 { "-".into() } else { sub_paths.to_string() };
                 table.push_str(&table_row([
                     name,
                     if r.success { "ok" } else { "FAILED" },
                     &generation,
                     &count(r.paths),
                     &count(r.present),
+                    &cached,
                     &nar,
                     &wire,
                     &time,
@@ -133,6 +150,8 @@ pub fn report(
                     "machine": name, "success": r.success, "generation": r.generation,
                     "paths_sent": r.paths, "paths_present": r.present, "paths_shared": r.shared,
                     "nar_bytes_sent": r.bytes, "wire_bytes_sent": r.wire_bytes,
+                    "paths_substituted": sub_paths, "nar_bytes_substituted": sub_bytes,
+                    "substituted": r.substituted,
                     "seconds": elapsed.as_secs_f64(), "detail": r.detail, "error": null,
                     "steps": r.steps.iter().map(|(k, v)| (k.to_string(), json!(v.as_secs_f64())))
                         .collect::<serde_json::Map<_, _>>(),
@@ -153,13 +172,15 @@ pub fn report(
                     "-",
                     "-",
                     "-",
+                    "-",
                     &time,
                     first_line(&full),
                 ]));
                 rows.push(json!({
                     "machine": name, "success": false, "generation": null, "paths_sent": 0,
                     "paths_present": 0, "paths_shared": 0, "nar_bytes_sent": 0,
-                    "wire_bytes_sent": null, "seconds": elapsed.as_secs_f64(), "detail": full,
+                    "wire_bytes_sent": null, "paths_substituted": 0, "nar_bytes_substituted": 0,
+                    "substituted": [], "seconds": elapsed.as_secs_f64(), "detail": full,
                     "error": full, "steps": {},
                 }));
             }

@@ -181,6 +181,7 @@ fn host_session_seeds_parse_and_round_trip() {
             paths: vec!["/gnu/store/bbb-hello-2.12".into()],
             profile: None,
             host_store: None,
+            substitute_from: Vec::new(),
         }),
         SessionRequest::Copy,
         SessionRequest::Activate(ActivateRequest {

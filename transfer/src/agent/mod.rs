@@ -96,6 +96,7 @@ pub mod nix_store;
 mod progress;
 mod role;
 mod send;
+pub mod substitute;
 
 use progress::{Counted, Received};
 use role::Accepted;

@@ -7,7 +7,8 @@
 //! |---|---|---|---|
 //! | `ssh://[user@]host[:port]` | [`Target::Agent`] | the agent protocol ([`crate::push`]) | the agent pushes back ([`crate::pull`]) |
 //! | `local:///ROOT` | [`Target::LocalStore`] | `ferry serve` as a subprocess | read directly, served in-process into ours |
-//! | `file:///DIR` | [`Target::Cache`] | narinfos + zstd NARs ([`cache`]) | not supported (`ferry archive`) |
+//! | `file:///DIR`, `s3://BUCKET?…` | [`Target::Cache`] | narinfos + zstd NARs ([`cache`]) | [`cache::CacheReader`]: signed by a trusted Nix key |
+//! | `http(s)://…` | [`Target::Cache`] | refused (read only) | [`cache::CacheReader`]: signed by a trusted Nix key |
 //! | `nix+ssh://…` | [`Target::NixHost`] | `nix-store --serve --write` ([`nix_host`]) | `nix-store --serve` |
 //!
 //! As colmena's `Host` trait does, the kinds share one entry point and the composition is
@@ -45,8 +46,9 @@ pub enum Target {
     /// A ferry store on this machine (`local:///ROOT`): copies to it go through `ferry serve`
     /// as a subprocess; copies from it read it directly.
     LocalStore(LocalTransport),
-    /// A binary-cache directory (`file:///DIR`).
-    Cache { uri: String, dir: PathBuf },
+    /// A binary cache (`file:///DIR`, `s3://…`, `http(s)://…`); its backend is made when it
+    /// is used ([`cache::backend_for`]).
+    Cache { uri: String, location: proto::uri::Target },
     /// A host running Nix, over SSH (`nix+ssh://`).
     NixHost(Box<NixHost>),
 }
@@ -88,10 +90,7 @@ pub enum CopyError {
     Layout(#[from] LayoutError),
     #[error(transparent)]
     StoreDir(#[from] StorePathError),
-    #[error(
-        "{0}: --from supports local:///ROOT, ssh:// and nix+ssh:// (read a binary cache with \
-         `ferry archive` or nix)"
-    )]
+    #[error("{0}: not a source")]
     NotASource(String),
 }
 
@@ -132,6 +131,8 @@ pub enum Received {
     Pulled(PullSummary),
     /// From a Nix host.
     FromNix(nix_host::PullReport),
+    /// From a binary cache (the same counts as from a Nix host).
+    FromCache(nix_host::PullReport),
 }
 
 impl Target {
@@ -161,7 +162,9 @@ impl Target {
                 )?,
                 store,
             })),
-            Uri::File { dir } => Target::Cache { uri: uri.to_owned(), dir },
+            location @ (Uri::File { .. } | Uri::S3(_) | Uri::Http { .. }) => {
+                Target::Cache { uri: uri.to_owned(), location }
+            }
         })
     }
 
@@ -211,7 +214,7 @@ pub fn copy_to(
     match target {
         Target::Agent(transport) => push(transport.as_ref()),
         Target::LocalStore(transport) => push(transport),
-        Target::Cache { uri, dir } => to_cache(source, dir, uri, options.zstd_level),
+        Target::Cache { uri, .. } => to_cache(source, uri, options.zstd_level),
         Target::NixHost(host) => host.push(source),
     }
 }
@@ -250,8 +253,9 @@ pub fn copy_to_all(
 /// Copy the closures of `roots` from `target` into the store of `local`. What lands is checked
 /// as a host checks it: a ferry store's paths are signed with the local key and trusted for
 /// this import (we asked for them); a ferry agent's must be signed by a key in the local ACL; a
-/// Nix host's need no signature (its SSH host key authenticates it, as for `nix copy --from`).
-/// NAR hashes are checked on import in every case.
+/// Nix host's need no signature (its SSH host key authenticates it, as for `nix copy --from`); a
+/// binary cache's must be signed by a Nix key the local state trusts
+/// ([`crate::trust::nix_trusted_keys`]). NAR hashes are checked on import in every case.
 pub fn copy_from(
     target: &Target,
     local: &StoreLayout,
@@ -277,41 +281,62 @@ pub fn copy_from(
             Ok(Received::Pulled(crate::pull::pull_closure(transport.as_ref(), roots, options)?))
         }
         Target::NixHost(host) => Ok(Received::FromNix(host.pull(local, roots)?)),
-        Target::Cache { uri, .. } => Err(CopyError::NotASource(uri.clone())),
+        Target::Cache { uri, location } => {
+            let backend = cache::backend_for(location, false)?
+                .ok_or_else(|| CopyError::NotASource(uri.clone()))?;
+            let trusted = crate::trust::nix_trusted_keys(local.state_dir());
+            let reader =
+                cache::CacheReader::with_backend(backend, local.store_dir().clone(), trusted)?;
+            let mut store = Store::open(local.clone())?;
+            let report = reader.import_closure(&mut store, roots)?;
+            Ok(Received::FromCache(nix_host::PullReport {
+                paths_received: report.paths_done,
+                paths_present: report.paths_skipped,
+                nar_bytes_received: report.nar_bytes,
+            }))
+        }
     }
 }
 
-/// `file:///DIR`: write the closure into a binary cache directory, narinfos signed with the
-/// local Nix key (`<state>/nix-signing-key.sec`, generated on first use).
-fn to_cache(
-    source: &Source<'_>,
-    dir: &std::path::Path,
+/// A writer of the binary cache `uri` (`file://`, `s3://`) for the paths of `layout`, narinfos
+/// signed with the local Nix key (`<state>/nix-signing-key.sec`, generated on first use: then
+/// also its directory and public key), compressed at zstd `level`.
+pub fn cache_writer(
     uri: &str,
+    layout: &StoreLayout,
     level: i32,
-) -> Result<CopyReport, CopyError> {
+) -> Result<(cache::CacheWriter, Option<(PathBuf, String)>), CopyError> {
+    let location = proto::uri::Target::parse(uri)?;
+    let (key, generated) = crate::trust::load_or_generate_nix_key(layout.state_dir(), "ferry-1")?;
+    let generated = generated.map(|d| (d, key.verifying_key().to_string()));
+    let options = cache::CacheOptions { zstd_level: level, ..Default::default() };
+    let backend = cache::backend_for(&location, options.fsync)?.ok_or_else(|| UriError {
+        uri: uri.to_owned(),
+        reason: "not a binary cache (file://, s3://)".to_owned(),
+    })?;
+    let writer =
+        cache::CacheWriter::with_backend(backend, layout.store_dir().clone(), Some(key), options)?;
+    Ok((writer, generated))
+}
+
+/// Write the closure into a binary cache (`file://`, `s3://`) with [`cache_writer`].
+fn to_cache(source: &Source<'_>, uri: &str, level: i32) -> Result<CopyReport, CopyError> {
     let started = Instant::now();
     let layout = source.layout;
-    let (key, generated) = crate::trust::load_or_generate_nix_key(layout.state_dir(), "ferry-1")?;
-    let generated_nix_key = generated.map(|d| (d, key.verifying_key().to_string()));
-    let options = cache::CacheOptions { zstd_level: level, ..Default::default() };
-    let writer = cache::CacheWriter::open(dir, layout.store_dir().clone(), Some(key), options)?;
+    let (writer, generated_nix_key) = cache_writer(uri, layout, level)?;
     let mut summary = PushSummary {
         host: uri.to_owned(),
         closure_paths: source.closure.len(),
         diff_round_trips: 1,
         ..Default::default()
     };
-    for info in source.closure.iter() {
-        if let cache::WriteOutcome::Written(n) =
-            writer.write_path(info, &layout.physical_path(&info.path))?
-        {
-            summary.paths_missing += 1;
-            summary.paths_sent += 1;
-            summary.paths_landed += 1;
-            summary.nar_bytes_sent += n.nar_size;
-            summary.wire_bytes += n.file_size.unwrap_or(0);
-        }
-    }
+    let paths: Vec<_> = source.closure.iter().map(|i| (i, layout.physical_path(&i.path))).collect();
+    let report = writer.write_paths(&paths, &mut |_| {})?;
+    summary.paths_missing = report.paths_done;
+    summary.paths_sent = report.paths_done;
+    summary.paths_landed = report.paths_done;
+    summary.nar_bytes_sent = report.nar_bytes;
+    summary.wire_bytes = report.file_bytes;
     summary.phases.send = started.elapsed();
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(CopyReport { summary, generated_nix_key })

@@ -17,5 +17,6 @@ mod nix_fixture;
 mod nix_serve;
 #[cfg(feature = "bench")]
 mod relay;
+mod s3_cache;
 #[cfg(feature = "bench")]
 mod shaping;
