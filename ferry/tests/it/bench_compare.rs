@@ -55,6 +55,9 @@ fn check(json: &Value, tools: &[&str]) {
     let runs = json["runs"].as_array().unwrap();
     assert_eq!(runs.len(), tools.len(), "{json}");
     assert!(runs.iter().all(|r| r.get("error").is_none()), "{json}");
+    // ferry's own account of each run: its phases.
+    let ferry = runs.iter().find(|r| r["tool"] == "ferry").unwrap();
+    assert!(ferry["ferry"]["phases"]["send"].as_f64().is_some(), "{json}");
 }
 
 #[test]

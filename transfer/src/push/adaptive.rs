@@ -160,7 +160,7 @@ impl Ewma {
 }
 
 /// Round trips at most this long suggest a local network or loopback ([`rate_hint_from_round_trip`]).
-pub const LAN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_millis(5);
+pub const LAN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// A starting link rate (wire bytes/s) from the session's measured round trip (the diff's
 /// `Query`/`Have`), for the first path, before any rate is measured: a round trip within

@@ -287,10 +287,10 @@ impl Setup<'_> {
                         host.display()
                     );
                 }
+                // One host: its own summary has the phases and levels.
+                let host = &summary["hosts"][0];
                 let keep = ["paths_sent", "nar_bytes_sent", "wire_bytes", "levels", "phases"];
-                return Ok(Some(
-                    keep.iter().map(|k| (k.to_string(), summary[k].clone())).collect(),
-                ));
+                return Ok(Some(keep.iter().map(|k| (k.to_string(), host[k].clone())).collect()));
             }
             Tool::Nix | Tool::NixSshNg => {
                 let scheme = if tool == Tool::Nix { "ssh" } else { "ssh-ng" };
