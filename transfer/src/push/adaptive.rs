@@ -24,9 +24,6 @@
 //! where the compressor limits: as soon as the measured link slows down, the choice comes back
 //! up to the levels a slow link needs.
 //!
-//! Before the first measurement the link is unknown: level 3, unless the session's round trip
-//! says LAN or loopback ([`rate_hint_from_round_trip`]: then 1 Gbit/s is assumed, level 1).
-//!
 //! Priors are perf.md's figures (zstd 1.5, one core, ELF-heavy NAR); measurements replace them
 //! per level (exponentially weighted), and a measured level scales the priors of the levels not
 //! yet measured (a slower machine is slower at every level). Delta priors: speed 0.6x full at the
@@ -157,19 +154,6 @@ impl Ewma {
             Some(v) => v + weight * (x - v),
         });
     }
-}
-
-/// Round trips at most this long suggest a local network or loopback ([`rate_hint_from_round_trip`]).
-pub const LAN_ROUND_TRIP: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// A starting link rate (wire bytes/s) from the session's measured round trip (the diff's
-/// `Query`/`Have`), for the first path, before any rate is measured: a round trip within
-/// [`LAN_ROUND_TRIP`] is a LAN or loopback, so 1 Gbit/s is assumed (level 1 rather than the
-/// unknown link's level 3, whose compressor at 0.17 GB/s would otherwise be the bottleneck of
-/// a first copy, e.g. one large path); a longer one says nothing about the rate (`None`). The
-/// first measured rate replaces the hint.
-pub fn rate_hint_from_round_trip(round_trip: std::time::Duration) -> Option<f64> {
-    (round_trip <= LAN_ROUND_TRIP).then_some(1e9 / 8.0)
 }
 
 /// The controller. One per push (per link); cheap to clone.

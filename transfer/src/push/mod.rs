@@ -479,9 +479,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         level: options.zstd_level,
         workers: options.zstd_workers,
         delta: options.delta && peer_delta,
-        link_rate_hint: options
-            .link_rate_hint
-            .or_else(|| adaptive::rate_hint_from_round_trip(summary.phases.diff)),
+        link_rate_hint: options.link_rate_hint,
     };
     let (landed, outcome, sent) = std::thread::scope(|scope| {
         let sender = scope.spawn(|| {

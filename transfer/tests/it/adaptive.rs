@@ -1,8 +1,7 @@
 //! The adaptive controller's decisions on simulated links and compressors.
 
 use transfer::push::adaptive::{
-    rate_hint_from_round_trip, AdaptiveConfig, Choice, CompressSetting, Controller, FAST_LEVELS,
-    MAX_LEVEL,
+    AdaptiveConfig, Choice, CompressSetting, Controller, FAST_LEVELS, MAX_LEVEL,
 };
 
 const MBIT: f64 = 1e6 / 8.0;
@@ -141,16 +140,4 @@ fn overrides() {
     assert_eq!("none".parse::<CompressSetting>(), Ok(CompressSetting::Level(0)));
     assert!("23".parse::<CompressSetting>().is_err());
     assert!("fast".parse::<CompressSetting>().is_err());
-}
-
-#[test]
-fn a_lan_round_trip_starts_below_the_unknown_links_level() {
-    use std::time::Duration;
-    let unknown = auto().choose(false);
-    assert_eq!(unknown.level, 3);
-    let hint = rate_hint_from_round_trip(Duration::from_micros(400)).expect("a LAN round trip");
-    let lan = auto().with_link_rate(hint).choose(false);
-    assert!(lan.level >= 1 && lan.level < unknown.level, "{lan:?}");
-    // A WAN round trip says nothing about the rate.
-    assert_eq!(rate_hint_from_round_trip(Duration::from_millis(40)), None);
 }
