@@ -21,6 +21,7 @@ use transfer::push::{push_closure, PushOptions};
 use crate::deployment::{HealthCheck, Machine, PrebuiltSystem};
 use crate::error::{error_chain, DeployError};
 use crate::link::{HostSession, Link, LinkError};
+use crate::orchestrate::Options;
 use crate::plan::{Ctx, HostPlan, HostReport, Planned};
 use crate::probes::coordinator_probes;
 use crate::progress::{CopyProgress, Phase};
@@ -36,6 +37,8 @@ pub(crate) struct Apply<'a> {
     pub frame_cache: Option<Arc<FrameCache>>,
     /// Never confirm an activation (tests: the host must roll back by itself).
     pub never_confirm: bool,
+    /// The run's options: whether it was interrupted.
+    pub options: &'a Options,
 }
 
 /// Copy and activate machine `m`'s plan.
@@ -54,7 +57,9 @@ pub(crate) fn apply(
     let c = &m.configuration;
 
     // 1. Copy.
-    let (mut paths, mut shared, mut sent) = (0, 0, 0);
+    run.options.check_interrupt("before the copy: nothing changed on the host")?;
+    let (mut paths, mut shared, mut sent, mut wire) = (0, 0, 0, 0);
+    let present = closure.len() - to_send.len();
     if !to_send.is_empty() {
         ctx.progress.phase(&m.name, Phase::Copy);
         // The fixed level (no adaptive choice per link), so every machine's copy of a path
@@ -75,8 +80,12 @@ pub(crate) fn apply(
                 summary.rejected.iter().map(|r| format!("{}: {}", r.path, r.message)).collect();
             return Err(DeployError::Refused { list, authorize: c.authorize });
         }
-        (paths, shared, sent) =
-            (summary.paths_sent, summary.encode.paths_shared, summary.nar_bytes_sent);
+        (paths, shared, sent, wire) = (
+            summary.paths_sent,
+            summary.encode.paths_shared,
+            summary.nar_bytes_sent,
+            summary.wire_bytes,
+        );
         steps.push(("copy", lap.elapsed()));
     }
     if on_this_system {
@@ -85,18 +94,21 @@ pub(crate) fn apply(
             success: true,
             generation: current_generation,
             paths,
+            present,
             shared,
             bytes: sent,
+            wire_bytes: Some(wire),
             detail: "already on this system".into(),
             steps,
         });
     }
 
     // 2. Activate, confirm.
+    run.options.check_interrupt("copied, not activated: the host runs what it ran before")?;
     ctx.progress.phase(&m.name, Phase::Activate);
     let r = activate(ctx, run, &link, session, m, &system).map_err(DeployError::Activate)?;
     steps.extend(r.steps);
-    Ok(HostReport { paths, shared, bytes: sent, steps, ..r })
+    Ok(HostReport { paths, present, shared, bytes: sent, wire_bytes: Some(wire), steps, ..r })
 }
 
 /// How the host activates a system built by Nix or Guix.
@@ -155,7 +167,14 @@ fn activate(
         Some(HostLine::Event(e)) => say(&e),
         Some(HostLine::Confirm { seconds, token }) => {
             ctx.progress.phase(&m.name, Phase::Confirm);
+            ctx.progress.confirm_asked(&m.name, std::time::Duration::from_secs(seconds));
             confirm_asked = Some(Instant::now());
+            if run.options.check_interrupt("").is_err() {
+                say(&format!(
+                    "interrupted: not confirming; the host rolls back by itself in {seconds} s"
+                ));
+                return;
+            }
             if run.never_confirm {
                 say(&format!(
                     "not confirming ({NEVER_CONFIRM_ENV}); the host rolls back in {seconds}s"

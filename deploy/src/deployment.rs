@@ -1,5 +1,8 @@
 //! Deployment files: which machines get which operating system, and how to reach them.
 //!
+//! The reference for users, key by key with the Guix record each comes from, is
+//! `docs/deployment.md` (a test fails when a key of a record here has no row there).
+//!
 //! # Format (TOML, kebab-case keys, unknown keys are errors)
 //!
 //! ```toml
@@ -93,7 +96,12 @@
 //!   `ssh-keyscan` prints; it is checked when the file is loaded.
 //! - **Errors** name the file, line and column: wrong types and unknown keys (from the TOML
 //!   parser), and semantic errors (unknown declaration, inheritance cycle, duplicate machine,
-//!   missing SSH host name, bad names) at the offending value.
+//!   missing SSH host name, bad names) at the offending value; so do local paths that do not
+//!   exist ([`Deployment::load`] checks them, [`Deployment::parse`] reads no file system).
+//! - **Warnings** ([`Deployment::warnings`]): two `managed-host` machines with the same host,
+//!   port and root (both deploy there, the last one wins).
+//! - **`--on`** ([`Deployment::select`]): names, `@tags` and globs on names (`*`, `?`); one
+//!   that selects nothing is an error listing what exists and the closest name.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
@@ -130,16 +138,27 @@ pub enum DeploymentError {
     File { file: String, message: String },
 }
 
-/// Errors of `--on` selection.
+/// Errors of `--on` selection. Each lists what the file has, and the closest name when one is
+/// near (edit distance).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SelectError {
-    #[error("no machine named '{0}' in the deployment file")]
-    UnknownName(String),
-    #[error("no machine has the tag '{0}'")]
-    UnknownTag(String),
+    #[error("no machine named '{name}' in the deployment file{}", hint(.suggestion, "", .known, "machines"))]
+    UnknownName { name: String, suggestion: Option<String>, known: Vec<String> },
+    #[error("no machine has the tag '{tag}'{}", hint(.suggestion, "@", .known, "tags"))]
+    UnknownTag { tag: String, suggestion: Option<String>, known: Vec<String> },
+    #[error("no machine matches '{pattern}'{}", hint(&None, "", .known, "machines"))]
+    NoMatch { pattern: String, known: Vec<String> },
     #[error("empty machine selection")]
     Empty,
+}
+
+/// `; did you mean 'x'? (machines: a, b)`.
+fn hint(suggestion: &Option<String>, prefix: &str, known: &[String], what: &str) -> String {
+    let mean =
+        suggestion.as_ref().map_or_else(String::new, |s| format!("; did you mean '{prefix}{s}'?"));
+    let list = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
+    format!("{mean} ({what}: {list})")
 }
 
 /// How a machine is reached.
@@ -176,6 +195,11 @@ pub struct Deployment {
     pub store_dir: StoreDir,
     /// The machines, in file order.
     pub machines: Vec<Machine>,
+    /// Things that are allowed but probably wrong (two machines that are one host), each as
+    /// `file:line:column: text`, for the caller to show.
+    pub warnings: Vec<String>,
+    /// The local paths the file names, for [`Deployment::check_local_paths`].
+    pub local_paths: Vec<LocalPath>,
 }
 
 /// One machine with its resolved operating system and configuration.
@@ -236,8 +260,12 @@ pub enum HostStoreKind {
     Ferry,
     /// The host's own Nix store (under the root, as `nix-store --store ROOT` sees it).
     Nix,
+    /// The host's own Guix store (its daemon's database under the root; paths go through
+    /// `guix archive --import`).
+    Guix,
     /// Nix's when the host has Nix's database under the root and `nix-store`, and the
-    /// deployment's store dir is `/nix/store`; else ferry's.
+    /// deployment's store dir is `/nix/store`; Guix's when it has Guix's database and `guix`,
+    /// and the store dir is `/gnu/store`; else ferry's.
     #[default]
     Auto,
 }
@@ -248,6 +276,7 @@ impl HostStoreKind {
         match self {
             HostStoreKind::Ferry => "ferry",
             HostStoreKind::Nix => "nix",
+            HostStoreKind::Guix => "guix",
             HostStoreKind::Auto => "auto",
         }
     }
@@ -417,7 +446,8 @@ pub fn this_system() -> String {
 }
 
 impl Deployment {
-    /// Read and validate a deployment file, with the process environment.
+    /// Read and validate a deployment file, with the process environment; the local paths it
+    /// names must exist ([`check_local_paths`](Self::check_local_paths)).
     pub fn load(path: &Path) -> Result<Deployment, DeploymentError> {
         Self::load_with(path, &StoreChoice::default())
     }
@@ -426,7 +456,9 @@ impl Deployment {
     pub fn load_with(path: &Path, store: &StoreChoice) -> Result<Deployment, DeploymentError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| DeploymentError::Read { path: path.display().to_string(), source })?;
-        Self::parse_with(path, &text, &process_env, store)
+        let deployment = Self::parse_with(path, &text, &process_env, store)?;
+        deployment.check_local_paths()?;
+        Ok(deployment)
     }
 
     /// Validate a deployment file's text; `path` names it in errors and gives the folder
@@ -458,38 +490,157 @@ impl Deployment {
             store: parsed.store,
             store_dir: parsed.store_dir,
             machines: parsed.machines,
+            warnings: parsed.warnings,
+            local_paths: parsed.local_paths,
         })
     }
 
-    /// The machines selected by `--on` (`NAME|@TAG,...`), in file order; all with `None`.
+    /// The machines selected by `--on` (`NAME|@TAG|GLOB,...`; a glob has `*` or `?` and
+    /// matches names), in file order; all with `None`. A name, tag or glob that selects nothing
+    /// is an error.
     pub fn select(&self, on: Option<&str>) -> Result<Vec<&Machine>, SelectError> {
         let Some(spec) = on else { return Ok(self.machines.iter().collect()) };
-        let mut names = BTreeSet::new();
-        let mut tags = BTreeSet::new();
+        let names: Vec<String> = self.machines.iter().map(|m| m.name.clone()).collect();
+        let tags: BTreeSet<&str> =
+            self.machines.iter().flat_map(|m| m.tags.iter().map(String::as_str)).collect();
+        let mut chosen = vec![false; self.machines.len()];
+        let mut any = false;
         for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            if let Some(tag) = item.strip_prefix('@') {
-                if !self.machines.iter().any(|m| m.tags.iter().any(|t| t == tag)) {
-                    return Err(SelectError::UnknownTag(tag.to_owned()));
+            any = true;
+            let hits: Vec<usize> = if let Some(tag) = item.strip_prefix('@') {
+                let hits = self.indices(|m| m.tags.iter().any(|t| t == tag));
+                if hits.is_empty() {
+                    let known: Vec<String> = tags.iter().map(|t| (*t).to_owned()).collect();
+                    return Err(SelectError::UnknownTag {
+                        tag: tag.to_owned(),
+                        suggestion: closest(tag, &known),
+                        known,
+                    });
                 }
-                tags.insert(tag);
+                hits
+            } else if item.contains(['*', '?']) {
+                let hits = self.indices(|m| glob_match(item, &m.name));
+                if hits.is_empty() {
+                    return Err(SelectError::NoMatch { pattern: item.to_owned(), known: names });
+                }
+                hits
             } else {
-                if !self.machines.iter().any(|m| m.name == item) {
-                    return Err(SelectError::UnknownName(item.to_owned()));
+                let hits = self.indices(|m| m.name == item);
+                if hits.is_empty() {
+                    return Err(SelectError::UnknownName {
+                        name: item.to_owned(),
+                        suggestion: closest(item, &names),
+                        known: names,
+                    });
                 }
-                names.insert(item);
+                hits
+            };
+            for i in hits {
+                chosen[i] = true;
             }
         }
-        if names.is_empty() && tags.is_empty() {
+        if !any {
             return Err(SelectError::Empty);
         }
-        Ok(self
-            .machines
-            .iter()
-            .filter(|m| {
-                names.contains(m.name.as_str()) || m.tags.iter().any(|t| tags.contains(t.as_str()))
-            })
-            .collect())
+        Ok(self.machines.iter().zip(chosen).filter(|(_, c)| *c).map(|(m, _)| m).collect())
     }
+
+    fn indices(&self, pick: impl Fn(&Machine) -> bool) -> Vec<usize> {
+        self.machines.iter().enumerate().filter(|(_, m)| pick(m)).map(|(i, _)| i).collect()
+    }
+
+    /// Every local path the file names that must exist on this machine (package directories,
+    /// etc file sources) does, or the error at its line and column. [`load`](Self::load) checks
+    /// this; [`parse`](Self::parse) does not (it reads no file system).
+    pub fn check_local_paths(&self) -> Result<(), DeploymentError> {
+        for local in &self.local_paths {
+            let exists = if local.directory { local.path.is_dir() } else { local.path.is_file() };
+            if !exists {
+                return Err(DeploymentError::At {
+                    file: self.file.display().to_string(),
+                    line: local.line,
+                    column: local.column,
+                    message: format!(
+                        "{}: no {} {}",
+                        local.key,
+                        if local.directory { "directory" } else { "file" },
+                        local.path.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A local path named in the file, where it is named (see [`Deployment::check_local_paths`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPath {
+    pub path: PathBuf,
+    /// A directory (a package) or a file (an etc file's `source`).
+    pub directory: bool,
+    /// The key, as `packages`.
+    pub key: &'static str,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// `*` (any run of characters, also none) and `?` (one character) in `pattern`, against all of
+/// `name`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    // Iterative matching with one backtrack point (the last `*`): linear in practice.
+    let (mut pi, mut ni, mut star, mut mark) = (0, 0, None, 0);
+    while ni < n.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == n[ni]) {
+            pi += 1;
+            ni += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ni;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+/// The name of `known` closest to `word` (case-insensitive Levenshtein distance), when it is
+/// close: at most a third of the word's length, at least 1.
+pub fn closest(word: &str, known: &[String]) -> Option<String> {
+    let limit = (word.chars().count() / 3).max(1);
+    known
+        .iter()
+        .map(|k| (edit_distance(&word.to_lowercase(), &k.to_lowercase()), k))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k.clone())
+}
+
+/// Edit distance in characters: insertions, deletions, substitutions and transpositions of
+/// neighbours (`wbe` → `web` is 1), each costing 1 (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    d[0] = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1).min(d[i][j - 1] + 1).min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 /// 1-based line and column (in characters) of a byte offset.

@@ -56,6 +56,9 @@ pub enum DeployError {
     Link(#[from] LinkError),
     #[error("skipped: an earlier machine failed (--fail-fast)")]
     Skipped,
+    /// The run was interrupted (Ctrl-C) before this step: `{0}` says what was not done.
+    #[error("interrupted: {0}")]
+    Interrupted(&'static str),
 }
 
 /// `error` and its sources, `: `-separated (as the front end prints errors).

@@ -7,6 +7,7 @@
 //! R/var/ferry/profiles/system-2-link  -> /gnu/store/…-system
 //! R/var/ferry/profiles/system         -> system-2-link            (the current generation)
 //! R/var/ferry/current-system          -> /gnu/store/…-system     (the activated system)
+//! R/var/ferry/failed/var_ferry_profiles_system-2-link             (why 2 failed, and its target)
 //! ```
 //!
 //! A system built by Nix or Guix has its generations in the profile the deployment names
@@ -25,6 +26,11 @@
 //!   targets, for both the generation links and `system` (Guix writes `system` absolute after a
 //!   deploy and relative after a rollback).
 //! - A generation's time is the modification time of its link.
+//! - A generation whose activation failed (and was rolled back, or could not be) is **marked
+//!   failed**: a file `.system-N-link.failed` beside its link holds the reason, one line
+//!   ([`Profiles::mark_failed`]; hidden, so neither Nix nor Guix take it for a generation).
+//!   `--list-generations` shows the mark, and a rollback never returns to a failed generation
+//!   ([`previous_generation`]).
 
 use std::fs;
 use std::io;
@@ -65,6 +71,8 @@ pub struct Generation {
     pub time: SystemTime,
     /// True for the generation `system` points at.
     pub current: bool,
+    /// Why its activation failed, when it did (see [`Profiles::mark_failed`]).
+    pub failed: Option<String>,
 }
 
 /// The system profile of one host root.
@@ -126,6 +134,39 @@ impl Profiles {
 
     fn link_name(&self, n: u64) -> String {
         format!("{}-{n}-link", self.name)
+    }
+
+    /// `R/var/ferry/failed/<the link's path under the root, `_` for `/`>`: the mark of a failed
+    /// generation, in ferry's own state and never beside the links (Nix reads any
+    /// `NAME-N-link…` name in a profile directory as a generation).
+    fn failed_mark(&self, n: u64) -> PathBuf {
+        let link = self.generation_link(n);
+        let under_root = link.strip_prefix(&self.root).unwrap_or(&link);
+        let name = under_root.to_string_lossy().trim_start_matches('/').replace('/', "_");
+        self.root.join("var/ferry/failed").join(name)
+    }
+
+    /// Mark generation `n` failed: the reason's first line and the link's target. Listings show
+    /// it, and a rollback skips it.
+    pub fn mark_failed(&self, n: u64, reason: &str) -> Result<(), GenerationError> {
+        let mark = self.failed_mark(n);
+        if let Some(dir) = mark.parent() {
+            fs::create_dir_all(dir).map_err(io_err("cannot create", dir))?;
+        }
+        let link = self.generation_link(n);
+        let target = fs::read_link(&link).map_err(io_err("cannot read link", &link))?;
+        let line = reason.lines().next().unwrap_or_default();
+        fs::write(&mark, format!("{line}\n{}\n", target.display()))
+            .map_err(io_err("cannot write", &mark))
+    }
+
+    /// The reason generation `n` failed, if it is marked. The mark names the link's target: a
+    /// mark left by a removed generation of the same number does not apply.
+    fn failure(&self, n: u64) -> Option<String> {
+        let text = fs::read_to_string(self.failed_mark(n)).ok()?;
+        let target = fs::read_link(self.generation_link(n)).ok()?;
+        let (reason, marked) = text.trim_end().split_once('\n')?;
+        (Path::new(marked) == target).then(|| reason.to_owned())
     }
 
     /// A logical absolute path (`/gnu/store/…`) as seen on this machine: under the root.
@@ -196,7 +237,7 @@ impl Profiles {
             .map_err(io_err("cannot stat", &link))?;
         let system = self.resolve_target(&link, &target);
         let current = self.current()? == Some(n);
-        Ok(Generation { number: n, link, system, time, current })
+        Ok(Generation { number: n, link, system, time, current, failed: self.failure(n) })
     }
 
     /// Every generation, oldest first.
@@ -217,9 +258,11 @@ impl Profiles {
         Ok(out)
     }
 
-    /// The generation before `n` among those present (holes are skipped).
+    /// The generation before `n` among those present that did not fail (holes and failed
+    /// generations are skipped).
     pub fn previous_of(&self, n: u64) -> Result<Option<u64>, GenerationError> {
-        Ok(self.numbers()?.into_iter().filter(|&m| m < n).max())
+        let numbers = self.numbers()?;
+        Ok(previous_generation(n, numbers.into_iter().map(|m| (m, self.failure(m).is_some()))))
     }
 
     /// The generation before the current one.
@@ -305,6 +348,26 @@ impl Profiles {
     }
 }
 
+/// The generation a rollback from `current` returns to: the highest number below it that is
+/// not marked failed. `generations`: `(number, failed)`.
+pub fn previous_generation(
+    current: u64,
+    generations: impl IntoIterator<Item = (u64, bool)>,
+) -> Option<u64> {
+    generations.into_iter().filter(|&(n, failed)| n < current && !failed).map(|(n, _)| n).max()
+}
+
+/// What `--roll-back` would do given a host's generations `(number, current, failed)`:
+/// `(from, to)`, or why it cannot (the same errors as [`Profiles::roll_back`]).
+pub fn roll_back_target(
+    generations: impl IntoIterator<Item = (u64, bool, bool)>,
+) -> Result<(u64, u64), GenerationError> {
+    let all: Vec<(u64, bool, bool)> = generations.into_iter().collect();
+    let cur = all.iter().find(|g| g.1).map(|g| g.0).ok_or(GenerationError::NoCurrent)?;
+    let prev = previous_generation(cur, all.iter().map(|&(n, _, failed)| (n, failed)));
+    Ok((cur, prev.ok_or(GenerationError::NoPrevious(cur))?))
+}
+
 /// `system-N-link` → N.
 pub fn parse_generation_name(name: &str) -> Option<u64> {
     parse_link_name(PROFILE_NAME, name)
@@ -374,6 +437,24 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_generation_is_marked_until_its_number_is_reused() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profiles::new(t.path());
+        p.add(&system(t.path(), "aaaa")).unwrap();
+        p.add(&system(t.path(), "bbbb")).unwrap();
+        p.mark_failed(2, "activate exited with code 1\nmore").unwrap();
+        let failed: Vec<_> = p.list().unwrap().into_iter().map(|g| g.failed).collect();
+        assert_eq!(failed, [None, Some("activate exited with code 1".to_owned())]);
+        // Nothing beside the links that Nix could take for a generation.
+        assert_eq!(p.numbers().unwrap(), [1, 2]);
+        assert_eq!(fs::read_dir(p.dir()).unwrap().count(), 2);
+        // Generation 2 removed and made again for another system: the mark does not apply.
+        fs::remove_file(p.generation_link(2)).unwrap();
+        assert_eq!(p.add(&system(t.path(), "cccc")).unwrap(), 2);
+        assert_eq!(p.generation(2).unwrap().failed, None);
+    }
+
+    #[test]
     fn generations_count_up_and_never_overwrite() {
         let t = tempfile::tempdir().unwrap();
         let p = Profiles::new(t.path());
@@ -403,6 +484,30 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(names.iter().all(|n| !n.starts_with('.')), "{names:?}");
+    }
+
+    #[test]
+    fn failed_generations_are_marked_and_skipped_by_rollbacks() {
+        let t = tempfile::tempdir().unwrap();
+        let p = Profiles::new(t.path());
+        for name in ["a", "b", "c"] {
+            let n = p.add(&system(t.path(), name)).unwrap();
+            p.switch_to(n).unwrap();
+        }
+        p.mark_failed(2, "health checks failed:\n`x` exited with code 1").unwrap();
+        let list = p.list().unwrap();
+        let failed: Vec<Option<&str>> = list.iter().map(|g| g.failed.as_deref()).collect();
+        assert_eq!(failed, [None, Some("health checks failed: `x` exited with code 1"), None]);
+        assert_eq!(p.numbers().unwrap(), [1, 2, 3], "the mark is not a generation");
+        assert_eq!(p.previous_of(3).unwrap(), Some(1));
+        let listed = list.iter().map(|g| (g.number, g.current, g.failed.is_some()));
+        assert_eq!(roll_back_target(listed).unwrap(), (3, 1));
+        assert_eq!(p.roll_back().unwrap(), (3, 1));
+        assert!(matches!(
+            roll_back_target([(1, true, false), (2, false, true)]),
+            Err(GenerationError::NoPrevious(1))
+        ));
+        assert!(matches!(roll_back_target([(1, false, false)]), Err(GenerationError::NoCurrent)));
     }
 
     #[test]

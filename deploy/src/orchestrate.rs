@@ -13,7 +13,13 @@
 //!
 //! Machines run in parallel (`jobs` at a time); one machine's failure never stops the others
 //! unless `fail_fast`. Progress goes to a [`DeployProgress`]; errors name the step.
+//!
+//! **Interrupts.** Once [`Options::interrupt`] is set (the front end's first Ctrl-C) the run
+//! starts no new work: no machine not yet started, no copy not yet started, no activation, no
+//! confirmation (a host waiting for one rolls back by itself at its deadline); the steps under
+//! way end as they would. Each machine so stopped ends with [`DeployError::Interrupted`].
 
+pub use std::sync::atomic::AtomicBool as InterruptFlag;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -41,11 +47,24 @@ pub struct Options {
     pub fail_fast: bool,
     /// Never confirm an activation ([`NEVER_CONFIRM_ENV`]).
     pub never_confirm: bool,
+    /// Set to stop starting new work (module docs, "Interrupts").
+    pub interrupt: Arc<AtomicBool>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { jobs: 8, fail_fast: false, never_confirm: false }
+        Options { jobs: 8, fail_fast: false, never_confirm: false, interrupt: Arc::default() }
+    }
+}
+
+impl Options {
+    /// `Err(Interrupted(what))` once the run was interrupted.
+    pub(crate) fn check_interrupt(&self, what: &'static str) -> Result<(), DeployError> {
+        if self.interrupt.load(Ordering::SeqCst) {
+            Err(DeployError::Interrupted(what))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -81,6 +100,8 @@ fn for_each_machine<T: Send>(
                 let Some(m) = machines.get(i) else { break };
                 let run = if options.fail_fast && failed.load(Ordering::SeqCst) {
                     HostRun { result: Err(DeployError::Skipped), elapsed: Duration::ZERO }
+                } else if let Err(e) = options.check_interrupt("not started") {
+                    HostRun { result: Err(e), elapsed: Duration::ZERO }
                 } else {
                     let start = Instant::now();
                     let result = work(i, m);
@@ -125,6 +146,7 @@ fn pipelines<T: Send>(
             let mut added = system::AddedPackages::default();
             // git runs once for the file; each machine adds its declaration's name.
             let provenance = Provenance::of_file(&ctx.deployment.file, None);
+            let mut succeeded = 0;
             for (i, m) in machines.iter().enumerate() {
                 let provenance =
                     Provenance { declaration: m.declaration.clone(), ..provenance.clone() };
@@ -135,10 +157,12 @@ fn pipelines<T: Send>(
                 .map_err(|source| DeployError::Build { machine: m.name.clone(), source });
                 if let Ok(system) = &result {
                     progress.line(&m.name, &format!("system {}", system.absolute));
+                    succeeded += 1;
                 }
                 built.put(i, result.map(|system| (system, provenance)));
             }
-            progress.built(machines.len(), started.elapsed());
+            // Only the systems that were built: failed builds are each machine's error.
+            progress.built(succeeded, started.elapsed());
         });
         for_each_machine(machines, options, ok, &|i, m| {
             progress.start(&m.name);
@@ -173,7 +197,7 @@ pub fn deploy(
     // Compress once: each path's zstd stream is made by the first machine's session that
     // sends it and copied by the others (all at the same level, so they share).
     let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
-    let run = Apply { key, frame_cache, never_confirm: options.never_confirm };
+    let run = Apply { key, frame_cache, never_confirm: options.never_confirm, options };
     pipelines(&ctx, machines, options, |r: &HostReport| r.success, &|m, planned| {
         apply(&ctx, &run, m, planned)
     })
@@ -246,21 +270,28 @@ fn roll_back_one(m: &Machine, progress: &dyn DeployProgress) -> Result<HostRepor
 /// Which stream of a `-x` command a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
-    /// Its stdout and stderr, as they come.
+    /// Its stdout (and its stderr, as they come, unless `split_stderr`).
     Output,
-    /// What the agent program printed on stderr (after the command ended).
+    /// What the agent program printed on stderr, and with `split_stderr` the command's stderr
+    /// (after the command ended).
     Stderr,
 }
 
 /// `-x`: run `command` on every machine in parallel (in its root, with its current system's
-/// `profile/bin` first on `PATH`); each line goes to `line(machine, stream, text)`.
+/// `profile/bin` first on `PATH`); each line goes to `line(machine, stream, text)`. With
+/// `split_stderr` the command's stderr comes apart from its stdout (after it ended).
 pub fn execute(
     machines: &[&Machine],
     command: &[String],
     jobs: usize,
+    split_stderr: bool,
     line: &(dyn Fn(&str, Stream, &str) + Sync),
 ) -> Vec<HostRun<ExecReport>> {
-    let mut args = vec!["exec", "--"];
+    let mut args = vec!["exec"];
+    if split_stderr {
+        args.push("--split-stderr");
+    }
+    args.push("--");
     args.extend(command.iter().map(String::as_str));
     let options = Options { jobs, ..Options::default() };
     for_each_machine(machines, &options, |r| r.code == Some(0), &|_, m| {

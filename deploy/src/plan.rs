@@ -47,12 +47,18 @@ pub struct HostReport {
     pub success: bool,
     /// The generation the host is on at the end.
     pub generation: Option<u64>,
-    /// Paths sent.
+    /// Paths sent (for a dry run: that would be sent).
     pub paths: usize,
-    /// Of those, paths whose compressed stream another machine's copy made (compress once).
+    /// Paths of the closure the host had already.
+    pub present: usize,
+    /// Of the paths sent, those whose compressed stream another machine's copy made (compress
+    /// once).
     pub shared: usize,
-    /// NAR bytes sent.
+    /// NAR bytes of the paths sent (uncompressed, as `nix-store --dump` writes them).
     pub bytes: u64,
+    /// Bytes that crossed the transport to the host (compressed frames, the handshake and the
+    /// diff included); `None` for a dry run.
+    pub wire_bytes: Option<u64>,
     pub detail: String,
     /// Time spent in each step.
     pub steps: Vec<(&'static str, Duration)>,
@@ -99,6 +105,7 @@ impl HostPlan {
             success: true,
             generation: self.current_generation,
             paths: self.to_send.len(),
+            present: self.closure.len() - self.to_send.len(),
             bytes: self.bytes,
             detail: "dry run: nothing changed".into(),
             steps: self.steps.clone(),

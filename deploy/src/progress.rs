@@ -1,6 +1,7 @@
 //! [`DeployProgress`]: what a deploy run reports while it works, per machine (its phase,
-//! lines to show, the copy's bytes, its end), for a front end to render; [`NoProgress`]
-//! ignores it all. The library never renders anything itself.
+//! lines to show, the copy's bytes as the host acknowledges them, the confirmation deadline,
+//! its end), for a front end to render; [`NoProgress`] ignores it all. The library never
+//! renders anything itself.
 
 use std::fmt;
 use std::time::Duration;
@@ -54,13 +55,19 @@ pub trait DeployProgress: Sync {
     /// The agent program is being uploaded to the host before its session starts: `sent` of
     /// `total` compressed bytes (`codec`: `zstd`, `gzip`).
     fn agent_upload(&self, _host: &str, _sent: u64, _total: u64, _codec: &str) {}
-    /// More of the copy's NAR bytes went out.
-    fn copy_sent(&self, _host: &str, _nar_bytes: u64) {}
+    /// The host has `nar_bytes` of the copy's NAR bytes (cumulative: what it reported
+    /// receiving, or the sizes of the paths it acknowledged; see
+    /// [`ProgressEvent::Received`]).
+    fn copy_received(&self, _host: &str, _nar_bytes: u64) {}
+    /// The host activated the system and waits for confirmation; without it, it rolls back by
+    /// itself after `rolls_back_in`.
+    fn confirm_asked(&self, _host: &str, _rolls_back_in: Duration) {}
     /// Its pipeline failed with `error` (also in its result).
     fn error(&self, _host: &str, _error: &DeployError) {}
     /// It is done.
     fn done(&self, _host: &str, _success: bool) {}
-    /// Every selected machine's system is built.
+    /// The builder is done: `systems` of the selected machines' systems were built (a failed
+    /// build is not counted: it is that machine's error).
     fn built(&self, _systems: usize, _elapsed: Duration) {}
 }
 
@@ -82,7 +89,9 @@ impl Progress for CopyProgress<'_> {
             ProgressEvent::Plan { closure_paths, missing_paths, nar_bytes, .. } => {
                 self.progress.copy_plan(self.host, *missing_paths, *closure_paths, *nar_bytes)
             }
-            ProgressEvent::Sent { nar_bytes } => self.progress.copy_sent(self.host, *nar_bytes),
+            ProgressEvent::Received { nar_bytes } => {
+                self.progress.copy_received(self.host, *nar_bytes)
+            }
             ProgressEvent::AgentUpload { sent, total, codec } => {
                 self.progress.agent_upload(self.host, *sent, *total, codec)
             }

@@ -5,29 +5,82 @@
 //! `store::StoreLayout::resolve`: `--store nix` (or `guix`) reads the machine's Nix (Guix)
 //! store in place, under `--root` when given as for Nix's chroot stores, and never writes to
 //! it; ferry's key and state stay in ferry's state dir.
+//!
+//! The other global options say how much is said: `-v` (repeatable) raises the level of the
+//! diagnostics written to stderr (`tracing`), `-q` keeps only warnings and errors
+//! there (no notes: [`quiet`], which `note!` follows); results on stdout never change. `--color` (and `NO_COLOR`) choose
+//! whether help and usage errors are colored.
 
 use anyhow::Context;
 use nar_core::store_path::StorePath;
 use store::{DbKind, LayoutOptions, Store, StoreLayout};
 
-/// Options every subcommand accepts.
+/// The help heading of the global options (in every command's help).
+const GLOBAL: &str = "Global options";
+
+/// Options every subcommand accepts. (`hide_env_values`: help names the variable, never the
+/// value it has in the caller's environment.)
 #[derive(Debug, Clone, clap::Args)]
 pub struct GlobalOpts {
-    /// Root directory the store lives under (env FERRY_ROOT).
-    #[arg(long, global = true, env = "FERRY_ROOT")]
+    /// Root directory the store lives under (default: / as root, else ~/.local/share/ferry).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "FERRY_ROOT",
+          hide_env_values = true)]
     pub root: Option<std::path::PathBuf>,
-    /// Logical store directory (env FERRY_STORE_DIR; default /gnu/store).
-    #[arg(long, global = true, env = "FERRY_STORE_DIR")]
+    /// Logical store directory (default /gnu/store).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "FERRY_STORE_DIR",
+          hide_env_values = true)]
     pub store_dir: Option<String>,
-    /// State directory (env FERRY_STATE_DIR; default /var/ferry under the root).
-    #[arg(long, global = true, env = "FERRY_STATE_DIR")]
+    /// State directory (default /var/ferry under the root).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "FERRY_STATE_DIR",
+          hide_env_values = true)]
     pub state_dir: Option<std::path::PathBuf>,
     /// The local store: nix (/nix/store and Nix's database, read in place), guix (/gnu/store,
-    /// /var/guix/db) or ferry (ferry's own; env FERRY_STORE; default: ferry's, or a Nix or
-    /// Guix database found under --root).
-    #[arg(long, global = true, env = "FERRY_STORE", value_name = "nix|guix|ferry",
-          value_parser = parse_store_kind)]
+    /// /var/guix/db) or ferry (ferry's own; default: ferry's, or a Nix or Guix database found
+    /// under --root).
+    #[arg(long, global = true, help_heading = GLOBAL, env = "FERRY_STORE", hide_env_values = true,
+          value_name = "nix|guix|ferry", value_parser = parse_store_kind)]
     pub store: Option<DbKind>,
+    /// More diagnostics on stderr (-v: debug, -vv: trace); results on stdout are the same.
+    #[arg(short, long, global = true, help_heading = GLOBAL, action = clap::ArgAction::Count,
+          conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Only warnings and errors on stderr (no notes or summaries); results on stdout are the
+    /// same.
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
+    pub quiet: bool,
+    /// Color in help and usage errors: auto (a terminal, unless NO_COLOR is set), always,
+    /// never.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "WHEN",
+          default_value = "auto")]
+    pub color: clap::ColorChoice,
+}
+
+static QUIET: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+
+impl GlobalOpts {
+    /// Apply `-v`/`-q` to this process: the diagnostics level on stderr and [`quiet`]. Called
+    /// once, by `main`.
+    pub fn init_diagnostics(&self) {
+        use tracing_subscriber::filter::LevelFilter;
+        let _ = QUIET.set(self.quiet);
+        let level = match (self.quiet, self.verbose) {
+            (true, _) | (false, 0) => LevelFilter::WARN,
+            (false, 1) => LevelFilter::DEBUG,
+            (false, _) => LevelFilter::TRACE,
+        };
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .without_time()
+            .try_init();
+    }
+}
+
+/// Whether `-q` was given: notes for people are not written (warnings, errors and results
+/// are). Progress drawing should follow it too.
+pub fn quiet() -> bool {
+    QUIET.get().copied().unwrap_or(false)
 }
 
 fn parse_store_kind(text: &str) -> Result<DbKind, String> {

@@ -21,17 +21,18 @@
 //! # Frames
 //! | type | frame | from | payload |
 //! |---|---|---|---|
-//! | 0x01 | `Hello` | coordinator | magic:bytes, min_version:u32, max_version:u32, ferry_version:string, features:list<string> |
+//! | 0x01 | `Hello` | coordinator | magic:bytes, min_version:u32, max_version:u32, ferry_version:string, features:list<string>, [public_key:bytes — feature `trust`, see below] |
 //! | 0x02 | `Welcome` | agent | magic, min_version, max_version, ferry_version, features, store_dir:string, system:string, free_bytes:u64, generation:opt<string> |
 //! | 0x03 | `Authorize` | coordinator | public_key:bytes (Guix `(public-key …)` text) |
 //! | 0x04 | `Authorized` | agent | added:u8 |
 //! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure, at most [`MAX_QUERY_ENTRIES`] (200,000) entries; [graph:list<list<u32>> — feature `graph`, see below] |
-//! | 0x11 | `Have` | agent | missing:list<path, resume_from:u64>, bases:list<path, list<path>> |
+//! | 0x11 | `Have` | agent | missing:list<path, resume_from:u64>, bases:list<path, list<path>>, [trusted:u8 — feature `trust`] |
 //! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64, [base:path when encoding = 2] |
 //! | 0x21 | `Data` | coordinator | the rest of the frame: the next bytes of the encoded NAR |
 //! | 0x22 | `PathEnd` | coordinator | (empty) |
 //! | 0x30 | `Ack` | agent | path, outcome:u8 (0 imported, 1 was valid already) |
 //! | 0x31 | `Reject` | agent | path, reason:u8, message:string (cut to [`MAX_PEER_MESSAGE`] bytes and escaped on receipt, [`crate::text`]) |
+//! | 0x32 | `Received` | agent | nar_bytes:u64 — feature `progress`, see below |
 //! | 0x40 | `Done` | coordinator | (empty): no more paths |
 //! | 0x41 | `Bye` | agent | imported:u64, rejected:u64 |
 //! | 0x50 | `SendClosure` | coordinator | roots:list<path> — pull: the agent sends their closure |
@@ -100,6 +101,22 @@
 //! fingerprint (`1;<abs path>;sha256:<nix32>;<size>;<abs refs>`), so it covers the path, its NAR
 //! hash and size, and its references.
 //!
+//! # Trust (feature `trust`)
+//! A coordinator offering `trust` appends its public key (Guix `(public-key …)` text) to its
+//! `Hello`. An agent that offers `trust` too and sees the key appends one byte to its `Have`:
+//! 1 when its ACL holds that key, 0 when not (after any `Authorize` of the session). A
+//! coordinator told 0 knows before sending any path data that every path would be refused as
+//! `unauthorized-key`: it sends `Done` at once and tells its user how to authorize the key. An
+//! older agent ignores the appended key (the `Hello` layout after `features` is open) and sends
+//! `Have` as before; an older coordinator sends no key and gets no byte.
+//!
+//! # Progress (feature `progress`)
+//! When the coordinator's `Hello` offers `progress`, the agent tells as path data arrives how
+//! much it has: `Received{nar_bytes}`, the NAR bytes of this session's paths it has read and
+//! decoded so far (cumulative), at most every [`RECEIVED_EVERY`] bytes or so, between or inside
+//! paths. It is a number to show, not a promise: a path is the host's only when acknowledged.
+//! Without the feature the coordinator counts the acknowledged paths' sizes instead.
+//!
 //! # Versions
 //! Each side sends the range of protocol versions it speaks; the session uses the highest
 //! version both speak, and fails with [`ProtocolError::VersionMismatch`] (naming both ranges and
@@ -135,7 +152,23 @@ pub const DATA_CHUNK: usize = 128 << 10;
 /// paths are kept and resumed), `delta` (paths may be sent as delta frames against a base the
 /// agent offers in `Have`), `send` (the agent answers `SendClosure`), `graph` (the agent reads
 /// the reference graph in `Query` to offer bases at the same place in its current generation).
-pub const FEATURES: &[&str] = &["zstd", "resume", FEATURE_DELTA, FEATURE_SEND, FEATURE_GRAPH];
+/// `trust` (the coordinator's key in `Hello`, whether the agent trusts it in `Have`), `progress`
+/// (the agent reports the bytes it received: `Received`).
+pub const FEATURES: &[&str] = &[
+    "zstd",
+    "resume",
+    FEATURE_DELTA,
+    FEATURE_SEND,
+    FEATURE_GRAPH,
+    FEATURE_TRUST,
+    FEATURE_PROGRESS,
+];
+/// The feature name of the trust answer in `Have`.
+pub const FEATURE_TRUST: &str = "trust";
+/// The feature name of `Received`.
+pub const FEATURE_PROGRESS: &str = "progress";
+/// About how many NAR bytes an agent receives between two `Received` frames.
+pub const RECEIVED_EVERY: u64 = 256 << 10;
 /// The feature name of delta frames.
 pub const FEATURE_DELTA: &str = "delta";
 /// The feature name of the reference graph in `Query`.
@@ -156,6 +189,7 @@ pub mod kind {
     pub const PATH_END: u8 = 0x22;
     pub const ACK: u8 = 0x30;
     pub const REJECT: u8 = 0x31;
+    pub const RECEIVED: u8 = 0x32;
     pub const DONE: u8 = 0x40;
     pub const BYE: u8 = 0x41;
     pub const SEND_CLOSURE: u8 = 0x50;
@@ -301,6 +335,8 @@ pub struct Hello {
     pub max_version: u32,
     pub ferry_version: String,
     pub features: Vec<String>,
+    /// The coordinator's public key (feature `trust`), whose trust the agent tells in `Have`.
+    pub public_key: Option<Vec<u8>>,
 }
 
 impl Hello {
@@ -311,7 +347,13 @@ impl Hello {
             max_version: VERSION,
             ferry_version: env!("CARGO_PKG_VERSION").to_owned(),
             features: FEATURES.iter().map(|s| (*s).to_owned()).collect(),
+            public_key: None,
         }
+    }
+
+    /// Whether the peer offers `feature`.
+    pub fn offers(&self, feature: &str) -> bool {
+        self.features.iter().any(|f| f == feature)
     }
 }
 
@@ -381,18 +423,44 @@ pub enum AckOutcome {
 pub enum Frame {
     Hello(Hello),
     Welcome(Welcome),
-    Authorize { public_key: Vec<u8> },
-    Authorized { added: bool },
+    Authorize {
+        public_key: Vec<u8>,
+    },
+    Authorized {
+        added: bool,
+    },
     Query(Vec<QueryEntry>),
-    Have { missing: Vec<MissingEntry>, bases: Vec<(StorePath, Vec<StorePath>)> },
+    /// `trusted`: whether the agent's ACL holds the key of the coordinator's `Hello` (feature
+    /// `trust`; `None` without it).
+    Have {
+        missing: Vec<MissingEntry>,
+        bases: Vec<(StorePath, Vec<StorePath>)>,
+        trusted: Option<bool>,
+    },
     PathStart(Box<PathStart>),
     Data(Vec<u8>),
     PathEnd,
-    Ack { path: StorePath, outcome: AckOutcome },
-    Reject { path: StorePath, reason: RejectReason, message: String },
+    Ack {
+        path: StorePath,
+        outcome: AckOutcome,
+    },
+    Reject {
+        path: StorePath,
+        reason: RejectReason,
+        message: String,
+    },
+    /// NAR bytes of this session's paths the agent has received so far (feature `progress`).
+    Received {
+        nar_bytes: u64,
+    },
     Done,
-    Bye { imported: u64, rejected: u64 },
-    SendClosure { roots: Vec<StorePath> },
+    Bye {
+        imported: u64,
+        rejected: u64,
+    },
+    SendClosure {
+        roots: Vec<StorePath>,
+    },
     Error(String),
 }
 
@@ -416,6 +484,7 @@ impl Frame {
             Frame::PathEnd => kind::PATH_END,
             Frame::Ack { .. } => kind::ACK,
             Frame::Reject { .. } => kind::REJECT,
+            Frame::Received { .. } => kind::RECEIVED,
             Frame::Done => kind::DONE,
             Frame::Bye { .. } => kind::BYE,
             Frame::SendClosure { .. } => kind::SEND_CLOSURE,
@@ -439,6 +508,9 @@ impl Frame {
                 w.u32(h.max_version);
                 w.str(&h.ferry_version);
                 w.list(&h.features, |w, f| w.str(f));
+                if let Some(key) = &h.public_key {
+                    w.bytes(key);
+                }
             }
             Frame::Welcome(h) => {
                 w.bytes(MAGIC);
@@ -463,7 +535,7 @@ impl Frame {
                     w.list(entries, |w, e| w.list(&e.references, |w, i| w.u32(*i)));
                 }
             }
-            Frame::Have { missing, bases } => {
+            Frame::Have { missing, bases, trusted } => {
                 w.list(missing, |w, m| {
                     w.path(&m.path);
                     w.u64(m.resume_from);
@@ -472,6 +544,9 @@ impl Frame {
                     w.path(p);
                     w.list(held, |w, h| w.path(h));
                 });
+                if let Some(trusted) = trusted {
+                    w.u8(u8::from(*trusted));
+                }
             }
             Frame::PathStart(p) => {
                 w.path(&p.path);
@@ -502,6 +577,7 @@ impl Frame {
                 w.u8(reason.to_u8());
                 w.str(message);
             }
+            Frame::Received { nar_bytes } => w.u64(*nar_bytes),
             Frame::Bye { imported, rejected } => {
                 w.u64(*imported);
                 w.u64(*rejected);
@@ -532,9 +608,18 @@ impl Frame {
                     let ferry_version = r.string()?;
                     let features = r.list(|r| r.string())?;
                     if kind == kind::HELLO {
-                        // Later versions may append fields: ignore the rest.
+                        // The key of feature `trust`, then what later versions may append:
+                        // ignored.
+                        let public_key =
+                            if r.pos < r.buf.len() { Some(r.bytes()?.to_vec()) } else { None };
                         r.pos = r.buf.len();
-                        Frame::Hello(Hello { min_version, max_version, ferry_version, features })
+                        Frame::Hello(Hello {
+                            min_version,
+                            max_version,
+                            ferry_version,
+                            features,
+                            public_key,
+                        })
                     } else {
                         let welcome = Welcome {
                             min_version,
@@ -576,6 +661,15 @@ impl Frame {
                     missing: r
                         .list(|r| Ok(MissingEntry { path: r.path()?, resume_from: r.u64()? }))?,
                     bases: r.list(|r| Ok((r.path()?, r.list(|r| r.path())?)))?,
+                    trusted: if r.pos < r.buf.len() {
+                        match r.u8()? {
+                            0 => Some(false),
+                            1 => Some(true),
+                            b => return Err(format!("bad trust byte {b}")),
+                        }
+                    } else {
+                        None
+                    },
                 },
                 kind::PATH_START => {
                     let path = r.path()?;
@@ -627,6 +721,7 @@ impl Frame {
                     },
                     message: peer_text(&r.string()?, MAX_PEER_MESSAGE),
                 },
+                kind::RECEIVED => Frame::Received { nar_bytes: r.u64()? },
                 kind::DONE => Frame::Done,
                 kind::BYE => Frame::Bye { imported: r.u64()?, rejected: r.u64()? },
                 kind::SEND_CLOSURE => Frame::SendClosure { roots: r.list(|r| r.path())? },
@@ -696,6 +791,7 @@ fn name_of(kind: u8) -> &'static str {
         kind::PATH_END => "PathEnd",
         kind::ACK => "Ack",
         kind::REJECT => "Reject",
+        kind::RECEIVED => "Received",
         kind::DONE => "Done",
         kind::BYE => "Bye",
         kind::SEND_CLOSURE => "SendClosure",

@@ -13,6 +13,7 @@
 //! | [`uri`] | copy targets as URIs: `ssh://`, `local://`, `nix+ssh://`, `file://` |
 //! | [`text`] | [`text::peer_text`]: a peer's messages and stderr, length-capped and with control characters escaped, before anything shows them |
 //! | [`session`] | the `ferry host …` line protocol of a deploy: facts, copy, activate, confirm, roll back, generations, exec |
+//! | [`nix_serve`] | Nix's legacy serve protocol (`nix-store --serve --write`): handshake, op codes, integers and strings, the AddToStoreNar request |
 //!
 //! A conversation, sans IO:
 //! ```
@@ -27,6 +28,7 @@
 
 pub mod frame;
 pub mod io;
+pub mod nix_serve;
 pub mod peer;
 pub mod session;
 pub mod text;

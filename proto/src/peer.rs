@@ -164,6 +164,7 @@ impl CoordinatorState {
             }
             (P::AwaitAuthorized, Frame::Authorized { .. }) => P::Ready,
             (P::AwaitHave, Frame::Have { .. }) => P::Sending,
+            (P::Sending | P::InPath | P::Draining, Frame::Received { .. }) => self.phase,
             (
                 P::Sending | P::InPath | P::Draining,
                 Frame::Ack { path, .. } | Frame::Reject { path, .. },
@@ -325,6 +326,7 @@ impl AgentState {
             (P::Greeting, Frame::Welcome(_)) => P::Ready,
             (P::Authorizing, Frame::Authorized { .. }) => P::Ready,
             (P::Answering, Frame::Have { .. }) => P::Receiving,
+            (P::Receiving | P::InPath | P::Finishing, Frame::Received { .. }) => self.phase,
             (
                 P::Receiving | P::InPath | P::Finishing,
                 Frame::Ack { path, .. } | Frame::Reject { path, .. },
@@ -402,6 +404,7 @@ mod tests {
     fn all_frames() -> Vec<Frame> {
         vec![
             Frame::Hello(Hello::ours()),
+            Frame::Hello(Hello { public_key: Some(b"(public-key)".to_vec()), ..Hello::ours() }),
             Frame::Welcome(welcome()),
             Frame::Authorize { public_key: b"(public-key)".to_vec() },
             Frame::Authorized { added: true },
@@ -434,7 +437,10 @@ mod tests {
             Frame::Have {
                 missing: vec![MissingEntry { path: sp(1), resume_from: 4096 }],
                 bases: vec![(sp(1), vec![sp(3)])],
+                trusted: None,
             },
+            Frame::Have { missing: vec![], bases: vec![], trusted: Some(false) },
+            Frame::Have { missing: vec![], bases: vec![], trusted: Some(true) },
             start(1),
             Frame::PathStart(Box::new(PathStart {
                 encoding: Encoding::ZstdDelta { base: sp(5) },
@@ -450,6 +456,7 @@ mod tests {
             Frame::Ack { path: sp(1), outcome: AckOutcome::AlreadyValid },
             Frame::Reject { path: sp(2), reason: RejectReason::Unauthorized, message: "no".into() },
             Frame::Reject { path: sp(2), reason: RejectReason::DeltaFailed, message: "b".into() },
+            Frame::Received { nar_bytes: 1 << 40 },
             Frame::Done,
             Frame::Bye { imported: 3, rejected: 1 },
             Frame::SendClosure { roots: vec![sp(1), sp(2)] },
@@ -477,6 +484,29 @@ mod tests {
             assert_eq!(got, frames, "chunk size {step}");
             assert_eq!(d.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn trust_and_progress_keep_older_peers_working() {
+        // An older agent's decoder ignored what follows `features` in a Hello; an older
+        // coordinator's Have has no trust byte and decodes to `trusted: None`.
+        let mut wire = Vec::new();
+        Frame::Have { missing: vec![], bases: vec![], trusted: None }.encode(&mut wire);
+        let mut d = FrameDecoder::new();
+        d.set_peer("test".into());
+        d.push(&wire);
+        assert!(matches!(d.next_frame().unwrap(), Some(Frame::Have { trusted: None, .. })));
+        // Received is allowed only where answers are.
+        let mut c = CoordinatorState::new();
+        c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+        c.on_receive(&Frame::Welcome(welcome())).unwrap();
+        assert!(c.on_receive(&Frame::Received { nar_bytes: 1 }).is_err());
+        let mut c = CoordinatorState::new();
+        c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+        c.on_receive(&Frame::Welcome(welcome())).unwrap();
+        c.on_send(&Frame::Query(vec![])).unwrap();
+        c.on_receive(&Frame::Have { missing: vec![], bases: vec![], trusted: Some(true) }).unwrap();
+        c.on_receive(&Frame::Received { nar_bytes: 1 }).unwrap();
     }
 
     #[test]
@@ -621,7 +651,12 @@ mod tests {
         exchange(true, Frame::Authorize { public_key: vec![] }, &mut c, &mut a);
         exchange(false, Frame::Authorized { added: false }, &mut c, &mut a);
         exchange(true, Frame::Query(vec![]), &mut c, &mut a);
-        exchange(false, Frame::Have { missing: vec![], bases: vec![] }, &mut c, &mut a);
+        exchange(
+            false,
+            Frame::Have { missing: vec![], bases: vec![], trusted: None },
+            &mut c,
+            &mut a,
+        );
         // Three paths in flight before the first answer.
         for i in 1..=3 {
             exchange(true, start(i), &mut c, &mut a);
@@ -670,7 +705,7 @@ mod tests {
         c.on_send(&Frame::Hello(Hello::ours())).unwrap();
         c.on_receive(&Frame::Welcome(welcome())).unwrap();
         c.on_send(&Frame::Query(vec![])).unwrap();
-        c.on_receive(&Frame::Have { missing: vec![], bases: vec![] }).unwrap();
+        c.on_receive(&Frame::Have { missing: vec![], bases: vec![], trusted: None }).unwrap();
         assert!(c.on_send(&ask).is_err());
     }
 
@@ -682,12 +717,14 @@ mod tests {
             Err(ProtocolError::Unexpected { frame: "Query", .. })
         ));
         c.on_send(&Frame::Hello(Hello::ours())).unwrap();
-        assert!(c.on_receive(&Frame::Have { missing: vec![], bases: vec![] }).is_err());
+        assert!(c
+            .on_receive(&Frame::Have { missing: vec![], bases: vec![], trusted: None })
+            .is_err());
         let mut c = CoordinatorState::new();
         c.on_send(&Frame::Hello(Hello::ours())).unwrap();
         c.on_receive(&Frame::Welcome(welcome())).unwrap();
         c.on_send(&Frame::Query(vec![])).unwrap();
-        c.on_receive(&Frame::Have { missing: vec![], bases: vec![] }).unwrap();
+        c.on_receive(&Frame::Have { missing: vec![], bases: vec![], trusted: None }).unwrap();
         // An answer about a path never sent.
         assert!(matches!(
             c.on_receive(&Frame::Ack { path: sp(7), outcome: AckOutcome::Imported }),

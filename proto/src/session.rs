@@ -149,6 +149,9 @@ pub struct GenerationInfo {
     pub time: u64,
     pub system: String,
     pub current: bool,
+    /// Why its activation failed, when the host recorded it (absent from older hosts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// A line of `activate` or `roll-back` output.

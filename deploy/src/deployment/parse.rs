@@ -31,6 +31,7 @@ pub(super) fn machines(
         env,
         store: choice.kind,
         store_dir: choice.store_dir(choice.kind),
+        local_paths: std::cell::RefCell::new(Vec::new()),
     };
     let raw: RawFile = toml::from_str(text).map_err(|e| match e.span() {
         Some(span) => cx.at(span, e.message().to_owned()),
@@ -53,15 +54,23 @@ pub(super) fn machines(
         cx.store = Some(kind);
         cx.store_dir = choice.store_dir(Some(kind));
     }
-    let machines = cx.resolve(&raw)?;
-    Ok(Parsed { store: cx.store, store_dir: cx.store_dir, machines })
+    let (machines, warnings) = cx.resolve(&raw)?;
+    Ok(Parsed {
+        store: cx.store,
+        store_dir: cx.store_dir,
+        machines,
+        warnings,
+        local_paths: cx.local_paths.into_inner(),
+    })
 }
 
-/// A resolved file: its store and its machines.
+/// A resolved file: its store, its machines, its warnings and the local paths it names.
 pub(super) struct Parsed {
     pub store: Option<DbKind>,
     pub store_dir: StoreDir,
     pub machines: Vec<Machine>,
+    pub warnings: Vec<String>,
+    pub local_paths: Vec<LocalPath>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,6 +247,8 @@ struct Cx<'a> {
     /// The deployment's store, and its store dir.
     store: Option<DbKind>,
     store_dir: StoreDir,
+    /// The local paths that must exist (packages, etc sources), as they are resolved.
+    local_paths: std::cell::RefCell<Vec<LocalPath>>,
 }
 
 fn valid_name(s: &str) -> bool {
@@ -250,6 +261,16 @@ impl Cx<'_> {
     fn at(&self, span: Range<usize>, message: String) -> DeploymentError {
         let (line, column) = line_column(self.text, span.start);
         DeploymentError::At { file: self.file.clone(), line, column, message }
+    }
+
+    /// Record a local path the file names (checked by `Deployment::check_local_paths`).
+    fn must_exist(&self, path: &Path, directory: bool, key: &'static str, span: Range<usize>) {
+        let (line, column) = line_column(self.text, span.start);
+        let local = LocalPath { path: path.to_owned(), directory, key, line, column };
+        let mut all = self.local_paths.borrow_mut();
+        if !all.contains(&local) {
+            all.push(local);
+        }
     }
 
     fn home(&self) -> Option<PathBuf> {
@@ -280,7 +301,7 @@ impl Cx<'_> {
             .or_else(|| self.home().map(|h| h.join(".local/share")))
     }
 
-    fn resolve(&self, raw: &RawFile) -> Result<Vec<Machine>, DeploymentError> {
+    fn resolve(&self, raw: &RawFile) -> Result<(Vec<Machine>, Vec<String>), DeploymentError> {
         for (name, decl) in &raw.operating_system {
             if !valid_name(name) {
                 return Err(self.at(
@@ -297,6 +318,7 @@ impl Cx<'_> {
         }
         let mut seen = BTreeSet::new();
         let mut machines = Vec::new();
+        let mut warnings = Vec::new();
         for m in &raw.machine {
             let m_span = m.span();
             let m = m.get_ref();
@@ -347,6 +369,25 @@ impl Cx<'_> {
                     ));
                 }
             }
+            if m.environment == Environment::ManagedHost {
+                let same_host = machines.iter().find(|o: &&Machine| {
+                    o.environment == Environment::ManagedHost
+                        && o.configuration.host_name == configuration.host_name
+                        && o.configuration.port == configuration.port
+                        && o.configuration.root == configuration.root
+                });
+                if let Some(other) = same_host {
+                    let (line, column) = line_column(self.text, m.name.span().start);
+                    warnings.push(format!(
+                        "{}:{line}:{column}: warning: machines '{}' and '{name}' are both host \
+                         {} with the root {}: both deploy there and the last one wins",
+                        self.file,
+                        other.name,
+                        configuration.host_name.as_deref().unwrap_or_default(),
+                        configuration.root.display()
+                    ));
+                }
+            }
             machines.push(Machine {
                 name: name.clone(),
                 tags,
@@ -356,7 +397,7 @@ impl Cx<'_> {
                 configuration,
             });
         }
-        Ok(machines)
+        Ok((machines, warnings))
     }
 
     /// Apply the `inherit` chain: fields of `os` override those of its parent.
@@ -536,11 +577,16 @@ impl Cx<'_> {
         let prebuilt = self.prebuilt(&os, span)?;
         let mut packages = Vec::new();
         for p in os.packages.unwrap_or_default() {
-            packages.push(if p.get_ref().starts_with('/') {
-                self.in_store(&p)?;
+            packages.push(if p.get_ref().starts_with('/') && self.in_store(&p)? {
                 PathBuf::from(p.get_ref())
             } else {
-                self.local_path(&p)?
+                let path = if p.get_ref().starts_with('/') {
+                    PathBuf::from(p.get_ref())
+                } else {
+                    self.local_path(&p)?
+                };
+                self.must_exist(&path, true, "packages", p.span());
+                path
             });
         }
         let mut files = BTreeMap::new();
@@ -557,7 +603,9 @@ impl Cx<'_> {
             let file = match f.get_ref() {
                 RawEtcFile::Text(t) => EtcFile::Text(t.clone()),
                 RawEtcFile::Source(s) => {
-                    EtcFile::Source(self.local_path(&Spanned::new(f.span(), s.clone()))?)
+                    let path = self.local_path(&Spanned::new(f.span(), s.clone()))?;
+                    self.must_exist(&path, false, "files", f.span());
+                    EtcFile::Source(path)
                 }
             };
             files.insert(name, file);

@@ -231,9 +231,37 @@ fn duplicate_machines_and_selection() {
     assert_eq!(names(Some("@web")), ["a", "c"]);
     assert_eq!(names(Some("c,b")), ["b", "c"]);
     assert_eq!(names(Some("@eu,a")), ["a", "c"]);
-    assert_eq!(d.select(Some("zz")).unwrap_err(), SelectError::UnknownName("zz".into()));
-    assert_eq!(d.select(Some("@db")).unwrap_err(), SelectError::UnknownTag("db".into()));
+    let known = || vec!["a".to_owned(), "b".to_owned(), "c".to_owned()];
+    assert_eq!(
+        d.select(Some("zz")).unwrap_err(),
+        SelectError::UnknownName { name: "zz".into(), suggestion: None, known: known() }
+    );
+    assert_eq!(
+        d.select(Some("@db")).unwrap_err(),
+        SelectError::UnknownTag {
+            tag: "db".into(),
+            suggestion: None,
+            known: vec!["eu".into(), "web".into()]
+        }
+    );
     assert_eq!(d.select(Some(",")).unwrap_err(), SelectError::Empty);
+    // Did you mean: the closest name or tag, and what exists.
+    assert_eq!(
+        d.select(Some("@wbe")).unwrap_err().to_string(),
+        "no machine has the tag 'wbe'; did you mean '@web'? (tags: eu, web)"
+    );
+    assert_eq!(
+        d.select(Some("A")).unwrap_err().to_string(),
+        "no machine named 'A' in the deployment file; did you mean 'a'? (machines: a, b, c)"
+    );
+    // Globs match names; one that matches nothing is an error.
+    assert_eq!(names(Some("?")), ["a", "b", "c"]);
+    assert_eq!(names(Some("*,@web")), ["a", "b", "c"]);
+    assert!(d.select(Some("[ab]*")).is_err(), "no character classes: '[' is literal");
+    assert_eq!(
+        d.select(Some("web*")).unwrap_err().to_string(),
+        "no machine matches 'web*' (machines: a, b, c)"
+    );
 }
 
 #[test]
@@ -460,6 +488,113 @@ fn the_hosts_store_is_auto_unless_named() {
     assert_eq!(kind(""), HostStoreKind::Auto);
     assert_eq!(kind("store = \"nix\""), HostStoreKind::Nix);
     assert_eq!(kind("store = \"ferry\""), HostStoreKind::Ferry);
-    let e = err(&machine("store = \"guix\""));
-    assert!(e.starts_with("/srv/deploy/fleet.toml:8:9: unknown variant `guix`"), "{e}");
+    assert_eq!(kind("store = \"guix\""), HostStoreKind::Guix);
+    let e = err(&machine("store = \"lix\""));
+    assert!(e.starts_with("/srv/deploy/fleet.toml:8:9: unknown variant `lix`"), "{e}");
+}
+
+#[test]
+fn globs_and_closest_names() {
+    for (pattern, name, expect) in [
+        ("web*", "web1", true),
+        ("web*", "web", true),
+        ("web*", "db1", false),
+        ("*1", "web1", true),
+        ("w?b?", "web1", true),
+        ("w?b?", "web12", false),
+        ("*b*1", "web-eu-1", true),
+        ("**", "", true),
+        ("?", "", false),
+    ] {
+        assert_eq!(glob_match(pattern, name), expect, "{pattern} {name}");
+    }
+    let known = ["hostA".to_owned(), "hostB".to_owned(), "db".to_owned()];
+    assert_eq!(closest("hosta", &known).as_deref(), Some("hostA"));
+    assert_eq!(closest("hostC", &known).as_deref(), Some("hostA"), "the first of equals");
+    assert_eq!(closest("dv", &known).as_deref(), Some("db"));
+    assert_eq!(closest("zzzzz", &known), None);
+}
+
+#[test]
+fn two_machines_on_one_host_and_root_warn() {
+    let text = "[[machine]]\nname = \"a\"\noperating-system = {}\n[machine.configuration]\n\
+                host-name = \"h1\"\n\
+                [[machine]]\nname = \"b\"\noperating-system = {}\n[machine.configuration]\n\
+                host-name = \"h1\"\n\
+                [[machine]]\nname = \"c\"\noperating-system = {}\n[machine.configuration]\n\
+                host-name = \"h1\"\nroot = \"/srv/c\"\n";
+    let d = parse(text).unwrap();
+    assert_eq!(d.machines.len(), 3);
+    assert_eq!(
+        d.warnings,
+        ["/srv/deploy/fleet.toml:7:8: warning: machines 'a' and 'b' are both host h1 with the \
+          root /: both deploy there and the last one wins"]
+    );
+}
+
+#[test]
+fn missing_local_paths_are_errors_at_their_place() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("pkg")).unwrap();
+    let file = dir.path().join("d.toml");
+    let text = "[operating-system.a]\npackages = [\"./pkg\", \"./nope\"]\n\
+                [[machine]]\nname = \"m\"\nenvironment = \"local\"\noperating-system = \"a\"\n";
+    std::fs::write(&file, text).unwrap();
+    let e = Deployment::load(&file).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{}:2:22: packages: no directory {}",
+            file.display(),
+            dir.path().join("nope").display()
+        )
+    );
+    std::fs::create_dir(dir.path().join("nope")).unwrap();
+    let text =
+        format!("{text}[machine.operating-system]\nfiles = {{ motd = {{ source = \"m\" }} }}\n");
+    let text = text.replace("operating-system = \"a\"\n", "");
+    std::fs::write(&file, &text).unwrap();
+    let e = Deployment::load(&file).unwrap_err().to_string();
+    assert!(e.ends_with(&format!("files: no file {}", dir.path().join("m").display())), "{e}");
+}
+
+/// docs/deployment.md names every key of every record: the keys are read from the parser's own
+/// "expected one of" errors, so a key added to a record fails here until the reference has it.
+#[test]
+fn the_reference_names_every_key() {
+    let reference = include_str!("../../../docs/deployment.md");
+    let machine = "[[machine]]\nname = \"m\"\nenvironment = \"local\"\n";
+    let records = [
+        ("the top level", "zzz = 1\n".to_owned()),
+        ("[[machine]]", format!("{machine}operating-system = {{}}\nzzz = 1\n")),
+        (
+            "[machine.configuration]",
+            format!("{machine}operating-system = {{}}\n[machine.configuration]\nzzz = 1\n"),
+        ),
+        ("an operating-system", format!("{machine}operating-system = {{ zzz = 1 }}\n")),
+        ("services", format!("{machine}operating-system = {{ services = [{{ zzz = 1 }}] }}\n")),
+        (
+            "file-systems",
+            format!("{machine}operating-system = {{ file-systems = [{{ zzz = 1 }}] }}\n"),
+        ),
+        (
+            "health-checks",
+            format!("{machine}operating-system = {{ health-checks = [{{ zzz = 1 }}] }}\n"),
+        ),
+        ("bootloader", format!("{machine}operating-system = {{ bootloader = {{ zzz = 1 }} }}\n")),
+        ("files", format!("{machine}operating-system = {{ files = {{ a = {{ zzz = 1 }} }} }}\n")),
+    ];
+    for (record, text) in records {
+        let e = err(&text);
+        let keys = e.split(", expected ").nth(1).unwrap_or_else(|| panic!("{record}: {e}"));
+        let keys = keys.trim_start_matches("one of ");
+        for key in
+            keys.split([',', ' ']).filter(|k| k.starts_with('`')).map(|k| k.trim_matches('`'))
+        {
+            assert!(
+                reference.contains(&format!("`{key}`")) || reference.contains(&format!("`{key} =")),
+                "docs/deployment.md does not name the key `{key}` of {record}: add its row"
+            );
+        }
+    }
 }

@@ -107,6 +107,19 @@ impl HostRoot {
             },
         )?;
         let _ = fs::remove_file(&marker);
+        // The generation that failed is marked: `--list-generations` shows it, rollbacks skip
+        // it. A mark that cannot be written is a warning and changes nothing else.
+        let failed = match &outcome {
+            Outcome::RolledBack { from, reason, .. }
+            | Outcome::RollbackFailed { from, reason, .. } => Some((*from, reason)),
+            Outcome::Failed { generation, reason } => Some((*generation, reason)),
+            Outcome::Deployed { .. } => None,
+        };
+        if let Some((n, reason)) = failed {
+            if let Err(e) = profiles.mark_failed(n, &reason.to_string()) {
+                (emit.borrow_mut())(&HostLine::Warning(e.to_string()));
+            }
+        }
         let mut result = outcome_result(outcome);
         if result.success && switcher.as_ref().is_some_and(|s| s.next_boot(new)) {
             result.detail = "activated for next boot (the live switch failed)".into();

@@ -71,8 +71,8 @@ impl HostRoot {
         if paths.is_empty() {
             return Ok(Vec::new());
         }
-        let store = if host_store == HostStore::Nix {
-            self.nix_store()?
+        let store = if host_store != HostStore::Ferry {
+            self.daemon_store(host_store)?
         } else {
             let layout = self.layout()?;
             if !layout.database().1.exists() {

@@ -11,8 +11,8 @@
 //! - [`HostRoot::roll_back`], [`HostRoot::generations`], [`HostRoot::exec`].
 //!
 //! A system built by Nix or Guix has its generations in its own profile and is activated by
-//! its switch command ([`switch`]). The host's store is ferry's, or the host's own Nix store
-//! ([`nix_store`]), as the facts request asks.
+//! its switch command ([`switch`]). The host's store is ferry's, or the host's own Nix or Guix
+//! store ([`nix_store`]), as the facts request asks.
 
 pub mod driver;
 
@@ -78,10 +78,8 @@ pub enum HostCommandError {
     AnswerFacts(#[source] io::Error),
     #[error("ferry serve (in the session): {0}")]
     Agent(transfer::agent::AgentError),
-    #[error("the host's Nix store has no database at {0} (store = \"nix\")")]
-    NoNixStore(String),
-    #[error("importing into the host's Nix store: {0}")]
-    NixImport(transfer::agent::nix_import::NixImportError),
+    #[error("the host's {store} store has no database at {db} (store = \"{store}\")")]
+    NoDaemonStore { store: &'static str, db: String },
 }
 
 impl From<StoreError> for HostCommandError {
@@ -174,6 +172,7 @@ impl HostRoot {
                 time: g.time.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
                 system: g.system.display().to_string(),
                 current: g.current,
+                failed: g.failed,
             })
             .collect())
     }

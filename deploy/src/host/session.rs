@@ -1,6 +1,6 @@
 //! `session`: one deploy of this host in one command: requests on the input, one at a time,
 //! each answered before the next is read (see [`proto::session`]); the copy runs the agent on
-//! the same streams (into the host's Nix store when the facts request asked for it).
+//! the same streams (into the host's Nix or Guix store when the facts request asked for it).
 
 use std::io::{BufRead, Write};
 
@@ -34,8 +34,8 @@ impl HostRoot {
                         .and_then(|()| out.flush())
                         .map_err(HostCommandError::AnswerFacts)?;
                 }
-                SessionRequest::Copy if host_store == HostStore::Nix => {
-                    self.copy_into_nix(&mut input, &mut out)?;
+                SessionRequest::Copy if host_store != HostStore::Ferry => {
+                    self.copy_into_daemon(host_store, &mut input, &mut out)?;
                 }
                 SessionRequest::Copy => {
                     let options = AgentOptions::new(self.layout()?);

@@ -241,11 +241,11 @@ fn generate_key(state: &Path, params: &str) -> anyhow::Result<()> {
             let public_text = key.verifying_key().to_string();
             write_new(&public, public_text.as_bytes(), 0o444)?;
             println!("{public_text}");
-            eprintln!("ferry: Nix key pair written to {} and {}", sec.display(), public.display());
+            note!("ferry: Nix key pair written to {} and {}", sec.display(), public.display());
             return Ok(());
         }
     }
-    eprintln!(
+    note!(
         "ferry: key pair written to {} and {}",
         state.join(GUIX_SECRET_KEY).display(),
         state.join(GUIX_PUBLIC_KEY).display()
@@ -319,11 +319,7 @@ fn load_acl(state: &Path) -> anyhow::Result<signing::acl::Acl> {
     if path.symlink_metadata().is_err() && own.exists() {
         let key = keyfile::load_guix_verifying_key(&own)?;
         keyfile::authorize_key_in_file(&path, key.to_sexp())?;
-        eprintln!(
-            "ferry: created {} authorizing this machine's key {}",
-            path.display(),
-            own.display()
-        );
+        note!("ferry: created {} authorizing this machine's key {}", path.display(), own.display());
     }
     Ok(keyfile::read_acl(&path)?)
 }

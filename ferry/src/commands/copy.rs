@@ -23,13 +23,13 @@ use proto::frame::Encoding;
 use serde_json::json;
 use transfer::pull::PullSummary;
 use transfer::push::adaptive::CompressSetting;
-use transfer::push::{PushOptions, PushSummary};
+use transfer::push::{PushError, PushOptions, PushSummary};
 use transfer::target::nix_host::PullReport;
-use transfer::target::{CopyReport, Received, Source, Target};
+use transfer::target::{CopyError, CopyReport, Received, Source, Target};
 use transfer::transport::ssh::{SettingsSource, SshAuth};
 
 use crate::output::progress::CopyBars;
-use crate::output::Printer;
+use crate::output::{format_bytes, Printer};
 use crate::settings::GlobalOpts;
 
 /// Test hook: the coordinator stops writing after this many wire bytes (a cut connection).
@@ -52,18 +52,18 @@ pub struct CopyArgs {
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
-    /// zstd level for path data: auto (follow the measured link; the default), max (fewest
-    /// bytes), none, or 1..=19.
-    #[arg(long, default_value = "auto", value_name = "LEVEL|max|auto")]
+    /// Compression of path data: auto (zstd at the level the measured link calls for; the
+    /// default), max (fewest bytes), none (uncompressed), or a zstd level 1..=19.
+    #[arg(long, default_value = "auto", value_name = "auto|max|none|LEVEL")]
     pub compress: CompressSetting,
     /// Never send deltas against paths the hosts already have.
     #[arg(long)]
     pub no_delta: bool,
-    /// A fixed zstd level for path data (same as --compress N).
-    #[arg(long, value_name = "N", conflicts_with = "compress")]
+    /// Old spelling of --compress LEVEL.
+    #[arg(long, value_name = "N", hide = true, conflicts_with_all = ["compress", "no_compress"])]
     pub compression_level: Option<i32>,
-    /// Send path data uncompressed.
-    #[arg(long)]
+    /// Old spelling of --compress none.
+    #[arg(long, hide = true, conflicts_with = "compress")]
     pub no_compress: bool,
     /// Store paths whose closures to copy.
     #[arg(required = true)]
@@ -106,6 +106,7 @@ fn summary_json(s: &PushSummary) -> serde_json::Value {
         "host": s.host,
         "closure_paths": s.closure_paths,
         "paths_missing": s.paths_missing,
+        "paths_present": s.closure_paths - s.paths_missing,
         "paths_sent": s.paths_sent,
         "paths_landed": s.paths_landed,
         "nar_bytes_sent": s.nar_bytes_sent,
@@ -140,18 +141,19 @@ fn print_summary(s: &PushSummary) {
         String::new()
     };
     eprintln!(
-        "{}: sent {} of {} paths, {} NAR bytes{}, {} on the wire{ratio}, {} refused; {:.2} s \
-         (closure {:.2}, connect {:.2}, diff {:.2}, send {:.2}, import {:.2})",
+        "{}: sent {} of {} paths ({} present), {} of NAR{}, {} on the wire{ratio}, {} refused; \
+         {:.2} s (closure {:.2}, connect {:.2}, diff {:.2}, send {:.2}, import {:.2})",
         s.host,
         s.paths_sent,
         s.closure_paths,
-        s.nar_bytes_sent,
+        s.closure_paths - s.paths_missing,
+        format_bytes(s.nar_bytes_sent),
         if s.resumed_bytes > 0 {
-            format!(" (+{} resumed)", s.resumed_bytes)
+            format!(" (+{} resumed)", format_bytes(s.resumed_bytes))
         } else {
             String::new()
         },
-        s.wire_bytes,
+        format_bytes(s.wire_bytes),
         s.rejected.len(),
         s.seconds,
         s.phases.closure.as_secs_f64(),
@@ -190,12 +192,17 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: CopyArgs) -> anyhow::Res
             dir.display()
         );
     }
-    let compress = match args.compression_level {
-        Some(level) => CompressSetting::Level(level),
-        None => args.compress,
+    let compress = match (args.compression_level, args.no_compress) {
+        (Some(level), _) => CompressSetting::Level(level),
+        (None, true) => CompressSetting::Level(0),
+        (None, false) => args.compress,
     };
     let options = PushOptions {
-        encoding: if args.no_compress { Encoding::None } else { Encoding::Zstd },
+        encoding: if compress == CompressSetting::Level(0) {
+            Encoding::None
+        } else {
+            Encoding::Zstd
+        },
         zstd_level: match compress {
             CompressSetting::Level(l) => l,
             _ => PushOptions::default().zstd_level,
@@ -241,10 +248,25 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: CopyArgs) -> anyhow::Res
                 hosts_json.push(summary_json(&summary));
             }
             Err(e) => {
+                // A host that does not trust our key: what crossed the wire before stopping.
+                let untrusted = match &e {
+                    CopyError::Push(PushError::Untrusted { paths, wire_bytes, .. }) => {
+                        Some((*paths, *wire_bytes))
+                    }
+                    _ => None,
+                };
                 let e = anyhow::Error::from(e);
                 failed = true;
                 eprintln!("ferry: error: {e:#}");
-                hosts_json.push(json!({ "host": uri, "error": format!("{e:#}") }));
+                let mut host = json!({ "host": uri, "error": format!("{e:#}") });
+                if let Some((paths, wire)) = untrusted {
+                    host["untrusted_key"] = json!(true);
+                    host["paths_missing"] = json!(paths);
+                    host["paths_sent"] = json!(0);
+                    host["nar_bytes_sent"] = json!(0);
+                    host["wire_bytes"] = json!(wire);
+                }
+                hosts_json.push(host);
             }
         }
     }
@@ -335,9 +357,9 @@ fn print_pulled(printer: Printer, uri: &str, summary: &PullSummary) -> anyhow::R
             eprintln!("{uri}: refused {path}: {reason}: {message}");
         }
         eprintln!(
-            "{uri}: received {} paths ({} bytes on the wire), {} refused; {:.2} s",
+            "{uri}: received {} paths ({} on the wire), {} refused; {:.2} s",
             summary.serve.imported,
-            summary.wire_bytes_received,
+            format_bytes(summary.wire_bytes_received),
             summary.serve.rejected,
             summary.seconds
         );
@@ -364,8 +386,10 @@ fn print_from_nix(
         }))?;
     } else {
         eprintln!(
-            "{uri}: received {} paths ({} NAR bytes), {} present already; {seconds:.2} s",
-            report.paths_received, report.nar_bytes_received, report.paths_present
+            "{uri}: received {} paths ({} of NAR), {} present already; {seconds:.2} s",
+            report.paths_received,
+            format_bytes(report.nar_bytes_received),
+            report.paths_present
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -10,42 +10,54 @@
 //!
 //! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (in its root, with
 //! its current system's `profile/bin` first on `PATH`); output lines are prefixed with the
-//! machine as they come. `--dry-run` prints each machine's plan: the paths the host lacks and
-//! their exact NAR bytes (on stdout; on stderr with `--json`, whose stdout is the JSON only).
+//! machine as they come (with `--json`, collected per machine, stdout and stderr apart). `-x`
+//! without a command, or `--` without `-x`, is a usage error (exit 2, checked in `main`).
+//! `--dry-run` prints each machine's plan: the paths the host lacks and their NAR bytes (on
+//! stdout; on stderr with `--json`, whose stdout is the JSON only); with `--roll-back`, the
+//! generation each machine would return to. What is printed at the end, and every JSON shape,
+//! is [`crate::output::deploy`]'s.
+//!
+//! Ctrl-C during a run: the first starts no new work and prints each machine's state (a host
+//! waiting for confirmation is not confirmed and rolls back by itself); the run then ends with
+//! exit code 130. The second exits at once (130).
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
-use anyhow::{bail, Context};
-use serde_json::json;
+use anyhow::Context;
+use signal_hook::consts::SIGINT;
+use signal_hook::iterator::Signals;
 use store::{LayoutOptions, StoreLayout};
 
-use crate::output::progress::Board;
-use crate::output::{format_bytes, Printer};
+use crate::output::deploy::ExecOutput;
+use crate::output::progress::{Board, Lines};
+use crate::output::{self, Printer};
 use crate::settings::GlobalOpts;
 use deploy::deployment::{Deployment, Machine, StoreChoice};
-use deploy::error::error_chain;
 use deploy::orchestrate::{self, HostRun, Options, Stream};
-use deploy::plan::{HostPlan, HostReport};
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
-    /// Deployment file (TOML; see examples/demo.toml).
+    /// Deployment file (TOML; docs/deployment.md, examples/demo.toml).
     pub file: PathBuf,
-    /// Machines to act on: names and @tags, comma-separated (default: all).
-    #[arg(long, value_name = "NAME|@TAG,...")]
+    /// Machines to act on: names, @tags and globs (`web*`, `db?`), comma-separated (default:
+    /// all).
+    #[arg(long, value_name = "NAME|@TAG|GLOB,...")]
     pub on: Option<String>,
-    /// Print per machine what would be copied (paths and bytes); change nothing.
+    /// Print per machine what would be copied (paths and bytes), or with --roll-back the
+    /// generation each would return to; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
     /// List each machine's generations.
     #[arg(long, conflicts_with_all = ["dry_run", "roll_back"])]
     pub list_generations: bool,
     /// Return each machine to its previous generation (profile, activate, services).
-    #[arg(short = 'r', long, conflicts_with = "dry_run")]
+    #[arg(short = 'r', long)]
     pub roll_back: bool,
     /// Machines worked on at the same time (each its own pipeline).
     #[arg(short = 'j', long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
@@ -65,6 +77,27 @@ pub struct DeployArgs {
     pub command: Vec<String>,
 }
 
+impl DeployArgs {
+    /// What clap's declarations cannot say: `-x` and `--` go together (exit 2, as guix
+    /// deploy's messages).
+    pub fn usage_error(&self) -> Option<(clap::error::ErrorKind, String)> {
+        use clap::error::ErrorKind;
+        match (self.execute, self.command.is_empty()) {
+            (true, true) => Some((
+                ErrorKind::MissingRequiredArgument,
+                "'-x' specified but no command given: put it after --, as in \
+                 ferry deploy FILE -x -- uname -a"
+                    .into(),
+            )),
+            (false, false) => Some((
+                ErrorKind::ArgumentConflict,
+                "'--' was used, but '-x' was not specified".into(),
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// Run `ferry deploy`.
 pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::Result<ExitCode> {
     let printer = printer.with_json(args.json);
@@ -74,16 +107,23 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         .map_or_else(|_| nar_core::store_path::StoreDir::guix(), |l| l.store_dir().clone());
     let choice = StoreChoice { kind: global.store, ferry_store_dir };
     let deployment = Deployment::load_with(&args.file, &choice)?;
+    for warning in &deployment.warnings {
+        eprintln!("ferry: {warning}");
+    }
     let machines = deployment.select(args.on.as_deref())?;
     let jobs = args.jobs as usize;
     if args.list_generations {
-        return list_generations(&machines, jobs);
+        let results = orchestrate::list_generations(&machines, jobs);
+        let ok = output::deploy::generations(printer, &machines, results)?;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
-    match (args.execute, args.command.is_empty()) {
-        (true, true) => bail!("'-x' specified but no command given"),
-        (false, false) => bail!("'--' was used, but '-x' was not specified"),
-        (true, false) => return execute(&machines, &args.command, jobs),
-        (false, true) => {}
+    if args.execute {
+        return execute(printer, &machines, &args.command, jobs);
+    }
+    if args.roll_back && args.dry_run {
+        let results = orchestrate::list_generations(&machines, jobs);
+        let ok = output::deploy::roll_back_plans(printer, &machines, results)?;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) });
     }
     let layout = StoreLayout::resolve(&LayoutOptions {
         store: deployment.store,
@@ -106,18 +146,26 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         jobs,
         fail_fast: args.fail_fast,
         never_confirm: std::env::var_os(orchestrate::NEVER_CONFIRM_ENV).is_some(),
+        ..Options::default()
     };
+    let board = Board::new(printer, if args.roll_back { "rolled back" } else { "ok" });
+    let signals = on_interrupt(options.interrupt.clone(), board.lines())?;
+    let mut plans = None;
     let results = if args.roll_back {
-        orchestrate::roll_back(&machines, &options, &Board::new(printer, "rolled back"))
+        orchestrate::roll_back(&machines, &options, &board)
     } else if args.dry_run {
-        let board = Board::new(printer, "ok");
-        let plans = orchestrate::dry_run(&deployment, &machines, &layout, &options, &board)?;
-        print_plans(printer, &machines, &plans)?;
-        let report = |r: HostRun<HostPlan>| HostRun {
-            result: r.result.map(|plan| plan.report()),
-            elapsed: r.elapsed,
-        };
-        plans.into_iter().map(report).collect()
+        let made = orchestrate::dry_run(&deployment, &machines, &layout, &options, &board)?;
+        output::deploy::plans(printer, &machines, &made)?;
+        // Each machine's report for the table, and its plan for the JSON.
+        let (results, made): (Vec<_>, Vec<_>) = made
+            .into_iter()
+            .map(|HostRun { result, elapsed }| match result {
+                Ok(plan) => (HostRun { result: Ok(plan.report()), elapsed }, Some(plan)),
+                Err(e) => (HostRun { result: Err(e), elapsed }, None),
+            })
+            .unzip();
+        plans = Some(made);
+        results
     } else {
         let (key, generated) = transfer::trust::load_or_generate_key(layout.state_dir())
             .context("cannot load or generate the signing key")?;
@@ -128,198 +176,68 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
                 dir.display()
             );
         }
-        let board = Board::new(printer, "ok");
         orchestrate::deploy(&deployment, &machines, &layout, &key, &options, &board)?
     };
     let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-    report(printer, &names, &results, started.elapsed())
+    signals.close();
+    board.lines().finish_all();
+    let ok =
+        output::deploy::report(printer, &names, &results, plans.as_deref(), started.elapsed())?;
+    Ok(if options.interrupt.load(Ordering::SeqCst) {
+        ExitCode::from(INTERRUPTED)
+    } else if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
-/// `--dry-run`: what would be copied to each machine (on stderr with `--json`).
-fn print_plans(
+/// The exit code of a run stopped by Ctrl-C (128 + SIGINT), as shells report it.
+const INTERRUPTED: u8 = 130;
+
+/// Ctrl-C during a run: the first sets `interrupt` (the run starts no new work, see
+/// `deploy::orchestrate`) and prints each machine's state; the second exits at once.
+fn on_interrupt(
+    interrupt: Arc<AtomicBool>,
+    lines: Arc<Lines>,
+) -> anyhow::Result<signal_hook::iterator::Handle> {
+    let mut signals = Signals::new([SIGINT]).context("cannot handle Ctrl-C")?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        for _ in signals.forever() {
+            if interrupt.swap(true, Ordering::SeqCst) {
+                eprintln!("\nferry: interrupted again: aborting");
+                std::process::exit(INTERRUPTED.into());
+            }
+            lines.note("ferry: interrupted: starting no new work (Ctrl-C again to abort now)");
+            for state in lines.states() {
+                lines.note(&state);
+            }
+        }
+    });
+    Ok(handle)
+}
+
+/// `-x -- CMD ARGS...`: run on every machine in parallel, output prefixed with the machine
+/// as it comes (with `--json`, collected into the JSON document).
+fn execute(
     printer: Printer,
     machines: &[&Machine],
-    plans: &[HostRun<HostPlan>],
-) -> anyhow::Result<()> {
-    let mut text = String::new();
-    for (m, run) in machines.iter().zip(plans) {
-        let Ok(plan) = &run.result else { continue };
-        if let Some(store) = &plan.host_store {
-            let how = m.configuration.host_store.name();
-            text.push_str(&format!("{}: the host's store: {store} (store = \"{how}\")\n", m.name));
-        }
-        if let Some(bytes) = plan.agent_upload {
-            text.push_str(&format!(
-                "{}: would upload the agent ({})\n",
-                m.name,
-                format_bytes(bytes)
-            ));
-        }
-        text.push_str(&format!(
-            "{}: would copy {} path(s), {} bytes:\n",
-            m.name,
-            plan.to_send.len(),
-            plan.bytes
-        ));
-        for p in &plan.to_send {
-            text.push_str(&format!("  {} {}\n", p.path, p.nar_size));
-        }
-    }
-    if printer.is_json() {
-        eprint!("{text}");
-    } else {
-        let mut out = printer.stdout();
-        out.write_all(text.as_bytes())?;
-        out.flush()?;
-    }
-    Ok(())
-}
-
-/// Print the table (or JSON); the exit code.
-fn report(
-    printer: Printer,
-    names: &[&str],
-    results: &[HostRun<HostReport>],
-    total: Duration,
+    command: &[String],
+    jobs: usize,
 ) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    let mut rows = Vec::new();
-    let mut table = format!(
-        "{:<16} {:<10} {:>10} {:>16} {:>8}  DETAIL\n",
-        "MACHINE", "RESULT", "GENERATION", "SENT", "TIME"
-    );
-    for (name, HostRun { result, elapsed }) in names.iter().zip(results) {
-        let time = format!("{:.1}s", elapsed.as_secs_f64());
-        match result {
-            Ok(r) => {
-                ok &= r.success;
-                let generation = r.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
-                let sent = if r.bytes == 0 && r.paths == 0 {
-                    "-".to_owned()
-                } else {
-                    format!("{} ({})", format_bytes(r.bytes), r.paths)
-                };
-                table.push_str(&format!(
-                    "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {}\n",
-                    if r.success { "ok" } else { "FAILED" },
-                    r.detail
-                ));
-                rows.push(json!({
-                    "machine": name, "success": r.success, "generation": r.generation,
-                    "paths_sent": r.paths, "paths_shared": r.shared, "bytes_sent": r.bytes,
-                    "seconds": elapsed.as_secs_f64(), "detail": r.detail,
-                    "steps": r.steps.iter().map(|(k, v)| (k.to_string(), json!(v.as_secs_f64())))
-                        .collect::<serde_json::Map<_, _>>(),
-                }));
-            }
-            Err(e) => {
-                ok = false;
-                let full = error_chain(e);
-                let first = full.lines().next().unwrap_or_default().to_owned();
-                table.push_str(&format!(
-                    "{name:<16} {:<10} {:>10} {:>16} {time:>8}  {first}\n",
-                    "FAILED", "-", "-"
-                ));
-                rows.push(json!({
-                    "machine": name, "success": false, "generation": null, "paths_sent": 0,
-                    "bytes_sent": 0, "seconds": elapsed.as_secs_f64(), "detail": full,
-                }));
-            }
-        }
-    }
-    if printer.is_json() {
-        eprint!("{table}");
-        printer
-            .json(&json!({ "success": ok, "seconds": total.as_secs_f64(), "machines": rows }))?;
-    } else {
-        let mut out = printer.stdout();
-        out.write_all(table.as_bytes())?;
-        out.flush()?;
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-/// `-x -- CMD ARGS...`: run on every machine in parallel, output prefixed with the machine.
-fn execute(machines: &[&Machine], command: &[String], jobs: usize) -> anyhow::Result<ExitCode> {
+    let json = printer.is_json();
+    let collected = ExecOutput::default();
     let results =
-        orchestrate::execute(machines, command, jobs, &|name, stream, line| match stream {
-            Stream::Output => {
+        orchestrate::execute(machines, command, jobs, json, &|name, stream, line| match (
+            json, stream,
+        ) {
+            (true, _) => collected.push(name, stream == Stream::Stderr, line),
+            (false, Stream::Output) => {
                 let _ = writeln!(std::io::stdout().lock(), "{name}: {line}");
             }
-            Stream::Stderr => eprintln!("{name}: {line}"),
+            (false, Stream::Stderr) => eprintln!("{name}: {line}"),
         });
-    let mut ok = true;
-    for (m, run) in machines.iter().zip(results) {
-        match run.result {
-            Ok(r) if r.code == Some(0) => eprintln!("{}: command succeeded", m.name),
-            Ok(r) => {
-                ok = false;
-                match r.code {
-                    Some(c) => eprintln!("{}: command exited with code {c}", m.name),
-                    None => eprintln!("{}: command was killed by a signal", m.name),
-                }
-            }
-            Err(e) => {
-                ok = false;
-                eprintln!("{}: error: {}", m.name, error_chain(&e));
-            }
-        }
-    }
+    let ok = output::deploy::exec(printer, machines, command, results, &collected)?;
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-fn list_generations(machines: &[&Machine], jobs: usize) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    for (m, run) in machines.iter().zip(orchestrate::list_generations(machines, jobs)) {
-        println!("{} ({}):", m.name, m.configuration.root.display());
-        match run.result {
-            Ok(gens) if gens.is_empty() => println!("  no generations"),
-            Ok(gens) => {
-                for g in gens {
-                    println!(
-                        "  {:>4}  {}  {}{}",
-                        g.number,
-                        format_time(SystemTime::UNIX_EPOCH + Duration::from_secs(g.time)),
-                        g.system,
-                        if g.current { "  (current)" } else { "" }
-                    );
-                }
-            }
-            Err(e) => {
-                ok = false;
-                println!("  error: {}", error_chain(&e));
-            }
-        }
-    }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
-}
-
-/// `YYYY-MM-DD HH:MM` in UTC.
-fn format_time(t: SystemTime) -> String {
-    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let days = (secs / 86_400) as i64;
-    let (h, mi) = ((secs % 86_400) / 3600, (secs % 3600) / 60);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02} UTC")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times() {
-        assert_eq!(format_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00 UTC");
-        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_764_000_000);
-        assert_eq!(format_time(t), "2025-11-24 16:00 UTC");
-    }
 }

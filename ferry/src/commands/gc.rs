@@ -7,11 +7,16 @@
 //!   `<state>/profiles`.
 //! - `ferry gc [--dry-run] [PATH...]`: delete every valid path not reachable from the roots
 //!   (plus PATHS), referrers first, and every store-dir entry that is not a valid path.
+//!
+//! With `--json`, stdout is one JSON document: `{"paths": [...]}` for the queries, and for a
+//! collection `{"dry_run", "roots", "deleted", "removed_invalid", "freed_nar_bytes"}`
+//! (`docs/json.md`).
 
 use std::collections::BTreeSet;
 use std::io::{self, Write};
 use std::process::ExitCode;
 
+use crate::output::format_bytes;
 use crate::settings::GlobalOpts;
 use crate::settings::{open_read_only, open_writable, parse_store_arg};
 
@@ -33,6 +38,9 @@ pub struct GcArgs {
     /// Print what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
     /// Store paths: to query, or extra roots when collecting.
     pub paths: Vec<String>,
 }
@@ -47,11 +55,9 @@ pub fn run(global: &GlobalOpts, args: GcArgs) -> anyhow::Result<ExitCode> {
         let dir = store.store_dir().clone();
         let paths =
             args.paths.iter().map(|p| parse_store_arg(&store, p)).collect::<Result<Vec<_>, _>>()?;
-        if args.requisites {
+        let listed: Vec<String> = if args.requisites {
             let closure = store.closure(&paths)?;
-            for p in closure.paths() {
-                writeln!(out, "{}", p.to_absolute(&dir))?;
-            }
+            closure.paths().map(|p| p.to_absolute(&dir)).collect()
         } else {
             let mut all = BTreeSet::new();
             for p in &paths {
@@ -63,39 +69,61 @@ pub fn run(global: &GlobalOpts, args: GcArgs) -> anyhow::Result<ExitCode> {
             }
             let mut all: Vec<String> = all.iter().map(|p| p.to_absolute(&dir)).collect();
             all.sort();
-            for p in all {
-                writeln!(out, "{p}")?;
-            }
-        }
-        out.flush()?;
+            all
+        };
+        print_paths(&mut out, args.json, &listed)?;
         return Ok(ExitCode::SUCCESS);
     }
     let mut store = open_writable(global)?;
     let dir = store.store_dir().clone();
     if args.print_roots {
-        for root in store.find_roots()? {
-            writeln!(out, "{}", root.to_absolute(&dir))?;
-        }
-        out.flush()?;
+        let roots: Vec<String> = store.find_roots()?.iter().map(|r| r.to_absolute(&dir)).collect();
+        print_paths(&mut out, args.json, &roots)?;
         return Ok(ExitCode::SUCCESS);
     }
     let extra =
         args.paths.iter().map(|p| parse_store_arg(&store, p)).collect::<Result<Vec<_>, _>>()?;
     let report = store.collect_garbage(&extra, args.dry_run)?;
     let verb = if args.dry_run { "would delete" } else { "deleted" };
-    for p in &report.deleted {
-        writeln!(out, "{verb} {}", p.to_absolute(&dir))?;
-    }
-    for p in &report.removed_invalid {
-        writeln!(out, "{verb} invalid {}", p.display())?;
+    if args.json {
+        let json = serde_json::json!({
+            "dry_run": args.dry_run,
+            "roots": report.roots.len(),
+            "deleted": report.deleted.iter().map(|p| p.to_absolute(&dir)).collect::<Vec<_>>(),
+            "removed_invalid": report.removed_invalid.iter()
+                .map(|p| p.display().to_string()).collect::<Vec<_>>(),
+            "freed_nar_bytes": report.freed_nar_bytes,
+        });
+        serde_json::to_writer(&mut out, &json)?;
+        writeln!(out)?;
+    } else {
+        for p in &report.deleted {
+            writeln!(out, "{verb} {}", p.to_absolute(&dir))?;
+        }
+        for p in &report.removed_invalid {
+            writeln!(out, "{verb} invalid {}", p.display())?;
+        }
     }
     out.flush()?;
-    eprintln!(
-        "ferry: {} roots; {verb} {} paths ({} NAR bytes) and {} invalid entries",
+    note!(
+        "ferry: {} roots; {verb} {} paths ({} of NAR) and {} invalid entries",
         report.roots.len(),
         report.deleted.len(),
-        report.freed_nar_bytes,
+        format_bytes(report.freed_nar_bytes),
         report.removed_invalid.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Store paths, one a line, or `{"paths": [...]}` with `--json`.
+fn print_paths(out: &mut impl Write, json: bool, paths: &[String]) -> io::Result<()> {
+    if json {
+        serde_json::to_writer(&mut *out, &serde_json::json!({ "paths": paths }))?;
+        writeln!(out)?;
+    } else {
+        for p in paths {
+            writeln!(out, "{p}")?;
+        }
+    }
+    out.flush()
 }

@@ -45,6 +45,10 @@ pub enum HostCommand {
     },
     /// Run a command in the root with the current system's profile on PATH.
     Exec {
+        /// The command's stderr to this process's stderr (default: with its stdout, one stream
+        /// of lines); `ferry deploy -x --json` keeps them apart.
+        #[arg(long)]
+        split_stderr: bool,
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -126,14 +130,21 @@ pub fn run(global: &GlobalOpts, command: HostCommand) -> anyhow::Result<ExitCode
             } else {
                 for g in list {
                     let current = if g.current { "  (current)" } else { "" };
-                    println!("{:>4}  {}{current}", g.number, g.system);
+                    let failed =
+                        g.failed.map(|why| format!("  (failed: {why})")).unwrap_or_default();
+                    println!("{:>4}  {}{current}{failed}", g.number, g.system);
                 }
             }
         }
-        HostCommand::Exec { command } => {
-            // The command's stdout and stderr both go to our stdout (one stream of lines).
-            let out = io::stdout().as_fd().try_clone_to_owned()?;
-            let status = host.exec(&command, Stdio::from(out))?;
+        HostCommand::Exec { split_stderr, command } => {
+            // The command's stdout and stderr both go to our stdout (one stream of lines),
+            // unless asked to keep them apart.
+            let err = if split_stderr {
+                Stdio::inherit()
+            } else {
+                Stdio::from(io::stdout().as_fd().try_clone_to_owned()?)
+            };
+            let status = host.exec(&command, err)?;
             return Ok(match status.code() {
                 Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
                 None => {

@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod gc;
 pub mod host;
 pub mod nar;
+pub mod reference;
 pub mod serve;
 pub mod store;
 

@@ -302,10 +302,10 @@ fn verify(
         report.problems.retain(|problem| !matches!(problem, store::VerifyProblem::Modified { .. }));
     }
     for cleaned in &report.cleaned {
-        eprintln!("ferry: removed leftover {}", cleaned.display());
+        note!("ferry: removed leftover {}", cleaned.display());
     }
     for leftover in &report.leftovers {
-        eprintln!(
+        note!(
             "ferry: note: leftover of an interrupted operation (removed by the next \
              writer): {}",
             leftover.display()
@@ -314,7 +314,7 @@ fn verify(
     for problem in &report.problems {
         writeln!(out, "{problem}")?;
     }
-    eprintln!(
+    note!(
         "ferry: checked {} valid paths{}: {} problems",
         report.checked,
         if check_contents { " and their contents" } else { "" },

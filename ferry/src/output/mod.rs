@@ -14,6 +14,7 @@
 
 use std::io::{self, IsTerminal, Write};
 
+pub mod deploy;
 pub mod progress;
 
 /// How a command's output is shown.

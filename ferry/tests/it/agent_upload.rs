@@ -138,10 +138,9 @@ fn the_agent_is_static_and_starts_in_a_root_without_a_loader() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("ferry {}", env!("CARGO_PKG_VERSION"))
-    );
+    // `ferry VERSION`, and ` (COMMIT)` in a git checkout.
+    let version = String::from_utf8_lossy(&out.stdout);
+    assert!(version.starts_with(&format!("ferry {}", env!("CARGO_PKG_VERSION"))), "{version}");
 }
 
 #[test]
@@ -196,7 +195,7 @@ fn an_interrupted_upload_resumes_and_leaves_no_temp_file() {
     assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
     let err = stderr(&out);
     let first = err.lines().find(|l| l.contains("uploading agent ")).expect(&err);
-    assert!(!first.contains("uploading agent 0.0/"), "resumed, not restarted: {err}");
+    assert!(!first.contains("uploading agent 0 B/"), "resumed, not restarted: {err}");
     eprintln!("{first}");
     assert_eq!(s.agent_files(), vec![agent_name()], "no temp or partial file is left");
     assert_eq!(sha256(&s.agent_dir().join(agent_name())), sha256(Path::new(FERRY)));

@@ -165,12 +165,10 @@ fn unauthorized_key_is_refused_and_nothing_becomes_valid() {
     let h = hosts.path().join("h");
     let (success, json, err) = f.copy(&[&h], &[], &[]);
     assert!(!success);
-    let rejected = json["hosts"][0]["rejected"].as_array().unwrap();
-    assert_eq!(rejected.len(), 4, "{json}");
-    for r in rejected {
-        assert_eq!(r["reason"], "unauthorized-key", "{json}");
-    }
-    assert!(err.contains("unauthorized public key"), "{err}");
+    // The diff round trip said the key is not trusted: no path was sent (feature `trust`).
+    assert_eq!(json["hosts"][0]["untrusted_key"], true, "{json}");
+    assert_eq!(json["hosts"][0]["nar_bytes_sent"], 0, "{json}");
+    assert!(err.contains("does not trust this signing key"), "{err}");
     assert!(valid_paths(&h).is_empty());
     assert_verifies(&h);
 }

@@ -5,7 +5,9 @@
 //! `bin/switch-to-configuration switch`; a second generation where only the changed paths
 //! travel; a failing switch, a failing health check and a missing confirmation roll back with
 //! the previous generation's own switch command; `boot-switch` when the live switch fails;
-//! `--list-generations` and `--roll-back` on the Nix profile.
+//! `--list-generations` and `--roll-back` on the Nix profile. Into hosts whose stores are Nix's
+//! own: Nix registers each path (through `nix-store --serve --write`) with the host's ferry Nix
+//! signature, and verifies clean.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -251,6 +253,15 @@ fn nix_systems_go_into_the_hosts_own_nix_stores() {
             let closure = host_nix(r, &["--query", "--requisites", top]);
             let names: Vec<&str> = closure.lines().map(|l| &l[44..]).collect();
             assert_eq!(names, ["lib", "app", "toplevel"], "{closure}");
+            // Registered by Nix with the host's ferry Nix signature.
+            let sigs = ferry_tests::nix::command("nix")
+                .args(["path-info", "--sigs", "--store"])
+                .arg(r)
+                .arg(top)
+                .output()
+                .unwrap();
+            let sigs = String::from_utf8_lossy(&sigs.stdout);
+            assert!(sigs.contains("-ferry-1:"), "{sigs}");
         }
     }
 }

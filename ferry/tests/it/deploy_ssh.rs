@@ -169,16 +169,17 @@ fn deploy_three_hosts_redeploy_execute_roll_back() {
 
     // The declaration changes: a dry run lists what would travel and changes nothing.
     let f = file("two");
-    let (stdout, _) = env.expect(0, &["deploy", &f, "--dry-run", "--on", "web1"]);
-    let would: Vec<&str> = stdout.lines().filter(|l| l.starts_with("  /gnu/store/")).collect();
+    let (stdout, _) = env.expect(0, &["deploy", &f, "--dry-run", "--on", "web1", "--json"]);
+    let plan: Value = serde_json::from_str(&stdout).unwrap();
+    let would = plan["machines"][0]["plan"]["paths"].as_array().unwrap().clone();
     assert!(!would.is_empty() && (would.len() as u64) < first_paths, "{stdout}");
-    assert!(would.iter().all(|l| !l.contains("-hello")), "the package is there already: {stdout}");
-    let bytes: u64 =
-        would.iter().map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap()).sum();
     assert!(
-        stdout.contains(&format!("would copy {} path(s), {bytes} bytes", would.len())),
-        "{stdout}"
+        would.iter().all(|p| !p["path"].as_str().unwrap().contains("-hello")),
+        "the package is there already: {stdout}"
     );
+    let bytes: u64 = would.iter().map(|p| p["nar_size"].as_u64().unwrap()).sum();
+    assert_eq!(plan["machines"][0]["nar_bytes_sent"], bytes, "{stdout}");
+    assert_eq!(plan["machines"][0]["paths_sent"], would.len(), "{stdout}");
     assert_eq!(current(&root(&fleet.hosts[0])).as_deref(), Some("system-1-link"));
 
     // Redeploy: only the changed paths travel, exactly what the dry run announced.
@@ -188,7 +189,8 @@ fn deploy_three_hosts_redeploy_execute_roll_back() {
         assert_eq!(m["success"], true, "{}\n{}", s.json, s.stderr);
         assert_eq!(m["generation"], 2, "{}", s.json);
         assert_eq!(m["paths_sent"].as_u64().unwrap(), would.len() as u64, "{}", s.json);
-        assert_eq!(m["bytes_sent"].as_u64().unwrap(), bytes, "{}", s.json);
+        assert_eq!(m["nar_bytes_sent"].as_u64().unwrap(), bytes, "{}", s.json);
+        assert!(m["wire_bytes_sent"].as_u64().unwrap() > 0, "{}", s.json);
     }
     // activate's output came back, prefixed with the machine.
     assert!(s.stderr.contains("web2: activate: "), "{}", s.stderr);

@@ -144,9 +144,10 @@ fn the_demo_deploys_redeploys_and_rolls_back() {
     assert!(out.contains("demo2: command succeeded"), "{out}");
     let out = env.expect(1, &["deploy", demo, "--on", "demo2", "-x", "--", "sh", "-c", "exit 3"]);
     assert!(out.contains("demo2: command exited with code 3"), "{out}");
-    let out = env.expect(1, &["deploy", demo, "-x"]);
+    // Usage errors: exit 2.
+    let out = env.expect(2, &["deploy", demo, "-x"]);
     assert!(out.contains("'-x' specified but no command given"), "{out}");
-    let out = env.expect(1, &["deploy", demo, "--", "true"]);
+    let out = env.expect(2, &["deploy", demo, "--", "true"]);
     assert!(out.contains("'--' was used, but '-x' was not specified"), "{out}");
 }
 
@@ -230,6 +231,61 @@ fn failures_roll_back_and_never_stop_the_others() {
     }
     // The failed generations are kept (never overwritten): the next one is 3.
     assert!(env.host("bad").join("var/ferry/profiles/system-2-link").exists());
+    // ... and marked failed, with the reason.
+    let out = env.expect(0, &["deploy", &file, "--on", "bad,good", "--list-generations"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.iter().any(|l| l.trim_start().starts_with("2 ")
+            && l.ends_with("(failed: activate exited with code 1)")),
+        "{out}"
+    );
+    assert_eq!(out.matches("(failed: ").count(), 1, "{out}");
+
+    let out = env.ferry(&["deploy", &file, "--on", "bad,good", "--list-generations", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let generations = |name: &str| {
+        let machines = json["machines"].as_array().unwrap();
+        machines.iter().find(|m| m["machine"] == name).unwrap()["generations"].clone()
+    };
+    let bad = generations("bad");
+    assert_eq!(bad[0]["failed"], serde_json::Value::Null, "{json}");
+    let failed = bad[1]["failed"].as_str().unwrap_or_default();
+    assert!(failed.contains("activate exited with code 1"), "{json}");
+    assert_eq!(generations("good")[1]["failed"], serde_json::Value::Null, "{json}");
+
+    // --roll-back --dry-run says where each would go, and changes nothing; a rollback never
+    // returns to a failed generation (bad has 1 current and 2 failed: nothing before 1).
+    let out = env.expect(1, &["deploy", &file, "--on", "good,bad", "--roll-back", "--dry-run"]);
+    assert!(out.contains("good: would roll back from generation 2 to 1 ("), "{out}");
+    assert!(
+        out.contains("bad: cannot roll back: there is no generation before generation 1"),
+        "{out}"
+    );
+    let out =
+        env.ferry(&["deploy", &file, "--on", "good,bad", "--roll-back", "--dry-run", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["success"], false, "{json}");
+    let good = &json["machines"][0];
+    assert_eq!(
+        (good["machine"].as_str(), good["from"].as_u64(), good["to"].as_u64()),
+        (Some("good"), Some(2), Some(1)),
+        "{json}"
+    );
+    assert!(
+        json["machines"][1]["error"].as_str().unwrap_or_default().contains("no generation before"),
+        "{json}"
+    );
+    assert_eq!(env.current("good").as_deref(), Some("system-2-link"));
+}
+
+#[test]
+fn built_counts_only_the_systems_built() {
+    let env = Env::new();
+    let missing = "/gnu/store/00000000000000000000000000000000-missing";
+    let file = fleet(&env, "Etc/UTC", &format!(r#", packages = ["{missing}"]"#), "");
+    let out = env.expect(1, &["deploy", &file, "--on", "good,bad"]);
+    assert!(out.contains("built 1 system(s)"), "{out}");
+    assert!(out.contains(&format!("package {missing} is not in the local store")), "{out}");
 }
 
 #[test]

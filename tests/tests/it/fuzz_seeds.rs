@@ -118,6 +118,7 @@ fn frame_decoder_seeds_decode_and_round_trip() {
         Frame::Have {
             missing: vec![MissingEntry { path: app.clone(), resume_from: 0 }],
             bases: vec![(app.clone(), vec![path("app-2.0")])],
+            trusted: None,
         },
         Frame::Ack { path: lib.clone(), outcome: AckOutcome::AlreadyValid },
         Frame::Reject {

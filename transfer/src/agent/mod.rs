@@ -24,6 +24,13 @@
 //! paths, and a path sent as a delta is applied against the base's NAR rebuilt from this store
 //! ([`crate::delta::bases`]); any failure of the delta is a `Reject` with `delta-failed`.
 //!
+//! **A daemon's store.** With [`AgentOptions::daemon`], the store is the host's own Nix or Guix
+//! store ([`daemon`]): its database is only read (valid paths, delta bases and their NAR
+//! hashes), and each path, once its signature is checked, streams into the daemon's import
+//! (`nix-store --serve --write`, [`nix_store`]; `guix archive --import`, [`guix_store`]), which
+//! registers it signed by the host's ferry key; what makes it importable goes out only once its
+//! hash matched. Such paths are answered as soon as the daemon registered them (no batch).
+//!
 //! **Resume.** A path of at least [`AgentOptions::partial_min`] NAR bytes is also written, as
 //! its NAR arrives, to `<state>/partial/<path hash part>-<NAR hash hex>`. If the session breaks,
 //! the file stays; the next `Query` answers that path with `resume_from` = the bytes held, and
@@ -76,17 +83,21 @@ use signing::acl::Acl;
 
 use proto::frame::{
     AckOutcome, Encoding, Frame, MissingEntry, PathStart, ProtocolError, RejectReason, Welcome,
-    FEATURES, FEATURE_DELTA, MIN_VERSION, VERSION,
+    FEATURES, FEATURE_DELTA, FEATURE_PROGRESS, FEATURE_TRUST, MIN_VERSION, VERSION,
 };
 use proto::io::{DataReader, FrameReader, FrameWriter, FramedError};
 use proto::peer::AgentState;
 
 use crate::transport::InProcessTransport;
 
-pub mod nix_import;
+pub mod daemon;
+pub mod guix_store;
+pub mod nix_store;
+mod progress;
 mod role;
 mod send;
 
+use progress::{Counted, Received};
 use role::Accepted;
 pub use role::Role;
 
@@ -116,6 +127,9 @@ pub struct AgentOptions {
     pub partial_budget: u64,
     /// How long a pull served with these options waits for the host ([`Role::Puller`]).
     pub deadlines: crate::deadline::Deadlines,
+    /// Import into the host's own Nix or Guix store instead ([`daemon`]): `layout` is then
+    /// that store read in place (its database opened read only), with ferry's state dir.
+    pub daemon: Option<daemon::DaemonStore>,
 }
 
 impl AgentOptions {
@@ -132,6 +146,7 @@ impl AgentOptions {
             max_nodes: nar_core::restore::MAX_NODES,
             partial_budget: 16 << 30,
             deadlines: crate::deadline::Deadlines::default(),
+            daemon: None,
         }
     }
 
@@ -164,6 +179,9 @@ pub enum AgentError {
     /// The peer asked for something its role does not allow ([`Role`]).
     #[error("{0}")]
     Refused(String),
+    /// The host's ferry key, for a host whose store is a daemon's.
+    #[error("the host's signing key: {0}")]
+    DaemonKey(crate::trust::KeyError),
 }
 
 /// What a session did.
@@ -210,6 +228,11 @@ struct Session<R: Read, W: Write> {
     accepted: Option<Accepted>,
     /// The deadlines of the waits for the peer (a puller's; none for a host).
     watch: crate::deadline::Watch,
+    /// NAR bytes received in this session, and the count last told to the coordinator (feature
+    /// `progress`; `None` when the coordinator did not ask for it).
+    received: Received,
+    /// Where verified NARs go when the host's store is a daemon's ([`daemon`]).
+    sink: Option<daemon::Sink>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -247,8 +270,10 @@ impl<R: Read, W: Write> Session<R, W> {
             || self.batch_started.is_some_and(|t| t.elapsed() >= self.options.batch_delay)
     }
 
-    /// Register the waiting paths and answer each of them.
+    /// Register the waiting paths and answer each of them (after telling the coordinator how
+    /// much arrived, feature `progress`).
     fn commit_batch(&mut self, store: &mut Store) -> Result<(), AgentError> {
+        self.received.tell(1, &mut self.state, &mut self.out);
         self.batch_started = None;
         if self.batch.is_empty() {
             return Ok(());
@@ -317,6 +342,8 @@ pub fn serve_as<R: Read, W: Write + Send>(
         role,
         accepted: None,
         watch,
+        received: Received::default(),
+        sink: None,
     };
     // Handshake.
     s.watch.phase("while waiting for the host's Hello", true);
@@ -326,8 +353,13 @@ pub fn serve_as<R: Read, W: Write + Send>(
         Err(e) => return Err(s.fail(e.into())),
     };
     let negotiated = s.state.on_receive(&hello);
-    let peer_delta =
-        matches!(&hello, Frame::Hello(h) if h.features.iter().any(|f| f == FEATURE_DELTA));
+    let peer_delta = matches!(&hello, Frame::Hello(h) if h.offers(FEATURE_DELTA));
+    s.received.wanted = matches!(&hello, Frame::Hello(h) if h.offers(FEATURE_PROGRESS));
+    // The coordinator's key, whose trust `Have` tells (feature `trust`).
+    let coordinator_key = match &hello {
+        Frame::Hello(h) if h.offers(FEATURE_TRUST) => h.public_key.clone(),
+        _ => None,
+    };
     let layout = s.options.layout.clone();
     let welcome = Welcome {
         min_version: MIN_VERSION,
@@ -353,13 +385,27 @@ pub fn serve_as<R: Read, W: Write + Send>(
         }
         Err(e) => return Err(s.fail(e.into())),
     }
-    let mut store = match Store::open(layout.clone()) {
+    let opened = match &s.options.daemon {
+        // The daemon's database is the daemon's: read only, it registers (see daemon).
+        Some(_) => Store::open_read_only(layout.clone()),
+        None => Store::open(layout.clone()),
+    };
+    let mut store = match opened {
         Ok(store) => store,
         Err(e) => {
             s.send(Frame::Welcome(welcome))?;
             return Err(s.fail(AgentError::Store(e)));
         }
     };
+    if let Some(d) = s.options.daemon.clone() {
+        match daemon::Sink::new(d, layout.store_dir().clone(), layout.state_dir()) {
+            Ok(sink) => s.sink = Some(sink),
+            Err(e) => {
+                s.send(Frame::Welcome(welcome))?;
+                return Err(s.fail(AgentError::DaemonKey(e)));
+            }
+        }
+    }
     s.send(Frame::Welcome(welcome))?;
     s.flush()?;
     let acl_path = layout.state_dir().join("acl");
@@ -439,7 +485,12 @@ pub fn serve_as<R: Read, W: Write + Send>(
                 } else {
                     Vec::new()
                 };
-                s.send(Frame::Have { missing, bases })?;
+                // Trust as it is now, after any `Authorize` of this session.
+                let trusted = coordinator_key.as_ref().map(|key| {
+                    signing::guix::VerifyingKey::from_text(key)
+                        .is_ok_and(|key| acl.is_authorized(&key.to_sexp()))
+                });
+                s.send(Frame::Have { missing, bases, trusted })?;
                 s.flush()?;
             }
             Frame::PathStart(start) => {
@@ -468,6 +519,9 @@ pub fn serve_as<R: Read, W: Write + Send>(
             }
             Frame::Done => {
                 s.commit_batch(&mut store)?;
+                if let Some(sink) = &mut s.sink {
+                    sink.finish();
+                }
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
                 s.send(bye)?;
                 s.flush()?;
@@ -616,7 +670,7 @@ fn receive_path<R: Read, W: Write>(
     info.ca = start.ca.clone();
 
     if let Encoding::ZstdDelta { base } = &start.encoding {
-        return receive_delta(&mut data, store, &info, base, start).map(Some);
+        return receive_delta(&mut data, store, s.sink.as_mut(), &info, base, start).map(Some);
     }
     let partial = partial_path(&s.options.layout, &start.path, &digest);
     let keep_partial = start.nar_size >= s.options.partial_min
@@ -630,6 +684,13 @@ fn receive_path<R: Read, W: Write>(
             Box::new(zstd::stream::read::Decoder::with_context(&mut data, &mut s.zstd))
         }
         Encoding::ZstdDelta { .. } => unreachable!("handled above"),
+    };
+    let decoded = Counted {
+        inner: decoded,
+        left: start.nar_size.saturating_sub(start.offset),
+        received: &mut s.received,
+        state: &mut s.state,
+        out: &mut s.out,
     };
     let source: Box<dyn Read + '_> = if keep_partial {
         let opened = open_partial(&partial, start.offset);
@@ -656,10 +717,13 @@ fn receive_path<R: Read, W: Write>(
             ),
         )));
     } else {
-        decoded
+        Box::new(decoded)
     };
     let mut reader = BufReader::with_capacity(256 << 10, source);
-    let result = s.batch.restore(store, &info, &mut reader);
+    let result = match &mut s.sink {
+        Some(sink) => sink.add(store, &info, &mut reader),
+        None => s.batch.restore(store, &info, &mut reader),
+    };
     drop(reader);
     if let Some(fatal) = data.take_fatal() {
         // The connection broke or the protocol was broken: keep the partial file for resume.
@@ -668,6 +732,10 @@ fn receive_path<R: Read, W: Write>(
     data.drain()?;
     let abs = start.path.to_absolute(&store_dir);
     let answer = match result {
+        // The daemon registered it already.
+        Ok(ImportOutcome::Imported) if s.sink.is_some() => {
+            Frame::Ack { path: start.path.clone(), outcome: AckOutcome::Imported }
+        }
         Ok(ImportOutcome::Imported) => {
             if keep_partial {
                 s.batch_partials.push(partial);
@@ -725,10 +793,12 @@ fn refusal(start: &PathStart, error: StoreError, abs: &str) -> Frame {
 }
 
 /// Receive a path sent as a delta ([`crate::delta::bases::apply`]), imported at once (the batch
-/// was registered first, so its references are valid); no partial file is kept.
+/// was registered first, so its references are valid), or handed to Nix; no partial file is
+/// kept.
 fn receive_delta<R: Read>(
     data: &mut DataReader<'_, R>,
     store: &mut Store,
+    sink: Option<&mut daemon::Sink>,
     info: &PathInfo,
     base: &StorePath,
     start: &PathStart,
@@ -738,7 +808,14 @@ fn receive_delta<R: Read>(
         let message = format!("a delta cannot resume (offset {})", start.offset);
         return Ok(reject(&start.path, RejectReason::DeltaFailed, message));
     }
-    let result = crate::delta::bases::apply(store, info, base, data);
+    let result = match sink {
+        Some(sink) => crate::delta::bases::prepare(store, info, base).and_then(|verified| {
+            let name = base.to_absolute(store.store_dir());
+            let import = |r: &mut dyn io::BufRead| sink.add_checked(info, r);
+            crate::delta::bases::apply_verified(&verified, &name, info, data, import)
+        }),
+        None => crate::delta::bases::apply(store, info, base, data),
+    };
     if let Some(fatal) = data.take_fatal() {
         return Err(fatal.into());
     }

@@ -42,7 +42,8 @@ pub(super) fn send_closure<R: Read, W: Write + Send>(
         &closure,
         "the pulling side",
         &key,
-        &PushOptions::default(),
+        // Refusals are reported by the pulling side, path by path.
+        &PushOptions { trust_check: false, ..PushOptions::default() },
         &NoProgress,
         frames,
         out,

@@ -36,10 +36,14 @@
 //! [`encode_path`] dumps the new path into [`stream::encode`] on a second thread.
 //!
 //! # Applying (agent)
-//! [`apply`] looks the base up in the host's database, rebuilds and checks its NAR
+//! [`apply`] looks the base up in the host's database ([`prepare`]), rebuilds and checks its NAR
 //! ([`stream::VerifiedBase::rebuild`]), then decodes the stream on this thread into a bounded pipe
-//! that [`store::Store::import_nar`] restores on another thread, so the new NAR is hashed and
-//! checked like any path's. Memory: the base NAR (≤ [`stream::MAX_BASE_NAR`]) plus zstd's window
+//! that [`store::Store::import_nar`] restores on another thread ([`apply_verified`]), so the new
+//! NAR is hashed and checked like any path's. For a host whose store is Nix's
+//! ([`crate::agent::nix_store`]) the bases are Nix's own paths, read in place and checked
+//! against the NAR hash in Nix's database (opened read only); a base modified in place fails
+//! that check, and the path is sent again in full. The new NAR goes to `nix-store --serve`
+//! instead of the ferry store. Memory: the base NAR (≤ [`stream::MAX_BASE_NAR`]) plus zstd's window
 //! (≤ [`stream::SEGMENT_MAX`] once segmented) plus the pipe (8 chunks).
 
 use std::collections::{BTreeSet, HashMap};
@@ -59,10 +63,16 @@ use proto::frame::QueryEntry;
 pub const MAX_CANDIDATES: usize = 3;
 
 /// The store path the host's current system generation points to (`<profiles>/system`,
-/// followed through the generation link), if any.
+/// followed through the generation link), if any. For a Nix store read in place, the profile
+/// is Nix's (`<root>/nix/var/nix/profiles/system`, where NixOS and ferry's deploy of a Nix
+/// system keep it).
 pub fn current_generation_root(store: &Store) -> Option<StorePath> {
     let layout = store.layout();
-    let mut link: PathBuf = layout.profiles_dir().join("system");
+    let profiles = match layout.database().0 {
+        store::DbKind::Nix => layout.under_root("/nix/var/nix/profiles"),
+        _ => layout.profiles_dir(),
+    };
+    let mut link: PathBuf = profiles.join("system");
     for _ in 0..8 {
         let target = std::fs::read_link(&link).ok()?;
         let text = target.to_string_lossy();
@@ -266,13 +276,27 @@ pub enum ApplyError {
 }
 
 /// Apply the delta stream read from `data` to the host's `base` and import the result as
-/// `info`. The caller drains what is left of `data`.
+/// `info` into `store`. The caller drains what is left of `data`.
 pub fn apply<R: Read>(
     store: &mut Store,
     info: &PathInfo,
     base: &StorePath,
     data: &mut R,
 ) -> Result<ImportOutcome, ApplyError> {
+    let verified = prepare(store, info, base)?;
+    let abs = base.to_absolute(store.store_dir());
+    apply_verified(&verified, &abs, info, data, |reader| store.import_nar(info, reader))
+}
+
+/// The host's `base` for the delta of `info`: looked up in `store`'s database (a Nix host's
+/// own database, read only, for the agent that hands paths to Nix), its NAR rebuilt from the
+/// files in place and checked against the hash recorded there; and `info`'s references, which
+/// must be valid before anything is decoded (as for a full transfer).
+pub fn prepare(
+    store: &Store,
+    info: &PathInfo,
+    base: &StorePath,
+) -> Result<VerifiedBase, ApplyError> {
     let abs = base.to_absolute(store.store_dir());
     let base_info = match store.query_path_info(base) {
         Ok(Some(i)) => i,
@@ -281,24 +305,42 @@ pub fn apply<R: Read>(
     };
     let verified = VerifiedBase::rebuild(&store.physical_path(base), &base_info.nar_digest())
         .map_err(|e| ApplyError::Delta(e.to_string()))?;
-    // References first, as a full transfer would: no point decoding for a path that cannot land.
+    references_valid(store, info).map_err(ApplyError::Store)?;
+    Ok(verified)
+}
+
+/// `Ok` when every reference of `info` (but itself) is valid in `store`.
+pub fn references_valid(store: &Store, info: &PathInfo) -> Result<(), StoreError> {
     for r in info.references_except_self() {
-        if !store.is_valid(r).map_err(ApplyError::Store)? {
-            return Err(ApplyError::Store(StoreError::ReferenceNotValid {
+        if !store.is_valid(r)? {
+            return Err(StoreError::ReferenceNotValid {
                 path: info.path.to_absolute(store.store_dir()),
                 reference: r.to_absolute(store.store_dir()),
-            }));
+            });
         }
     }
+    Ok(())
+}
+
+/// Decode the delta stream read from `data` against `verified` (the base `base_name`) on this
+/// thread, into a bounded pipe that `import` reads on another thread: it lands the new NAR
+/// (and checks it against `info`, as any path's).
+pub fn apply_verified<R: Read>(
+    verified: &VerifiedBase,
+    base_name: &str,
+    info: &PathInfo,
+    data: &mut R,
+    import: impl FnOnce(&mut dyn io::BufRead) -> Result<ImportOutcome, StoreError> + Send,
+) -> Result<ImportOutcome, ApplyError> {
     let (writer, receiver) = nar_core::pipe::chunk_pipe(8);
     let expected = info.nar_digest();
     let (decoded, imported) = std::thread::scope(|scope| {
         let importer = scope.spawn(move || {
             let mut reader = receiver.into_reader();
-            store.import_nar(info, &mut reader)
+            import(&mut reader)
         });
         let mut w = BufWriter::with_capacity(256 << 10, writer);
-        let decoded = stream::decode_verified(&verified, &mut *data, &mut w, &expected)
+        let decoded = stream::decode_verified(verified, &mut *data, &mut w, &expected)
             .and_then(|d| w.flush().map(|()| d).map_err(DeltaError::Io));
         drop(w);
         let imported = importer.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
@@ -309,7 +351,9 @@ pub fn apply<R: Read>(
         (_, Err(e @ StoreError::ReferenceNotValid { .. })) => Err(ApplyError::Store(e)),
         // The importer stopped reading: its error is the cause.
         (Err(DeltaError::Io(_)), Err(e)) => Err(ApplyError::Store(e)),
-        (Err(e), _) => Err(ApplyError::Delta(format!("applying the delta against {abs}: {e}"))),
+        (Err(e), _) => {
+            Err(ApplyError::Delta(format!("applying the delta against {base_name}: {e}")))
+        }
         (Ok(_), Err(e)) => Err(ApplyError::Store(e)),
     }
 }

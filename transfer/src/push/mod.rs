@@ -8,7 +8,12 @@
 //!    and signature), the NAR dumped from disk, zstd-compressed, cut into `Data` frames, then
 //!    `PathEnd` — never waiting for acknowledgements; a path the agent partly holds is sent
 //!    from the byte it announced;
-//! 4. meanwhile this thread reads `Ack`/`Reject` as each path lands, then `Bye`.
+//! 4. meanwhile this thread reads `Ack`/`Reject` as each path lands, then `Bye`; and the
+//!    host's `Received` counts (feature `progress`), reported as [`ProgressEvent::Received`]:
+//!    the bytes the host has, not the bytes handed to the connection.
+//!
+//! A host that says in `Have` that it does not trust our key (feature `trust`) gets `Done` at
+//! once: no path data is sent for paths it would refuse ([`PushError::Untrusted`]).
 //!
 //! Each path's encoding (level, full or delta against a base the host offered, shared with other
 //! hosts' sessions) is [`encode::PathEncoder`]'s decision. When deltas were sent, the
@@ -48,7 +53,7 @@ use encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, Queued
 use frame_cache::FrameCache;
 use proto::frame::{
     Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason, Welcome,
-    FEATURE_DELTA, FEATURE_GRAPH,
+    FEATURE_DELTA, FEATURE_GRAPH, FEATURE_TRUST,
 };
 use proto::io::{FrameReader, FrameWriter, FramedError};
 use proto::peer::CoordinatorState;
@@ -77,6 +82,10 @@ pub struct PushOptions {
     pub cut_after: Option<u64>,
     /// How long each phase may wait for the host ([`crate::deadline`]).
     pub deadlines: Deadlines,
+    /// Ask the host whether it trusts our key, and stop before any path data when it does not
+    /// (feature `trust`, [`PushError::Untrusted`]). The agent's half of a pull sends anyway:
+    /// the pulling side reports each path it refuses.
+    pub trust_check: bool,
 }
 
 impl Default for PushOptions {
@@ -92,6 +101,7 @@ impl Default for PushOptions {
             authorize: false,
             cut_after: None,
             deadlines: Deadlines::default(),
+            trust_check: true,
         }
     }
 }
@@ -104,8 +114,12 @@ pub enum ProgressEvent<'a> {
     Connected { welcome: &'a Welcome },
     /// The diff is known.
     Plan { closure_paths: usize, missing_paths: usize, nar_bytes: u64, resumed_bytes: u64 },
-    /// More NAR bytes went out.
+    /// More NAR bytes went out (handed to the connection: the host may not have them yet).
     Sent { nar_bytes: u64 },
+    /// The host has `nar_bytes` of the NAR bytes to send (cumulative, at most the plan's
+    /// `nar_bytes`): what it reported receiving (feature `progress`) or, from an agent without
+    /// it, the sizes of the paths it answered.
+    Received { nar_bytes: u64 },
     /// The host registered a path.
     Landed { path: &'a StorePath },
     /// The host refused a path.
@@ -212,6 +226,15 @@ pub enum PushError {
          copy)"
     )]
     ClosureTooLarge { paths: usize, max: u32 },
+    /// The host's ACL lacks our key (feature `trust`): nothing was sent.
+    #[error(
+        "{host} does not trust this signing key: it would refuse all {paths} missing path(s), so \
+         none was sent ({wire_bytes} bytes on the wire: handshake and diff). Authorize the key: \
+         `ferry copy --authorize` (`authorize = true` for a deployment's machine), or on the host \
+         `ferry archive --authorize < signing-key.pub` (the public key in this ferry's state \
+         directory)"
+    )]
+    Untrusted { host: String, paths: usize, wire_bytes: u64 },
 }
 
 /// Stops writing after a byte budget (the `cut_after` test hook).
@@ -402,7 +425,10 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
 
     // Handshake.
     watch.phase("while waiting for Welcome", true);
-    send(&mut out, Frame::Hello(Hello::ours()))?;
+    // Our key, so that the host says in `Have` whether it trusts it (feature `trust`).
+    let public_key = options.trust_check.then(|| key.verifying_key().to_key_file());
+    let hello = Hello { public_key, ..Hello::ours() };
+    send(&mut out, Frame::Hello(hello))?;
     out.flush().map_err(io_err)?;
     let Frame::Welcome(welcome) = receive(frames)? else {
         unreachable!("checked by the state machine")
@@ -419,6 +445,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         });
     }
     let peer_delta = welcome.features.iter().any(|f| f == FEATURE_DELTA);
+    let peer_trust = welcome.features.iter().any(|f| f == FEATURE_TRUST);
     // The reference graph only serves base choice: sent when deltas may be used.
     let peer_graph =
         options.delta && peer_delta && welcome.features.iter().any(|f| f == FEATURE_GRAPH);
@@ -439,7 +466,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     send(&mut out, Frame::Query(query_entries(closure, peer_graph)))?;
     out.flush().map_err(io_err)?;
     watch.phase("while waiting for Have", false);
-    let Frame::Have { missing, bases } = receive(frames)? else {
+    let Frame::Have { missing, bases, trusted } = receive(frames)? else {
         unreachable!("checked by the state machine")
     };
     let bases: BTreeMap<StorePath, Vec<StorePath>> = bases.into_iter().collect();
@@ -458,6 +485,23 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         .map(|info| (info, resume.get(&info.path).copied().unwrap_or(0).min(info.nar_size)))
         .collect();
     summary.resumed_bytes = to_send.iter().map(|(_, o)| *o).sum();
+    if peer_trust && trusted == Some(false) && !to_send.is_empty() {
+        // Every path would be refused: stop before any path data (see `proto::frame`, Trust).
+        send(&mut out, Frame::Done)?;
+        out.flush().map_err(io_err)?;
+        watch.phase("while waiting for Bye", false);
+        while !matches!(receive(frames)?, Frame::Bye { .. }) {}
+        return Err(PushError::Untrusted {
+            host: host.to_owned(),
+            paths: to_send.len(),
+            wire_bytes: wire_out.load(Ordering::Relaxed),
+        });
+    }
+    // What the host has of the paths to send, for `ProgressEvent::Received`.
+    let sizes: BTreeMap<&StorePath, u64> =
+        to_send.iter().map(|(i, offset)| (&i.path, i.nar_size - offset)).collect();
+    let to_receive = plan.nar_size - summary.resumed_bytes;
+    let (mut answered_bytes, mut reported_bytes) = (0u64, 0u64);
     progress.event(
         host,
         &ProgressEvent::Plan {
@@ -570,10 +614,21 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         let outcome = loop {
             watch.phase("while waiting for the host's answers", false);
             match receive(frames) {
+                Ok(Frame::Received { nar_bytes }) => {
+                    // The host's own count (feature `progress`); never past what there is to
+                    // send (a peer's number).
+                    reported_bytes = reported_bytes.max(nar_bytes.min(to_receive));
+                    let nar_bytes = reported_bytes.max(answered_bytes);
+                    progress.event(host, &ProgressEvent::Received { nar_bytes });
+                }
                 Ok(Frame::Ack { path, .. }) => {
                     landed += 1;
                     answers.answered(None);
+                    answered_bytes =
+                        (answered_bytes + sizes.get(&path).copied().unwrap_or(0)).min(to_receive);
                     progress.event(host, &ProgressEvent::Landed { path: &path });
+                    let nar_bytes = reported_bytes.max(answered_bytes);
+                    progress.event(host, &ProgressEvent::Received { nar_bytes });
                 }
                 Ok(Frame::Reject { path, reason, message }) => {
                     progress.event(

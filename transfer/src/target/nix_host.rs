@@ -2,26 +2,12 @@
 //! stdin/stdout (over SSH for `nix copy --to ssh://`), so ferry can push into and pull from
 //! hosts that run Nix (`nix+ssh://`).
 //!
-//! # Protocol (Nix 2.8, checked byte for byte against `nix-store --serve --write`)
-//!
-//! Every integer is a u64, little-endian. A string is its length (u64), its bytes, and zero
-//! bytes up to a multiple of 8. A list of strings (a path set) is a count and the strings.
-//!
-//! Handshake: the client sends `0x390c9deb` and its version (`0x206`); the server answers
-//! `0x5452eecb` and its version (`0x207` for Nix 2.8; any `0x2xx` is accepted). Then commands,
-//! each a u64 op code and its arguments; the server flushes its answer after each.
-//!
-//! | op | request | answer |
-//! |---|---|---|
-//! | `1` QueryValidPaths | lock (0/1), substitute (0/1), paths | the valid subset |
-//! | `2` QueryPathInfos | paths | per valid path: path, deriver (`""` if none), references, download size, NAR size, NAR hash (`sha256:<nix32>`), ca (`""`), sigs; then `""` |
-//! | `3` DumpStorePath | path | the raw NAR |
-//! | `9` AddToStoreNar | path, deriver, NAR hash (bare hex), references, registration time, NAR size (> 0), ultimate (0/1), sigs, ca, then exactly NAR-size bytes of NAR | `1` |
-//!
-//! The server checks the NAR hash and size of what it receives; it does not check
-//! signatures (`NoCheckSigs`). On any error the server prints it on its stderr and exits, so
-//! the client only sees the stream end: [`ServeError::Closed`] names the operation and path that
-//! were in flight, and the transport (subprocess, SSH channel) can add the server's stderr.
+//! The protocol (handshake, op codes, framing, the AddToStoreNar request) is
+//! [`proto::nix_serve`]'s, shared with the agent's own serve client
+//! ([`crate::agent::nix_store`]); this module adds the async IO. On any error the server
+//! prints it on its stderr and exits, so the client only sees the stream end:
+//! [`ServeError::Closed`] names the operation and path that were in flight, and the transport
+//! (subprocess, SSH channel) can add the server's stderr.
 //!
 //! # This client
 //!
@@ -39,7 +25,6 @@
 //! sync pass and one transaction each). A path refused or a connection lost mid-way leaves the
 //! paths received intact before it registered.
 //!
-//! The framing helpers in [`wire`] are sans-IO (they fill a `Vec<u8>`).
 
 use std::collections::BTreeSet;
 use std::io;
@@ -54,24 +39,7 @@ use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
 
-/// First word of the handshake, client to server.
-pub const SERVE_MAGIC_1: u64 = 0x390c_9deb;
-/// First word of the answer, server to client.
-pub const SERVE_MAGIC_2: u64 = 0x5452_eecb;
-/// The protocol version this client speaks.
-pub const CLIENT_VERSION: u64 = 0x206;
-
-/// Operation codes.
-pub mod op {
-    /// QueryValidPaths.
-    pub const QUERY_VALID_PATHS: u64 = 1;
-    /// QueryPathInfos.
-    pub const QUERY_PATH_INFOS: u64 = 2;
-    /// DumpStorePath.
-    pub const DUMP_STORE_PATH: u64 = 3;
-    /// AddToStoreNar.
-    pub const ADD_TO_STORE_NAR: u64 = 9;
-}
+pub use proto::nix_serve::{op, wire, CLIENT_VERSION, SERVE_MAGIC_1, SERVE_MAGIC_2};
 
 /// Longest string accepted from the server (paths, hashes, signatures, ca).
 const MAX_STRING: u64 = 64 * 1024;
@@ -81,34 +49,6 @@ const MAX_LIST: u64 = 1 << 22;
 const CHUNK: usize = 256 * 1024;
 /// Chunks in flight between the NAR walker and the connection.
 const CHUNKS_IN_FLIGHT: usize = 8;
-
-/// Sans-IO encoding of the protocol's integers, strings and lists.
-pub mod wire {
-    /// Append a u64, little-endian.
-    pub fn put_u64(out: &mut Vec<u8>, n: u64) {
-        out.extend_from_slice(&n.to_le_bytes());
-    }
-
-    /// Append a string: length, bytes, zero padding to 8.
-    pub fn put_str(out: &mut Vec<u8>, s: &[u8]) {
-        put_u64(out, s.len() as u64);
-        out.extend_from_slice(s);
-        out.resize(out.len() + (8 - s.len() % 8) % 8, 0);
-    }
-
-    /// Append a list of strings: count, then each string.
-    pub fn put_strs<S: AsRef<[u8]>>(out: &mut Vec<u8>, items: &[S]) {
-        put_u64(out, items.len() as u64);
-        for s in items {
-            put_str(out, s.as_ref());
-        }
-    }
-
-    /// Padding after a string of `len` bytes.
-    pub fn padding(len: u64) -> usize {
-        ((8 - len % 8) % 8) as usize
-    }
-}
 
 /// Errors of the serve client; each names the operation and, where there is one, the path.
 #[derive(Debug, thiserror::Error)]
@@ -124,12 +64,9 @@ pub enum ServeError {
         fmt_path(.path)
     )]
     Closed { op: &'static str, path: Option<String> },
-    /// Not a serve protocol server.
-    #[error("nix-store --serve: protocol mismatch: expected magic {SERVE_MAGIC_2:#x}, got {0:#x}")]
-    BadMagic(u64),
-    /// A serve protocol version other than 2.x.
-    #[error("nix-store --serve: unsupported protocol version {0:#x} (this client speaks 2.x)")]
-    UnsupportedVersion(u64),
+    /// Not a serve protocol server, or a version other than 2.x.
+    #[error("nix-store --serve: {0}")]
+    Handshake(#[from] proto::nix_serve::HandshakeError),
     /// The server sent something malformed.
     #[error("nix-store --serve: {op}{}: {reason}", fmt_path(.path))]
     Protocol { op: &'static str, path: Option<String>, reason: String },
@@ -206,6 +143,25 @@ pub struct NixServeClient<R, W> {
     poisoned: bool,
 }
 
+/// The AddToStoreNar request for `info` (paths printed with `store_dir`), its signatures as
+/// recorded in `info`.
+pub(crate) fn add_request(
+    store_dir: &StoreDir,
+    info: &PathInfo,
+) -> proto::nix_serve::AddToStoreNar {
+    proto::nix_serve::AddToStoreNar {
+        path: info.path.to_absolute(store_dir),
+        deriver: info.deriver.as_ref().map(|d| d.to_absolute(store_dir)).unwrap_or_default(),
+        nar_hash_hex: info.nar_hash.to_hex(),
+        references: info.absolute_references(store_dir),
+        registration_time: info.registration_time.max(0) as u64,
+        nar_size: info.nar_size,
+        ultimate: info.ultimate,
+        sigs: info.sigs.clone(),
+        ca: info.ca.clone().unwrap_or_default(),
+    }
+}
+
 /// Context of the command being run, for errors.
 #[derive(Clone, Copy)]
 struct Ctx<'a> {
@@ -280,18 +236,10 @@ where
             poisoned: true,
         };
         let ctx = Ctx { op: "handshake", path: None };
-        let mut buf = Vec::with_capacity(16);
-        wire::put_u64(&mut buf, SERVE_MAGIC_1);
-        wire::put_u64(&mut buf, CLIENT_VERSION);
-        client.send(&buf, ctx).await?;
+        client.send(&proto::nix_serve::handshake_request(), ctx).await?;
         let magic = read_u64(&mut client.reader, ctx).await?;
-        if magic != SERVE_MAGIC_2 {
-            return Err(ServeError::BadMagic(magic));
-        }
         let version = read_u64(&mut client.reader, ctx).await?;
-        if version >> 8 != 0x2 {
-            return Err(ServeError::UnsupportedVersion(version));
-        }
+        let version = proto::nix_serve::check_handshake(magic, version)?;
         client.remote_version = version;
         client.poisoned = false;
         Ok(client)
@@ -421,21 +369,7 @@ where
     /// The AddToStoreNar header for `info`.
     fn add_header(&self, info: &PathInfo) -> Vec<u8> {
         let mut buf = Vec::with_capacity(512);
-        wire::put_u64(&mut buf, op::ADD_TO_STORE_NAR);
-        wire::put_str(&mut buf, self.abs(&info.path).as_bytes());
-        let deriver = info.deriver.as_ref().map(|d| self.abs(d)).unwrap_or_default();
-        wire::put_str(&mut buf, deriver.as_bytes());
-        wire::put_str(&mut buf, info.nar_hash.to_hex().as_bytes());
-        let refs = info.absolute_references(&self.store_dir);
-        wire::put_strs(&mut buf, &refs);
-        wire::put_u64(&mut buf, info.registration_time.max(0) as u64);
-        wire::put_u64(&mut buf, info.nar_size);
-        wire::put_u64(&mut buf, info.ultimate as u64);
-        let mut sigs = info.sigs.clone();
-        sigs.sort();
-        sigs.dedup();
-        wire::put_strs(&mut buf, &sigs);
-        wire::put_str(&mut buf, info.ca.as_deref().unwrap_or("").as_bytes());
+        add_request(&self.store_dir, info).encode(&mut buf);
         buf
     }
 

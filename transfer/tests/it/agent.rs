@@ -15,7 +15,7 @@ use proto::peer::CoordinatorState;
 use signing::guix::SigningKey;
 use store::{Store, StoreLayout};
 use transfer::agent::AgentOptions;
-use transfer::push::{push_closure, NoProgress, PushOptions};
+use transfer::push::{push_closure, NoProgress, PushError, PushOptions};
 use transfer::transport::{Connection, InProcessTransport, Transport, TransportError};
 
 pub(crate) struct Stores {
@@ -181,7 +181,8 @@ fn tampered_compressed_byte_is_refused() {
 fn unauthorized_key_refused() {
     let s = stores(false);
     let t = AgentOptions::new(s.host.clone()).in_process();
-    let summary = push_closure(
+    // The host says in `Have` that it does not trust the key: nothing is sent.
+    let e = push_closure(
         s.local.layout(),
         &s.closure,
         &t,
@@ -189,7 +190,12 @@ fn unauthorized_key_refused() {
         &PushOptions::default(),
         &NoProgress,
     )
-    .unwrap();
+    .unwrap_err();
+    assert!(matches!(e, PushError::Untrusted { paths: 3, .. }), "{e}");
+    assert!(host_valid(&s.host).is_empty());
+    // Sent anyway (without asking), each path is refused on its own.
+    let o = PushOptions { trust_check: false, ..PushOptions::default() };
+    let summary = push_closure(s.local.layout(), &s.closure, &t, &s.key, &o, &NoProgress).unwrap();
     assert_eq!(summary.rejected.len(), 3);
     assert!(summary.rejected.iter().all(|r| r.reason == RejectReason::Unauthorized));
     assert!(host_valid(&s.host).is_empty());
@@ -224,8 +230,14 @@ impl Raw {
         self.out.send(&f).unwrap();
         self.out.flush().unwrap();
     }
+    /// The next frame other than `Received` (feature `progress`: counts, not answers).
     pub(crate) fn recv(&mut self) -> Frame {
-        self.frames.read_frame().unwrap().expect("a frame")
+        loop {
+            match self.frames.read_frame().unwrap().expect("a frame") {
+                Frame::Received { .. } => {}
+                other => return other,
+            }
+        }
     }
     pub(crate) fn handshake(&mut self) {
         self.send(Frame::Hello(Hello::ours()));
@@ -348,4 +360,43 @@ fn version_mismatch_and_unknown_frame_are_clear_errors() {
         Some(Frame::Error(m)) => assert!(m.contains("0x66") && m.contains("ferry"), "{m}"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Feature `progress`: the host tells what it received as a path's data arrives (not only when
+/// paths are acknowledged), and the counts only grow, up to the bytes to send.
+#[test]
+fn the_host_tells_what_it_received_as_data_arrives() {
+    #[derive(Default)]
+    struct Seen {
+        total: std::sync::Mutex<u64>,
+        counts: std::sync::Mutex<Vec<u64>>,
+    }
+    impl transfer::push::Progress for Seen {
+        fn event(&self, _: &str, event: &transfer::push::ProgressEvent<'_>) {
+            match event {
+                transfer::push::ProgressEvent::Plan { nar_bytes, .. } => {
+                    *self.total.lock().unwrap() = *nar_bytes
+                }
+                transfer::push::ProgressEvent::Received { nar_bytes } => {
+                    self.counts.lock().unwrap().push(*nar_bytes)
+                }
+                _ => {}
+            }
+        }
+    }
+    let s = stores(true);
+    let t = AgentOptions::new(s.host.clone()).in_process();
+    let seen = Seen::default();
+    let o = PushOptions::default();
+    let summary = push_closure(s.local.layout(), &s.closure, &t, &s.key, &o, &seen).unwrap();
+    assert_eq!(summary.paths_landed, 3);
+    let total = *seen.total.lock().unwrap();
+    let counts = seen.counts.lock().unwrap().clone();
+    assert_eq!(counts.last(), Some(&total), "{counts:?}");
+    assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    // Acknowledgements alone give at most one count below the 1 MiB path's size (the small
+    // path before it); the host counted that path's data as it arrived.
+    let big = s.closure.iter().find(|i| i.path.name() == "big").unwrap().nar_size;
+    let inside = counts.iter().filter(|&&n| n > 0 && n < big).count();
+    assert!(inside >= 2, "{counts:?}");
 }

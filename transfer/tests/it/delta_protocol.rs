@@ -315,7 +315,9 @@ fn bases_only_for_peers_that_speak_delta() {
         assert!(welcome.features.iter().any(|f| f == FEATURE_DELTA));
         out.send(&Frame::Query(entries.clone())).unwrap();
         out.flush().unwrap();
-        let Some(Frame::Have { missing, bases }) = frames.read_frame().unwrap() else { panic!() };
+        let Some(Frame::Have { missing, bases, .. }) = frames.read_frame().unwrap() else {
+            panic!()
+        };
         assert_eq!(missing.len(), 3);
         if delta {
             let mut got = bases.clone();

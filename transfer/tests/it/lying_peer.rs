@@ -213,7 +213,7 @@ fn a_push_fails_when_the_agent_leaves_paths_unanswered() {
         let Some(Frame::Query(entries)) = p.recv() else { return };
         let missing =
             entries.iter().map(|e| MissingEntry { path: e.path.clone(), resume_from: 0 }).collect();
-        let _ = p.send(Frame::Have { missing, bases: Vec::new() });
+        let _ = p.send(Frame::Have { missing, bases: Vec::new(), trusted: None });
         while let Some(f) = p.recv() {
             if f == Frame::Done {
                 let _ = p.send(Frame::Bye { imported: 0, rejected: 0 });
@@ -420,7 +420,7 @@ fn silent_and_slow_agents_meet_a_deadline() {
         let _ = p.send(Frame::Welcome(welcome()));
         let _query = p.recv();
         let mut have = Vec::new();
-        Frame::Have { missing: Vec::new(), bases: Vec::new() }.encode(&mut have);
+        Frame::Have { missing: Vec::new(), bases: Vec::new(), trusted: None }.encode(&mut have);
         for b in have.iter().cycle() {
             std::thread::sleep(Duration::from_millis(300));
             if p.raw.write_all(&[*b]).is_err() {
@@ -468,7 +468,7 @@ fn peer_text_is_escaped_and_capped() {
         let Some(Frame::Query(entries)) = p.recv() else { return };
         let missing =
             entries.iter().map(|e| MissingEntry { path: e.path.clone(), resume_from: 0 }).collect();
-        let _ = p.send(Frame::Have { missing, bases: Vec::new() });
+        let _ = p.send(Frame::Have { missing, bases: Vec::new(), trusted: None });
         let mut rejected = 0;
         while let Some(f) = p.recv() {
             match f {

@@ -1,10 +1,12 @@
 //! One integration-test binary for `transfer` (one link step; modules share helpers).
 //!
-//! The transfer engine as a library: the agent, deltas, adaptive levels, binary caches, the Nix serve client, link shaping
+//! The transfer engine as a library: the agent (also into a host's own Nix store), deltas, adaptive levels, binary caches, the Nix serve client, link shaping
 //! (`relay` and `shaping` need the `bench` feature: `cargo test -p transfer --all-features`).
 
 mod adaptive;
 mod agent;
+mod agent_guix;
+mod agent_nix;
 mod agent_session;
 mod agent_session_check;
 mod cache;

@@ -60,6 +60,7 @@ use transfer::shaping::{LinkSpec, ShapedTransport};
 use transfer::transport::Transport;
 
 use super::copy::SshArgs;
+use crate::output::format_bytes;
 use crate::settings::GlobalOpts;
 pub use stats::{parse_latency, parse_rate};
 
@@ -558,10 +559,10 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
         println!("{out}");
     } else {
         println!(
-            "ferry bench: mode {mode}, {} paths ({:.1} MB NAR) to {} host(s) over {} / {} one way \
+            "ferry bench: mode {mode}, {} paths ({} NAR) to {} host(s) over {} / {} one way \
              ({link}); {wall:.2} s wall, coordinator CPU {}",
             closure.len(),
-            closure.total_nar_size() as f64 / 1e6,
+            format_bytes(closure.total_nar_size()),
             targets.len(),
             args.rate,
             args.latency,
@@ -573,21 +574,21 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
                 continue;
             }
             println!(
-                "  {}: {} paths ({} as deltas), NAR {:.2} MB, wire {:.2} MB (ratio {:.3}), {:.2} s \
-                 (connect {:.2}, diff {:.2}, send {:.2}, import {:.2}), {:.2} MB/s NAR, link model \
+                "  {}: {} paths ({} as deltas), NAR {}, wire {} (ratio {:.3}), {:.2} s \
+                 (connect {:.2}, diff {:.2}, send {:.2}, import {:.2}), {}/s NAR, link model \
                  {:.2} s (x{:.2}), levels {}",
                 h["host"].as_str().unwrap_or(""),
                 h["paths_sent"],
                 h["paths_delta"],
-                h["nar_bytes"].as_f64().unwrap_or(0.0) / 1e6,
-                h["wire_bytes"].as_f64().unwrap_or(0.0) / 1e6,
+                format_bytes(h["nar_bytes"].as_u64().unwrap_or(0)),
+                format_bytes(h["wire_bytes"].as_u64().unwrap_or(0)),
                 h["ratio"].as_f64().unwrap_or(0.0),
                 h["seconds"].as_f64().unwrap_or(0.0),
                 h["phases"]["connect"].as_f64().unwrap_or(0.0),
                 h["phases"]["diff"].as_f64().unwrap_or(0.0),
                 h["phases"]["send"].as_f64().unwrap_or(0.0),
                 h["phases"]["import"].as_f64().unwrap_or(0.0),
-                h["throughput_nar_bytes_per_sec"].as_f64().unwrap_or(0.0) / 1e6,
+                format_bytes(h["throughput_nar_bytes_per_sec"].as_f64().unwrap_or(0.0) as u64),
                 h["link_model_seconds"].as_f64().unwrap_or(0.0),
                 h["vs_link_model"].as_f64().unwrap_or(0.0),
                 h["levels"],
