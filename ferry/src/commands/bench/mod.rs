@@ -123,7 +123,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Compare ferry with these peers (comma-separated: nix, nix-ssh-ng, rsync, casync) on the
-    /// same kernel-shaped links, a throwaway sshd as the host (root; see the module doc).
+    /// same kernel-shaped links, a throwaway sshd as the host (needs root: unshare -n, tc).
     #[arg(long, value_name = "TOOLS", conflicts_with_all = ["to", "link", "rate", "latency"])]
     pub compare: Option<String>,
     /// With --compare: the shaped links, `NAME=RATE/LATENCY,...` (the unshaped loopback always
