@@ -6,6 +6,7 @@
 mod agent_upload;
 mod archive_cli;
 mod bench_cli;
+mod bench_compare;
 mod bench_kernel;
 mod cli_reference;
 mod copy_local;

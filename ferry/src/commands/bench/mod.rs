@@ -37,6 +37,13 @@
 //! Both directions share `lo`'s one qdisc, so the rate is shared by what goes up and what comes
 //! back (little, for a push: acknowledgements). Where `unshare`, `ip` or `tc` is missing or not
 //! allowed (they need root), `ferry bench` says so on stderr and uses the emulated link.
+//!
+//! # `--compare`
+//!
+//! `ferry bench --compare nix,nix-ssh-ng,rsync[,casync] PATH...` puts ferry and its peers side
+//! by side on the same kernel-shaped links, fresh host each run: [`compare`] (the runner and its
+//! throwaway sshd, [`sshd`]), [`stats`] (link specs, median and spread, ratios: pure),
+//! [`plot`] (`--plot FILE.svg`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -55,6 +62,12 @@ use transfer::transport::Transport;
 use super::copy::SshArgs;
 use crate::output::format_bytes;
 use crate::settings::GlobalOpts;
+pub use stats::{parse_latency, parse_rate};
+
+mod compare;
+mod plot;
+mod sshd;
+pub mod stats;
 
 /// How path data goes in `ferry bench`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -80,7 +93,7 @@ pub enum LinkKind {
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
     /// Host to copy to (`local:///ROOT`, `ssh://…`); repeat for several hosts.
-    #[arg(long = "to", value_name = "URI", required = true)]
+    #[arg(long = "to", value_name = "URI", required_unless_present = "compare")]
     pub to: Vec<String>,
     /// Copy the closure of this path first, without shaping and untimed (what hosts already have).
     #[arg(long, value_name = "PATH")]
@@ -109,45 +122,30 @@ pub struct BenchArgs {
     /// Print one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Compare ferry with these peers (comma-separated: nix, nix-ssh-ng, rsync, casync) on the
+    /// same kernel-shaped links, a throwaway sshd as the host (needs root: unshare -n, tc).
+    #[arg(long, value_name = "TOOLS", conflicts_with_all = ["to", "link", "rate", "latency"])]
+    pub compare: Option<String>,
+    /// With --compare: the shaped links, `NAME=RATE/LATENCY,...` (the unshaped loopback always
+    /// comes first; an empty list: loopback only).
+    #[arg(
+        long,
+        default_value = "lan=1gbit/1ms,wan=100mbit/20ms,slow=20mbit/40ms",
+        requires = "compare"
+    )]
+    pub links: String,
+    /// With --compare: rounds; each runs every tool once per link, order rotated.
+    #[arg(long, default_value_t = 3, requires = "compare")]
+    pub rounds: usize,
+    /// With --compare: write a plot of time against link rate per tool (SVG).
+    #[arg(long, value_name = "FILE.svg", requires = "compare")]
+    pub plot: Option<std::path::PathBuf>,
+    /// With --compare: where the hosts' directories go (default: the temp dir).
+    #[arg(long, value_name = "DIR", requires = "compare")]
+    pub work: Option<std::path::PathBuf>,
     /// Store paths whose closures to transfer.
     #[arg(required = true)]
     pub paths: Vec<String>,
-}
-
-/// `20mbit` → bytes per second.
-pub fn parse_rate(text: &str) -> anyhow::Result<f64> {
-    let t = text.trim().to_ascii_lowercase();
-    if t == "unlimited" || t == "inf" {
-        return Ok(f64::INFINITY);
-    }
-    let (num, scale) = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1.0)]
-        .iter()
-        .find_map(|(unit, scale)| t.strip_suffix(unit).map(|n| (n, *scale)))
-        .with_context(|| format!("--rate {text:?}: expected a number and kbit, mbit or gbit"))?;
-    let n: f64 = num.trim().parse().with_context(|| format!("--rate {text:?}: bad number"))?;
-    if !(n > 0.0 && n.is_finite()) {
-        bail!("--rate {text:?}: must be positive");
-    }
-    Ok(n * scale / 8.0)
-}
-
-/// `40ms` → duration.
-pub fn parse_latency(text: &str) -> anyhow::Result<Duration> {
-    let t = text.trim().to_ascii_lowercase();
-    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
-        (n, 1e-3)
-    } else if let Some(n) = t.strip_suffix("us") {
-        (n, 1e-6)
-    } else if let Some(n) = t.strip_suffix('s') {
-        (n, 1.0)
-    } else {
-        (t.as_str(), 1e-3)
-    };
-    let n: f64 = num.trim().parse().with_context(|| format!("--latency {text:?}: bad number"))?;
-    if !(n >= 0.0 && n.is_finite()) {
-        bail!("--latency {text:?}: must be zero or positive");
-    }
-    Ok(Duration::from_secs_f64(n * scale))
 }
 
 /// CPU seconds (user + system) this process used so far (`/proc/self/stat`).
@@ -227,12 +225,19 @@ impl Qdisc {
                 args.extend(["limit".into(), "100000".into()]);
             }
             Qdisc::Tbf => args.extend(
-                ["rate", &format!("{bits}bit"), "burst", "32kb", "latency", "50ms"]
+                ["rate", &format!("{bits}bit"), "burst", &tbf_burst(rate), "latency", "50ms"]
                     .map(String::from),
             ),
         }
         args
     }
+}
+
+/// tbf's bucket: 32 KiB, or 10 ms of the rate when more (the kernel refills the bucket once
+/// a timer tick, so a bucket smaller than a tick's worth of bytes caps a fast link below its rate).
+fn tbf_burst(rate: f64) -> String {
+    let bytes = if rate.is_finite() { (rate / 100.0).max(32.0 * 1024.0) } else { 32.0 * 1024.0 };
+    format!("{}b", bytes.round() as u64)
 }
 
 /// `sh -c SCRIPT` in a throwaway network namespace: `Err(stderr)` when it fails.
@@ -382,6 +387,9 @@ impl Netns {
 /// measured copy and its report. Kept whole (about 200 lines) because the steps run once each,
 /// in this order, and share the link set-up that must live until the report is printed.
 pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if args.compare.is_some() {
+        return compare::run_compare(global, args);
+    }
     let rate = parse_rate(&args.rate)?;
     let latency = parse_latency(&args.latency)?;
     let spec = LinkSpec { rate, latency, burst: 16 * 1024 };
@@ -508,6 +516,14 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
         match r {
             Ok(s) => {
                 failed |= !s.rejected.is_empty();
+                if s.paths_sent == 0 {
+                    eprintln!(
+                        "ferry bench: warning: {uri} already had all {} paths: nothing was sent, \
+                         so this run measures no transfer (a host warm from an earlier run? use a \
+                         fresh one)",
+                        s.closure_paths
+                    );
+                }
                 hosts.push(host_json(&s, rate));
             }
             Err(e) => {
@@ -587,14 +603,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rates_and_latencies() {
-        assert_eq!(parse_rate("20mbit").unwrap(), 2.5e6);
-        assert_eq!(parse_rate("512kbit").unwrap(), 64e3);
-        assert!(parse_rate("unlimited").unwrap().is_infinite());
-        assert!(parse_rate("20").is_err() && parse_rate("-1mbit").is_err());
-        assert_eq!(parse_latency("40ms").unwrap(), Duration::from_millis(40));
-        assert_eq!(parse_latency("1s").unwrap(), Duration::from_secs(1));
-        assert_eq!(parse_latency("0").unwrap(), Duration::ZERO);
-        assert!(parse_latency("fast").is_err());
+    fn tbf_bucket() {
+        assert_eq!(tbf_burst(2.5e6), "32768b");
+        assert_eq!(tbf_burst(1.25e8), "1250000b");
+        let args = Qdisc::Tbf.tc_args(1.25e8, Duration::ZERO);
+        assert_eq!(args.join(" "), "tbf rate 1000000000bit burst 1250000b latency 50ms");
     }
 }
