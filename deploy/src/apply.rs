@@ -89,6 +89,7 @@ pub(crate) fn apply(
             bytes: sent,
             detail: "already on this system".into(),
             steps,
+            activated: false,
         });
     }
 
@@ -212,6 +213,7 @@ fn activate(
         generation: r.generation,
         detail,
         steps,
+        activated: r.success,
         ..HostReport::default()
     })
 }

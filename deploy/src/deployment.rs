@@ -5,6 +5,7 @@
 //! ```toml
 //! store = "ferry"                  # the local store systems come from: "ferry" (default), or
 //!                                  # "nix" / "guix": the machine's own, read in place
+//! rollout = [1, "25%", "100%"]     # deploy in waves (see crate::rollout); --rollout wins
 //!
 //! [operating-system.base]          # a named declaration; machines share and override it
 //! host-name = "web"                # default: the machine's name
@@ -176,6 +177,8 @@ pub struct Deployment {
     pub store_dir: StoreDir,
     /// The machines, in file order.
     pub machines: Vec<Machine>,
+    /// `rollout = [...]`: deploy in waves (`--rollout` replaces it).
+    pub rollout: Option<crate::rollout::Rollout>,
 }
 
 /// One machine with its resolved operating system and configuration.
@@ -458,6 +461,7 @@ impl Deployment {
             store: parsed.store,
             store_dir: parsed.store_dir,
             machines: parsed.machines,
+            rollout: parsed.rollout,
         })
     }
 

@@ -56,6 +56,9 @@ pub enum DeployError {
     Link(#[from] LinkError),
     #[error("skipped: an earlier machine failed (--fail-fast)")]
     Skipped,
+    /// A staged rollout stopped before this machine's wave ([`crate::rollout`]).
+    #[error("not started: wave {wave} stopped the run")]
+    NotStarted { wave: usize },
 }
 
 /// `error` and its sources, `: `-separated (as the front end prints errors).

@@ -23,6 +23,7 @@
 //! | [`plan`] | one machine's plan: the host's facts, the checks, the paths to copy and their bytes |
 //! | `apply` (private) | executing a plan: the copy, activation, the confirmation over a new connection |
 //! | [`probes`] | the coordinator's `tcp` and `http` health checks |
+//! | [`rollout`] | staged rollouts (pure): the waves of `--rollout 1,25%,100%`, which wave stops the run |
 //! | [`progress`] | the [`progress::DeployProgress`] trait a front end renders, and [`progress::NoProgress`] |
 //! | [`checks`] | safety checks (file systems, devices) and the downgrade check |
 //! | [`activation`] | the activation/rollback state machine (pure: time is a parameter) |
@@ -42,4 +43,5 @@ pub mod orchestrate;
 pub mod plan;
 pub mod probes;
 pub mod progress;
+pub mod rollout;
 pub mod system;

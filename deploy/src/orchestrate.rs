@@ -8,6 +8,9 @@
 //! - [`deploy`]: one thread builds the machines' systems into the local store in machine order
 //!   (one writer); each machine's pipeline starts as soon as its own system is there, makes
 //!   its [`HostPlan`] ([`crate::plan`]) and executes it (`apply`).
+//! - [`deploy_rollout`]: the same in waves ([`crate::rollout`]): a wave starts when every
+//!   machine of the previous one is activated and confirmed healthy; the first failure stops
+//!   the run (and, if asked, rolls back every machine the run activated).
 //! - [`dry_run`]: the same up to the plans, which it returns; nothing changes on the hosts.
 //! - [`roll_back`], [`execute`] (`-x`), [`list_generations`]: one `ferry host` command each.
 //!
@@ -26,10 +29,12 @@ use transfer::push::frame_cache::FrameCache;
 pub use crate::apply::NEVER_CONFIRM_ENV;
 use crate::apply::{apply, Apply};
 use crate::deployment::{Deployment, Machine};
+use crate::error::error_chain;
 use crate::error::DeployError;
 use crate::link::Link;
 use crate::plan::{plan_host, Ctx, HostPlan, HostReport, Planned};
 use crate::progress::{DeployProgress, Phase};
+use crate::rollout::{Rollout, WavePlan};
 use crate::system::{self, BuiltSystem, Provenance};
 
 /// How a run goes.
@@ -170,13 +175,118 @@ pub fn deploy(
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostReport>>, DeployError> {
     let ctx = Ctx { layout, deployment, progress, dry_run: false };
+    let run = apply_run(key, machines.len(), options);
+    deploy_with(&ctx, &run, machines, options)
+}
+
+/// What a real run shares: the key, and the compress-once cache over `machines` machines.
+fn apply_run<'k>(key: &'k SigningKey, machines: usize, options: &Options) -> Apply<'k> {
     // Compress once: each path's zstd stream is made by the first machine's session that
     // sends it and copied by the others (all at the same level, so they share).
-    let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
-    let run = Apply { key, frame_cache, never_confirm: options.never_confirm };
-    pipelines(&ctx, machines, options, |r: &HostReport| r.success, &|m, planned| {
-        apply(&ctx, &run, m, planned)
+    let frame_cache = (machines > 1).then(|| Arc::new(FrameCache::new(machines)));
+    Apply { key, frame_cache, never_confirm: options.never_confirm }
+}
+
+fn deploy_with(
+    ctx: &Ctx<'_>,
+    run: &Apply<'_>,
+    machines: &[&Machine],
+    options: &Options,
+) -> Result<Vec<HostRun<HostReport>>, DeployError> {
+    pipelines(ctx, machines, options, |r: &HostReport| r.success, &|m, planned| {
+        apply(ctx, run, m, planned)
     })
+}
+
+/// What a staged rollout did ([`deploy_rollout`]).
+#[derive(Debug)]
+pub struct RolloutRun {
+    /// Per machine, in selection order; the machines of waves that never started have
+    /// [`DeployError::NotStarted`].
+    pub runs: Vec<HostRun<HostReport>>,
+    /// The waves the machines were in.
+    pub waves: WavePlan,
+    /// The wave (1-based) whose failure stopped the run.
+    pub stopped_by: Option<usize>,
+    /// The machines (indices) of that wave that failed.
+    pub failed: Vec<usize>,
+    /// The machines (indices) `--roll-back-on-failure` returned to their previous generation.
+    pub rolled_back: Vec<usize>,
+}
+
+/// [`deploy`] in waves (see [`crate::rollout`]): each wave is a deploy of its machines (in
+/// parallel, `jobs` at a time); the next starts only when every machine of this one succeeded,
+/// that is activated and confirmed healthy. The first wave with a failure stops the run; with
+/// `roll_back_on_failure` every machine this run activated then returns to its previous
+/// generation. The compress-once cache spans the waves.
+#[allow(clippy::too_many_arguments)]
+pub fn deploy_rollout(
+    deployment: &Deployment,
+    machines: &[&Machine],
+    layout: &StoreLayout,
+    key: &SigningKey,
+    options: &Options,
+    rollout: &Rollout,
+    roll_back_on_failure: bool,
+    progress: &dyn DeployProgress,
+) -> Result<RolloutRun, DeployError> {
+    let ctx = Ctx { layout, deployment, progress, dry_run: false };
+    let run = apply_run(key, machines.len(), options);
+    let waves = rollout.waves(machines.len());
+    let mut runs: Vec<HostRun<HostReport>> = Vec::with_capacity(machines.len());
+    let mut stopped_by = None;
+    let mut failed = Vec::new();
+    for range in waves.waves() {
+        if let Some(wave) = stopped_by {
+            runs.extend(range.clone().map(|_| HostRun {
+                result: Err(DeployError::NotStarted { wave }),
+                elapsed: Duration::ZERO,
+            }));
+            continue;
+        }
+        runs.extend(deploy_with(&ctx, &run, &machines[range.clone()], options)?);
+        let ok: Vec<bool> =
+            runs.iter().map(|r| r.result.as_ref().is_ok_and(|r| r.success)).collect();
+        stopped_by = waves.stopped_by(&ok);
+        failed = range.clone().filter(|&i| !ok[i]).collect();
+    }
+    let mut rolled_back = Vec::new();
+    if stopped_by.is_some() && roll_back_on_failure {
+        let activated: Vec<usize> = (0..runs.len())
+            .filter(|&i| runs[i].result.as_ref().is_ok_and(|r| r.activated))
+            .collect();
+        let back: Vec<&Machine> = activated.iter().map(|&i| machines[i]).collect();
+        for (i, undo) in activated.into_iter().zip(roll_back(&back, options, progress)) {
+            let Ok(report) = &mut runs[i].result else { continue };
+            let was = report.generation.map_or_else(|| "-".into(), |g| g.to_string());
+            report.success = false;
+            report.steps.push(("roll back", undo.elapsed));
+            match undo.result {
+                Ok(r) if r.success => {
+                    report.generation = r.generation;
+                    report.activated = false;
+                    report.detail = format!(
+                        "activated generation {was}, then rolled back (--roll-back-on-failure): {}",
+                        r.detail
+                    );
+                    rolled_back.push(i);
+                }
+                Ok(r) => {
+                    report.detail = format!(
+                        "activated generation {was}; roll back (--roll-back-on-failure) failed: {}",
+                        r.detail
+                    )
+                }
+                Err(e) => {
+                    report.detail = format!(
+                        "activated generation {was}; roll back (--roll-back-on-failure) failed: {}",
+                        error_chain(&e)
+                    )
+                }
+            }
+        }
+    }
+    Ok(RolloutRun { runs, waves, stopped_by, failed, rolled_back })
 }
 
 /// Dry run: build every machine's system and plan its deploy (the hosts' facts and the
@@ -346,7 +456,6 @@ impl Drop for CloseOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::error_chain;
     use crate::link::LinkError;
 
     #[test]

@@ -56,6 +56,9 @@ pub struct HostReport {
     pub detail: String,
     /// Time spent in each step.
     pub steps: Vec<(&'static str, Duration)>,
+    /// This run switched the host to a new generation, confirmed (what a rollout's
+    /// `--roll-back-on-failure` undoes).
+    pub activated: bool,
 }
 
 /// A path the host lacks.

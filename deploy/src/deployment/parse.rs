@@ -14,6 +14,7 @@ use store::DbKind;
 use toml::Spanned;
 
 use super::*;
+use crate::rollout::Rollout;
 
 /// Resolve the machines of a deployment file's `text` (`path` names it in errors, `dir` is its
 /// folder).
@@ -54,7 +55,35 @@ pub(super) fn machines(
         cx.store_dir = choice.store_dir(Some(kind));
     }
     let machines = cx.resolve(&raw)?;
-    Ok(Parsed { store: cx.store, store_dir: cx.store_dir, machines })
+    let rollout = match &raw.rollout {
+        None => None,
+        Some(steps) => {
+            let text: Vec<String> = steps.get_ref().iter().map(RawStep::text).collect();
+            Some(
+                text.join(",")
+                    .parse::<Rollout>()
+                    .map_err(|e| cx.at(steps.span(), e.to_string()))?,
+            )
+        }
+    };
+    Ok(Parsed { store: cx.store, store_dir: cx.store_dir, machines, rollout })
+}
+
+/// A step of `rollout`: a host count, or a string (`"25%"`, `"3"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStep {
+    Count(i64),
+    Text(String),
+}
+
+impl RawStep {
+    fn text(&self) -> String {
+        match self {
+            RawStep::Count(n) => n.to_string(),
+            RawStep::Text(t) => t.clone(),
+        }
+    }
 }
 
 /// A resolved file: its store and its machines.
@@ -62,12 +91,14 @@ pub(super) struct Parsed {
     pub store: Option<DbKind>,
     pub store_dir: StoreDir,
     pub machines: Vec<Machine>,
+    pub rollout: Option<Rollout>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFile {
     store: Option<Spanned<String>>,
+    rollout: Option<Spanned<Vec<RawStep>>>,
     #[serde(default)]
     operating_system: BTreeMap<String, Spanned<RawOs>>,
     #[serde(default)]

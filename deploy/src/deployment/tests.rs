@@ -463,3 +463,20 @@ fn the_hosts_store_is_auto_unless_named() {
     let e = err(&machine("store = \"guix\""));
     assert!(e.starts_with("/srv/deploy/fleet.toml:8:9: unknown variant `guix`"), "{e}");
 }
+
+#[test]
+fn rollout_steps_are_counts_or_percentages() {
+    let machine =
+        "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n[machine.operating-system]\n";
+    let d = parse(&format!("rollout = [1, \"25%\", \"100%\"]\n{machine}")).unwrap();
+    assert_eq!(d.rollout.unwrap().to_string(), "1,25%,100%");
+    assert!(parse(machine).unwrap().rollout.is_none());
+    assert_eq!(
+        err(&format!("rollout = [1, \"150%\"]\n{machine}")),
+        "/srv/deploy/fleet.toml:1:11: rollout step '150%': more than 100%"
+    );
+    assert_eq!(
+        err(&format!("rollout = []\n{machine}")),
+        "/srv/deploy/fleet.toml:1:11: a rollout needs at least one step (e.g. 1,25%,100%)"
+    );
+}

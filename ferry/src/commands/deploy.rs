@@ -27,8 +27,9 @@ use crate::output::{format_bytes, Printer};
 use crate::settings::GlobalOpts;
 use deploy::deployment::{Deployment, Machine, StoreChoice};
 use deploy::error::error_chain;
-use deploy::orchestrate::{self, HostRun, Options, Stream};
+use deploy::orchestrate::{self, HostRun, Options, RolloutRun, Stream};
 use deploy::plan::{HostPlan, HostReport};
+use deploy::rollout::{Rollout, Step};
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
@@ -53,6 +54,16 @@ pub struct DeployArgs {
     /// Start no further machine after the first failure (default: keep going).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Deploy in waves: cumulative steps, each a host count or a percentage of the selected
+    /// machines (e.g. 1,25%,100%); a wave starts when every machine of the previous one is
+    /// activated and confirmed healthy, the first failure stops the run (default: the file's
+    /// `rollout`, else one wave).
+    #[arg(long, value_name = "STEPS", conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
+    pub rollout: Option<Rollout>,
+    /// When the run stops on a failure, return every machine it activated to its previous
+    /// generation (default: finished waves stay).
+    #[arg(long, conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
+    pub roll_back_on_failure: bool,
     /// Print the result table as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -129,10 +140,64 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
             );
         }
         let board = Board::new(printer, "ok");
+        let rollout = args.rollout.clone().or_else(|| deployment.rollout.clone());
+        if rollout.is_some() || args.roll_back_on_failure {
+            let rollout = rollout.unwrap_or_else(|| {
+                Rollout::new(vec![Step::Percent(100)]).expect("one step is a rollout")
+            });
+            let waves = rollout.waves(machines.len());
+            if waves.waves().len() > 1 {
+                for (w, range) in waves.waves().iter().enumerate() {
+                    let names: Vec<&str> =
+                        machines[range.clone()].iter().map(|m| m.name.as_str()).collect();
+                    eprintln!("wave {} of {}: {}", w + 1, waves.waves().len(), names.join(", "));
+                }
+            }
+            let run = orchestrate::deploy_rollout(
+                &deployment,
+                &machines,
+                &layout,
+                &key,
+                &options,
+                &rollout,
+                args.roll_back_on_failure,
+                &board,
+            )?;
+            let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+            return report(printer, &names, &run.runs, Some(&run), started.elapsed());
+        }
         orchestrate::deploy(&deployment, &machines, &layout, &key, &options, &board)?
     };
     let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-    report(printer, &names, &results, started.elapsed())
+    report(printer, &names, &results, None, started.elapsed())
+}
+
+/// A staged rollout's line under the table, and its JSON: the waves, which one stopped the
+/// run and why, what was rolled back.
+fn rollout_summary(names: &[&str], run: &RolloutRun) -> (String, serde_json::Value) {
+    let count = run.waves.waves().len();
+    let reason = run.stopped_by.map(|wave| {
+        let failed: Vec<&str> = run.failed.iter().map(|&i| names[i]).collect();
+        let later = match count - wave {
+            0 => String::new(),
+            1 => format!("; wave {count} not started"),
+            _ => format!("; waves {}-{count} not started", wave + 1),
+        };
+        format!("wave {wave} of {count} failed on {}{later}", failed.join(", "))
+    });
+    let mut line = match &reason {
+        Some(r) => format!("rollout stopped: {r}"),
+        None => format!("rollout: {count} wave(s), all succeeded"),
+    };
+    if !run.rolled_back.is_empty() {
+        let back: Vec<&str> = run.rolled_back.iter().map(|&i| names[i]).collect();
+        line.push_str(&format!("; rolled back (--roll-back-on-failure): {}", back.join(", ")));
+    }
+    let json = json!({
+        "waves": count, "stopped_by_wave": run.stopped_by, "reason": reason,
+        "rolled_back": run.rolled_back.iter().map(|&i| names[i]).collect::<Vec<_>>(),
+    });
+    (format!("{line}\n"), json)
 }
 
 /// `--dry-run`: what would be copied to each machine (on stderr with `--json`).
@@ -180,6 +245,7 @@ fn report(
     printer: Printer,
     names: &[&str],
     results: &[HostRun<HostReport>],
+    rollout: Option<&RolloutRun>,
     total: Duration,
 ) -> anyhow::Result<ExitCode> {
     let mut ok = true;
@@ -188,8 +254,11 @@ fn report(
         "{:<16} {:<10} {:>10} {:>16} {:>8}  DETAIL\n",
         "MACHINE", "RESULT", "GENERATION", "SENT", "TIME"
     );
-    for (name, HostRun { result, elapsed }) in names.iter().zip(results) {
+    for (i, (name, HostRun { result, elapsed })) in names.iter().zip(results).enumerate() {
         let time = format!("{:.1}s", elapsed.as_secs_f64());
+        // A staged rollout: each row says its wave.
+        let wave = rollout.map(|r| r.waves.wave_of(i));
+        let in_wave = wave.map_or_else(String::new, |w| format!("wave {w}: "));
         match result {
             Ok(r) => {
                 ok &= r.success;
@@ -200,7 +269,7 @@ fn report(
                     format!("{} ({})", format_bytes(r.bytes), r.paths)
                 };
                 table.push_str(&format!(
-                    "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {}\n",
+                    "{name:<16} {:<10} {generation:>10} {sent:>16} {time:>8}  {in_wave}{}\n",
                     if r.success { "ok" } else { "FAILED" },
                     r.detail
                 ));
@@ -217,7 +286,7 @@ fn report(
                 let full = error_chain(e);
                 let first = full.lines().next().unwrap_or_default().to_owned();
                 table.push_str(&format!(
-                    "{name:<16} {:<10} {:>10} {:>16} {time:>8}  {first}\n",
+                    "{name:<16} {:<10} {:>10} {:>16} {time:>8}  {in_wave}{first}\n",
                     "FAILED", "-", "-"
                 ));
                 rows.push(json!({
@@ -226,11 +295,19 @@ fn report(
                 }));
             }
         }
+        if let (Some(w), Some(row)) = (wave, rows.last_mut()) {
+            row["wave"] = json!(w);
+        }
+    }
+    let mut doc = json!({ "success": ok, "seconds": total.as_secs_f64(), "machines": rows });
+    if let Some(run) = rollout {
+        let (line, json) = rollout_summary(names, run);
+        table.push_str(&line);
+        doc["rollout"] = json;
     }
     if printer.is_json() {
         eprint!("{table}");
-        printer
-            .json(&json!({ "success": ok, "seconds": total.as_secs_f64(), "machines": rows }))?;
+        printer.json(&doc)?;
     } else {
         let mut out = printer.stdout();
         out.write_all(table.as_bytes())?;
