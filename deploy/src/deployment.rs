@@ -61,6 +61,10 @@
 //!                                  # host has one and the deployment's store dir is /nix/store)
 //! agent = "build/aarch64/ferry"    # a ferry built for the host, uploaded instead of this one;
 //!                                  # "PATH": the host's own `ferry` on its PATH, as is
+//! via = "web0"                     # copy through machine web0 (a relay: transfer::fanout);
+//!                                  # this machine needs `host-key`, web0 reaches it with SSH
+//! relay-identity = "/root/.ssh/id_relay"  # when this machine relays: the key file on it
+//!                                  # it logs in to its children with (never copied there)
 //! ```
 //!
 //! # Rules
@@ -229,6 +233,12 @@ pub struct Configuration {
     /// (a ferry built for the host, uploaded instead), or `agent = "PATH"` (the host's `ferry`
     /// on its PATH, as is).
     pub agent: AgentSource,
+    /// `via = "NAME"`: the machine whose agent relays the copy to this one
+    /// (`transfer::fanout`).
+    pub via: Option<String>,
+    /// `relay-identity`: when this machine relays, the private key file *on it* it logs in to
+    /// its children with (`None`: its user's default keys).
+    pub relay_identity: Option<String>,
 }
 
 /// `store` in `[machine.configuration]`: where the host keeps what is copied.

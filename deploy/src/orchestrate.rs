@@ -31,6 +31,7 @@ use crate::apply::{apply, Apply};
 use crate::deployment::{Deployment, Machine};
 use crate::error::error_chain;
 use crate::error::DeployError;
+use crate::fanout::{FanOut, Gate};
 use crate::link::Link;
 use crate::plan::{plan_host, Ctx, HostPlan, HostReport, Planned};
 use crate::progress::{DeployProgress, Phase};
@@ -46,11 +47,14 @@ pub struct Options {
     pub fail_fast: bool,
     /// Never confirm an activation ([`NEVER_CONFIRM_ENV`]).
     pub never_confirm: bool,
+    /// `--fan-out K`: copy through relay trees of `K` children per host ([`crate::fanout`]);
+    /// without it, the machines' `via` make the trees.
+    pub fan_out: Option<usize>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { jobs: 8, fail_fast: false, never_confirm: false }
+        Options { jobs: 8, fail_fast: false, never_confirm: false, fan_out: None }
     }
 }
 
@@ -111,7 +115,8 @@ fn pipelines<T: Send>(
     machines: &[&Machine],
     options: &Options,
     ok: fn(&T) -> bool,
-    then: &(dyn Fn(&Machine, Planned) -> Result<T, DeployError> + Sync),
+    gate: Option<(&Gate<'_>, &Apply<'_>)>,
+    then: &(dyn Fn(usize, &Machine, Planned) -> Result<T, DeployError> + Sync),
 ) -> Result<Vec<HostRun<T>>, DeployError> {
     let started = Instant::now();
     // ferry's builder writes to the local store; systems built elsewhere are only read there
@@ -148,10 +153,13 @@ fn pipelines<T: Send>(
         for_each_machine(machines, options, ok, &|i, m| {
             progress.start(&m.name);
             progress.phase(&m.name, Phase::Build);
-            let r = built
+            let planned = built
                 .take(i)
-                .and_then(|(system, provenance)| plan_host(ctx, m, &system, &provenance))
-                .and_then(|planned| then(m, planned));
+                .and_then(|(system, provenance)| plan_host(ctx, m, &system, &provenance));
+            if let Some((gate, run)) = gate {
+                gate.arrive(ctx, run, i, planned.as_ref().ok().map(|p| &p.plan));
+            }
+            let r = planned.and_then(|planned| then(i, m, planned));
             match &r {
                 Ok(r) => progress.done(&m.name, ok(r)),
                 Err(e) => {
@@ -193,8 +201,26 @@ fn deploy_with(
     machines: &[&Machine],
     options: &Options,
 ) -> Result<Vec<HostRun<HostReport>>, DeployError> {
-    pipelines(ctx, machines, options, |r: &HostReport| r.success, &|m, planned| {
-        apply(ctx, run, m, planned)
+    let how = options
+        .fan_out
+        .map(FanOut::Trees)
+        .or_else(|| machines.iter().any(|m| m.configuration.via.is_some()).then_some(FanOut::Via));
+    let Some(how) = how.filter(|_| machines.len() > 1) else {
+        return pipelines(ctx, machines, options, |r: &HostReport| r.success, None, &|_, m, p| {
+            apply(ctx, run, m, p)
+        });
+    };
+    // Relays: every machine plans, then the trees copy, then every machine applies its plan
+    // (crate::fanout); all machines run at once so that they meet.
+    let gate = Gate::new(machines, how);
+    let options = Options { jobs: options.jobs.max(machines.len()), ..options.clone() };
+    let ok = |r: &HostReport| r.success;
+    pipelines(ctx, machines, &options, ok, Some((&gate, run)), &|i, m, planned| {
+        let mut report = apply(ctx, run, m, planned)?;
+        if let Some(note) = gate.note(i) {
+            report.detail = format!("{}; {note}", report.detail);
+        }
+        Ok(report)
     })
 }
 
@@ -299,7 +325,7 @@ pub fn dry_run(
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostPlan>>, DeployError> {
     let ctx = Ctx { layout, deployment, progress, dry_run: true };
-    pipelines(&ctx, machines, options, |_| true, &|_, planned| {
+    pipelines(&ctx, machines, options, |_| true, None, &|_, _, planned| {
         if let Some(session) = planned.session {
             session.end().map_err(DeployError::EndSession)?;
         }

@@ -232,6 +232,8 @@ struct RawConfiguration {
     sudo: Option<bool>,
     store: Option<HostStoreKind>,
     agent: Option<Spanned<String>>,
+    via: Option<Spanned<String>>,
+    relay_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -386,6 +388,25 @@ impl Cx<'_> {
                 environment: m.environment,
                 configuration,
             });
+        }
+        // `via` names another managed-host machine of the file (the tree is checked by the
+        // run: transfer::fanout).
+        for m in raw.machine.iter().map(Spanned::get_ref) {
+            let Some(via) = m.configuration.as_ref().and_then(|c| c.get_ref().via.as_ref()) else {
+                continue;
+            };
+            let relay = machines.iter().find(|o| &o.name == via.get_ref());
+            if relay.is_none_or(|r| r.environment != Environment::ManagedHost)
+                || via.get_ref() == m.name.get_ref()
+            {
+                return Err(self.at(
+                    via.span(),
+                    format!(
+                        "via = \"{}\": not another managed-host machine of this file",
+                        via.get_ref()
+                    ),
+                ));
+            }
         }
         Ok(machines)
     }
@@ -806,6 +827,8 @@ impl Cx<'_> {
             store_dir: self.store_dir.clone(),
             host_store: c.store.unwrap_or_default(),
             agent,
+            via: c.via.as_ref().map(|v| v.get_ref().clone()),
+            relay_identity: c.relay_identity.clone(),
         })
     }
 }

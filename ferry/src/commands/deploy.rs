@@ -60,6 +60,11 @@ pub struct DeployArgs {
     /// `rollout`, else one wave).
     #[arg(long, value_name = "STEPS", conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
     pub rollout: Option<Rollout>,
+    /// Copy through relays: each host feeds up to K others (trees of at most three tiers,
+    /// in file order), so the coordinator's link carries each path once per tree; hosts a
+    /// relay did not serve are copied directly (default: the machines' `via`, else direct).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..), conflicts_with_all = ["roll_back", "list_generations", "execute"])]
+    pub fan_out: Option<u32>,
     /// When the run stops on a failure, return every machine it activated to its previous
     /// generation (default: finished waves stay).
     #[arg(long, conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
@@ -117,6 +122,7 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         jobs,
         fail_fast: args.fail_fast,
         never_confirm: std::env::var_os(orchestrate::NEVER_CONFIRM_ENV).is_some(),
+        fan_out: args.fan_out.map(|k| k as usize),
     };
     let results = if args.roll_back {
         orchestrate::roll_back(&machines, &options, &Board::new(printer, "rolled back"))

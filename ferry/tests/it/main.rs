@@ -13,6 +13,7 @@ mod copy_pull;
 mod copy_ssh;
 mod copy_sudo;
 mod delta_rename;
+mod deploy_fanout;
 mod deploy_nix_system;
 mod deploy_rollout;
 mod deploy_ssh;

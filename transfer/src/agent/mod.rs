@@ -466,6 +466,12 @@ pub fn serve_as<R: Read, W: Write + Send>(
                 // Pull: from here on this side pushes (crate::pull is the other side).
                 return send::send_closure(&store, &roots, &mut s.frames, s.out);
             }
+            Frame::Forward(forward) if matches!(s.role, Role::Host) => {
+                // A relay: from here on this side feeds its own store and its children
+                // (crate::fanout), each of which checks what it gets itself.
+                drop(store);
+                return crate::fanout::relay(s.options, *forward, s.frames, s.out, s.state);
+            }
             Frame::Done => {
                 s.commit_batch(&mut store)?;
                 let bye = Frame::Bye { imported: s.summary.imported, rejected: s.summary.rejected };
