@@ -8,6 +8,12 @@
 //! per machine). The run ends with a table (or `--json`) and exits 0 only if every selected
 //! machine succeeded. Errors name the machine and the step.
 //!
+//! `--rollout 1,25%,100%` (or the file's `rollout`) deploys in waves ([`deploy::rollout`]): the
+//! table and `--json` give each machine's wave and a line (`rollout`) on why the run stopped;
+//! `--roll-back-on-failure` returns the machines the run activated when it fails.
+//! `--fan-out K` (or the machines' `via`) copies through relays ([`deploy::fanout`]); each
+//! machine's detail says how its copy went.
+//!
 //! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (in its root, with
 //! its current system's `profile/bin` first on `PATH`); output lines are prefixed with the
 //! machine as they come. `--dry-run` prints each machine's plan: the paths the host lacks and

@@ -13,7 +13,7 @@ use crate::deploy_ssh::{current, fleet, machine, root, Env, BASE};
 
 /// Each host's own key (its `relay-identity`) is authorized on every other host, as an
 /// operator authorizes a relay's key on its children.
-fn authorize_relays(fleet: &Fleet) {
+pub(crate) fn authorize_relays(fleet: &Fleet) {
     let keys: String = fleet
         .iter()
         .map(|h| fs::read_to_string(h.identity_ed25519().with_extension("pub")).unwrap())

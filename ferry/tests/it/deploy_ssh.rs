@@ -122,8 +122,9 @@ pub(crate) fn root(sshd: &Sshd) -> PathBuf {
 pub(crate) fn machine(name: &str, sshd: &Sshd, os: &str, extra: &str) -> String {
     format!(
         "[[machine]]\nname = \"{name}\"\noperating-system = {os}\n\
-         [machine.configuration]\nhost-name = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+         [machine.configuration]\nhost-name = \"{}\"\nport = {}\nuser = \"{}\"\n\
          identity = \"{}\"\nhost-key = \"{}\"\nroot = \"{}\"\n{extra}\n",
+        sshd.host(),
         sshd.port(),
         sshd.user(),
         sshd.identity_ed25519().display(),

@@ -14,6 +14,7 @@ mod copy_ssh;
 mod copy_sudo;
 mod delta_rename;
 mod deploy_fanout;
+mod deploy_fanout_netns;
 mod deploy_nix_system;
 mod deploy_rollout;
 mod deploy_ssh;
