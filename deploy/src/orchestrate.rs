@@ -211,9 +211,11 @@ fn deploy_with(
         });
     };
     // Relays: every machine plans, then the trees copy, then every machine applies its plan
-    // (crate::fanout); all machines run at once so that they meet.
+    // (crate::fanout); all machines run at once so that they meet, and none is skipped
+    // (`fail_fast` would leave the others waiting for it).
     let gate = Gate::new(machines, how);
-    let options = Options { jobs: options.jobs.max(machines.len()), ..options.clone() };
+    let jobs = options.jobs.max(machines.len());
+    let options = Options { jobs, fail_fast: false, ..options.clone() };
     let ok = |r: &HostReport| r.success;
     pipelines(ctx, machines, &options, ok, Some((&gate, run)), &|i, m, planned| {
         let mut report = apply(ctx, run, m, planned)?;
