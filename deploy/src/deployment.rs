@@ -61,10 +61,17 @@
 //!                                  # host has one and the deployment's store dir is /nix/store)
 //! agent = "build/aarch64/ferry"    # a ferry built for the host, uploaded instead of this one;
 //!                                  # "PATH": the host's own `ferry` on its PATH, as is
-//! via = "web0"                     # copy through machine web0 (a relay: transfer::fanout);
-//!                                  # this machine needs `host-key`, web0 reaches it with SSH
+//! via = "web0"                     # copy through machine web0 or [relay.web0] (a relay:
+//!                                  # transfer::fanout); this machine needs `host-key`, the
+//!                                  # relay reaches it with its own SSH client
 //! relay-identity = "/root/.ssh/id_relay"  # when this machine relays: the key file on it
 //!                                  # it logs in to its children with (never copied there)
+//!
+//! [relay.gw]                       # a relay-only host: forwards copies to machines with
+//! host-name = "198.51.100.4"       # via = "gw", keeps nothing, is not deployed; port, user,
+//! host-key = "ssh-ed25519 AAAA…"   # identity as for a machine; host-key required
+//! root = "/var/lib/ferry-relay"    # its agent's (empty) store (default)
+//! relay-identity = "/root/.ssh/id_relay"
 //! ```
 //!
 //! # Rules
@@ -183,6 +190,30 @@ pub struct Deployment {
     pub machines: Vec<Machine>,
     /// `rollout = [...]`: deploy in waves (`--rollout` replaces it).
     pub rollout: Option<crate::rollout::Rollout>,
+    /// `[relay.NAME]`: hosts that only forward copies (`via = "NAME"`).
+    pub relays: Vec<RelayHost>,
+}
+
+/// Where a relay-only host keeps its agent's (empty) store by default.
+pub const DEFAULT_RELAY_ROOT: &str = "/var/lib/ferry-relay";
+
+/// `[relay.NAME]`: a host that is not deployed and keeps nothing; machines with
+/// `via = "NAME"` get their copies through it (`transfer::fanout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayHost {
+    pub name: String,
+    /// SSH host (the coordinator connects to it).
+    pub host_name: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// The private key file the coordinator logs in with.
+    pub identity: Option<PathBuf>,
+    /// Its pinned host key (required).
+    pub host_key: String,
+    /// Where its agent keeps its store on the host (`/var/lib/ferry-relay`).
+    pub root: PathBuf,
+    /// The key file on it to log in to its children with.
+    pub relay_identity: Option<String>,
 }
 
 /// One machine with its resolved operating system and configuration.
@@ -472,6 +503,7 @@ impl Deployment {
             store_dir: parsed.store_dir,
             machines: parsed.machines,
             rollout: parsed.rollout,
+            relays: parsed.relays,
         })
     }
 

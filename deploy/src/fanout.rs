@@ -11,6 +11,10 @@
 //! not, so a relay that fails or is unreachable costs its children a direct copy, never the
 //! deploy. Each machine's result says how its copy went.
 //!
+//! `[relay.NAME]` hosts (relay-only: not deployed) head the trees of the machines whose `via`
+//! names them: the coordinator pushes to their agent (its store, under the relay's `root`,
+//! keeps nothing: `Forward` without `own`), which feeds the machines.
+//!
 //! A machine can be in a tree when it is a `managed-host` with a pinned `host-key` (the relay
 //! checks it) whose host keeps ferry's store (facts: `store = "ferry"`); the others are copied
 //! directly.
@@ -20,12 +24,14 @@ use std::sync::{Condvar, Mutex};
 
 use closure::{PathInfo, ValidatedClosure};
 use proto::frame::ForwardOutcome;
+use proto::uri::StoreParams;
 use transfer::fanout::tree::{self, Node};
 use transfer::fanout::{forward_for, HostSpec};
 use transfer::push::{push_closure, NoProgress, PushOptions};
+use transfer::transport::ssh::{SettingsSource, SshAuth, SshConfig, SshTransport};
 
 use crate::apply::Apply;
-use crate::deployment::{Environment, Machine};
+use crate::deployment::{Environment, Machine, RelayHost};
 use crate::error::error_chain;
 use crate::link::{ssh_config, Link};
 use crate::plan::{Ctx, HostPlan};
@@ -56,19 +62,21 @@ struct State {
 /// Where the machines' pipelines wait for each other between planning and applying.
 pub(crate) struct Gate<'a> {
     machines: &'a [&'a Machine],
+    /// The `[relay.NAME]` hosts: host `machines.len() + j` of the trees.
+    relays: &'a [RelayHost],
     how: FanOut,
     state: Mutex<State>,
     done: Condvar,
 }
 
 impl<'a> Gate<'a> {
-    pub fn new(machines: &'a [&'a Machine], how: FanOut) -> Gate<'a> {
+    pub fn new(machines: &'a [&'a Machine], relays: &'a [RelayHost], how: FanOut) -> Gate<'a> {
         let state = State {
             arrivals: (0..machines.len()).map(|_| None).collect(),
             arrived: 0,
             notes: None,
         };
-        Gate { machines, how, state: Mutex::new(state), done: Condvar::new() }
+        Gate { machines, relays, how, state: Mutex::new(state), done: Condvar::new() }
     }
 
     /// Machine `i` planned (`plan`; `None`: its pipeline failed before): wait until every
@@ -95,6 +103,14 @@ impl<'a> Gate<'a> {
     }
 
     /// Copy through every tree, in parallel; the notes per machine.
+    /// Host `i`'s name: a machine's, or a relay-only host's.
+    fn name(&self, i: usize) -> String {
+        match self.machines.get(i) {
+            Some(m) => m.name.clone(),
+            None => self.relays[i - self.machines.len()].name.clone(),
+        }
+    }
+
     fn copy(
         &self,
         ctx: &Ctx<'_>,
@@ -102,6 +118,7 @@ impl<'a> Gate<'a> {
         arrivals: &[Option<Arrival>],
     ) -> Vec<Option<String>> {
         let mut notes: Vec<Option<String>> = vec![None; self.machines.len()];
+        // Relay-only hosts (pinned keys: the file requires them) come after the machines.
         let eligible: Vec<bool> = self
             .machines
             .iter()
@@ -111,15 +128,16 @@ impl<'a> Gate<'a> {
                     && m.configuration.host_key.is_some()
                     && a.as_ref().is_some_and(|a| a.host_store.as_deref() == Some("ferry"))
             })
+            .chain(self.relays.iter().map(|_| true))
             .collect();
         let trees = match self.how {
             FanOut::Trees(k) => {
-                let hosts: Vec<usize> = (0..eligible.len()).filter(|&i| eligible[i]).collect();
+                let hosts: Vec<usize> = (0..self.machines.len()).filter(|&i| eligible[i]).collect();
                 tree::fan_out(&hosts, k)
             }
             FanOut::Via => {
-                let index: BTreeMap<&str, usize> =
-                    self.machines.iter().enumerate().map(|(i, m)| (m.name.as_str(), i)).collect();
+                let index: BTreeMap<String, usize> =
+                    (0..eligible.len()).map(|i| (self.name(i), i)).collect();
                 let parents: Vec<Option<usize>> = self
                     .machines
                     .iter()
@@ -128,6 +146,7 @@ impl<'a> Gate<'a> {
                         let via = m.configuration.via.as_deref().and_then(|v| index.get(v));
                         via.copied().filter(|&p| eligible[i] && eligible[p])
                     })
+                    .chain(self.relays.iter().map(|_| None))
                     .collect();
                 for (i, m) in self.machines.iter().enumerate() {
                     if m.configuration.via.is_some() && parents[i].is_none() {
@@ -141,7 +160,7 @@ impl<'a> Gate<'a> {
                 match tree::from_parents(&parents) {
                     Ok(trees) => trees,
                     Err(e) => {
-                        let name = |i: usize| self.machines[i].name.as_str();
+                        let name = |i: usize| self.name(i);
                         let why = match e {
                             tree::TreeError::Cycle(i) => {
                                 format!("{} reaches itself through `via`", name(i))
@@ -156,6 +175,7 @@ impl<'a> Gate<'a> {
                         for (i, _) in parents.iter().enumerate().filter(|(_, p)| p.is_some()) {
                             notes[i] = Some(format!("copied directly: {why}"));
                         }
+                        notes.truncate(self.machines.len());
                         Vec::new()
                     }
                 }
@@ -170,7 +190,9 @@ impl<'a> Gate<'a> {
             handles.into_iter().filter_map(|h| h.join().ok()).collect()
         });
         for (i, note) in results.into_iter().flatten() {
-            notes[i] = Some(note);
+            if let Some(slot) = notes.get_mut(i) {
+                *slot = Some(note);
+            }
         }
         notes
     }
@@ -183,14 +205,15 @@ impl<'a> Gate<'a> {
         node: &Node,
         arrivals: &[Option<Arrival>],
     ) -> Vec<(usize, String)> {
-        let name = |i: usize| self.machines[i].name.clone();
+        let name = |i: usize| self.name(i);
         let below = node.below();
         let mut members = vec![node.host];
         members.extend(&below);
         // The union of the members' closures, references first.
         let mut infos: BTreeMap<_, PathInfo> = BTreeMap::new();
         for &i in &members {
-            for info in arrivals[i].as_ref().map(|a| a.closure.iter()).into_iter().flatten() {
+            let closure = arrivals.get(i).and_then(Option::as_ref).map(|a| a.closure.iter());
+            for info in closure.into_iter().flatten() {
                 infos.entry(info.path.clone()).or_insert_with(|| info.clone());
             }
         }
@@ -206,7 +229,19 @@ impl<'a> Gate<'a> {
         let mut specs: BTreeMap<usize, HostSpec> = BTreeMap::new();
         let mut failed: Vec<(usize, String)> = Vec::new();
         for &i in &members {
-            let m = self.machines[i];
+            let Some(m) = self.machines.get(i).copied() else {
+                // A relay-only host: always the first of its tree (never behind another).
+                let r = &self.relays[i - self.machines.len()];
+                let spec = HostSpec {
+                    name: r.name.clone(),
+                    uri: String::new(),
+                    host_key: r.host_key.clone(),
+                    relay_identity: r.relay_identity.clone(),
+                    needs: Vec::new(),
+                };
+                specs.insert(i, spec);
+                continue;
+            };
             let needs: BTreeSet<_> =
                 arrivals[i].as_ref().map(|a| a.closure.paths().collect()).unwrap_or_default();
             match host_uri(m) {
@@ -240,7 +275,7 @@ impl<'a> Gate<'a> {
                 scope.spawn(move || authorize(ctx, run, self.machines[i]));
             }
         });
-        let hosts: Vec<HostSpec> = (0..self.machines.len())
+        let hosts: Vec<HostSpec> = (0..self.machines.len() + self.relays.len())
             .map(|i| {
                 specs.get(&i).cloned().unwrap_or_else(|| HostSpec {
                     name: String::new(),
@@ -251,24 +286,29 @@ impl<'a> Gate<'a> {
                 })
             })
             .collect();
-        let root = self.machines[node.host];
-        let forward = forward_for(node, &hosts, true);
+        let root_machine = self.machines.get(node.host).copied();
+        let root_name = name(node.host);
+        let forward = forward_for(node, &hosts, root_machine.is_some());
         let options = PushOptions {
-            authorize: root.configuration.authorize,
+            authorize: root_machine.is_some_and(|m| m.configuration.authorize),
             compress: None,
             frame_cache: run.frame_cache.clone(),
             forward: Some(forward),
             ..PushOptions::default()
         };
-        let progress = CopyProgress { host: &root.name, progress: ctx.progress };
-        let pushed = match Link::new(root) {
-            Ok(Link::Ssh { transport, .. }) => {
-                push_closure(ctx.layout, &union, transport.as_ref(), run.key, &options, &progress)
-                    .map_err(|e| error_chain(&e))
-            }
-            Ok(_) => Err("not reached over SSH".into()),
-            Err(e) => Err(error_chain(&e)),
+        let progress = CopyProgress { host: &root_name, progress: ctx.progress };
+        let transport = match root_machine {
+            Some(m) => match Link::new(m) {
+                Ok(Link::Ssh { transport, .. }) => Ok(transport),
+                Ok(_) => Err("not reached over SSH".into()),
+                Err(e) => Err(error_chain(&e)),
+            },
+            None => relay_transport(&self.relays[node.host - self.machines.len()], ctx),
         };
+        let pushed = transport.and_then(|t| {
+            push_closure(ctx.layout, &union, t.as_ref(), run.key, &options, &progress)
+                .map_err(|e| error_chain(&e))
+        });
         let mut notes = Vec::new();
         match pushed {
             Ok(summary) => {
@@ -288,7 +328,7 @@ impl<'a> Gate<'a> {
                 }
             }
             Err(e) => {
-                ctx.progress.line(&root.name, &format!("as a relay: {e}"));
+                ctx.progress.line(&root_name, &format!("as a relay: {e}"));
                 notes.push((node.host, format!("as a relay: {e}")));
                 for &i in &below {
                     let note =
@@ -300,6 +340,28 @@ impl<'a> Gate<'a> {
         }
         notes
     }
+}
+
+/// The agent of a relay-only host, over SSH: its store (kept empty) under its root.
+fn relay_transport(r: &RelayHost, ctx: &Ctx<'_>) -> Result<Box<SshTransport>, String> {
+    let endpoint =
+        proto::uri::SshEndpoint { user: r.user.clone(), host: r.host_name.clone(), port: r.port };
+    let auth = SshAuth {
+        identity: r.identity.clone(),
+        host_key: Some(r.host_key.clone()),
+        known_hosts: None,
+        ssh_config: None,
+        source: SettingsSource::DeploymentFile,
+    };
+    let config = SshConfig::for_endpoint(&endpoint, auth).map_err(|e| error_chain(&e))?;
+    let store_dir = ctx.layout.store_dir().as_str();
+    let store = StoreParams {
+        root: Some(r.root.clone()),
+        store_dir: (store_dir != nar_core::store_path::StoreDir::GUIX)
+            .then(|| store_dir.to_owned()),
+        ..StoreParams::default()
+    };
+    SshTransport::new(config, store).map(Box::new).map_err(|e| e.to_string())
 }
 
 /// Each host below `node` and the host that feeds it.

@@ -205,7 +205,7 @@ fn deploy_with(
         .fan_out
         .map(FanOut::Trees)
         .or_else(|| machines.iter().any(|m| m.configuration.via.is_some()).then_some(FanOut::Via));
-    let Some(how) = how.filter(|_| machines.len() > 1) else {
+    let Some(how) = how.filter(|h| machines.len() > 1 || *h == FanOut::Via) else {
         return pipelines(ctx, machines, options, |r: &HostReport| r.success, None, &|_, m, p| {
             apply(ctx, run, m, p)
         });
@@ -213,7 +213,7 @@ fn deploy_with(
     // Relays: every machine plans, then the trees copy, then every machine applies its plan
     // (crate::fanout); all machines run at once so that they meet, and none is skipped
     // (`fail_fast` would leave the others waiting for it).
-    let gate = Gate::new(machines, how);
+    let gate = Gate::new(machines, &ctx.deployment.relays, how);
     let jobs = options.jobs.max(machines.len());
     let options = Options { jobs, fail_fast: false, ..options.clone() };
     let ok = |r: &HostReport| r.success;

@@ -55,6 +55,7 @@ pub(super) fn machines(
         cx.store_dir = choice.store_dir(Some(kind));
     }
     let machines = cx.resolve(&raw)?;
+    let relays = cx.relays(&raw, &machines)?;
     let rollout = match &raw.rollout {
         None => None,
         Some(steps) => {
@@ -66,7 +67,7 @@ pub(super) fn machines(
             )
         }
     };
-    Ok(Parsed { store: cx.store, store_dir: cx.store_dir, machines, rollout })
+    Ok(Parsed { store: cx.store, store_dir: cx.store_dir, machines, rollout, relays })
 }
 
 /// A step of `rollout`: a host count, or a string (`"25%"`, `"3"`).
@@ -92,6 +93,7 @@ pub(super) struct Parsed {
     pub store_dir: StoreDir,
     pub machines: Vec<Machine>,
     pub rollout: Option<Rollout>,
+    pub relays: Vec<RelayHost>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +105,21 @@ struct RawFile {
     operating_system: BTreeMap<String, Spanned<RawOs>>,
     #[serde(default)]
     machine: Vec<Spanned<RawMachine>>,
+    #[serde(default)]
+    relay: BTreeMap<String, Spanned<RawRelay>>,
+}
+
+/// `[relay.NAME]`: a host that only forwards (see [`RelayHost`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRelay {
+    host_name: String,
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<Spanned<String>>,
+    host_key: Spanned<String>,
+    root: Option<Spanned<String>>,
+    relay_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -389,26 +406,64 @@ impl Cx<'_> {
                 configuration,
             });
         }
-        // `via` names another managed-host machine of the file (the tree is checked by the
-        // run: transfer::fanout).
+        // `via` names another managed-host machine or a `[relay.NAME]` of the file (the tree
+        // is checked by the run: transfer::fanout).
         for m in raw.machine.iter().map(Spanned::get_ref) {
             let Some(via) = m.configuration.as_ref().and_then(|c| c.get_ref().via.as_ref()) else {
                 continue;
             };
             let relay = machines.iter().find(|o| &o.name == via.get_ref());
-            if relay.is_none_or(|r| r.environment != Environment::ManagedHost)
-                || via.get_ref() == m.name.get_ref()
-            {
+            let machine_relay = relay.is_some_and(|r| r.environment == Environment::ManagedHost)
+                && via.get_ref() != m.name.get_ref();
+            if !machine_relay && !raw.relay.contains_key(via.get_ref()) {
                 return Err(self.at(
                     via.span(),
                     format!(
-                        "via = \"{}\": not another managed-host machine of this file",
+                        "via = \"{}\": not another managed-host machine nor a [relay.NAME] of \
+                         this file",
                         via.get_ref()
                     ),
                 ));
             }
         }
         Ok(machines)
+    }
+
+    /// The `[relay.NAME]` hosts.
+    fn relays(
+        &self,
+        raw: &RawFile,
+        machines: &[Machine],
+    ) -> Result<Vec<RelayHost>, DeploymentError> {
+        let mut relays = Vec::new();
+        for (name, r) in &raw.relay {
+            let span = r.span();
+            let r = r.get_ref();
+            if !valid_name(name) || machines.iter().any(|m| &m.name == name) {
+                return Err(self.at(
+                    span,
+                    format!("relay '{name}': an invalid name, or the name of a machine"),
+                ));
+            }
+            let root = match &r.root {
+                Some(root) if !root.get_ref().starts_with('/') => {
+                    return Err(self.at(root.span(), "a relay's root must be absolute".into()))
+                }
+                Some(root) => PathBuf::from(root.get_ref()),
+                None => PathBuf::from(DEFAULT_RELAY_ROOT),
+            };
+            relays.push(RelayHost {
+                name: name.clone(),
+                host_name: r.host_name.clone(),
+                port: r.port,
+                user: r.user.clone(),
+                identity: r.identity.as_ref().map(|i| self.identity(i)).transpose()?,
+                host_key: self.host_key(&r.host_key)?,
+                root,
+                relay_identity: r.relay_identity.clone(),
+            });
+        }
+        Ok(relays)
     }
 
     /// Apply the `inherit` chain: fields of `os` override those of its parent.

@@ -82,3 +82,41 @@ fn fan_out_copies_through_relays_and_falls_back_to_direct_copies() {
         assert_eq!(fs::read_to_string(r.join("etc/motd")).unwrap(), "two");
     }
 }
+
+/// A relay-only host (`[relay.gw]`, not deployed): the machines with `via = "gw"` get their
+/// copies through it; it keeps nothing.
+#[test]
+fn a_relay_only_host_feeds_the_machines_behind_it() {
+    let env = Env::new();
+    let fleet = fleet(3);
+    authorize_relays(&fleet);
+    let gw = &fleet.hosts[0];
+    let mut text = BASE.replace("MOTD", "one");
+    text.push_str(&format!(
+        "[relay.gw]\nhost-name = \"{}\"\nport = {}\nuser = \"{}\"\nidentity = \"{}\"\n\
+         host-key = \"{}\"\nroot = \"{}\"\nrelay-identity = \"{}\"\n",
+        gw.host(),
+        gw.port(),
+        gw.user(),
+        gw.identity_ed25519().display(),
+        gw.host_key(),
+        root(gw).display(),
+        gw.identity_ed25519().display()
+    ));
+    for (name, sshd) in ["x", "y"].iter().zip(&fleet.hosts[1..]) {
+        text.push_str(&machine(name, sshd, "\"base\"", "confirm-timeout = 20\nvia = \"gw\""));
+    }
+    let file = env.write("fleet.toml", &text);
+    let s = env.deploy(0, &file, &[], &[]);
+    for (n, sshd) in ["x", "y"].iter().zip(&fleet.hosts[1..]) {
+        let m = s.machine(n);
+        assert_eq!(m["success"], true, "{}\n{}", s.json, s.stderr);
+        let detail = m["detail"].as_str().unwrap();
+        assert!(detail.contains("copied through relay gw"), "{detail}");
+        assert_eq!(m["paths_sent"], 0, "{}", s.json);
+        assert_eq!(current(&root(sshd)).as_deref(), Some("system-1-link"));
+    }
+    // The relay kept nothing.
+    let kept = ferry_tests::store_paths(crate::util::FERRY, &root(gw));
+    assert!(kept.is_empty(), "{kept:?}");
+}

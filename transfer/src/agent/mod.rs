@@ -116,6 +116,9 @@ pub struct AgentOptions {
     pub partial_budget: u64,
     /// How long a pull served with these options waits for the host ([`Role::Puller`]).
     pub deadlines: crate::deadline::Deadlines,
+    /// Act as a relay when the coordinator sends `Forward` ([`crate::fanout`]): connect to the
+    /// hosts it names, with the identity files it names. Off in fuzzing (no network).
+    pub relay: bool,
 }
 
 impl AgentOptions {
@@ -132,6 +135,7 @@ impl AgentOptions {
             max_nodes: nar_core::restore::MAX_NODES,
             partial_budget: 16 << 30,
             deadlines: crate::deadline::Deadlines::default(),
+            relay: true,
         }
     }
 
@@ -466,7 +470,7 @@ pub fn serve_as<R: Read, W: Write + Send>(
                 // Pull: from here on this side pushes (crate::pull is the other side).
                 return send::send_closure(&store, &roots, &mut s.frames, s.out);
             }
-            Frame::Forward(forward) if matches!(s.role, Role::Host) => {
+            Frame::Forward(forward) if matches!(s.role, Role::Host) && s.options.relay => {
                 // A relay: from here on this side feeds its own store and its children
                 // (crate::fanout), each of which checks what it gets itself.
                 drop(store);

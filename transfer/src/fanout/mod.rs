@@ -9,7 +9,8 @@
 //! ([`forward_for`]). The relay ([`relay`], the agent's relay role) then
 //!
 //! 1. opens one coordinator session per stream it feeds: its own store (an in-process agent on
-//!    the same store, unless it only forwards) and each child, reached with **its own SSH
+//!    the same store, unless it only forwards: a relay-only host, `[relay.NAME]` in a
+//!    deployment file, is sent `Forward` without `own` and keeps nothing) and each child, reached with **its own SSH
 //!    client** (below); a child that relays in turn gets its own `Forward`, renumbered
 //!    ([`tree::narrow`]);
 //! 2. passes the `Query` on, narrowed to what each stream's subtree needs, and answers the
