@@ -103,6 +103,7 @@ pub(crate) fn apply(
             detail: "already on this system".into(),
             steps,
             substituted,
+            activated: false,
         });
     }
 
@@ -243,6 +244,7 @@ fn activate(
         generation: r.generation,
         detail,
         steps,
+        activated: r.success,
         ..HostReport::default()
     })
 }

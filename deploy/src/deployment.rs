@@ -8,6 +8,7 @@
 //! ```toml
 //! store = "ferry"                  # the local store systems come from: "ferry" (default), or
 //!                                  # "nix" / "guix": the machine's own, read in place
+//! rollout = [1, "25%", "100%"]     # deploy in waves (see crate::rollout); --rollout wins
 //!
 //! [operating-system.base]          # a named declaration; machines share and override it
 //! host-name = "web"                # default: the machine's name
@@ -67,6 +68,17 @@
 //!                                  # binary caches the host fetches missing paths from itself
 //!                                  # (a real run; signed by a key of the host's
 //!                                  # trusted-public-keys), before the coordinator sends the rest
+//! via = "web0"                     # copy through machine web0 or [relay.web0] (a relay:
+//!                                  # transfer::fanout); this machine needs `host-key`, the
+//!                                  # relay reaches it with its own SSH client
+//! relay-identity = "/root/.ssh/id_relay"  # when this machine relays: the key file on it
+//!                                  # it logs in to its children with (never copied there)
+//!
+//! [relay.gw]                       # a relay-only host: forwards copies to machines with
+//! host-name = "198.51.100.4"       # via = "gw", keeps nothing, is not deployed; port, user,
+//! host-key = "ssh-ed25519 AAAA…"   # identity as for a machine; host-key required
+//! root = "/var/lib/ferry-relay"    # its agent's (empty) store (default)
+//! relay-identity = "/root/.ssh/id_relay"
 //! ```
 //!
 //! # Rules
@@ -204,6 +216,32 @@ pub struct Deployment {
     pub warnings: Vec<String>,
     /// The local paths the file names, for [`Deployment::check_local_paths`].
     pub local_paths: Vec<LocalPath>,
+    /// `rollout = [...]`: deploy in waves (`--rollout` replaces it).
+    pub rollout: Option<crate::rollout::Rollout>,
+    /// `[relay.NAME]`: hosts that only forward copies (`via = "NAME"`).
+    pub relays: Vec<RelayHost>,
+}
+
+/// Where a relay-only host keeps its agent's (empty) store by default.
+pub const DEFAULT_RELAY_ROOT: &str = "/var/lib/ferry-relay";
+
+/// `[relay.NAME]`: a host that is not deployed and keeps nothing; machines with
+/// `via = "NAME"` get their copies through it (`transfer::fanout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayHost {
+    pub name: String,
+    /// SSH host (the coordinator connects to it).
+    pub host_name: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// The private key file the coordinator logs in with.
+    pub identity: Option<PathBuf>,
+    /// Its pinned host key (required).
+    pub host_key: String,
+    /// Where its agent keeps its store on the host (`/var/lib/ferry-relay`).
+    pub root: PathBuf,
+    /// The key file on it to log in to its children with.
+    pub relay_identity: Option<String>,
 }
 
 /// One machine with its resolved operating system and configuration.
@@ -257,6 +295,12 @@ pub struct Configuration {
     /// `substitute-from`: binary caches (`s3://`, `file://`, `http(s)://`) the host fetches
     /// missing paths from itself before the coordinator sends the rest.
     pub substitute_from: Vec<String>,
+    /// `via = "NAME"`: the machine whose agent relays the copy to this one
+    /// (`transfer::fanout`).
+    pub via: Option<String>,
+    /// `relay-identity`: when this machine relays, the private key file *on it* it logs in to
+    /// its children with (`None`: its user's default keys).
+    pub relay_identity: Option<String>,
 }
 
 /// `store` in `[machine.configuration]`: where the host keeps what is copied.
@@ -499,6 +543,8 @@ impl Deployment {
             machines: parsed.machines,
             warnings: parsed.warnings,
             local_paths: parsed.local_paths,
+            rollout: parsed.rollout,
+            relays: parsed.relays,
         })
     }
 

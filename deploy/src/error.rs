@@ -62,6 +62,9 @@ pub enum DeployError {
     /// The run was interrupted (Ctrl-C) before this step: `{0}` says what was not done.
     #[error("interrupted: {0}")]
     Interrupted(&'static str),
+    /// A staged rollout stopped before this machine's wave ([`crate::rollout`]).
+    #[error("not started: wave {wave} stopped the run")]
+    NotStarted { wave: usize },
 }
 
 /// `error` and its sources, `: `-separated (as the front end prints errors).

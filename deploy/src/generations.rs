@@ -444,7 +444,7 @@ mod tests {
         p.add(&system(t.path(), "bbbb")).unwrap();
         p.mark_failed(2, "activate exited with code 1\nmore").unwrap();
         let failed: Vec<_> = p.list().unwrap().into_iter().map(|g| g.failed).collect();
-        assert_eq!(failed, [None, Some("activate exited with code 1".to_owned())]);
+        assert_eq!(failed, [None, Some("activate exited with code 1 more".to_owned())]);
         // Nothing beside the links that Nix could take for a generation.
         assert_eq!(p.numbers().unwrap(), [1, 2]);
         assert_eq!(fs::read_dir(p.dir()).unwrap().count(), 2);

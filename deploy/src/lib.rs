@@ -20,9 +20,11 @@
 //! | [`system`] | the system builder: one store item per operating-system declaration |
 //! | [`error`] | [`error::DeployError`]: why a machine's pipeline failed, naming the step |
 //! | [`orchestrate`] | a run over the selected machines, in parallel: deploy, dry run, roll back, `-x`, generations; per-machine results and errors |
+//! | [`fanout`] | deploying through relays (`via`, `--fan-out`): the machines meet once planned, the trees copy, each machine then copies directly what its relay did not deliver |
 //! | [`plan`] | one machine's plan: the host's facts, the checks, the paths to copy and their bytes |
 //! | `apply` (private) | executing a plan: the copy, activation, the confirmation over a new connection |
 //! | [`probes`] | the coordinator's `tcp` and `http` health checks |
+//! | [`rollout`] | staged rollouts (pure): the waves of `--rollout 1,25%,100%`, which wave stops the run |
 //! | [`progress`] | the [`progress::DeployProgress`] trait a front end renders, and [`progress::NoProgress`] |
 //! | [`checks`] | safety checks (file systems, devices) and the downgrade check |
 //! | [`activation`] | the activation/rollback state machine (pure: time is a parameter) |
@@ -35,6 +37,7 @@ mod apply;
 pub mod checks;
 pub mod deployment;
 pub mod error;
+pub mod fanout;
 pub mod generations;
 pub mod host;
 pub mod link;
@@ -42,4 +45,5 @@ pub mod orchestrate;
 pub mod plan;
 pub mod probes;
 pub mod progress;
+pub mod rollout;
 pub mod system;

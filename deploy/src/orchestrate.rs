@@ -8,6 +8,9 @@
 //! - [`deploy`]: one thread builds the machines' systems into the local store in machine order
 //!   (one writer); each machine's pipeline starts as soon as its own system is there, makes
 //!   its [`HostPlan`] ([`crate::plan`]) and executes it (`apply`).
+//! - [`deploy_rollout`]: the same in waves ([`crate::rollout`]): a wave starts when every
+//!   machine of the previous one is activated and confirmed healthy; the first failure stops
+//!   the run (and, if asked, rolls back every machine the run activated).
 //! - [`dry_run`]: the same up to the plans, which it returns; nothing changes on the hosts.
 //! - [`roll_back`], [`execute`] (`-x`), [`list_generations`]: one `ferry host` command each.
 //!
@@ -32,10 +35,13 @@ use transfer::push::frame_cache::FrameCache;
 pub use crate::apply::NEVER_CONFIRM_ENV;
 use crate::apply::{apply, Apply};
 use crate::deployment::{Deployment, Machine};
+use crate::error::error_chain;
 use crate::error::DeployError;
+use crate::fanout::{FanOut, Gate};
 use crate::link::Link;
 use crate::plan::{plan_host, Ctx, HostPlan, HostReport, Planned};
 use crate::progress::{DeployProgress, Phase};
+use crate::rollout::{Rollout, WavePlan};
 use crate::system::{self, BuiltSystem, Provenance};
 
 /// How a run goes.
@@ -52,6 +58,9 @@ pub struct Options {
     /// A binary cache (`s3://`, `file://`) each machine's closure is put into before its copy
     /// (`--push-to`): one writer for the run, so a path is written once whatever the machines.
     pub push_to: Option<String>,
+    /// `--fan-out K`: copy through relay trees of `K` children per host ([`crate::fanout`]);
+    /// without it, the machines' `via` make the trees.
+    pub fan_out: Option<usize>,
 }
 
 impl Default for Options {
@@ -62,6 +71,7 @@ impl Default for Options {
             never_confirm: false,
             interrupt: Arc::default(),
             push_to: None,
+            fan_out: None,
         }
     }
 }
@@ -136,7 +146,8 @@ fn pipelines<T: Send>(
     machines: &[&Machine],
     options: &Options,
     ok: fn(&T) -> bool,
-    then: &(dyn Fn(&Machine, Planned) -> Result<T, DeployError> + Sync),
+    gate: Option<(&Gate<'_>, &Apply<'_>)>,
+    then: &(dyn Fn(usize, &Machine, Planned) -> Result<T, DeployError> + Sync),
 ) -> Result<Vec<HostRun<T>>, DeployError> {
     let started = Instant::now();
     // ferry's builder writes to the local store; systems built elsewhere are only read there
@@ -176,10 +187,13 @@ fn pipelines<T: Send>(
         for_each_machine(machines, options, ok, &|i, m| {
             progress.start(&m.name);
             progress.phase(&m.name, Phase::Build);
-            let r = built
+            let planned = built
                 .take(i)
-                .and_then(|(system, provenance)| plan_host(ctx, m, &system, &provenance))
-                .and_then(|planned| then(m, planned));
+                .and_then(|(system, provenance)| plan_host(ctx, m, &system, &provenance));
+            if let Some((gate, run)) = gate {
+                gate.arrive(ctx, run, i, planned.as_ref().ok().map(|p| &p.plan));
+            }
+            let r = planned.and_then(|planned| then(i, m, planned));
             match &r {
                 Ok(r) => progress.done(&m.name, ok(r)),
                 Err(e) => {
@@ -202,26 +216,154 @@ pub fn deploy(
     options: &Options,
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostReport>>, DeployError> {
-    let push_to = match &options.push_to {
-        Some(uri) => Some(std::sync::Mutex::new(
-            transfer::target::cache_writer(
-                uri,
-                layout,
-                transfer::target::cache::DEFAULT_ZSTD_LEVEL,
-            )
-            .map_err(|e| DeployError::PushTo(Box::new(e)))?
-            .0,
-        )),
-        None => None,
-    };
+    let push_to = push_to_writer(options, layout)?;
     let ctx = Ctx { layout, deployment, progress, dry_run: false, push_to: push_to.as_ref() };
+    let run = apply_run(key, machines.len(), options);
+    deploy_with(&ctx, &run, machines, options)
+}
+
+/// `--push-to`: the one cache writer of the run, if any.
+fn push_to_writer(
+    options: &Options,
+    layout: &StoreLayout,
+) -> Result<Option<std::sync::Mutex<transfer::target::cache::CacheWriter>>, DeployError> {
+    let Some(uri) = &options.push_to else { return Ok(None) };
+    let level = transfer::target::cache::DEFAULT_ZSTD_LEVEL;
+    let (writer, _) = transfer::target::cache_writer(uri, layout, level)
+        .map_err(|e| DeployError::PushTo(Box::new(e)))?;
+    Ok(Some(std::sync::Mutex::new(writer)))
+}
+
+/// What a real run shares: the key, the compress-once cache over `machines` machines, and
+/// the options (whether the run was interrupted).
+fn apply_run<'a>(key: &'a SigningKey, machines: usize, options: &'a Options) -> Apply<'a> {
     // Compress once: each path's zstd stream is made by the first machine's session that
     // sends it and copied by the others (all at the same level, so they share).
-    let frame_cache = (machines.len() > 1).then(|| Arc::new(FrameCache::new(machines.len())));
-    let run = Apply { key, frame_cache, never_confirm: options.never_confirm, options };
-    pipelines(&ctx, machines, options, |r: &HostReport| r.success, &|m, planned| {
-        apply(&ctx, &run, m, planned)
+    let frame_cache = (machines > 1).then(|| Arc::new(FrameCache::new(machines)));
+    Apply { key, frame_cache, never_confirm: options.never_confirm, options }
+}
+
+fn deploy_with(
+    ctx: &Ctx<'_>,
+    run: &Apply<'_>,
+    machines: &[&Machine],
+    options: &Options,
+) -> Result<Vec<HostRun<HostReport>>, DeployError> {
+    let how = options
+        .fan_out
+        .map(FanOut::Trees)
+        .or_else(|| machines.iter().any(|m| m.configuration.via.is_some()).then_some(FanOut::Via));
+    let Some(how) = how.filter(|h| machines.len() > 1 || *h == FanOut::Via) else {
+        return pipelines(ctx, machines, options, |r: &HostReport| r.success, None, &|_, m, p| {
+            apply(ctx, run, m, p)
+        });
+    };
+    // Relays: every machine plans, then the trees copy, then every machine applies its plan
+    // (crate::fanout); all machines run at once so that they meet, and none is skipped
+    // (`fail_fast` would leave the others waiting for it).
+    let gate = Gate::new(machines, &ctx.deployment.relays, how);
+    let jobs = options.jobs.max(machines.len());
+    let options = Options { jobs, fail_fast: false, ..options.clone() };
+    let ok = |r: &HostReport| r.success;
+    pipelines(ctx, machines, &options, ok, Some((&gate, run)), &|i, m, planned| {
+        let mut report = apply(ctx, run, m, planned)?;
+        if let Some(note) = gate.note(i) {
+            report.detail = format!("{}; {note}", report.detail);
+        }
+        Ok(report)
     })
+}
+
+/// What a staged rollout did ([`deploy_rollout`]).
+#[derive(Debug)]
+pub struct RolloutRun {
+    /// Per machine, in selection order; the machines of waves that never started have
+    /// [`DeployError::NotStarted`].
+    pub runs: Vec<HostRun<HostReport>>,
+    /// The waves the machines were in.
+    pub waves: WavePlan,
+    /// The wave (1-based) whose failure stopped the run.
+    pub stopped_by: Option<usize>,
+    /// The machines (indices) of that wave that failed.
+    pub failed: Vec<usize>,
+    /// The machines (indices) `--roll-back-on-failure` returned to their previous generation.
+    pub rolled_back: Vec<usize>,
+}
+
+/// [`deploy`] in waves (see [`crate::rollout`]): each wave is a deploy of its machines (in
+/// parallel, `jobs` at a time); the next starts only when every machine of this one succeeded,
+/// that is activated and confirmed healthy. The first wave with a failure stops the run; with
+/// `roll_back_on_failure` every machine this run activated then returns to its previous
+/// generation. The compress-once cache spans the waves.
+#[allow(clippy::too_many_arguments)]
+pub fn deploy_rollout(
+    deployment: &Deployment,
+    machines: &[&Machine],
+    layout: &StoreLayout,
+    key: &SigningKey,
+    options: &Options,
+    rollout: &Rollout,
+    roll_back_on_failure: bool,
+    progress: &dyn DeployProgress,
+) -> Result<RolloutRun, DeployError> {
+    let push_to = push_to_writer(options, layout)?;
+    let ctx = Ctx { layout, deployment, progress, dry_run: false, push_to: push_to.as_ref() };
+    let run = apply_run(key, machines.len(), options);
+    let waves = rollout.waves(machines.len());
+    let mut runs: Vec<HostRun<HostReport>> = Vec::with_capacity(machines.len());
+    let mut stopped_by = None;
+    let mut failed = Vec::new();
+    for range in waves.waves() {
+        if let Some(wave) = stopped_by {
+            runs.extend(range.clone().map(|_| HostRun {
+                result: Err(DeployError::NotStarted { wave }),
+                elapsed: Duration::ZERO,
+            }));
+            continue;
+        }
+        runs.extend(deploy_with(&ctx, &run, &machines[range.clone()], options)?);
+        let ok: Vec<bool> =
+            runs.iter().map(|r| r.result.as_ref().is_ok_and(|r| r.success)).collect();
+        stopped_by = waves.stopped_by(&ok);
+        failed = range.clone().filter(|&i| !ok[i]).collect();
+    }
+    let mut rolled_back = Vec::new();
+    if stopped_by.is_some() && roll_back_on_failure {
+        let activated: Vec<usize> = (0..runs.len())
+            .filter(|&i| runs[i].result.as_ref().is_ok_and(|r| r.activated))
+            .collect();
+        let back: Vec<&Machine> = activated.iter().map(|&i| machines[i]).collect();
+        for (i, undo) in activated.into_iter().zip(roll_back(&back, options, progress)) {
+            let Ok(report) = &mut runs[i].result else { continue };
+            let was = report.generation.map_or_else(|| "-".into(), |g| g.to_string());
+            report.success = false;
+            report.steps.push(("roll back", undo.elapsed));
+            match undo.result {
+                Ok(r) if r.success => {
+                    report.generation = r.generation;
+                    report.activated = false;
+                    report.detail = format!(
+                        "activated generation {was}, then rolled back (--roll-back-on-failure): {}",
+                        r.detail
+                    );
+                    rolled_back.push(i);
+                }
+                Ok(r) => {
+                    report.detail = format!(
+                        "activated generation {was}; roll back (--roll-back-on-failure) failed: {}",
+                        r.detail
+                    )
+                }
+                Err(e) => {
+                    report.detail = format!(
+                        "activated generation {was}; roll back (--roll-back-on-failure) failed: {}",
+                        error_chain(&e)
+                    )
+                }
+            }
+        }
+    }
+    Ok(RolloutRun { runs, waves, stopped_by, failed, rolled_back })
 }
 
 /// Dry run: build every machine's system and plan its deploy (the hosts' facts and the
@@ -234,7 +376,7 @@ pub fn dry_run(
     progress: &dyn DeployProgress,
 ) -> Result<Vec<HostRun<HostPlan>>, DeployError> {
     let ctx = Ctx { layout, deployment, progress, dry_run: true, push_to: None };
-    pipelines(&ctx, machines, options, |_| true, &|_, planned| {
+    pipelines(&ctx, machines, options, |_| true, None, &|_, _, planned| {
         if let Some(session) = planned.session {
             session.end().map_err(DeployError::EndSession)?;
         }
@@ -398,7 +540,6 @@ impl Drop for CloseOnDrop<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::error_chain;
     use crate::link::LinkError;
 
     #[test]

@@ -68,6 +68,9 @@ pub struct HostReport {
     pub steps: Vec<(&'static str, Duration)>,
     /// What the host fetched itself from each of its `substitute-from` caches.
     pub substituted: Vec<Substituted>,
+    /// This run switched the host to a new generation, confirmed (what a rollout's
+    /// `--roll-back-on-failure` undoes).
+    pub activated: bool,
 }
 
 /// A path the host lacks.

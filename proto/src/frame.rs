@@ -36,6 +36,8 @@
 //! | 0x40 | `Done` | coordinator | (empty): no more paths |
 //! | 0x41 | `Bye` | agent | imported:u64, rejected:u64 |
 //! | 0x50 | `SendClosure` | coordinator | roots:list<path> — pull: the agent sends their closure |
+//! | 0x60 | `Forward` | coordinator | own:opt<list<u32>>, children:list<child> — feature `forward`, see below; child = name:string, uri:string, host_key:string, identity:opt<string>, wants:list<u32>, children:list<child> (at most [`MAX_FORWARD_DEPTH`] levels) |
+//! | 0x61 | `Forwarded` | agent | list<name:string, ok:u8, detail:string> — after `Done`, before `Bye`: each host below the relay, reached or not |
 //! | 0x7f | `Error` | either | message:string (cut and escaped like `Reject`'s); the sender closes the session |
 //!
 //! # Conversation
@@ -117,6 +119,21 @@
 //! paths. It is a number to show, not a promise: a path is the host's only when acknowledged.
 //! Without the feature the coordinator counts the acknowledged paths' sizes instead.
 //!
+//! # Relays (feature `forward`)
+//! An agent announcing `forward` can be a relay (`transfer::fanout`). Right after the handshake
+//! (and `Authorize`, which is for the relay's own store only and never travels further), the
+//! coordinator sends `Forward`: the hosts the relay feeds (`children`, each with the SSH URI the
+//! relay reaches it at, its pinned host key, the identity file *on the relay* to log in with,
+//! and its own children), and which entries of the coming `Query` each needs (`wants`: indexes
+//! into it; `own`: the relay's own store's, absent for a relay that only forwards). The relay
+//! then speaks this protocol as a coordinator to each child, forwarding the coordinator's frames
+//! unchanged (`PathStart` with the coordinator's signature, the `Data` as sent): its `Have` is
+//! the union of its own and its children's (no resume offsets, no delta bases, so paths come in
+//! full), a path's `Ack`/`Reject` is its own store's (a forwarding-only relay acks once every
+//! child answered), and after `Done` it reports every host below it in `Forwarded`. Each child
+//! checks signatures and hashes itself: a relay can drop or spoil data, never make a host accept
+//! it. `Forward` is only sent to an agent that announced `forward`.
+//!
 //! # Versions
 //! Each side sends the range of protocol versions it speaks; the session uses the highest
 //! version both speak, and fails with [`ProtocolError::VersionMismatch`] (naming both ranges and
@@ -153,7 +170,8 @@ pub const DATA_CHUNK: usize = 128 << 10;
 /// agent offers in `Have`), `send` (the agent answers `SendClosure`), `graph` (the agent reads
 /// the reference graph in `Query` to offer bases at the same place in its current generation).
 /// `trust` (the coordinator's key in `Hello`, whether the agent trusts it in `Have`), `progress`
-/// (the agent reports the bytes it received: `Received`).
+/// (the agent reports the bytes it received: `Received`), `forward` (the agent relays to other
+/// hosts, `Forward`/`Forwarded`).
 pub const FEATURES: &[&str] = &[
     "zstd",
     "resume",
@@ -162,6 +180,7 @@ pub const FEATURES: &[&str] = &[
     FEATURE_GRAPH,
     FEATURE_TRUST,
     FEATURE_PROGRESS,
+    FEATURE_FORWARD,
 ];
 /// The feature name of the trust answer in `Have`.
 pub const FEATURE_TRUST: &str = "trust";
@@ -169,6 +188,11 @@ pub const FEATURE_TRUST: &str = "trust";
 pub const FEATURE_PROGRESS: &str = "progress";
 /// About how many NAR bytes an agent receives between two `Received` frames.
 pub const RECEIVED_EVERY: u64 = 256 << 10;
+/// The feature name of relays (`Forward`, `Forwarded`).
+pub const FEATURE_FORWARD: &str = "forward";
+/// Most levels of children a `Forward` may nest (a relay tree below the coordinator is at most
+/// this deep).
+pub const MAX_FORWARD_DEPTH: usize = 3;
 /// The feature name of delta frames.
 pub const FEATURE_DELTA: &str = "delta";
 /// The feature name of the reference graph in `Query`.
@@ -193,6 +217,8 @@ pub mod kind {
     pub const DONE: u8 = 0x40;
     pub const BYE: u8 = 0x41;
     pub const SEND_CLOSURE: u8 = 0x50;
+    pub const FORWARD: u8 = 0x60;
+    pub const FORWARDED: u8 = 0x61;
     pub const ERROR: u8 = 0x7f;
 }
 
@@ -417,6 +443,42 @@ pub enum AckOutcome {
     AlreadyValid,
 }
 
+/// A host a relay feeds (`Forward`, see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardChild {
+    /// The host's name, as the coordinator calls it (in `Forwarded`).
+    pub name: String,
+    /// `ssh://[user@]host[:port][?root=…]`: where the relay reaches it.
+    pub uri: String,
+    /// Its pinned host key (`TYPE BASE64`): the relay never trusts a key on first use.
+    pub host_key: String,
+    /// The private key file on the relay to log in with (`None`: the relay's defaults).
+    pub identity: Option<String>,
+    /// Indexes into the relay's `Query` of the paths this host needs.
+    pub wants: Vec<u32>,
+    /// The hosts it feeds in turn.
+    pub children: Vec<ForwardChild>,
+}
+
+/// `Forward`: what a relay keeps and whom it feeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// Indexes into the `Query` of the paths the relay's own store needs (`None`: it only
+    /// forwards).
+    pub own: Option<Vec<u32>>,
+    pub children: Vec<ForwardChild>,
+}
+
+/// One host's outcome in `Forwarded`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardOutcome {
+    pub name: String,
+    /// Every path it needed landed there.
+    pub ok: bool,
+    /// Why not (peer text, cut and escaped on receipt).
+    pub detail: String,
+}
+
 /// One protocol message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -461,6 +523,8 @@ pub enum Frame {
     SendClosure {
         roots: Vec<StorePath>,
     },
+    Forward(Box<Forward>),
+    Forwarded(Vec<ForwardOutcome>),
     Error(String),
 }
 
@@ -488,6 +552,8 @@ impl Frame {
             Frame::Done => kind::DONE,
             Frame::Bye { .. } => kind::BYE,
             Frame::SendClosure { .. } => kind::SEND_CLOSURE,
+            Frame::Forward(_) => kind::FORWARD,
+            Frame::Forwarded(_) => kind::FORWARDED,
             Frame::Error(_) => kind::ERROR,
         }
     }
@@ -565,6 +631,15 @@ impl Frame {
             Frame::Data(_) => unreachable!("handled above"),
             Frame::PathEnd | Frame::Done => {}
             Frame::SendClosure { roots } => w.list(roots, |w, r| w.path(r)),
+            Frame::Forward(f) => {
+                w.opt(f.own.as_ref(), |w, own| w.list(own, |w, i| w.u32(*i)));
+                w.list(&f.children, Writer::child);
+            }
+            Frame::Forwarded(outcomes) => w.list(outcomes, |w, o| {
+                w.str(&o.name);
+                w.u8(u8::from(o.ok));
+                w.str(&o.detail);
+            }),
             Frame::Ack { path, outcome } => {
                 w.path(path);
                 w.u8(match outcome {
@@ -725,6 +800,17 @@ impl Frame {
                 kind::DONE => Frame::Done,
                 kind::BYE => Frame::Bye { imported: r.u64()?, rejected: r.u64()? },
                 kind::SEND_CLOSURE => Frame::SendClosure { roots: r.list(|r| r.path())? },
+                kind::FORWARD => Frame::Forward(Box::new(Forward {
+                    own: r.opt(|r| r.list(|r| r.u32()))?,
+                    children: r.list(|r| r.child(1))?,
+                })),
+                kind::FORWARDED => Frame::Forwarded(r.list(|r| {
+                    Ok(ForwardOutcome {
+                        name: peer_text(&r.string()?, MAX_PEER_MESSAGE),
+                        ok: r.u8()? != 0,
+                        detail: peer_text(&r.string()?, MAX_PEER_MESSAGE),
+                    })
+                })?),
                 kind::ERROR => Frame::Error(peer_text(&r.string()?, MAX_PEER_MESSAGE)),
                 _ => unreachable!("unknown kinds are caught above"),
             })
@@ -795,6 +881,8 @@ fn name_of(kind: u8) -> &'static str {
         kind::DONE => "Done",
         kind::BYE => "Bye",
         kind::SEND_CLOSURE => "SendClosure",
+        kind::FORWARD => "Forward",
+        kind::FORWARDED => "Forwarded",
         kind::ERROR => "Error",
         _ => "unknown",
     }
@@ -830,6 +918,14 @@ impl Writer<'_> {
         for item in items {
             each(self, item);
         }
+    }
+    fn child(&mut self, c: &ForwardChild) {
+        self.str(&c.name);
+        self.str(&c.uri);
+        self.str(&c.host_key);
+        self.opt(c.identity.as_ref(), |w, i| w.str(i));
+        self.list(&c.wants, |w, i| w.u32(*i));
+        self.list(&c.children, Writer::child);
     }
     fn opt<T>(&mut self, v: Option<T>, each: impl FnOnce(&mut Self, T)) {
         match v {
@@ -895,6 +991,20 @@ impl<'a> Reader<'a> {
             return Err(format!("list of {n} items in {} bytes", self.buf.len() - self.pos));
         }
         (0..n).map(|_| each(self)).collect()
+    }
+    /// A `Forward` child at nesting `depth` (1 for the relay's own children).
+    fn child(&mut self, depth: usize) -> Result<ForwardChild, String> {
+        if depth > MAX_FORWARD_DEPTH {
+            return Err(format!("relay children nested deeper than {MAX_FORWARD_DEPTH} levels"));
+        }
+        Ok(ForwardChild {
+            name: self.string()?,
+            uri: self.string()?,
+            host_key: self.string()?,
+            identity: self.opt(|r| r.string())?,
+            wants: self.list(|r| r.u32())?,
+            children: self.list(|r| r.child(depth + 1))?,
+        })
     }
     fn opt<T>(
         &mut self,

@@ -106,6 +106,8 @@ impl CoordinatorState {
                 P::AwaitWelcome
             }
             (P::Ready, Frame::Authorize { .. }) => P::AwaitAuthorized,
+            // A relay's orders, before the Query (feature `forward`).
+            (P::Ready, Frame::Forward(_)) => P::Ready,
             (P::Ready, Frame::Query(_)) => P::AwaitHave,
             (P::Sending, Frame::PathStart(p)) => {
                 self.in_flight.insert(p.path.clone());
@@ -186,6 +188,7 @@ impl CoordinatorState {
                 return Err(ProtocolError::Unanswered { count, paths: paths.join(", ") });
             }
             (P::Draining, Frame::Bye { .. }) => P::Closed,
+            (P::Draining, Frame::Forwarded(_)) => P::Draining,
             (phase, f) => {
                 return Err(ProtocolError::Unexpected {
                     frame: f.name(),
@@ -298,6 +301,7 @@ impl AgentState {
                 P::Greeting
             }
             (P::Ready, Frame::Authorize { .. }) => P::Authorizing,
+            (P::Ready, Frame::Forward(_)) => P::Ready,
             (P::Ready, Frame::Query(_)) => P::Answering,
             (P::Ready | P::Receiving, Frame::Done) => P::Finishing,
             // Pull: the agent now coordinates a push the other way (a new session).
@@ -336,6 +340,7 @@ impl AgentState {
                 }
                 self.phase
             }
+            (P::Finishing, Frame::Forwarded(_)) => P::Finishing,
             (P::Finishing, Frame::Bye { .. }) => P::Closed,
             (_, Frame::Error(_)) => P::Closed,
             (phase, f) => {
@@ -460,6 +465,29 @@ mod tests {
             Frame::Done,
             Frame::Bye { imported: 3, rejected: 1 },
             Frame::SendClosure { roots: vec![sp(1), sp(2)] },
+            Frame::Forward(Box::new(Forward {
+                own: Some(vec![0, 2]),
+                children: vec![ForwardChild {
+                    name: "web2".into(),
+                    uri: "ssh://root@10.0.0.2:22?root=/srv".into(),
+                    host_key: "ssh-ed25519 AAAA".into(),
+                    identity: Some("/root/.ssh/id_ed25519".into()),
+                    wants: vec![1],
+                    children: vec![ForwardChild {
+                        name: "web3".into(),
+                        uri: "ssh://10.0.0.3".into(),
+                        host_key: "ssh-ed25519 BBBB".into(),
+                        identity: None,
+                        wants: vec![],
+                        children: vec![],
+                    }],
+                }],
+            })),
+            Frame::Forward(Box::new(Forward { own: None, children: vec![] })),
+            Frame::Forwarded(vec![
+                ForwardOutcome { name: "web2".into(), ok: true, detail: String::new() },
+                ForwardOutcome { name: "web3".into(), ok: false, detail: "gone".into() },
+            ]),
             Frame::Error("boom".into()),
         ]
     }
@@ -556,6 +584,35 @@ mod tests {
         assert!(matches!(d.next_frame(), Err(ProtocolError::TooLarge { .. })));
     }
 
+    /// A `Forward` nests children at most [`MAX_FORWARD_DEPTH`] levels deep.
+    #[test]
+    fn forward_nesting_is_bounded() {
+        let nest = |levels: usize| {
+            let mut children = Vec::new();
+            for i in 0..levels {
+                children = vec![ForwardChild {
+                    name: format!("h{i}"),
+                    uri: "ssh://h".into(),
+                    host_key: "k".into(),
+                    identity: None,
+                    wants: vec![],
+                    children,
+                }];
+            }
+            let mut bytes = Vec::new();
+            Frame::Forward(Box::new(Forward { own: None, children })).encode(&mut bytes);
+            let mut d = FrameDecoder::new();
+            d.set_peer("x".into());
+            d.push(&bytes);
+            d.next_frame()
+        };
+        assert!(matches!(nest(MAX_FORWARD_DEPTH), Ok(Some(Frame::Forward(_)))));
+        assert!(matches!(
+            nest(MAX_FORWARD_DEPTH + 1),
+            Err(ProtocolError::Malformed { frame: "Forward", .. })
+        ));
+    }
+
     /// Without references the `Query` has exactly the layout older peers read; the graph
     /// section is checked against the entries.
     #[test]
@@ -650,6 +707,8 @@ mod tests {
         assert_eq!(c.version(), Some(1));
         exchange(true, Frame::Authorize { public_key: vec![] }, &mut c, &mut a);
         exchange(false, Frame::Authorized { added: false }, &mut c, &mut a);
+        let forward = Frame::Forward(Box::new(Forward { own: None, children: vec![] }));
+        exchange(true, forward, &mut c, &mut a);
         exchange(true, Frame::Query(vec![]), &mut c, &mut a);
         exchange(
             false,
@@ -677,6 +736,8 @@ mod tests {
         exchange(true, Frame::Done, &mut c, &mut a);
         exchange(false, Frame::Ack { path: sp(3), outcome: AckOutcome::Imported }, &mut c, &mut a);
         exchange(false, Frame::Ack { path: sp(4), outcome: AckOutcome::Imported }, &mut c, &mut a);
+        // A relay reports the hosts below it between its last answer and `Bye`.
+        exchange(false, Frame::Forwarded(vec![]), &mut c, &mut a);
         exchange(false, Frame::Bye { imported: 3, rejected: 1 }, &mut c, &mut a);
         assert_eq!(c.phase(), CoordinatorPhase::Closed);
         assert_eq!(a.phase(), AgentPhase::Closed);

@@ -1,7 +1,10 @@
-//! Network namespaces made by a test (`ip netns add`), joined by veth pairs, so that a test can
-//! build a small network (a client, a bastion, a host only the bastion reaches) without
-//! touching the machine's own: every address lives inside the namespaces the test made, and
-//! they are deleted (with their links) when dropped.
+//! Network namespaces made by a test (`ip netns add`), joined by veth pairs and bridges, so
+//! that a test can build a small network (a client, a bastion, a host only the bastion reaches;
+//! a LAN of hosts behind one shaped uplink) without touching the machine's own: every address
+//! lives inside the namespaces the test made, and they are deleted (with their links) when
+//! dropped. A link's rate is shaped with `tc tbf` ([`Netns::shape`]; this kernel has no
+//! `netem`, so no added latency), and the bytes a device sent are counted by the kernel
+//! ([`Netns::tx_bytes`]).
 //!
 //! Creating namespaces needs root (CI runs as root). [`Netns::unavailable`] says why they
 //! cannot be made here, for a test to print a `SKIP` line instead of failing.
@@ -63,19 +66,65 @@ impl Netns {
         &self.name
     }
 
-    /// Join `a` and `b` with a veth pair, `a_addr` and `b_addr` (`10.x.y.z/24`) on its ends.
-    /// Each end is named after the other namespace's tag, so one namespace can have several.
-    pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) {
+    /// Join `a` and `b` with a veth pair, `a_addr` and `b_addr` (`10.x.y.z/24`) on its ends;
+    /// the ends' device names (in `a`, in `b`), unique across namespaces.
+    pub fn link(a: &Netns, a_addr: &str, b: &Netns, b_addr: &str) -> (String, String) {
+        let (va, vb) = Self::veth(a, b);
+        for (ns, dev, addr) in [(a, &va, a_addr), (b, &vb, b_addr)] {
+            ip_ok(&["-n", &ns.name, "addr", "add", addr, "dev", dev]);
+            ip_ok(&["-n", &ns.name, "link", "set", dev, "up"]);
+        }
+        (va, vb)
+    }
+
+    fn veth(a: &Netns, b: &Netns) -> (String, String) {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let (va, vb) = (format!("va{n}"), format!("vb{n}"));
         ip_ok(&[
             "link", "add", &va, "netns", &a.name, "type", "veth", "peer", "name", &vb, "netns",
             &b.name,
         ]);
-        for (ns, dev, addr) in [(a, &va, a_addr), (b, &vb, b_addr)] {
-            ip_ok(&["-n", &ns.name, "addr", "add", addr, "dev", dev]);
-            ip_ok(&["-n", &ns.name, "link", "set", dev, "up"]);
-        }
+        (va, vb)
+    }
+
+    /// A bridge named `name` in this namespace, up (a LAN switch for [`Netns::attach`]).
+    pub fn bridge(&self, name: &str) {
+        ip_ok(&["-n", &self.name, "link", "add", name, "type", "bridge"]);
+        ip_ok(&["-n", &self.name, "link", "set", name, "up"]);
+    }
+
+    /// Plug `host` into the bridge `bridge` of `lan` with a veth pair: `host_addr`
+    /// (`10.x.y.z/24`) on the host's end, the other end a port of the bridge. The devices (in
+    /// `host`, in `lan`).
+    pub fn attach(host: &Netns, host_addr: &str, lan: &Netns, bridge: &str) -> (String, String) {
+        let (vh, vl) = Self::veth(host, lan);
+        ip_ok(&["-n", &host.name, "addr", "add", host_addr, "dev", &vh]);
+        ip_ok(&["-n", &host.name, "link", "set", &vh, "up"]);
+        ip_ok(&["-n", &lan.name, "link", "set", &vl, "master", bridge]);
+        ip_ok(&["-n", &lan.name, "link", "set", &vl, "up"]);
+        (vh, vl)
+    }
+
+    /// Limit what `dev` sends to `rate` (`tc` syntax: `20mbit`) with a token bucket (`tbf`).
+    pub fn shape(&self, dev: &str, rate: &str) {
+        let out = self
+            .command("tc")
+            .args(["qdisc", "replace", "dev", dev, "root", "tbf", "rate", rate])
+            .args(["burst", "64kb", "latency", "200ms"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run tc: {e} (apt-get install -y iproute2)"));
+        assert!(out.status.success(), "tc tbf on {dev}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Bytes `dev` has sent (its kernel counter, headers included).
+    pub fn tx_bytes(&self, dev: &str) -> u64 {
+        let out = self
+            .command("cat")
+            .arg(format!("/sys/class/net/{dev}/statistics/tx_bytes"))
+            .output()
+            .expect("run cat in the namespace");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim().parse().unwrap_or_else(|_| panic!("tx_bytes of {dev}: {text:?}"))
     }
 
     /// `program` run inside the namespace (`ip netns exec NAME program`); the environment

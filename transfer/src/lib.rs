@@ -22,6 +22,7 @@
 //! | [`delta`] | deltas: [`delta::stream`] (the format: zstd with the base NAR as prefix), [`delta::bases`] (ranking, offer, choice, encoding, applying) |
 //! | [`transport`] | the [`transport::Transport`] trait to an agent: local subprocess, in-process |
 //! | [`transport::ssh`] | the agent over SSH: russh client, known_hosts, bootstrap by upload, [`transport::ssh::SshConfig`] built in one place |
+//! | [`fanout`] | relays: a host feeds other hosts the frames it gets (`via`, `--fan-out`), each host checking them itself; the tree, pure |
 //! | [`trust`] | what a path's signature covers, the grammar of the unsigned metadata; the local signing keys |
 //! | [`deadline`] | every wait for a peer ends: per-phase deadlines extended by bytes moved at a floor rate |
 //! | `shaping` | emulated link rate and latency inside a transport (`ferry bench`; feature `bench`) |
@@ -54,6 +55,7 @@
 pub mod agent;
 pub mod deadline;
 pub mod delta;
+pub mod fanout;
 pub mod pull;
 pub mod push;
 pub mod target;

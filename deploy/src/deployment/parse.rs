@@ -14,6 +14,7 @@ use store::DbKind;
 use toml::Spanned;
 
 use super::*;
+use crate::rollout::Rollout;
 
 /// Resolve the machines of a deployment file's `text` (`path` names it in errors, `dir` is its
 /// folder).
@@ -55,13 +56,44 @@ pub(super) fn machines(
         cx.store_dir = choice.store_dir(Some(kind));
     }
     let (machines, warnings) = cx.resolve(&raw)?;
+    let relays = cx.relays(&raw, &machines)?;
+    let rollout = match &raw.rollout {
+        None => None,
+        Some(steps) => {
+            let text: Vec<String> = steps.get_ref().iter().map(RawStep::text).collect();
+            Some(
+                text.join(",")
+                    .parse::<Rollout>()
+                    .map_err(|e| cx.at(steps.span(), e.to_string()))?,
+            )
+        }
+    };
     Ok(Parsed {
         store: cx.store,
         store_dir: cx.store_dir,
         machines,
         warnings,
         local_paths: cx.local_paths.into_inner(),
+        rollout,
+        relays,
     })
+}
+
+/// A step of `rollout`: a host count, or a string (`"25%"`, `"3"`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawStep {
+    Count(i64),
+    Text(String),
+}
+
+impl RawStep {
+    fn text(&self) -> String {
+        match self {
+            RawStep::Count(n) => n.to_string(),
+            RawStep::Text(t) => t.clone(),
+        }
+    }
 }
 
 /// A resolved file: its store, its machines, its warnings and the local paths it names.
@@ -71,16 +103,34 @@ pub(super) struct Parsed {
     pub machines: Vec<Machine>,
     pub warnings: Vec<String>,
     pub local_paths: Vec<LocalPath>,
+    pub rollout: Option<Rollout>,
+    pub relays: Vec<RelayHost>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct RawFile {
     store: Option<Spanned<String>>,
+    rollout: Option<Spanned<Vec<RawStep>>>,
     #[serde(default)]
     operating_system: BTreeMap<String, Spanned<RawOs>>,
     #[serde(default)]
     machine: Vec<Spanned<RawMachine>>,
+    #[serde(default)]
+    relay: BTreeMap<String, Spanned<RawRelay>>,
+}
+
+/// `[relay.NAME]`: a host that only forwards (see [`RelayHost`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRelay {
+    host_name: String,
+    port: Option<u16>,
+    user: Option<String>,
+    identity: Option<Spanned<String>>,
+    host_key: Spanned<String>,
+    root: Option<Spanned<String>>,
+    relay_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -211,6 +261,8 @@ struct RawConfiguration {
     store: Option<HostStoreKind>,
     agent: Option<Spanned<String>>,
     substitute_from: Option<Vec<Spanned<String>>>,
+    via: Option<Spanned<String>>,
+    relay_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -398,7 +450,64 @@ impl Cx<'_> {
                 configuration,
             });
         }
+        // `via` names another managed-host machine or a `[relay.NAME]` of the file (the tree
+        // is checked by the run: transfer::fanout).
+        for m in raw.machine.iter().map(Spanned::get_ref) {
+            let Some(via) = m.configuration.as_ref().and_then(|c| c.get_ref().via.as_ref()) else {
+                continue;
+            };
+            let relay = machines.iter().find(|o| &o.name == via.get_ref());
+            let machine_relay = relay.is_some_and(|r| r.environment == Environment::ManagedHost)
+                && via.get_ref() != m.name.get_ref();
+            if !machine_relay && !raw.relay.contains_key(via.get_ref()) {
+                return Err(self.at(
+                    via.span(),
+                    format!(
+                        "via = \"{}\": not another managed-host machine nor a [relay.NAME] of \
+                         this file",
+                        via.get_ref()
+                    ),
+                ));
+            }
+        }
         Ok((machines, warnings))
+    }
+
+    /// The `[relay.NAME]` hosts.
+    fn relays(
+        &self,
+        raw: &RawFile,
+        machines: &[Machine],
+    ) -> Result<Vec<RelayHost>, DeploymentError> {
+        let mut relays = Vec::new();
+        for (name, r) in &raw.relay {
+            let span = r.span();
+            let r = r.get_ref();
+            if !valid_name(name) || machines.iter().any(|m| &m.name == name) {
+                return Err(self.at(
+                    span,
+                    format!("relay '{name}': an invalid name, or the name of a machine"),
+                ));
+            }
+            let root = match &r.root {
+                Some(root) if !root.get_ref().starts_with('/') => {
+                    return Err(self.at(root.span(), "a relay's root must be absolute".into()))
+                }
+                Some(root) => PathBuf::from(root.get_ref()),
+                None => PathBuf::from(DEFAULT_RELAY_ROOT),
+            };
+            relays.push(RelayHost {
+                name: name.clone(),
+                host_name: r.host_name.clone(),
+                port: r.port,
+                user: r.user.clone(),
+                identity: r.identity.as_ref().map(|i| self.identity(i)).transpose()?,
+                host_key: self.host_key(&r.host_key)?,
+                root,
+                relay_identity: r.relay_identity.clone(),
+            });
+        }
+        Ok(relays)
     }
 
     /// Apply the `inherit` chain: fields of `os` override those of its parent.
@@ -841,6 +950,8 @@ impl Cx<'_> {
             host_store: c.store.unwrap_or_default(),
             agent,
             substitute_from,
+            via: c.via.as_ref().map(|v| v.get_ref().clone()),
+            relay_identity: c.relay_identity.clone(),
         })
     }
 }

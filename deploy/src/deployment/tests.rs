@@ -616,3 +616,49 @@ fn substitute_from_takes_binary_caches_only() {
     let e = err(&with(r#"["s3://"]"#));
     assert!(e.contains("substitute-from: invalid target"), "{e}");
 }
+
+#[test]
+fn rollout_steps_are_counts_or_percentages() {
+    let machine =
+        "[[machine]]\nname = \"a\"\nenvironment = \"local\"\n[machine.operating-system]\n";
+    let d = parse(&format!("rollout = [1, \"25%\", \"100%\"]\n{machine}")).unwrap();
+    assert_eq!(d.rollout.unwrap().to_string(), "1,25%,100%");
+    assert!(parse(machine).unwrap().rollout.is_none());
+    assert_eq!(
+        err(&format!("rollout = [1, \"150%\"]\n{machine}")),
+        "/srv/deploy/fleet.toml:1:11: rollout step '150%': more than 100%"
+    );
+    assert_eq!(
+        err(&format!("rollout = []\n{machine}")),
+        "/srv/deploy/fleet.toml:1:11: a rollout needs at least one step (e.g. 1,25%,100%)"
+    );
+}
+
+#[test]
+fn via_names_a_machine_or_a_relay_only_host() {
+    let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDVHkdCT6mGqEKxBnRWWvj5Lq1LcObrY6rUJ2cUpuHiN";
+    let machine = |name: &str, via: &str| {
+        format!(
+            "[[machine]]\nname = \"{name}\"\n[machine.operating-system]\n\
+             [machine.configuration]\nhost-name = \"{name}\"\nhost-key = \"{key}\"\n{via}\n"
+        )
+    };
+    let relay = format!("[relay.gw]\nhost-name = \"10.0.0.5\"\nhost-key = \"{key}\"\n");
+    let d = parse(&format!(
+        "{relay}{}{}",
+        machine("a", "via = \"gw\""),
+        machine("b", "via = \"a\"\nrelay-identity = \"/root/.ssh/id_relay\"")
+    ))
+    .unwrap();
+    assert_eq!(d.relays.len(), 1);
+    assert_eq!(d.relays[0].root, Path::new(DEFAULT_RELAY_ROOT));
+    assert_eq!(d.machines[0].configuration.via.as_deref(), Some("gw"));
+    assert_eq!(d.machines[1].configuration.relay_identity.as_deref(), Some("/root/.ssh/id_relay"));
+    let e = err(&machine("a", "via = \"nowhere\""));
+    assert!(e.contains("via = \"nowhere\": not another managed-host machine"), "{e}");
+    let e = err(&machine("a", "via = \"a\""));
+    assert!(e.contains("via = \"a\""), "{e}");
+    let e =
+        err(&format!("[relay.a]\nhost-name = \"h\"\nhost-key = \"{key}\"\n{}", machine("a", "")));
+    assert!(e.contains("relay 'a': an invalid name, or the name of a machine"), "{e}");
+}

@@ -8,6 +8,12 @@
 //! per machine). The run ends with a table (or `--json`) and exits 0 only if every selected
 //! machine succeeded. Errors name the machine and the step.
 //!
+//! `--rollout 1,25%,100%` (or the file's `rollout`) deploys in waves ([`deploy::rollout`]): the
+//! table and `--json` give each machine's wave and a line (`rollout`) on why the run stopped;
+//! `--roll-back-on-failure` returns the machines the run activated when it fails.
+//! `--fan-out K` (or the machines' `via`) copies through relays ([`deploy::fanout`]); each
+//! machine's detail says how its copy went.
+//!
 //! `-x -- CMD ARGS...` runs a command on every selected machine in parallel (in its root, with
 //! its current system's `profile/bin` first on `PATH`); output lines are prefixed with the
 //! machine as they come (with `--json`, collected per machine, stdout and stderr apart). `-x`
@@ -39,6 +45,7 @@ use crate::output::{self, Printer};
 use crate::settings::GlobalOpts;
 use deploy::deployment::{Deployment, Machine, StoreChoice};
 use deploy::orchestrate::{self, HostRun, Options, Stream};
+use deploy::rollout::{Rollout, Step};
 
 /// `ferry deploy` arguments.
 #[derive(Debug, clap::Args)]
@@ -65,6 +72,21 @@ pub struct DeployArgs {
     /// Start no further machine after the first failure (default: keep going).
     #[arg(long)]
     pub fail_fast: bool,
+    /// Deploy in waves: cumulative steps, each a host count or a percentage of the selected
+    /// machines (e.g. 1,25%,100%); a wave starts when every machine of the previous one is
+    /// activated and confirmed healthy, the first failure stops the run (default: the file's
+    /// `rollout`, else one wave).
+    #[arg(long, value_name = "STEPS", conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
+    pub rollout: Option<Rollout>,
+    /// Copy through relays: each host feeds up to K others (trees of at most three tiers,
+    /// in file order), so the coordinator's link carries each path once per tree; hosts a
+    /// relay did not serve are copied directly (default: the machines' `via`, else direct).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..), conflicts_with_all = ["roll_back", "list_generations", "execute"])]
+    pub fan_out: Option<u32>,
+    /// When the run stops on a failure, return every machine it activated to its previous
+    /// generation (default: finished waves stay).
+    #[arg(long, conflicts_with_all = ["dry_run", "roll_back", "list_generations", "execute"])]
+    pub roll_back_on_failure: bool,
     /// Print the result table as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -151,11 +173,13 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         fail_fast: args.fail_fast,
         never_confirm: std::env::var_os(orchestrate::NEVER_CONFIRM_ENV).is_some(),
         push_to: args.push_to.clone(),
+        fan_out: args.fan_out.map(|k| k as usize),
         ..Options::default()
     };
     let board = Board::new(printer, if args.roll_back { "rolled back" } else { "ok" });
     let signals = on_interrupt(options.interrupt.clone(), board.lines())?;
     let mut plans = None;
+    let mut rollout_run = None;
     let results = if args.roll_back {
         orchestrate::roll_back(&machines, &options, &board)
     } else if args.dry_run {
@@ -181,13 +205,52 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
                 dir.display()
             );
         }
-        orchestrate::deploy(&deployment, &machines, &layout, &key, &options, &board)?
+        let rollout = args.rollout.clone().or_else(|| deployment.rollout.clone());
+        if rollout.is_some() || args.roll_back_on_failure {
+            let rollout = rollout.unwrap_or_else(|| {
+                Rollout::new(vec![Step::Percent(100)]).expect("one step is a rollout")
+            });
+            let waves = rollout.waves(machines.len());
+            if waves.waves().len() > 1 {
+                for (w, range) in waves.waves().iter().enumerate() {
+                    let names: Vec<&str> =
+                        machines[range.clone()].iter().map(|m| m.name.as_str()).collect();
+                    board.lines().note(&format!(
+                        "wave {} of {}: {}",
+                        w + 1,
+                        waves.waves().len(),
+                        names.join(", ")
+                    ));
+                }
+            }
+            let mut run = orchestrate::deploy_rollout(
+                &deployment,
+                &machines,
+                &layout,
+                &key,
+                &options,
+                &rollout,
+                args.roll_back_on_failure,
+                &board,
+            )?;
+            let results = std::mem::take(&mut run.runs);
+            rollout_run = Some(run);
+            results
+        } else {
+            orchestrate::deploy(&deployment, &machines, &layout, &key, &options, &board)?
+        }
     };
     let names: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
     signals.close();
     board.lines().finish_all();
-    let ok =
-        output::deploy::report(printer, &names, &results, plans.as_deref(), started.elapsed())?;
+    let ok = output::deploy::report(
+        printer,
+        &names,
+        &results,
+        plans.as_deref(),
+        rollout_run.as_ref(),
+        started.elapsed(),
+    )?;
     Ok(if options.interrupt.load(Ordering::SeqCst) {
         ExitCode::from(INTERRUPTED)
     } else if ok {

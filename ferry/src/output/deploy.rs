@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use deploy::deployment::Machine;
 use deploy::error::error_chain;
-use deploy::orchestrate::{ExecReport, HostRun};
+use deploy::orchestrate::{ExecReport, HostRun, RolloutRun};
 use deploy::plan::{HostPlan, HostReport};
 use proto::session::GenerationInfo;
 use serde_json::{json, Value};
@@ -108,12 +108,15 @@ fn table_row(cells: [&str; 10]) -> String {
 }
 
 /// The deploy's result: the table on stdout (stderr with `--json`, whose stdout is the JSON
-/// document); `plans` are a dry run's. Returns whether every machine succeeded.
+/// document); `plans` are a dry run's; `rollout` a staged rollout's waves (each row's DETAIL
+/// starts with its wave, and a line under the table says why the run stopped). Returns whether
+/// every machine succeeded.
 pub fn report(
     printer: Printer,
     names: &[&str],
     results: &[HostRun<HostReport>],
     plans: Option<&[Option<HostPlan>]>,
+    rollout: Option<&RolloutRun>,
     total: Duration,
 ) -> io::Result<bool> {
     let mut ok = true;
@@ -122,6 +125,9 @@ pub fn report(
     for (i, (name, HostRun { result, elapsed })) in names.iter().zip(results).enumerate() {
         let time = format!("{:.1}s", elapsed.as_secs_f64());
         let plan = plans.and_then(|p| p.get(i)).and_then(Option::as_ref);
+        // A staged rollout: each row says its wave.
+        let wave = rollout.map(|r| r.waves.wave_of(i));
+        let in_wave = wave.map_or_else(String::new, |w| format!("wave {w}: "));
         match result {
             Ok(r) => {
                 ok &= r.success;
@@ -144,7 +150,7 @@ pub fn report(
                     &nar,
                     &wire,
                     &time,
-                    &r.detail,
+                    &format!("{in_wave}{}", r.detail),
                 ]));
                 let mut row = json!({
                     "machine": name, "success": r.success, "generation": r.generation,
@@ -174,7 +180,7 @@ pub fn report(
                     "-",
                     "-",
                     &time,
-                    first_line(&full),
+                    &format!("{in_wave}{}", first_line(&full)),
                 ]));
                 rows.push(json!({
                     "machine": name, "success": false, "generation": null, "paths_sent": 0,
@@ -185,17 +191,54 @@ pub fn report(
                 }));
             }
         }
+        if let (Some(w), Some(row)) = (wave, rows.last_mut()) {
+            row["wave"] = json!(w);
+        }
+    }
+    let mut doc = json!({
+        "success": ok,
+        "dry_run": plans.is_some(),
+        "seconds": total.as_secs_f64(),
+        "machines": rows,
+    });
+    if let Some(run) = rollout {
+        let (line, json) = rollout_summary(names, run);
+        table.push_str(&line);
+        doc["rollout"] = json;
     }
     human(printer, &table)?;
     if printer.is_json() {
-        printer.json(&json!({
-            "success": ok,
-            "dry_run": plans.is_some(),
-            "seconds": total.as_secs_f64(),
-            "machines": rows,
-        }))?;
+        printer.json(&doc)?;
     }
     Ok(ok)
+}
+
+/// A staged rollout's line under the table, and its JSON: the waves, which one stopped the
+/// run and why, what was rolled back.
+fn rollout_summary(names: &[&str], run: &RolloutRun) -> (String, Value) {
+    let count = run.waves.waves().len();
+    let reason = run.stopped_by.map(|wave| {
+        let failed: Vec<&str> = run.failed.iter().map(|&i| names[i]).collect();
+        let later = match count - wave {
+            0 => String::new(),
+            1 => format!("; wave {count} not started"),
+            _ => format!("; waves {}-{count} not started", wave + 1),
+        };
+        format!("wave {wave} of {count} failed on {}{later}", failed.join(", "))
+    });
+    let mut line = match &reason {
+        Some(r) => format!("rollout stopped: {r}"),
+        None => format!("rollout: {count} wave(s), all succeeded"),
+    };
+    if !run.rolled_back.is_empty() {
+        let back: Vec<&str> = run.rolled_back.iter().map(|&i| names[i]).collect();
+        line.push_str(&format!("; rolled back (--roll-back-on-failure): {}", back.join(", ")));
+    }
+    let json = json!({
+        "waves": count, "stopped_by_wave": run.stopped_by, "reason": reason,
+        "rolled_back": run.rolled_back.iter().map(|&i| names[i]).collect::<Vec<_>>(),
+    });
+    (format!("{line}\n"), json)
 }
 
 /// Collects `-x`'s output per machine for `--json` (in text mode lines go out as they come).

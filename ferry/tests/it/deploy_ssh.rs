@@ -18,12 +18,12 @@ use serde_json::Value;
 
 use crate::util::{coordinator, ferry_dir};
 
-struct Env {
+pub(crate) struct Env {
     dir: tempfile::TempDir,
 }
 
 impl Env {
-    fn new() -> Env {
+    pub(crate) fn new() -> Env {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("home")).unwrap();
         fs::create_dir_all(dir.path().join("pkgs/hello/bin")).unwrap();
@@ -33,7 +33,7 @@ impl Env {
         Env { dir }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
@@ -47,7 +47,12 @@ impl Env {
     }
 
     /// Run, expect an exit code; returns (stdout, stderr).
-    fn expect_env(&self, code: i32, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
+    pub(crate) fn expect_env(
+        &self,
+        code: i32,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (String, String) {
         let out = self.ferry(args, env);
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -57,12 +62,18 @@ impl Env {
         (stdout, stderr)
     }
 
-    fn expect(&self, code: i32, args: &[&str]) -> (String, String) {
+    pub(crate) fn expect(&self, code: i32, args: &[&str]) -> (String, String) {
         self.expect_env(code, args, &[])
     }
 
     /// `ferry deploy FILE --json ARGS...`: the summary, per machine.
-    fn deploy(&self, code: i32, file: &str, args: &[&str], env: &[(&str, &str)]) -> Summary {
+    pub(crate) fn deploy(
+        &self,
+        code: i32,
+        file: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Summary {
         let mut all = vec!["deploy", file, "--json"];
         all.extend(args);
         let (stdout, stderr) = self.expect_env(code, &all, env);
@@ -71,7 +82,7 @@ impl Env {
         Summary { json, stderr }
     }
 
-    fn write(&self, name: &str, text: &str) -> String {
+    pub(crate) fn write(&self, name: &str, text: &str) -> String {
         let p = self.path().join(name);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, text).unwrap();
@@ -79,13 +90,13 @@ impl Env {
     }
 }
 
-struct Summary {
-    json: Value,
-    stderr: String,
+pub(crate) struct Summary {
+    pub json: Value,
+    pub stderr: String,
 }
 
 impl Summary {
-    fn machine(&self, name: &str) -> &Value {
+    pub(crate) fn machine(&self, name: &str) -> &Value {
         self.json["machines"]
             .as_array()
             .unwrap()
@@ -96,23 +107,24 @@ impl Summary {
 }
 
 /// Hosts whose sessions find this build's `ferry` on PATH (no upload of a debug binary).
-fn fleet(n: usize) -> Fleet {
+pub(crate) fn fleet(n: usize) -> Fleet {
     Fleet::start_with(
         n,
         &SshdOptions { path: Some(remote_path(&[&ferry_dir()])), ..SshdOptions::default() },
     )
 }
 
-fn root(sshd: &Sshd) -> PathBuf {
+pub(crate) fn root(sshd: &Sshd) -> PathBuf {
     sshd.dir().join("root")
 }
 
 /// A `[[machine]]` for an sshd of the fleet.
-fn machine(name: &str, sshd: &Sshd, os: &str, extra: &str) -> String {
+pub(crate) fn machine(name: &str, sshd: &Sshd, os: &str, extra: &str) -> String {
     format!(
         "[[machine]]\nname = \"{name}\"\noperating-system = {os}\n\
-         [machine.configuration]\nhost-name = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\n\
+         [machine.configuration]\nhost-name = \"{}\"\nport = {}\nuser = \"{}\"\n\
          identity = \"{}\"\nhost-key = \"{}\"\nroot = \"{}\"\n{extra}\n",
+        sshd.host(),
         sshd.port(),
         sshd.user(),
         sshd.identity_ed25519().display(),
@@ -121,7 +133,7 @@ fn machine(name: &str, sshd: &Sshd, os: &str, extra: &str) -> String {
     )
 }
 
-const BASE: &str = r#"
+pub(crate) const BASE: &str = r#"
 [operating-system.base]
 packages = ["./pkgs/hello"]
 files = { motd = "MOTD" }
@@ -129,7 +141,7 @@ services = [{ name = "hello", start = 'hello web > "$FERRY_ROOT/var/hello.txt"' 
 health-checks = [{ command = 'grep -q "Hello, web" "$FERRY_ROOT/var/hello.txt"' }]
 "#;
 
-fn current(root: &Path) -> Option<String> {
+pub(crate) fn current(root: &Path) -> Option<String> {
     fs::read_link(root.join("var/ferry/profiles/system"))
         .ok()
         .map(|p| p.to_string_lossy().into_owned())

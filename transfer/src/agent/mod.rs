@@ -131,6 +131,9 @@ pub struct AgentOptions {
     /// Import into the host's own Nix or Guix store instead ([`daemon`]): `layout` is then
     /// that store read in place (its database opened read only), with ferry's state dir.
     pub daemon: Option<daemon::DaemonStore>,
+    /// Act as a relay when the coordinator sends `Forward` ([`crate::fanout`]): connect to the
+    /// hosts it names, with the identity files it names. Off in fuzzing (no network).
+    pub relay: bool,
 }
 
 impl AgentOptions {
@@ -148,6 +151,7 @@ impl AgentOptions {
             partial_budget: 16 << 30,
             deadlines: crate::deadline::Deadlines::default(),
             daemon: None,
+            relay: true,
         }
     }
 
@@ -517,6 +521,12 @@ pub fn serve_as<R: Read, W: Write + Send>(
             Frame::SendClosure { roots } => {
                 // Pull: from here on this side pushes (crate::pull is the other side).
                 return send::send_closure(&store, &roots, &mut s.frames, s.out);
+            }
+            Frame::Forward(forward) if matches!(s.role, Role::Host) && s.options.relay => {
+                // A relay: from here on this side feeds its own store and its children
+                // (crate::fanout), each of which checks what it gets itself.
+                drop(store);
+                return crate::fanout::relay(s.options, *forward, s.frames, s.out, s.state);
             }
             Frame::Done => {
                 s.commit_batch(&mut store)?;

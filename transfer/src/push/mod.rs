@@ -52,8 +52,8 @@ use adaptive::CompressSetting;
 use encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, QueuedWriter};
 use frame_cache::FrameCache;
 use proto::frame::{
-    Encoding, Frame, Hello, PathStart, ProtocolError, QueryEntry, RejectReason, Welcome,
-    FEATURE_DELTA, FEATURE_GRAPH, FEATURE_TRUST,
+    Encoding, Forward, ForwardOutcome, Frame, Hello, PathStart, ProtocolError, QueryEntry,
+    RejectReason, Welcome, FEATURE_DELTA, FEATURE_FORWARD, FEATURE_GRAPH, FEATURE_TRUST,
 };
 use proto::io::{FrameReader, FrameWriter, FramedError};
 use proto::peer::CoordinatorState;
@@ -86,6 +86,9 @@ pub struct PushOptions {
     /// (feature `trust`, [`PushError::Untrusted`]). The agent's half of a pull sends anyway:
     /// the pulling side reports each path it refuses.
     pub trust_check: bool,
+    /// The host is a relay: whom it feeds, sent as `Forward` before the `Query`
+    /// ([`crate::fanout`]); the outcomes come back in [`PushSummary::forwarded`].
+    pub forward: Option<Forward>,
 }
 
 impl Default for PushOptions {
@@ -102,6 +105,7 @@ impl Default for PushOptions {
             cut_after: None,
             deadlines: Deadlines::default(),
             trust_check: true,
+            forward: None,
         }
     }
 }
@@ -204,6 +208,8 @@ pub struct PushSummary {
     pub encode: EncodeStats,
     /// Paths whose delta failed on the host and that were sent again in full.
     pub delta_fallbacks: usize,
+    /// A relay's report on the hosts below it ([`PushOptions::forward`]).
+    pub forwarded: Vec<ForwardOutcome>,
 }
 
 /// Why a push failed.
@@ -235,6 +241,8 @@ pub enum PushError {
          directory)"
     )]
     Untrusted { host: String, paths: usize, wire_bytes: u64 },
+    #[error("{host}: the agent cannot relay (it does not offer the feature `forward`)")]
+    NoForward { host: String },
 }
 
 /// Stops writing after a byte budget (the `cut_after` test hook).
@@ -447,8 +455,11 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     let peer_delta = welcome.features.iter().any(|f| f == FEATURE_DELTA);
     let peer_trust = welcome.features.iter().any(|f| f == FEATURE_TRUST);
     // The reference graph only serves base choice: sent when deltas may be used.
-    let peer_graph =
-        options.delta && peer_delta && welcome.features.iter().any(|f| f == FEATURE_GRAPH);
+    let peer_graph = options.delta
+        && peer_delta
+        && options.forward.is_none()
+        && welcome.features.iter().any(|f| f == FEATURE_GRAPH);
+    let peer_forward = welcome.features.iter().any(|f| f == FEATURE_FORWARD);
     progress.event(host, &ProgressEvent::Connected { welcome: &welcome });
     summary.welcome = Some(welcome);
     if options.authorize {
@@ -458,6 +469,12 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         if let Frame::Authorized { added } = receive(frames)? {
             summary.authorized = Some(added);
         }
+    }
+    if let Some(forward) = &options.forward {
+        if !peer_forward {
+            return Err(PushError::NoForward { host: host.to_owned() });
+        }
+        send(&mut out, Frame::Forward(Box::new(forward.clone())))?;
     }
     summary.phases.connect = started.elapsed();
 
@@ -525,6 +542,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         delta: options.delta && peer_delta,
         link_rate_hint: options.link_rate_hint,
     };
+    let mut forwarded = Vec::new();
     let (landed, outcome, sent) = std::thread::scope(|scope| {
         let sender = scope.spawn(|| {
             let mut encoder = PathEncoder::new(
@@ -637,6 +655,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
                     );
                     answers.answered(Some(Rejection { path, reason, message }));
                 }
+                Ok(Frame::Forwarded(outcomes)) => forwarded = outcomes,
                 Ok(Frame::Bye { .. }) => break Ok(()),
                 Ok(_) => unreachable!("checked by the state machine"),
                 Err(e) => break Err(e),
@@ -646,6 +665,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
         let sent = sender.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
         (landed, outcome, sent)
     });
+    summary.forwarded = forwarded;
     let rejected = answers.into_rejected();
     // The sender's error is the cause when both failed (a cut connection ends the reading too).
     let (nar_sent, paths_sent, send_time, encode_stats, fallbacks) = match (sent, outcome) {
