@@ -142,7 +142,7 @@ fn print_summary(s: &PushSummary) {
     } else {
         String::new()
     };
-    eprintln!(
+    note!(
         "{}: sent {} of {} paths ({} present), {} of NAR{}, {} on the wire{ratio}, {} refused; \
          {:.2} s (closure {:.2}, connect {:.2}, diff {:.2}, send {:.2}, import {:.2})",
         s.host,
@@ -188,7 +188,7 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: CopyArgs) -> anyhow::Res
     let closure_time = t.elapsed();
     let (key, generated) = transfer::trust::load_or_generate_key(layout.state_dir())?;
     if let Some(dir) = generated {
-        eprintln!(
+        note!(
             "ferry: generated a signing key pair in {} (signing-key.sec, signing-key.pub); hosts \
              accept paths it signs once it is in their ACL (ferry copy --authorize)",
             dir.display()
@@ -360,7 +360,7 @@ fn print_pulled(printer: Printer, uri: &str, summary: &PullSummary) -> anyhow::R
         for (path, reason, message) in &summary.serve.rejections {
             eprintln!("{uri}: refused {path}: {reason}: {message}");
         }
-        eprintln!(
+        note!(
             "{uri}: received {} paths ({} on the wire), {} refused; {:.2} s",
             summary.serve.imported,
             format_bytes(summary.wire_bytes_received),
@@ -389,7 +389,7 @@ fn print_from_nix(
             "seconds": seconds,
         }))?;
     } else {
-        eprintln!(
+        note!(
             "{uri}: received {} paths ({} of NAR), {} present already; {seconds:.2} s",
             report.paths_received,
             format_bytes(report.nar_bytes_received),

@@ -162,7 +162,7 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
     } else {
         "deployed"
     };
-    eprintln!(
+    note!(
         "The following {} machine(s) will be {verb}: {}",
         machines.len(),
         machines.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", ")
@@ -199,7 +199,7 @@ pub fn run(global: &GlobalOpts, printer: Printer, args: DeployArgs) -> anyhow::R
         let (key, generated) = transfer::trust::load_or_generate_key(layout.state_dir())
             .context("cannot load or generate the signing key")?;
         if let Some(dir) = generated {
-            eprintln!(
+            note!(
                 "ferry: generated a signing key pair in {} (signing-key.sec, signing-key.pub); \
                  machines with `authorize = true` (the default) get it added to their ACL",
                 dir.display()

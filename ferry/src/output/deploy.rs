@@ -277,7 +277,7 @@ pub fn exec(
         let (code, error) = match run.result {
             Ok(r) => {
                 match r.code {
-                    Some(0) => eprintln!("{}: command succeeded", m.name),
+                    Some(0) => note!("{}: command succeeded", m.name),
                     Some(c) => eprintln!("{}: command exited with code {c}", m.name),
                     None => eprintln!("{}: command was killed by a signal", m.name),
                 }

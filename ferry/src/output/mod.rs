@@ -66,7 +66,7 @@ impl Printer {
 
     /// Whether progress is drawn as bars redrawn in place (stderr is a terminal).
     pub fn draws_bars(&self) -> bool {
-        self.terminal()
+        self.terminal() && !crate::settings::quiet()
     }
 
     /// stdout for result lines, buffered; flush it (or drop it) before exiting.

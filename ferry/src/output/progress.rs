@@ -212,7 +212,7 @@ impl Lines {
             l.bar.is_none()
         });
         if plain {
-            eprintln!("{name}: {phase}");
+            note!("{name}: {phase}");
         }
     }
 
@@ -224,7 +224,7 @@ impl Lines {
             plain
         });
         if plain && transfer.total > 0 && transfer.what == "copy" {
-            eprintln!(
+            note!(
                 "{name}: copying {} of {} paths, {} of NAR",
                 transfer.paths.0,
                 transfer.paths.1,
@@ -256,7 +256,7 @@ impl Lines {
             line
         });
         if let Some(line) = plain {
-            eprintln!("{name}: {line}");
+            note!("{name}: {line}");
         }
     }
 
@@ -345,7 +345,10 @@ impl DeployProgress for Board {
         self.lines.phase(host, &phase.to_string());
     }
     fn line(&self, host: &str, text: &str) {
-        self.lines.say(host, text);
+        // `-q`: the host's log lines go, its warnings stay.
+        if !crate::settings::quiet() || text.starts_with("warning") {
+            self.lines.say(host, text);
+        }
     }
     fn copy_plan(&self, host: &str, missing: usize, closure: usize, nar_bytes: u64) {
         self.lines.start(host, Transfer::new("copy", (missing, closure), nar_bytes));
@@ -366,8 +369,10 @@ impl DeployProgress for Board {
         self.lines.finish(host, if success { self.success } else { "FAILED" });
     }
     fn built(&self, systems: usize, elapsed: Duration) {
-        let line = format!("built {systems} system(s) in {:.1}s", elapsed.as_secs_f64());
-        self.lines.note(&line);
+        if !crate::settings::quiet() {
+            let line = format!("built {systems} system(s) in {:.1}s", elapsed.as_secs_f64());
+            self.lines.note(&line);
+        }
     }
 }
 
@@ -380,7 +385,7 @@ fn agent_upload(lines: &Lines, host: &str, sent: u64, total: u64, codec: &str) {
         lines.start(host, transfer);
         if lines.multi.is_none() {
             let (sent, total) = (format_bytes(sent), format_bytes(total));
-            eprintln!("{host}: uploading agent {sent}/{total} ({codec})");
+            note!("{host}: uploading agent {sent}/{total} ({codec})");
         }
     }
     lines.advance(host, sent);

@@ -251,3 +251,18 @@ fn redaction() {
         r#"{"nar_bytes_sent":"[bytes]","path":"[TMP]/gnu/store/[HASH]-hello","paths":[{"nar_size":"[bytes]"}],"seconds":"[seconds]","steps":{"copy":"[seconds]"}}"#
     );
 }
+
+/// `-q`: a successful deploy says nothing on stderr (no notes, no progress lines); stdout still
+/// has the table.
+#[test]
+fn a_quiet_deploy_prints_only_the_table() {
+    let demo = Demo::new();
+    let out = demo.run(0, &["-q"]);
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stderr, "", "stdout:\n{stdout}");
+    assert!(
+        stdout.starts_with("MACHINE") && stdout.contains("demo1") && stdout.contains("demo2"),
+        "{stdout}"
+    );
+}

@@ -79,15 +79,15 @@ fn a_deploy_on_a_terminal_shows_one_line_per_host_and_the_table_numbers() {
         assert_eq!(lines.len(), 2, "one progress line and one table row for {host}:\n{screen}");
         let (bar, row) = (lines[0], lines[1]);
         assert!(!bar.contains('[') && !bar.contains("ETA"), "a stale bar: {bar}\n{screen}");
-        // Table: MACHINE RESULT GENERATION PATHS-SENT PRESENT NAR(2) WIRE(2) TIME DETAIL.
+        // Table: MACHINE RESULT GENERATION PATHS-SENT PRESENT CACHED NAR(2) WIRE(2) TIME DETAIL.
         let cells: Vec<&str> = row.split_whitespace().collect();
         assert_eq!(cells[1], "ok", "{row}");
-        let (sent, nar) = (cells[3], format!("{} {}", cells[5], cells[6]));
+        let (sent, nar) = (cells[3], format!("{} {}", cells[6], cells[7]));
         let summary = format!("copied {sent} path(s), {nar} in ");
         assert!(bar.contains(&summary), "the line says {bar:?}, the table {row:?}:\n{screen}");
     }
     let header = screen.lines().find(|l| l.starts_with("MACHINE")).expect("the table");
-    for column in ["PATHS SENT", "PRESENT", "NAR", "WIRE"] {
+    for column in ["PATHS SENT", "PRESENT", "CACHED", "NAR", "WIRE"] {
         assert!(header.contains(column), "{header}");
     }
 }
