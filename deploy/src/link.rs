@@ -522,6 +522,9 @@ fn run_local(
     if let Some(d) = &t.state_dir {
         command.arg("--state-dir").arg(d);
     }
+    // Its own process group, as the agent's (transfer::transport::local): a Ctrl-C at the
+    // terminal reaches the coordinator only.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mut child = command
         .args(argv)
         .stdin(Stdio::piped())

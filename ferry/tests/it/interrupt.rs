@@ -4,6 +4,7 @@
 //! machine not yet started untouched. A second SIGINT aborts at once with 130.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,9 @@ impl Run {
             .env("XDG_DATA_HOME", dir.join("data"))
             // The first machine waits for a confirmation that never comes.
             .env("FERRY_TEST_NEVER_CONFIRM", "1")
+            // Its own process group, as a shell's foreground job: `interrupt` signals the
+            // whole group, as a terminal's Ctrl-C does.
+            .process_group(0)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -85,9 +89,11 @@ impl Run {
         }
     }
 
+    /// Ctrl-C at a terminal: SIGINT to the run's whole process group (the coordinator and
+    /// any child it did not put in a group of its own, e.g. a local machine's host session).
     fn interrupt(&self) {
-        let pid = self.child.id().to_string();
-        let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+        let group = format!("-{}", self.child.id());
+        let status = Command::new("kill").args(["-INT", "--", &group]).status().unwrap();
         assert!(status.success());
     }
 

@@ -45,6 +45,9 @@ impl LocalTransport {
             c.arg("--state-dir").arg(d);
         }
         c.args(args);
+        // Its own process group: a Ctrl-C at the terminal reaches the coordinator only, which
+        // decides what to stop (a deploy finishes what runs); the child ends with its stdin.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         for (k, v) in &self.env {
             c.env(k, v);
         }
