@@ -31,6 +31,16 @@ fn human(printer: Printer, text: &str) -> io::Result<()> {
     }
 }
 
+/// The end of a per-machine listing: `{success, machines}` with `--json`, else `text`.
+fn per_machine(printer: Printer, ok: bool, text: &str, rows: Vec<Value>) -> io::Result<bool> {
+    if printer.is_json() {
+        printer.json(&json!({ "success": ok, "machines": rows }))?;
+    } else {
+        human(printer, text)?;
+    }
+    Ok(ok)
+}
+
 /// The first line of an error's chain (for a table cell).
 fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
@@ -359,12 +369,7 @@ pub fn generations(
             }
         }
     }
-    if printer.is_json() {
-        printer.json(&json!({ "success": ok, "machines": rows }))?;
-    } else {
-        human(printer, &text)?;
-    }
-    Ok(ok)
+    per_machine(printer, ok, &text, rows)
 }
 
 /// `--roll-back --dry-run`: the generation each machine would return to (the rule of
@@ -407,12 +412,7 @@ pub fn roll_back_plans(
             }
         }
     }
-    if printer.is_json() {
-        printer.json(&json!({ "success": ok, "machines": rows }))?;
-    } else {
-        human(printer, &text)?;
-    }
-    Ok(ok)
+    per_machine(printer, ok, &text, rows)
 }
 
 /// Year, month, day, hour, minute, second (UTC) of `secs` since the epoch.

@@ -10,7 +10,7 @@ use std::process::Output;
 
 use ferry_tests::git;
 
-use crate::util::{coordinator, ferry_at};
+use crate::util::{coordinator, copy_tree, examples, ferry_at};
 
 struct Env {
     dir: tempfile::TempDir,
@@ -62,23 +62,6 @@ impl Env {
         fs::read_link(self.host(host).join("var/ferry/profiles/system"))
             .ok()
             .map(|p| p.to_string_lossy().into_owned())
-    }
-}
-
-fn examples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
     }
 }
 

@@ -19,7 +19,7 @@ use std::process::Output;
 
 use serde_json::Value;
 
-use crate::util::{coordinator, ferry};
+use crate::util::{coordinator, copy_tree, examples, ferry};
 
 /// Keys whose values vary from run to run.
 const TIMES: &[&str] = &["seconds", "time", "date", "registrationTime"];
@@ -111,8 +111,7 @@ impl Demo {
     fn new() -> Demo {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("home")).unwrap();
-        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-        copy_tree(&examples, &dir.path().join("demo"));
+        copy_tree(&examples(), &dir.path().join("demo"));
         let file = dir.path().join("demo/demo.toml");
         Demo { dir, file }
     }
@@ -138,19 +137,6 @@ impl Demo {
     fn json(&self, code: i32, args: &[&str]) -> String {
         let out = self.run(code, args);
         pretty(&redact(&json_of(&out, &format!("deploy {args:?}")), self.dir.path()))
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
     }
 }
 

@@ -10,25 +10,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::FERRY;
+use crate::util::{copy_tree, examples, FERRY};
 
 const WIDTH: usize = 100;
 
 fn tmux(socket: &Path, args: &[&str]) -> std::process::Output {
     Command::new("tmux").arg("-S").arg(socket).args(args).output().expect("run tmux")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let target = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &target);
-        } else {
-            fs::copy(e.path(), &target).unwrap();
-        }
-    }
 }
 
 #[test]
@@ -40,7 +27,7 @@ fn a_deploy_on_a_terminal_shows_one_line_per_host_and_the_table_numbers() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    copy_tree(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples"), &d.join("demo"));
+    copy_tree(&examples(), &d.join("demo"));
     fs::create_dir_all(d.join("home")).unwrap();
     // The run, then its exit code; the pane stays until the session is killed.
     let script = format!(

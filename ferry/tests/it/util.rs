@@ -5,7 +5,8 @@
 //! The shapes the tests need: a bare command ([`ferry`]), one on a store root ([`ferry_at`],
 //! [`ferry_in`] with a store dir), the deploy coordinator of a test directory ([`coordinator`]),
 //! a run that must succeed ([`ok`]), a run fed on stdin ([`output_with_stdin`]), and the
-//! binary's directory for the `PATH` of loopback hosts ([`ferry_dir`]).
+//! binary's directory for the `PATH` of loopback hosts ([`ferry_dir`]); the repository's
+//! `examples/` ([`examples`]) and a copy of a tree ([`copy_tree`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -71,4 +72,23 @@ pub fn output_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
 /// run this build (no upload of a debug binary).
 pub fn ferry_dir() -> PathBuf {
     Path::new(FERRY).parent().expect("the binary's directory").to_owned()
+}
+
+/// The repository's `examples/` (the README's demo).
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
+}
+
+/// Copy the tree `from` (directories and files) to `to`.
+pub fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).unwrap();
+        }
+    }
 }
