@@ -71,7 +71,11 @@ pub enum StoreCommand {
     },
     /// List every valid path, sorted.
     #[command(visible_alias = "ls")]
-    List,
+    List {
+        /// Print one JSON array of the paths.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the database and that every valid path exists; exit 1 on any problem.
     ///
     /// Opening the store for writing first removes leftovers of interrupted operations
@@ -84,6 +88,9 @@ pub enum StoreCommand {
         /// --check-contents); missing paths cannot be repaired this way and still fail.
         #[arg(long)]
         repair_db: bool,
+        /// Print the result as one JSON object on stdout.
+        #[arg(long)]
+        json: bool,
         /// Check only these store paths (default: every valid path).
         paths: Vec<String>,
     },
@@ -133,15 +140,22 @@ pub fn run(global: &GlobalOpts, command: StoreCommand) -> anyhow::Result<ExitCod
             let fields = InfoFields { hash, size, references, referrers, deriver };
             info_text(global, fields, &paths, &mut out)?
         }
-        StoreCommand::List => {
+        StoreCommand::List { json } => {
             let store = open_read_only(global)?;
-            for p in store.all_valid_paths()? {
-                writeln!(out, "{}", p.to_absolute(store.store_dir()))?;
+            let paths = store.all_valid_paths()?;
+            let paths = paths.iter().map(|p| p.to_absolute(store.store_dir()));
+            if json {
+                serde_json::to_writer(&mut out, &paths.collect::<Vec<_>>())?;
+                writeln!(out)?;
+            } else {
+                for p in paths {
+                    writeln!(out, "{p}")?;
+                }
             }
             ExitCode::SUCCESS
         }
-        StoreCommand::Verify { check_contents, repair_db, paths } => {
-            verify(global, check_contents, repair_db, &paths, &mut out)?
+        StoreCommand::Verify { check_contents, repair_db, json, paths } => {
+            verify(global, Verify { check_contents, repair_db, json }, &paths, &mut out)?
         }
         StoreCommand::Sign { key_file, recursive, paths } => {
             sign_paths(global, &key_file, recursive, &paths)?;
@@ -268,11 +282,17 @@ fn info_text(
     Ok(ExitCode::SUCCESS)
 }
 
-/// `ferry store verify [--check-contents] [--repair-db] [PATH...]`.
-fn verify(
-    global: &GlobalOpts,
+/// The options of `ferry store verify`.
+struct Verify {
     check_contents: bool,
     repair_db: bool,
+    json: bool,
+}
+
+/// `ferry store verify [--check-contents] [--repair-db] [--json] [PATH...]`.
+fn verify(
+    global: &GlobalOpts,
+    Verify { check_contents, repair_db, json }: Verify,
     paths: &[String],
     out: &mut impl Write,
 ) -> anyhow::Result<ExitCode> {
@@ -291,8 +311,9 @@ fn verify(
         paths.iter().map(|p| parse_store_arg(&store, p)).collect::<anyhow::Result<Vec<_>>>()?;
     let only = (!paths.is_empty()).then_some(only.as_slice());
     let mut report = store.verify_paths(only, check_contents)?;
+    let mut repaired = Vec::new();
     if repair_db {
-        let repaired = store.repair_db(&report)?;
+        repaired = store.repair_db(&report)?;
         for path in &repaired {
             eprintln!(
                 "ferry: repaired the database entry of {}",
@@ -311,8 +332,23 @@ fn verify(
             leftover.display()
         );
     }
-    for problem in &report.problems {
-        writeln!(out, "{problem}")?;
+    if json {
+        let dir = store.store_dir();
+        serde_json::to_writer(
+            &mut *out,
+            &serde_json::json!({
+                "success": report.is_clean(),
+                "checked": report.checked,
+                "contents_checked": check_contents,
+                "problems": report.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+                "repaired": repaired.iter().map(|p| p.to_absolute(dir)).collect::<Vec<_>>(),
+            }),
+        )?;
+        writeln!(out)?;
+    } else {
+        for problem in &report.problems {
+            writeln!(out, "{problem}")?;
+        }
     }
     note!(
         "ferry: checked {} valid paths{}: {} problems",

@@ -215,6 +215,13 @@ fn copy_and_store_shapes() {
     let json = json_of(&out.unwrap(), "store info");
     insta::assert_snapshot!("store_info", pretty(&redact(&json, dir.path())));
 
+    let store = |args: &[&str]| {
+        let out = ferry().arg("--root").arg(&root).arg("store").args(args).output().unwrap();
+        pretty(&redact(&json_of(&out, &format!("store {args:?}")), dir.path()))
+    };
+    insta::assert_snapshot!("store_list", store(&["list", "--json"]));
+    insta::assert_snapshot!("store_verify", store(&["verify", "--check-contents", "--json"]));
+
     let gc = |args: &[&str]| {
         let out = ferry().arg("--root").arg(&root).arg("gc").args(args).output().unwrap();
         pretty(&redact(&json_of(&out, &format!("gc {args:?}")), dir.path()))
