@@ -29,6 +29,9 @@ pub enum NarCommand {
         /// Print base16 instead of nix-base32.
         #[arg(long)]
         base16: bool,
+        /// Print one JSON array: per PATH its path, hash and NAR size.
+        #[arg(long)]
+        json: bool,
         /// Files, directories or symlinks.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
@@ -61,11 +64,23 @@ pub fn run(_global: &GlobalOpts, command: NarCommand) -> anyhow::Result<ExitCode
             nar_core::restore::restore(stdin_file()?, &dir)
                 .with_context(|| format!("restoring into {}", dir.display()))?;
         }
-        NarCommand::Hash { base16, paths } => {
+        NarCommand::Hash { base16, json, paths } => {
+            let mut rows = Vec::new();
             for path in paths {
                 let digest = nar_core::dump::hash_path(&path)?;
                 let text = if base16 { digest.hash.to_hex() } else { digest.hash.to_nix32() };
-                writeln!(io::stdout(), "{text}")?;
+                if json {
+                    rows.push(serde_json::json!({
+                        "path": path, "hash": format!("sha256:{text}"), "nar_size": digest.size,
+                    }));
+                } else {
+                    writeln!(io::stdout(), "{text}")?;
+                }
+            }
+            if json {
+                let mut out = io::stdout().lock();
+                serde_json::to_writer(&mut out, &rows)?;
+                writeln!(out)?;
             }
         }
         NarCommand::Ls => list(stdin_file()?)?,

@@ -220,6 +220,9 @@ fn copy_and_store_shapes() {
         pretty(&redact(&json_of(&out, &format!("store {args:?}")), dir.path()))
     };
     insta::assert_snapshot!("store_list", store(&["list", "--json"]));
+    let out =
+        ferry().args(["nar", "hash", "--json"]).arg(dir.path().join("base")).output().unwrap();
+    insta::assert_snapshot!("nar_hash", pretty(&redact(&json_of(&out, "nar hash"), dir.path())));
     insta::assert_snapshot!("store_verify", store(&["verify", "--check-contents", "--json"]));
 
     let gc = |args: &[&str]| {
