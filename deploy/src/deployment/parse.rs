@@ -14,7 +14,10 @@ use store::DbKind;
 use toml::Spanned;
 
 use super::*;
+
+mod relay;
 use crate::rollout::Rollout;
+use relay::{RawRelay, RawStep};
 
 /// Resolve the machines of a deployment file's `text` (`path` names it in errors, `dir` is its
 /// folder).
@@ -56,18 +59,9 @@ pub(super) fn machines(
         cx.store_dir = choice.store_dir(Some(kind));
     }
     let (machines, warnings) = cx.resolve(&raw)?;
+    cx.check_via(&raw, &machines)?;
     let relays = cx.relays(&raw, &machines)?;
-    let rollout = match &raw.rollout {
-        None => None,
-        Some(steps) => {
-            let text: Vec<String> = steps.get_ref().iter().map(RawStep::text).collect();
-            Some(
-                text.join(",")
-                    .parse::<Rollout>()
-                    .map_err(|e| cx.at(steps.span(), e.to_string()))?,
-            )
-        }
-    };
+    let rollout = cx.rollout(&raw)?;
     Ok(Parsed {
         store: cx.store,
         store_dir: cx.store_dir,
@@ -77,23 +71,6 @@ pub(super) fn machines(
         rollout,
         relays,
     })
-}
-
-/// A step of `rollout`: a host count, or a string (`"25%"`, `"3"`).
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum RawStep {
-    Count(i64),
-    Text(String),
-}
-
-impl RawStep {
-    fn text(&self) -> String {
-        match self {
-            RawStep::Count(n) => n.to_string(),
-            RawStep::Text(t) => t.clone(),
-        }
-    }
 }
 
 /// A resolved file: its store, its machines, its warnings and the local paths it names.
@@ -118,19 +95,6 @@ struct RawFile {
     machine: Vec<Spanned<RawMachine>>,
     #[serde(default)]
     relay: BTreeMap<String, Spanned<RawRelay>>,
-}
-
-/// `[relay.NAME]`: a host that only forwards (see [`RelayHost`]).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct RawRelay {
-    host_name: String,
-    port: Option<u16>,
-    user: Option<String>,
-    identity: Option<Spanned<String>>,
-    host_key: Spanned<String>,
-    root: Option<Spanned<String>>,
-    relay_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -450,64 +414,7 @@ impl Cx<'_> {
                 configuration,
             });
         }
-        // `via` names another managed-host machine or a `[relay.NAME]` of the file (the tree
-        // is checked by the run: transfer::fanout).
-        for m in raw.machine.iter().map(Spanned::get_ref) {
-            let Some(via) = m.configuration.as_ref().and_then(|c| c.get_ref().via.as_ref()) else {
-                continue;
-            };
-            let relay = machines.iter().find(|o| &o.name == via.get_ref());
-            let machine_relay = relay.is_some_and(|r| r.environment == Environment::ManagedHost)
-                && via.get_ref() != m.name.get_ref();
-            if !machine_relay && !raw.relay.contains_key(via.get_ref()) {
-                return Err(self.at(
-                    via.span(),
-                    format!(
-                        "via = \"{}\": not another managed-host machine nor a [relay.NAME] of \
-                         this file",
-                        via.get_ref()
-                    ),
-                ));
-            }
-        }
         Ok((machines, warnings))
-    }
-
-    /// The `[relay.NAME]` hosts.
-    fn relays(
-        &self,
-        raw: &RawFile,
-        machines: &[Machine],
-    ) -> Result<Vec<RelayHost>, DeploymentError> {
-        let mut relays = Vec::new();
-        for (name, r) in &raw.relay {
-            let span = r.span();
-            let r = r.get_ref();
-            if !valid_name(name) || machines.iter().any(|m| &m.name == name) {
-                return Err(self.at(
-                    span,
-                    format!("relay '{name}': an invalid name, or the name of a machine"),
-                ));
-            }
-            let root = match &r.root {
-                Some(root) if !root.get_ref().starts_with('/') => {
-                    return Err(self.at(root.span(), "a relay's root must be absolute".into()))
-                }
-                Some(root) => PathBuf::from(root.get_ref()),
-                None => PathBuf::from(DEFAULT_RELAY_ROOT),
-            };
-            relays.push(RelayHost {
-                name: name.clone(),
-                host_name: r.host_name.clone(),
-                port: r.port,
-                user: r.user.clone(),
-                identity: r.identity.as_ref().map(|i| self.identity(i)).transpose()?,
-                host_key: self.host_key(&r.host_key)?,
-                root,
-                relay_identity: r.relay_identity.clone(),
-            });
-        }
-        Ok(relays)
     }
 
     /// Apply the `inherit` chain: fields of `os` override those of its parent.
