@@ -1,4 +1,4 @@
-//! Shared fixture of the Nix interop tests (cache.rs, nix_serve.rs): a ferry store with store
+//! Shared fixture of the Nix interop tests (cache, nix_serve, agent_nix): a ferry store with store
 //! dir `/nix/store` under a temp root, holding a small closure with references, a self
 //! reference, a deriver, an executable, a symlink, an empty directory and a multi-MiB file; and
 //! the helpers of ferry-tests that run Debian's Nix (2.8) hermetically on chroot stores
