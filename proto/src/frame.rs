@@ -27,7 +27,7 @@
 //! | 0x04 | `Authorized` | agent | added:u8 |
 //! | 0x10 | `Query` | coordinator | list<path, hash, nar_size:u64> — the whole closure, at most [`MAX_QUERY_ENTRIES`] (200,000) entries; [graph:list<list<u32>> — feature `graph`, see below] |
 //! | 0x11 | `Have` | agent | missing:list<path, resume_from:u64>, bases:list<path, list<path>>, [trusted:u8 — feature `trust`] |
-//! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64, [base:path when encoding = 2] |
+//! | 0x20 | `PathStart` | coordinator | path, hash, nar_size:u64, references:list<path>, deriver:opt<path>, ca:opt<string>, signature:bytes, encoding:u8, offset:u64, [base:path when encoding = 2], [nix_sigs:list<string> — feature `nix-sigs`, when not empty] |
 //! | 0x21 | `Data` | coordinator | the rest of the frame: the next bytes of the encoded NAR |
 //! | 0x22 | `PathEnd` | coordinator | (empty) |
 //! | 0x30 | `Ack` | agent | path, outcome:u8 (0 imported, 1 was valid already) |
@@ -171,7 +171,7 @@ pub const DATA_CHUNK: usize = 128 << 10;
 /// the reference graph in `Query` to offer bases at the same place in its current generation).
 /// `trust` (the coordinator's key in `Hello`, whether the agent trusts it in `Have`), `progress`
 /// (the agent reports the bytes it received: `Received`), `forward` (the agent relays to other
-/// hosts, `Forward`/`Forwarded`).
+/// hosts, `Forward`/`Forwarded`), `nix-sigs` (`PathStart` carries the sender's Nix signatures).
 pub const FEATURES: &[&str] = &[
     "zstd",
     "resume",
@@ -181,7 +181,12 @@ pub const FEATURES: &[&str] = &[
     FEATURE_TRUST,
     FEATURE_PROGRESS,
     FEATURE_FORWARD,
+    FEATURE_NIX_SIGS,
 ];
+/// The feature name of `PathStart.nix_sigs`.
+pub const FEATURE_NIX_SIGS: &str = "nix-sigs";
+/// Most Nix signatures a `PathStart` may carry.
+pub const MAX_NIX_SIGS: usize = 16;
 /// The feature name of the trust answer in `Have`.
 pub const FEATURE_TRUST: &str = "trust";
 /// The feature name of `Received`.
@@ -432,6 +437,10 @@ pub struct PathStart {
     pub encoding: Encoding,
     /// NAR bytes the agent already holds; the data starts at this NAR offset.
     pub offset: u64,
+    /// Nix signatures (`name:base64`) the sender's store holds for the path (feature
+    /// `nix-sigs`; empty otherwise). Claims, not trust: a host keeps those a key of its own
+    /// `trusted-public-keys` made, and drops the rest.
+    pub nix_sigs: Vec<String>,
 }
 
 /// Outcome carried by `Ack`.
@@ -627,6 +636,11 @@ impl Frame {
                 if let Encoding::ZstdDelta { base } = &p.encoding {
                     w.path(base);
                 }
+                // Only to agents that announced `nix-sigs` (older decoders refuse trailing
+                // bytes): the sender leaves the list empty for them.
+                if !p.nix_sigs.is_empty() {
+                    w.list(&p.nix_sigs, |w, sig| w.str(sig));
+                }
             }
             Frame::Data(_) => unreachable!("handled above"),
             Frame::PathEnd | Frame::Done => {}
@@ -762,6 +776,14 @@ impl Frame {
                         2 => Encoding::ZstdDelta { base: r.path()? },
                         b => return Err(format!("unknown encoding {b}")),
                     };
+                    let nix_sigs =
+                        if r.pos < r.buf.len() { r.list(|r| r.string())? } else { Vec::new() };
+                    if nix_sigs.len() > MAX_NIX_SIGS {
+                        return Err(format!(
+                            "{} Nix signatures (at most {MAX_NIX_SIGS})",
+                            nix_sigs.len()
+                        ));
+                    }
                     Frame::PathStart(Box::new(PathStart {
                         path,
                         nar_hash,
@@ -772,6 +794,7 @@ impl Frame {
                         signature,
                         encoding,
                         offset,
+                        nix_sigs,
                     }))
                 }
                 kind::DATA => {

@@ -403,6 +403,7 @@ mod tests {
             signature: b"(signature)".to_vec(),
             encoding: Encoding::Zstd,
             offset: 17,
+            nix_sigs: Vec::new(),
         }))
     }
 
@@ -450,6 +451,7 @@ mod tests {
             Frame::PathStart(Box::new(PathStart {
                 encoding: Encoding::ZstdDelta { base: sp(5) },
                 offset: 0,
+                nix_sigs: vec!["cache.example.org-1:c2ln".into()],
                 ..match start(2) {
                     Frame::PathStart(p) => *p,
                     _ => unreachable!(),

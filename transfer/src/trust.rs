@@ -197,6 +197,29 @@ pub fn nix_trusted_keys(state_dir: &Path) -> Vec<signing::nix::VerifyingKey> {
     keys
 }
 
+/// The Nix signatures among `sigs` (sent with `info`, feature `nix-sigs`) that one of `keys`
+/// made over `info`'s fingerprint. The others are dropped, never stored: a peer's signatures are
+/// claims, and only the host's own trusted keys turn them into facts.
+pub fn trusted_nix_sigs(
+    keys: &[signing::nix::VerifyingKey],
+    store_dir: &StoreDir,
+    info: &closure::PathInfo,
+    sigs: &[String],
+) -> Vec<String> {
+    if keys.is_empty() || sigs.is_empty() {
+        return Vec::new();
+    }
+    let refs: Vec<StorePath> = info.references.iter().cloned().collect();
+    let fp = signing::nix::fingerprint(store_dir, &info.path, &info.nar_hash, info.nar_size, &refs);
+    sigs.iter()
+        .filter(|text| {
+            signing::nix::Signature::parse(text)
+                .is_ok_and(|sig| keys.iter().any(|k| k.verify(&fp, &sig)))
+        })
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +242,7 @@ mod tests {
             signature: sign_path(&key, &dir, &path, &hash, 3, std::slice::from_ref(&r)),
             encoding: Encoding::Zstd,
             offset: 0,
+            nix_sigs: Vec::new(),
         };
         let mut acl = Acl::new();
         assert_eq!(check_path(&acl, &dir, &start).unwrap_err().0, RejectReason::Unauthorized);

@@ -238,6 +238,9 @@ struct Session<R: Read, W: Write> {
     received: Received,
     /// Where verified NARs go when the host's store is a daemon's ([`daemon`]).
     sink: Option<daemon::Sink>,
+    /// The host's trusted Nix keys (`trusted-public-keys`), read when a path first brings Nix
+    /// signatures (feature `nix-sigs`).
+    nix_keys: Option<Vec<signing::nix::VerifyingKey>>,
 }
 
 impl<R: Read, W: Write> Session<R, W> {
@@ -349,6 +352,7 @@ pub fn serve_as<R: Read, W: Write + Send>(
         watch,
         received: Received::default(),
         sink: None,
+        nix_keys: None,
     };
     // Handshake.
     s.watch.phase("while waiting for the host's Hello", true);
@@ -679,6 +683,11 @@ fn receive_path<R: Read, W: Write>(
         PathInfo::new(start.path.clone(), digest, start.references.iter().cloned().collect());
     info.deriver = start.deriver.clone();
     info.ca = start.ca.clone();
+    if !start.nix_sigs.is_empty() {
+        let state_dir = s.options.layout.state_dir();
+        let keys = s.nix_keys.get_or_insert_with(|| crate::trust::nix_trusted_keys(state_dir));
+        info.sigs = crate::trust::trusted_nix_sigs(keys, store.store_dir(), &info, &start.nix_sigs);
+    }
 
     if let Encoding::ZstdDelta { base } = &start.encoding {
         return receive_delta(&mut data, store, s.sink.as_mut(), &info, base, start).map(Some);

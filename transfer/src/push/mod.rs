@@ -53,7 +53,8 @@ use encode::{EncodeOptions, EncodeStats, LinkMeter, Metered, PathEncoder, Queued
 use frame_cache::FrameCache;
 use proto::frame::{
     Encoding, Forward, ForwardOutcome, Frame, Hello, PathStart, ProtocolError, QueryEntry,
-    RejectReason, Welcome, FEATURE_DELTA, FEATURE_FORWARD, FEATURE_GRAPH, FEATURE_TRUST,
+    RejectReason, Welcome, FEATURE_DELTA, FEATURE_FORWARD, FEATURE_GRAPH, FEATURE_NIX_SIGS,
+    FEATURE_TRUST,
 };
 use proto::io::{FrameReader, FrameWriter, FramedError};
 use proto::peer::CoordinatorState;
@@ -454,6 +455,7 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     }
     let peer_delta = welcome.features.iter().any(|f| f == FEATURE_DELTA);
     let peer_trust = welcome.features.iter().any(|f| f == FEATURE_TRUST);
+    let peer_nix_sigs = welcome.features.iter().any(|f| f == FEATURE_NIX_SIGS);
     // The reference graph only serves base choice: sent when deltas may be used.
     let peer_graph = options.delta
         && peer_delta
@@ -585,6 +587,8 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
                         signature,
                         encoding: prepared.encoding.clone(),
                         offset,
+                        // The source store's Nix signatures: claims the host checks itself.
+                        nix_sigs: if peer_nix_sigs { info.sigs.clone() } else { Vec::new() },
                     };
                     send(out, Frame::PathStart(Box::new(start)))?;
                     let sent = encoder.write_data(prepared, info, offset, out, &report).map_err(

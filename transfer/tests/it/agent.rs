@@ -258,6 +258,7 @@ pub(crate) fn start_for(info: &PathInfo, signature: Vec<u8>) -> PathStart {
         signature,
         encoding: Encoding::None,
         offset: 0,
+        nix_sigs: Vec::new(),
     }
 }
 

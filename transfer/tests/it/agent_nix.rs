@@ -233,6 +233,40 @@ fn paths_land_in_nix_signed_and_a_bad_nar_is_never_registered() {
     assert!(!host.layout.ferry_db_path().exists());
 }
 
+/// The source store's Nix signatures travel with a push (feature `nix-sigs`): the host keeps
+/// those a key of its own `trusted-public-keys` made, drops the others (claims, not facts), and
+/// adds its own.
+#[test]
+fn the_sources_nix_signatures_travel_and_only_trusted_ones_stay() {
+    require_nix();
+    let mut local = Local::new();
+    let lib = local.add("lib-2.0", codeish(3, 4096), &[]);
+    let info = local.info(&lib);
+    let fp = signing::nix::fingerprint(&StoreDir::nix(), &lib, &info.nar_hash, info.nar_size, &[]);
+    let mut rng = rand::thread_rng();
+    let cache = signing::nix::SigningKey::generate("cache.example.org-1", &mut rng);
+    let stranger = signing::nix::SigningKey::generate("stranger-1", &mut rng);
+    // A stranger's signature, and one that names the trusted key but is the stranger's.
+    let forged = format!("cache.example.org-1:{}", {
+        let text = stranger.sign(&fp).to_string();
+        text.split_once(':').unwrap().1.to_owned()
+    });
+    let sigs = [cache.sign(&fp).to_string(), stranger.sign(&fp).to_string(), forged.clone()];
+    local.store.add_signatures(&lib, &sigs).unwrap();
+    let host = NixHost::new(local.dir.path().join("host"), &local.key);
+    let trusted = host.layout.state_dir().join("trusted-public-keys");
+    std::fs::write(trusted, format!("{}\n", cache.verifying_key())).unwrap();
+
+    local.push(&lib, &host);
+    let root = host.root.to_str().unwrap();
+    let out =
+        run(nix_cmd("nix").args(["path-info", "--sigs", "--store", root, &host.abs(&lib)]), true);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.contains(&sigs[0]), "the trusted cache's signature: {listed}");
+    assert!(!listed.contains("stranger-1:") && !listed.contains(&forged), "{listed}");
+    assert!(listed.contains("-ferry-1:"), "the host's own: {listed}");
+}
+
 #[test]
 fn deltas_use_nix_paths_as_bases_and_a_base_modified_in_place_falls_back() {
     require_nix();

@@ -51,6 +51,7 @@ fn signed_start(name: &str, nar: &[u8], encoding: Encoding) -> PathStart {
         signature,
         encoding,
         offset: 0,
+        nix_sigs: Vec::new(),
     }
 }
 
