@@ -1,9 +1,9 @@
 //! Copy targets as URIs.
 //!
 //! ```text
-//! ssh://[user@]host[:port][?root=DIR&store-dir=DIR&state-dir=DIR&sudo=1|0]
+//! ssh://[user@]host[:port][?root=DIR&store-dir=DIR&state-dir=DIR&store=KIND&sudo=1|0]
 //!                                                                    a ferry agent over SSH
-//! local:///ROOT[?store-dir=DIR&state-dir=DIR]                        a ferry agent, local subprocess
+//! local:///ROOT[?store-dir=DIR&state-dir=DIR&store=KIND]             a ferry agent, local subprocess
 //! nix+ssh://[user@]host[:port][?root=DIR]                            nix-store --serve --write
 //! file:///DIR                                                        a binary cache directory
 //! s3://BUCKET[/PREFIX][?endpoint=URL&region=R&profile=P&scheme=http|https]
@@ -16,6 +16,10 @@
 //! `http(s)://host[:port]` URL; AWS when absent), `scheme` the scheme put in front of an endpoint
 //! given without one (`https` by default), `region` the signing region, `profile` the section of
 //! `~/.aws/credentials` (else `AWS_PROFILE`). No credential is ever part of a URI.
+//!
+//! `store` (`ferry`, `nix`, `guix`) says whose store the agent fills, as its `--store` option:
+//! ferry's own (the default), or the host's Nix or Guix store, whose daemon then registers each
+//! verified path (`nix-store --serve --write`, `guix archive --import`).
 //!
 //! `sudo` (ssh:// only) says whether the agent runs under `sudo -n` when the login user is not
 //! root: by default it does exactly when no `root=` is given (the host's own store is root's);
@@ -38,6 +42,8 @@ pub struct StoreParams {
     pub root: Option<PathBuf>,
     pub store_dir: Option<String>,
     pub state_dir: Option<PathBuf>,
+    /// `store=ferry|nix|guix`: the agent's `--store` (`None`: ferry's own store).
+    pub store: Option<String>,
     /// `sudo=1|0`: `None` chooses by `root` (see the module doc).
     pub sudo: Option<bool>,
 }
@@ -181,6 +187,12 @@ impl Target {
                 "root" => store.root = Some(PathBuf::from(v)),
                 "store-dir" => store.store_dir = Some(v),
                 "state-dir" => store.state_dir = Some(PathBuf::from(v)),
+                "store" => {
+                    if !matches!(v.as_str(), "ferry" | "nix" | "guix") {
+                        return Err(err(&format!("store={v:?}: expected ferry, nix or guix")));
+                    }
+                    store.store = Some(v);
+                }
                 "sudo" => {
                     store.sudo = Some(match v.as_str() {
                         "1" | "true" | "yes" => true,
@@ -190,7 +202,7 @@ impl Target {
                 }
                 _ => {
                     return Err(err(&format!(
-                        "unknown parameter {k:?} (known: root, store-dir, state-dir, sudo)"
+                        "unknown parameter {k:?} (known: root, store-dir, state-dir, store, sudo)"
                     )))
                 }
             }
@@ -263,6 +275,7 @@ mod tests {
                     root: Some("/tmp/h".into()),
                     store_dir: Some("/nix/store".into()),
                     state_dir: None,
+                    store: None,
                     sudo: None,
                 },
             }
@@ -281,6 +294,7 @@ mod tests {
                     root: Some("/tmp/a b".into()),
                     store_dir: None,
                     state_dir: Some("/s".into()),
+                    store: None,
                     sudo: None,
                 }
             }

@@ -1,7 +1,10 @@
 //! `ferry serve`: the host agent, speaking the ferry protocol on stdin and stdout.
 //!
-//! The store is chosen with the global `--root`, `--store-dir` and `--state-dir`. Paths must be
-//! signed by a key in `<state>/acl`. The coordinator (`ferry copy`, `ferry deploy`) starts it
+//! The store is chosen with the global `--root`, `--store-dir`, `--state-dir` and `--store`.
+//! With `--store nix` or `--store guix` the agent reads that daemon's database in place and hands
+//! each verified path to the daemon's own import (`transfer::agent::daemon`); ferry's state
+//! (ACL, keys, partial files) stays in ferry's state dir. Paths must be signed by a key in
+//! `<state>/acl`. The coordinator (`ferry copy`, `ferry deploy`) starts it
 //! over SSH or as a local subprocess; it is not meant to be run by hand.
 
 use std::fs::File;
@@ -9,6 +12,10 @@ use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 
+use store::DbKind;
+use transfer::agent::daemon::DaemonStore;
+use transfer::agent::guix_store::GuixOptions;
+use transfer::agent::nix_store::NixOptions;
 use transfer::agent::{serve, AgentOptions};
 
 use crate::settings::GlobalOpts;
@@ -56,7 +63,14 @@ pub fn std_streams() -> io::Result<(Box<dyn Read + Send>, File)> {
 }
 
 pub fn run(global: &GlobalOpts, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let mut options = AgentOptions::new(crate::settings::layout(global)?);
+    let layout = crate::settings::layout(global)?;
+    let daemon = match layout.database().0 {
+        DbKind::Nix => Some(DaemonStore::Nix(NixOptions::new(layout.root()))),
+        DbKind::Guix => Some(DaemonStore::Guix(GuixOptions::default())),
+        DbKind::Ferry => None,
+    };
+    let mut options = AgentOptions::new(layout);
+    options.daemon = daemon;
     options.partial_min = args.partial_min;
     let (input, stdout) = std_streams()?;
     match serve(options, input, stdout) {

@@ -265,3 +265,35 @@ fn nix_systems_go_into_the_hosts_own_nix_stores() {
         }
     }
 }
+
+/// `ferry copy --to local:///ROOT?store=nix` (and `ssh://…?store=nix`): the agent runs as
+/// `ferry serve --store nix` and hands each verified path to the host's own Nix, as a deploy
+/// does; Nix registers the closure, signed by the host's ferry key.
+#[test]
+fn copy_with_store_nix_goes_into_the_hosts_nix_store() {
+    ferry_tests::nix::require();
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir_all(tmp.path().join("home")).unwrap();
+    let top = build_system_with(&tmp.path().join("coordinator"), &[]);
+    let host = tmp.path().join("host");
+    host_nix(&host, &["--init"]);
+    let uri = format!("local://{}?store=nix", host.display());
+    let out = coordinator(tmp.path())
+        .envs(ferry_tests::nix::remote_env())
+        .args(["--store", "nix", "copy", "--authorize", "--json", "--to", &uri, &top])
+        .output()
+        .unwrap();
+    let stdout = ferry_tests::success_stdout(&["copy", "--to", &uri], out);
+    host_nix(&host, &["--verify", "--check-contents"]);
+    let closure = host_nix(&host, &["--query", "--requisites", &top]);
+    assert_eq!(closure.lines().count(), 3, "{closure}\n{stdout}");
+    let sigs = ferry_tests::nix::command("nix")
+        .args(["path-info", "--sigs", "--store"])
+        .arg(&host)
+        .arg(&top)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&sigs.stdout).contains("-ferry-1:"));
+    // ferry made no store of its own beside Nix's.
+    assert!(!host.join("var/ferry/db").exists());
+}

@@ -148,6 +148,7 @@ impl Target {
                 let mut t = LocalTransport::new(root)?;
                 t.store_dir = store.store_dir;
                 t.state_dir = store.state_dir;
+                t.store = store.store;
                 Target::LocalStore(t)
             }
             Uri::Ssh { endpoint, store } => Target::Agent(Box::new(SshTransport::new(

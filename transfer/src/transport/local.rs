@@ -18,6 +18,8 @@ pub struct LocalTransport {
     pub store_dir: Option<String>,
     /// Its state dir, when not the default.
     pub state_dir: Option<PathBuf>,
+    /// `--store ferry|nix|guix`: whose store the agent fills (`None`: ferry's).
+    pub store: Option<String>,
     /// Extra environment for the agent.
     pub env: Vec<(String, String)>,
 }
@@ -30,6 +32,7 @@ impl LocalTransport {
             root,
             store_dir: None,
             state_dir: None,
+            store: None,
             env: Vec::new(),
         })
     }
@@ -43,6 +46,9 @@ impl LocalTransport {
         }
         if let Some(d) = &self.state_dir {
             c.arg("--state-dir").arg(d);
+        }
+        if let Some(kind) = &self.store {
+            c.arg("--store").arg(kind);
         }
         c.args(args);
         // Its own process group: a Ctrl-C at the terminal reaches the coordinator only, which

@@ -465,6 +465,9 @@ impl SshTransport {
         if let Some(d) = &self.store.state_dir {
             argv.extend(["--state-dir".to_owned(), d.display().to_string()]);
         }
+        if let Some(kind) = &self.store.store {
+            argv.extend(["--store".to_owned(), kind.clone()]);
+        }
         argv.extend(args.iter().cloned());
         argv
     }
