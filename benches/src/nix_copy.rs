@@ -47,7 +47,14 @@ struct Relay {
     pumps: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>) -> JoinHandle<()> {
+/// Copy `from` into `to` on a thread of its own, adding each chunk to `count`; at the end
+/// (EOF or an error on either side) `done` runs with `to` (e.g. to half-close it).
+pub fn pump<R: Read + Send + 'static, W: Write + Send + 'static>(
+    mut from: R,
+    mut to: W,
+    count: Arc<AtomicU64>,
+    done: impl FnOnce(&mut W) + Send + 'static,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         while let Ok(n) = from.read(&mut buf) {
@@ -56,8 +63,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, count: Arc<AtomicU64>) -> JoinHa
             }
             count.fetch_add(n as u64, Ordering::Relaxed);
         }
-        let _ = to.shutdown(std::net::Shutdown::Write);
+        done(&mut to);
     })
+}
+
+/// Half-close a TCP stream (the end of a [`pump`]).
+fn half_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 impl Relay {
@@ -73,8 +85,8 @@ impl Relay {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else { continue };
                 let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) else { continue };
                 let mut pumps = p.lock().unwrap_or_else(|e| e.into_inner());
-                pumps.push(pump(client, server, s.clone()));
-                pumps.push(pump(s2, c2, r.clone()));
+                pumps.push(pump(client, server, s.clone(), half_close));
+                pumps.push(pump(s2, c2, r.clone(), half_close));
             }
         });
         Ok(Relay { port, sent, received, pumps })

@@ -11,6 +11,8 @@
 //!   directions of a connection, wrap both ends (each shapes what it receives):
 //!   [`shaped_duplex`] does this for an in-process pair. It uses `tokio::time`, so a test with
 //!   paused time (`#[tokio::test(start_paused = true)]`) runs in simulated time.
+//! - [`Qdisc`]: the same link in the kernel instead, as `tc qdisc add … ARGS` (netem, or tbf
+//!   with the delay left to the userspace relay, `crate::relay`).
 //! - Memory: at most [`LinkSpec::queue_limit`] bytes are held per direction (about twice the
 //!   bandwidth-delay product); beyond it the wrapper stops reading the inner stream, so the
 //!   sender sees backpressure as on a real link.
@@ -414,5 +416,64 @@ impl io::Read for ShapedReader {
         out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
+    }
+}
+
+/// The queueing discipline that shapes a kernel link (`lo` in a private namespace, as
+/// `ferry bench --link kernel` and the benches do): rate in bytes per second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qdisc {
+    /// Rate and delay in the kernel.
+    Netem,
+    /// Rate in the kernel, delay by the relay.
+    Tbf,
+}
+
+impl Qdisc {
+    pub fn name(self) -> &'static str {
+        match self {
+            Qdisc::Netem => "netem",
+            Qdisc::Tbf => "tbf",
+        }
+    }
+
+    /// `tc qdisc add dev lo root` arguments for this link.
+    pub fn tc_args(self, rate: f64, latency: Duration) -> Vec<String> {
+        let bits = (rate * 8.0).round() as u64;
+        let mut args = vec![self.name().to_owned()];
+        match self {
+            Qdisc::Netem => {
+                args.extend(["delay".into(), format!("{}us", latency.as_micros())]);
+                if rate.is_finite() {
+                    args.extend(["rate".into(), format!("{bits}bit")]);
+                }
+                args.extend(["limit".into(), "100000".into()]);
+            }
+            Qdisc::Tbf => args.extend(
+                ["rate", &format!("{bits}bit"), "burst", &tbf_burst(rate), "latency", "50ms"]
+                    .map(String::from),
+            ),
+        }
+        args
+    }
+}
+
+/// tbf's bucket: 32 KiB, or 10 ms of the rate when more (the kernel refills the bucket once
+/// a timer tick, so a bucket smaller than a tick's worth of bytes caps a fast link below its rate).
+pub fn tbf_burst(rate: f64) -> String {
+    let bytes = if rate.is_finite() { (rate / 100.0).max(32.0 * 1024.0) } else { 32.0 * 1024.0 };
+    format!("{}b", bytes.round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tbf_bucket() {
+        assert_eq!(tbf_burst(2.5e6), "32768b");
+        assert_eq!(tbf_burst(1.25e8), "1250000b");
+        let args = Qdisc::Tbf.tc_args(1.25e8, Duration::ZERO);
+        assert_eq!(args.join(" "), "tbf rate 1000000000bit burst 1250000b latency 50ms");
     }
 }

@@ -17,7 +17,6 @@
 //! exchange and MACs included; TCP/IP headers and the retransmissions tbf's drops cause are
 //! not), time is the command's wall time.
 
-use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use ferry_benches::nix_copy::pump;
 use ferry_tests::sshd::{remote_path, Sshd, SshdOptions};
 
 const EXPR: &str = include_str!("../../nix/gen_update.nix");
@@ -198,10 +198,9 @@ fn inside(sock: &Path, state: &Path, tool: &str) -> Result<()> {
     run(Command::new("ip").args(["link", "set", "lo", "mtu", "1500"]))?;
     let relay = transfer::relay::Relay::new(Duration::ZERO)?;
     let addr = relay.tcp_to_unix("127.0.0.1:0".parse()?, sock.to_owned())?;
-    let rate = format!("{}bit", s.rate);
-    run(Command::new("tc")
-        .args(["qdisc", "add", "dev", "lo", "root", "tbf", "rate", &rate])
-        .args(["burst", "32kb", "latency", "50ms"]))?;
+    // The link of `ferry bench --link kernel`: tbf for the rate, the relay for the delay.
+    let tbf = transfer::shaping::Qdisc::Tbf.tc_args(s.rate as f64 / 8.0, Duration::ZERO);
+    run(Command::new("tc").args(["qdisc", "add", "dev", "lo", "root"]).args(&tbf))?;
     relay.set_latency(Duration::from_millis(s.latency_ms));
     let t = Instant::now();
     let out = match tool {
@@ -224,18 +223,26 @@ impl Pump {
     fn start(sock: &Path, port: u16) -> Result<Pump> {
         let listener = UnixListener::bind(sock)?;
         let (up, down, open) = Default::default();
-        let pump = Pump { up, down, open };
-        let (u, d, o) = (pump.up.clone(), pump.down.clone(), pump.open.clone());
+        let counts = Pump { up, down, open };
+        let (u, d, o) = (counts.up.clone(), counts.down.clone(), counts.open.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
                 let Ok(tcp) = TcpStream::connect(("127.0.0.1", port)) else { continue };
                 o.fetch_add(2, Ordering::SeqCst);
                 let (c2, t2) = (conn.try_clone().unwrap(), tcp.try_clone().unwrap());
-                copy(conn, tcp, u.clone(), o.clone(), |t| t.shutdown(Shutdown::Write));
-                copy(t2, c2, d.clone(), o.clone(), |c| c.shutdown(Shutdown::Write));
+                let o1 = o.clone();
+                pump(conn, tcp, u.clone(), move |t: &mut TcpStream| {
+                    let _ = t.shutdown(Shutdown::Write);
+                    o1.fetch_sub(1, Ordering::SeqCst);
+                });
+                let o2 = o.clone();
+                pump(t2, c2, d.clone(), move |c: &mut std::os::unix::net::UnixStream| {
+                    let _ = c.shutdown(Shutdown::Write);
+                    o2.fetch_sub(1, Ordering::SeqCst);
+                });
             }
         });
-        Ok(pump)
+        Ok(counts)
     }
 
     /// Bytes relayed (up, down) once every connection closed, then reset.
@@ -245,26 +252,6 @@ impl Pump {
         }
         (self.up.swap(0, Ordering::SeqCst), self.down.swap(0, Ordering::SeqCst))
     }
-}
-
-fn copy<R: Read + Send + 'static, W: Write + Send + 'static>(
-    mut from: R,
-    mut to: W,
-    count: Arc<AtomicU64>,
-    open: Arc<AtomicU64>,
-    close: impl FnOnce(&W) -> std::io::Result<()> + Send + 'static,
-) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 << 10];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            count.fetch_add(n as u64, Ordering::Relaxed);
-        }
-        let _ = close(&to);
-        open.fetch_sub(1, Ordering::SeqCst);
-    });
 }
 
 fn main() -> Result<()> {

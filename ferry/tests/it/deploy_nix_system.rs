@@ -49,6 +49,14 @@ struct Run {
 }
 
 impl Run {
+    /// A test directory (with the coordinator's `home`) and a run in it.
+    fn new() -> (tempfile::TempDir, Run) {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("home")).unwrap();
+        let run = Run { dir: tmp.path().to_owned() };
+        (tmp, run)
+    }
+
     fn ferry(&self, code: i32, args: &[&str], env: &[(&str, &str)]) -> (String, String) {
         let mut c = coordinator(&self.dir);
         c.args(args);
@@ -95,9 +103,7 @@ fn switch_line(root: &Path, top: &str, arg: &str) -> String {
 
 #[test]
 fn nix_systems_deploy_switch_and_roll_back_with_their_own_commands() {
-    let tmp = tempfile::tempdir().unwrap();
-    let run = Run { dir: tmp.path().to_owned() };
-    fs::create_dir_all(tmp.path().join("home")).unwrap();
+    let (tmp, run) = Run::new();
     let nix_root = tmp.path().join("coordinator");
     let top1 = build_system_with(&nix_root, &[]);
     let top2 = build_system_with(&nix_root, &[("appText", "app-v2")]);
@@ -208,9 +214,7 @@ fn host_nix(root: &Path, args: &[&str]) -> String {
 #[test]
 fn nix_systems_go_into_the_hosts_own_nix_stores() {
     ferry_tests::nix::require();
-    let tmp = tempfile::tempdir().unwrap();
-    let run = Run { dir: tmp.path().to_owned() };
-    fs::create_dir_all(tmp.path().join("home")).unwrap();
+    let (tmp, run) = Run::new();
     let nix_root = tmp.path().join("coordinator");
     let top1 = build_system_with(&nix_root, &[]);
     let top2 = build_system_with(&nix_root, &[("appText", "app-v2")]);
@@ -272,8 +276,7 @@ fn nix_systems_go_into_the_hosts_own_nix_stores() {
 #[test]
 fn copy_with_store_nix_goes_into_the_hosts_nix_store() {
     ferry_tests::nix::require();
-    let tmp = tempfile::tempdir().unwrap();
-    fs::create_dir_all(tmp.path().join("home")).unwrap();
+    let (tmp, _) = Run::new();
     let top = build_system_with(&tmp.path().join("coordinator"), &[]);
     let host = tmp.path().join("host");
     host_nix(&host, &["--init"]);

@@ -13,7 +13,7 @@ use proto::frame::{Encoding, Frame, Hello, PathStart, ProtocolError, RejectReaso
 use proto::io::{FrameReader, FrameWriter};
 use proto::peer::CoordinatorState;
 use signing::guix::SigningKey;
-use store::{Store, StoreLayout};
+use store::{DbKind, LayoutOptions, Store, StoreLayout};
 use transfer::agent::AgentOptions;
 use transfer::push::{push_closure, NoProgress, PushError, PushOptions};
 use transfer::transport::{Connection, InProcessTransport, Transport, TransportError};
@@ -245,6 +245,25 @@ impl Raw {
         self.send(Frame::Query(Vec::new()));
         assert!(matches!(self.recv(), Frame::Have { .. }));
     }
+}
+
+/// The layout of a host whose store is `kind`'s daemon's under `root` (its database read in
+/// place), with ferry's state dir made and `key` in its ACL.
+pub(crate) fn daemon_host_layout(
+    root: &std::path::Path,
+    kind: DbKind,
+    key: &SigningKey,
+) -> StoreLayout {
+    let options = LayoutOptions {
+        root: Some(root.to_owned()),
+        store: Some(kind),
+        ..LayoutOptions::default()
+    };
+    let layout = StoreLayout::resolve(&options).unwrap();
+    std::fs::create_dir_all(layout.state_dir()).unwrap();
+    let acl = layout.state_dir().join("acl");
+    signing::keyfile::authorize_key_in_file(&acl, key.verifying_key().to_sexp()).unwrap();
+    layout
 }
 
 pub(crate) fn start_for(info: &PathInfo, signature: Vec<u8>) -> PathStart {

@@ -13,12 +13,12 @@ use closure::PathInfo;
 use nar_core::store_path::{StoreDir, StorePath};
 use proto::frame::{AckOutcome, Frame, RejectReason};
 use signing::guix::SigningKey;
-use store::{DbKind, LayoutOptions, Store, StoreLayout};
+use store::{DbKind, Store, StoreLayout};
 use transfer::agent::daemon::DaemonStore;
 use transfer::agent::guix_store::GuixOptions;
 use transfer::agent::AgentOptions;
 
-use crate::agent::{nar_of, start_for, Raw};
+use crate::agent::{daemon_host_layout, nar_of, start_for, Raw};
 
 const STANDIN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/guix-standin");
 
@@ -38,18 +38,7 @@ impl GuixHost {
         std::fs::create_dir_all(&db).unwrap();
         std::fs::copy(maker.join("var/ferry/db/db.sqlite"), db.join("db.sqlite")).unwrap();
         std::fs::remove_dir_all(&maker).unwrap();
-        let layout = StoreLayout::resolve(&LayoutOptions {
-            root: Some(root.clone()),
-            store: Some(DbKind::Guix),
-            ..LayoutOptions::default()
-        })
-        .unwrap();
-        std::fs::create_dir_all(layout.state_dir()).unwrap();
-        signing::keyfile::authorize_key_in_file(
-            &layout.state_dir().join("acl"),
-            key.verifying_key().to_sexp(),
-        )
-        .unwrap();
+        let layout = daemon_host_layout(&root, DbKind::Guix, key);
         // The host's ferry key, and Guix's ACL (`guix archive --authorize`).
         let (host_key, _) = transfer::trust::load_or_generate_key(layout.state_dir()).unwrap();
         let other = SigningKey::generate(&mut rand::thread_rng());

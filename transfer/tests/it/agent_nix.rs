@@ -15,13 +15,13 @@ use nar_core::store_path::{StoreDir, StorePath};
 use proto::frame::{AckOutcome, Frame, RejectReason};
 use rand::{Rng, SeedableRng};
 use signing::guix::SigningKey;
-use store::{DbKind, LayoutOptions, Store, StoreLayout};
+use store::{DbKind, Store, StoreLayout};
 use transfer::agent::daemon::DaemonStore;
 use transfer::agent::nix_store::NixOptions;
 use transfer::agent::AgentOptions;
 use transfer::push::{push_closure, NoProgress, PushOptions, PushSummary};
 
-use crate::agent::{nar_of, start_for, Raw};
+use crate::agent::{daemon_host_layout, nar_of, start_for, Raw};
 use crate::nix_fixture::{made_up_path, nix_cmd, nix_store, require_nix, run};
 
 /// A Nix chroot store with ferry's state beside it (the ACL naming `key`).
@@ -33,18 +33,7 @@ struct NixHost {
 impl NixHost {
     fn new(root: PathBuf, key: &SigningKey) -> NixHost {
         nix_store(&root, &["--init"]);
-        let layout = StoreLayout::resolve(&LayoutOptions {
-            root: Some(root.clone()),
-            store: Some(DbKind::Nix),
-            ..LayoutOptions::default()
-        })
-        .unwrap();
-        std::fs::create_dir_all(layout.state_dir()).unwrap();
-        signing::keyfile::authorize_key_in_file(
-            &layout.state_dir().join("acl"),
-            key.verifying_key().to_sexp(),
-        )
-        .unwrap();
+        let layout = daemon_host_layout(&root, DbKind::Nix, key);
         NixHost { root, layout }
     }
 

@@ -56,7 +56,7 @@ use serde_json::json;
 use transfer::push::adaptive::CompressSetting;
 use transfer::push::frame_cache::FrameCache;
 use transfer::push::{push_closure, NoProgress, PushOptions, PushSummary};
-use transfer::shaping::{LinkSpec, ShapedTransport};
+use transfer::shaping::{LinkSpec, Qdisc, ShapedTransport};
 use transfer::transport::Transport;
 
 use super::copy::SshArgs;
@@ -194,51 +194,6 @@ fn host_json(s: &PushSummary, rate: f64) -> serde_json::Value {
 const NETNS_DIR_ENV: &str = "FERRY_BENCH_NETNS_DIR";
 /// Set with [`NETNS_DIR_ENV`]: `netem` or `tbf`, what the outer process found to work.
 const NETNS_QDISC_ENV: &str = "FERRY_BENCH_NETNS_QDISC";
-
-/// The queueing discipline that shapes `lo` in the namespace.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Qdisc {
-    /// Rate and delay in the kernel.
-    Netem,
-    /// Rate in the kernel, delay by the relay.
-    Tbf,
-}
-
-impl Qdisc {
-    fn name(self) -> &'static str {
-        match self {
-            Qdisc::Netem => "netem",
-            Qdisc::Tbf => "tbf",
-        }
-    }
-
-    /// `tc qdisc add dev lo root` arguments for this link.
-    fn tc_args(self, rate: f64, latency: Duration) -> Vec<String> {
-        let bits = (rate * 8.0).round() as u64;
-        let mut args = vec![self.name().to_owned()];
-        match self {
-            Qdisc::Netem => {
-                args.extend(["delay".into(), format!("{}us", latency.as_micros())]);
-                if rate.is_finite() {
-                    args.extend(["rate".into(), format!("{bits}bit")]);
-                }
-                args.extend(["limit".into(), "100000".into()]);
-            }
-            Qdisc::Tbf => args.extend(
-                ["rate", &format!("{bits}bit"), "burst", &tbf_burst(rate), "latency", "50ms"]
-                    .map(String::from),
-            ),
-        }
-        args
-    }
-}
-
-/// tbf's bucket: 32 KiB, or 10 ms of the rate when more (the kernel refills the bucket once
-/// a timer tick, so a bucket smaller than a tick's worth of bytes caps a fast link below its rate).
-fn tbf_burst(rate: f64) -> String {
-    let bytes = if rate.is_finite() { (rate / 100.0).max(32.0 * 1024.0) } else { 32.0 * 1024.0 };
-    format!("{}b", bytes.round() as u64)
-}
 
 /// `sh -c SCRIPT` in a throwaway network namespace: `Err(stderr)` when it fails.
 fn in_netns(script: &str) -> Result<(), String> {
@@ -596,17 +551,4 @@ pub fn run(global: &GlobalOpts, args: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(if failed { ExitCode::from(1) } else { ExitCode::SUCCESS })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tbf_bucket() {
-        assert_eq!(tbf_burst(2.5e6), "32768b");
-        assert_eq!(tbf_burst(1.25e8), "1250000b");
-        let args = Qdisc::Tbf.tc_args(1.25e8, Duration::ZERO);
-        assert_eq!(args.join(" "), "tbf rate 1000000000bit burst 1250000b latency 50ms");
-    }
 }
