@@ -35,6 +35,7 @@ use crate::delta::bases::LocalBases;
 use crate::delta::stream::VerifiedBase;
 use crate::push::adaptive::{AdaptiveConfig, Choice, CompressSetting, Controller};
 use crate::push::frame_cache::{Claim, Follower, FrameCache, Key, Producer};
+use crate::push::segments::{set_level, LevelPolicy, SegmentedWriter};
 use proto::frame::Encoding;
 use proto::io::{DataWriter, FrameWriter};
 
@@ -108,7 +109,8 @@ pub struct EncodeStats {
     pub delta_nar_bytes: u64,
     /// Paths whose encoded stream was copied from another session's (compress once).
     pub paths_shared: usize,
-    /// (level, paths) used, in order of first use.
+    /// (level, segments) used, in order of first use: a full path has a segment per
+    /// [`crate::push::segments::SEGMENT_BYTES`] of NAR, a delta its own segments.
     pub levels: Vec<(i32, usize)>,
     /// The controller's last link estimate (wire bytes/s).
     pub link_rate: Option<f64>,
@@ -327,14 +329,14 @@ impl<'a> PathEncoder<'a> {
         let level = prepared.level;
         let is_delta = matches!(prepared.encoding, Encoding::ZstdDelta { .. });
         let mut data = DataWriter::new(out);
-        let (nar_sent, shared, cpu, levels) = match prepared.job {
+        let (nar_sent, shared, levels) = match prepared.job {
             Job::Follow(f) => {
                 let n = f.copy_to(&mut data)?;
                 if let Some(c) = &self.cache {
                     c.note_shared_bytes(n);
                 }
                 report(info.nar_size - offset);
-                (info.nar_size - offset, true, None, vec![level])
+                (info.nar_size - offset, true, vec![level])
             }
             Job::Delta { base, mut producer } => {
                 let controller = &self.controller;
@@ -383,28 +385,35 @@ impl<'a> PathEncoder<'a> {
                     Ok(info.nar_size)
                 };
                 let tee = Tee { a: &mut data, b: producer.as_mut() };
-                let (sent, cpu) = self.pipelined(encode, tee, t)?;
+                let sent = self.pipelined(encode, tee, t)?;
                 drop(base);
                 if let Some(p) = producer {
                     p.finish();
                 }
                 report(info.nar_size);
-                (sent, false, Some(cpu), levels.into_inner().unwrap_or_else(|p| p.into_inner()))
+                (sent, false, levels.into_inner().unwrap_or_else(|p| p.into_inner()))
             }
             Job::Full { mut producer } => {
                 let workers = self.options.workers;
                 let mut cctx = self.zstd.0.take();
+                let mut policy = SegmentPolicy {
+                    controller: self.controller.as_ref(),
+                    clock: BusyClock::start(&self.out_blocked_ns),
+                    segment_start: None,
+                    levels: vec![level],
+                };
                 let encode = |w: &mut dyn Write| {
-                    full_stream(&phys, offset, level, workers, &mut cctx, w, report)
+                    policy.segment_start = Some(policy.clock.now());
+                    full_stream(&phys, offset, level, workers, &mut cctx, w, report, &mut policy)
                 };
                 let tee = Tee { a: &mut data, b: producer.as_mut() };
                 let result = self.pipelined(encode, tee, t);
                 self.zstd.0 = cctx;
-                let (sent, cpu) = result?;
+                let sent = result?;
                 if let Some(p) = producer {
                     p.finish();
                 }
-                (sent, false, Some(cpu), vec![level])
+                (sent, false, policy.levels)
             }
         };
         data.finish()?;
@@ -430,18 +439,15 @@ impl<'a> PathEncoder<'a> {
             if wire < WINDOW_BYTES {
                 observe_link(&mut c, self.meter.written() - written0, elapsed, blocked);
             }
-            // Deltas recorded each segment as it ended.
-            if let (true, false, Some(cpu)) = (level != 0, is_delta, cpu) {
-                c.record_compression(level, false, nar_sent, wire, cpu.max(1e-3));
-            }
+            // Compression was recorded per segment, as each ended.
             self.stats.link_rate = c.link_rate();
         }
         Ok(nar_sent)
     }
 
     /// Run `encode` on a helper thread into a bounded pipe, forwarding what it writes to `out`
-    /// on this thread; returns what `encode` returned and the helper's CPU seconds.
-    fn pipelined<E, W>(&self, encode: E, mut out: W, started: Instant) -> io::Result<(u64, f64)>
+    /// on this thread; returns what `encode` returned.
+    fn pipelined<E, W>(&self, encode: E, mut out: W, started: Instant) -> io::Result<u64>
     where
         E: FnOnce(&mut dyn Write) -> io::Result<u64> + Send,
         W: Write,
@@ -450,13 +456,9 @@ impl<'a> PathEncoder<'a> {
         std::thread::scope(|scope| {
             let blocked = &self.out_blocked_ns;
             let helper = scope.spawn(move || {
-                let clock = BusyClock::start(blocked);
-                let t0 = clock.now();
                 let timed = Timed { inner: writer, blocked_ns: blocked };
                 let mut w = io::BufWriter::with_capacity(128 << 10, timed);
-                let r = encode(&mut w).and_then(|n| w.flush().map(|()| n));
-                drop(w);
-                (r, clock.now().since(&t0))
+                encode(&mut w).and_then(|n| w.flush().map(|()| n))
             });
             // Windows of WINDOW_BYTES queued; the link is measured by what the connection
             // accepted in them (the queue may hold much more than the link carried).
@@ -490,9 +492,9 @@ impl<'a> PathEncoder<'a> {
             })();
             // On a forwarding error the helper sees a broken pipe and stops.
             drop(receiver);
-            let (encoded, cpu) = helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            let encoded = helper.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             forwarded?;
-            Ok((encoded?, cpu))
+            encoded
         })
     }
 }
@@ -506,6 +508,37 @@ fn observe_link(c: &mut Controller, wire: u64, elapsed: f64, blocked: f64) {
         c.record_link(wire, elapsed);
     } else {
         c.record_link(wire, blocked.max(0.25 * elapsed));
+    }
+}
+
+/// A full path's segments ([`crate::push::segments`]): each one's compression is recorded at
+/// the level it used with the encoding thread's busy time, and the next takes the level the
+/// controller picks then (without a controller, the first level throughout).
+struct SegmentPolicy<'a> {
+    controller: Option<&'a Mutex<Controller>>,
+    clock: BusyClock<'a>,
+    /// Set on the encoding thread when it starts (busy time is that thread's).
+    segment_start: Option<BusyReading>,
+    levels: Vec<i32>,
+}
+
+impl LevelPolicy for SegmentPolicy<'_> {
+    fn segment_done(&mut self, level: i32, nar: u64, encoded: u64) {
+        let now = self.clock.now();
+        let busy = self.segment_start.map_or(1e-3, |start| now.since(&start));
+        self.segment_start = Some(now);
+        if let (Some(c), true) = (self.controller, level != 0) {
+            lock(c).record_compression(level, false, nar, encoded, busy);
+        }
+    }
+
+    fn next_level(&mut self) -> i32 {
+        let level = match self.controller {
+            Some(c) => lock(c).choose(false).level,
+            None => self.levels[0],
+        };
+        self.levels.push(level);
+        level
     }
 }
 
@@ -586,8 +619,11 @@ const CAPPED_FROM_LEVEL: i32 = 14;
 /// log2 of the largest hash and chain tables a full stream's context gets.
 const MAX_TABLE_LOG: u32 = 22;
 
-/// Dump the NAR at `phys` from byte `offset` on into `out`, zstd-compressed at `level` (0: as
-/// is; negative: zstd's fast levels) with the context in `cctx` (made there on first use); returns the NAR bytes passed on.
+/// Dump the NAR at `phys` from byte `offset` on into `out`: as is at level 0, else as zstd
+/// frames of [`crate::push::segments::SEGMENT_BYTES`] NAR bytes, the first at `level` and each next one at the level
+/// `policy` picks then ([`crate::push::segments`]), with the context in `cctx` (made there on
+/// first use); returns the NAR bytes passed on.
+#[allow(clippy::too_many_arguments)]
 fn full_stream<W: Write>(
     phys: &std::path::Path,
     offset: u64,
@@ -596,6 +632,7 @@ fn full_stream<W: Write>(
     cctx: &mut Option<zstd::zstd_safe::CCtx<'static>>,
     out: W,
     report: &(dyn Fn(u64) + Sync),
+    policy: &mut dyn LevelPolicy,
 ) -> io::Result<u64> {
     if level == 0 {
         let mut skip = Skip { inner: out, skip: offset, passed: 0, unreported: 0, report };
@@ -609,18 +646,23 @@ fn full_stream<W: Write>(
     // A stream cut short by an error must not leak into this one, nor the previous path's
     // table caps into this level.
     cctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters).map_err(param)?;
-    cctx.set_parameter(CParameter::CompressionLevel(level)).map_err(param)?;
-    cctx.set_parameter(CParameter::NbWorkers(workers)).map_err(param)?;
-    if level >= CAPPED_FROM_LEVEL {
-        cctx.set_parameter(CParameter::HashLog(MAX_TABLE_LOG)).map_err(param)?;
-        cctx.set_parameter(CParameter::ChainLog(MAX_TABLE_LOG)).map_err(param)?;
-    }
-    let mut enc = zstd::stream::write::Encoder::with_context(out, cctx);
+    let mut configure = |cctx: &mut zstd::zstd_safe::CCtx<'static>, level: i32| {
+        set_level(cctx, level)?;
+        cctx.set_parameter(CParameter::NbWorkers(workers)).map_err(param)?;
+        if level >= CAPPED_FROM_LEVEL {
+            cctx.set_parameter(CParameter::HashLog(MAX_TABLE_LOG)).map_err(param)?;
+            cctx.set_parameter(CParameter::ChainLog(MAX_TABLE_LOG)).map_err(param)?;
+        }
+        Ok(())
+    };
+    let enc = SegmentedWriter::new(out, cctx, &mut configure, policy, level)?;
+    // The dump writes each NAR token on its own: gathered, they make whole raw blocks.
+    let mut enc = io::BufWriter::with_capacity(128 << 10, enc);
     let mut skip = Skip { inner: &mut enc, skip: offset, passed: 0, unreported: 0, report };
     dump_into(phys, &mut skip)?;
     report(skip.unreported);
     let passed = skip.passed;
-    enc.finish()?;
+    enc.into_inner().map_err(|e| e.into_error())?.finish()?;
     Ok(passed)
 }
 
@@ -743,9 +785,17 @@ mod tests {
         let mut nar = Vec::new();
         nar_core::dump::dump(&file, &mut nar).unwrap();
         let mut cctx = None;
+        let blocked = AtomicU64::new(0);
         for level in [19, 1, -5, 15] {
             let mut out = Vec::new();
-            let passed = full_stream(&file, 0, level, 0, &mut cctx, &mut out, &|_| ()).unwrap();
+            let mut fixed = SegmentPolicy {
+                controller: None,
+                clock: BusyClock::start(&blocked),
+                segment_start: None,
+                levels: vec![level],
+            };
+            let passed =
+                full_stream(&file, 0, level, 0, &mut cctx, &mut out, &|_| (), &mut fixed).unwrap();
             assert_eq!(passed, nar.len() as u64);
             assert_eq!(zstd::decode_all(&out[..]).unwrap(), nar, "level {level}");
             let size = cctx.as_ref().unwrap().sizeof();

@@ -45,6 +45,7 @@ use store::StoreLayout;
 pub mod adaptive;
 pub mod encode;
 pub mod frame_cache;
+pub mod segments;
 
 use crate::deadline::{DeadlineReader, DeadlineWriter, Deadlines, Watch};
 use crate::transport::{AgentHandle, Connection, Transport, TransportError, AGENT_SAID};
