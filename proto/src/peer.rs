@@ -40,6 +40,9 @@ pub enum CoordinatorPhase {
     Ready,
     /// `Authorize` sent.
     AwaitAuthorized,
+    /// `Authorize` and then `Query` sent without waiting in between: the host answers them in
+    /// order, so the authorization costs no round trip of its own.
+    AwaitAuthorizedThenHave,
     /// `Query` sent.
     AwaitHave,
     /// Sending paths (between paths).
@@ -108,7 +111,9 @@ impl CoordinatorState {
             (P::Ready, Frame::Authorize { .. }) => P::AwaitAuthorized,
             // A relay's orders, before the Query (feature `forward`).
             (P::Ready, Frame::Forward(_)) => P::Ready,
+            (P::AwaitAuthorized, Frame::Forward(_)) => P::AwaitAuthorized,
             (P::Ready, Frame::Query(_)) => P::AwaitHave,
+            (P::AwaitAuthorized, Frame::Query(_)) => P::AwaitAuthorizedThenHave,
             (P::Sending, Frame::PathStart(p)) => {
                 self.in_flight.insert(p.path.clone());
                 self.current = Some(p.path.clone());
@@ -165,6 +170,7 @@ impl CoordinatorState {
                 P::Ready
             }
             (P::AwaitAuthorized, Frame::Authorized { .. }) => P::Ready,
+            (P::AwaitAuthorizedThenHave, Frame::Authorized { .. }) => P::AwaitHave,
             (P::AwaitHave, Frame::Have { .. }) => P::Sending,
             (P::Sending | P::InPath | P::Draining, Frame::Received { .. }) => self.phase,
             (
@@ -217,7 +223,9 @@ fn coordinator_state_name(phase: CoordinatorPhase) -> &'static str {
         CoordinatorPhase::Start => "before Hello",
         CoordinatorPhase::AwaitWelcome => "while waiting for Welcome",
         CoordinatorPhase::Ready => "after the handshake",
-        CoordinatorPhase::AwaitAuthorized => "while waiting for Authorized",
+        CoordinatorPhase::AwaitAuthorized | CoordinatorPhase::AwaitAuthorizedThenHave => {
+            "while waiting for Authorized"
+        }
         CoordinatorPhase::AwaitHave => "while waiting for Have",
         CoordinatorPhase::Sending => "between paths",
         CoordinatorPhase::InPath => "inside a path's data",
@@ -686,6 +694,39 @@ mod tests {
         a.on_send(&Frame::Welcome(welcome())).unwrap();
         a.on_send(&Frame::Error("version".into())).unwrap();
         assert_eq!(a.phase(), AgentPhase::Closed);
+    }
+
+    /// The coordinator sends `Authorize`, `Forward` and `Query` without waiting in between;
+    /// the agent, reading them in turn, answers `Authorized` then `Have`.
+    #[test]
+    fn authorize_rides_with_the_query() {
+        let authorize = Frame::Authorize { public_key: vec![] };
+        let forward = Frame::Forward(Box::new(Forward { own: None, children: vec![] }));
+        let query = Frame::Query(vec![]);
+        let have = Frame::Have { missing: vec![], bases: vec![], trusted: None };
+        let sent_all = || {
+            let mut c = CoordinatorState::new();
+            c.on_send(&Frame::Hello(Hello::ours())).unwrap();
+            c.on_receive(&Frame::Welcome(welcome())).unwrap();
+            for f in [&authorize, &forward, &query] {
+                c.on_send(f).unwrap();
+            }
+            c
+        };
+        // A Have before the Authorized is out of order.
+        assert!(sent_all().on_receive(&have).is_err());
+        let mut c = sent_all();
+        let mut a = AgentState::new();
+        a.on_receive(&Frame::Hello(Hello::ours())).unwrap();
+        a.on_send(&Frame::Welcome(welcome())).unwrap();
+        a.on_receive(&authorize).unwrap();
+        a.on_send(&Frame::Authorized { added: true }).unwrap();
+        c.on_receive(&Frame::Authorized { added: true }).unwrap();
+        for f in [&forward, &query] {
+            a.on_receive(f).unwrap();
+        }
+        a.on_send(&have).unwrap();
+        c.on_receive(&have).unwrap();
     }
 
     /// Both state machines stepped through a whole pipelined session, frame by frame, as

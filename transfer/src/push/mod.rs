@@ -2,7 +2,8 @@
 //! sign → stream → acknowledgements.
 //!
 //! [`push_closure`] runs one session against one agent:
-//! 1. `Hello`/`Welcome` (the host's store dir must match ours), optionally `Authorize`;
+//! 1. `Hello`/`Welcome` (the host's store dir must match ours), optionally `Authorize`
+//!    (sent with the `Query`, answered before `Have`: no round trip of its own);
 //! 2. one `Query` with the whole closure (path, NAR hash, size), answered by one `Have`;
 //! 3. a sender thread streams each missing path in topological order — `PathStart` (path info
 //!    and signature), the NAR dumped from disk, zstd-compressed, cut into `Data` frames, then
@@ -465,18 +466,16 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     let peer_forward = welcome.features.iter().any(|f| f == FEATURE_FORWARD);
     progress.event(host, &ProgressEvent::Connected { welcome: &welcome });
     summary.welcome = Some(welcome);
+    if options.forward.is_some() && !peer_forward {
+        return Err(PushError::NoForward { host: host.to_owned() });
+    }
+    // `Authorize`, a relay's `Forward` and the `Query` go out together: the host handles them
+    // in order (so `Have` already speaks of the updated ACL), and the authorization costs no
+    // round trip of its own.
     if options.authorize {
         send(&mut out, Frame::Authorize { public_key: key.verifying_key().to_key_file() })?;
-        out.flush().map_err(io_err)?;
-        watch.phase("while waiting for Authorized", false);
-        if let Frame::Authorized { added } = receive(frames)? {
-            summary.authorized = Some(added);
-        }
     }
     if let Some(forward) = &options.forward {
-        if !peer_forward {
-            return Err(PushError::NoForward { host: host.to_owned() });
-        }
         send(&mut out, Frame::Forward(Box::new(forward.clone())))?;
     }
     summary.phases.connect = started.elapsed();
@@ -485,6 +484,12 @@ pub(crate) fn session<R: io::Read, W: Write + Send>(
     let t = Instant::now();
     send(&mut out, Frame::Query(query_entries(closure, peer_graph)))?;
     out.flush().map_err(io_err)?;
+    if options.authorize {
+        watch.phase("while waiting for Authorized", false);
+        if let Frame::Authorized { added } = receive(frames)? {
+            summary.authorized = Some(added);
+        }
+    }
     watch.phase("while waiting for Have", false);
     let Frame::Have { missing, bases, trusted } = receive(frames)? else {
         unreachable!("checked by the state machine")
