@@ -43,8 +43,8 @@
 //!   `FRAME_BUDGET`. Segments keep the first bytes near: the encoder reads and indexes one
 //!   segment and its prefix, not the whole pair, before it writes; and each segment takes the
 //!   level the link calls for when it starts. Measured at level 3 (`delta_bench encode`): the
-//!   LibreOffice pair as one frame 10,419,670 B, 373 MiB peak, first `Data` 0.41 s after its
-//!   `PathStart`; in 16 MiB segments 10,361,832 B, 156 MiB, 0.18 s; the kernel pair in 128 MiB
+//!   LibreOffice pair as one frame 10,419,670 B, 365 MiB peak, first `Data` 0.41 s after its
+//!   `PathStart`; in 16 MiB segments 10,361,832 B, 153 MiB, 0.18 s; the kernel pair in 128 MiB
 //!   segments 37,051,352 B, 607 MiB; in 16 MiB segments 37,117,609 B (+0.2 %), 431 MiB; the
 //!   same encode time in each case.
 //! - **Encoder peak** ≈ base + one segment of new (read from the stream) + its prefix's zstd
