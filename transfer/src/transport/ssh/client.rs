@@ -788,6 +788,15 @@ pub struct RemoteStdout {
     current: Bytes,
 }
 
+impl RemoteStdout {
+    /// Put `data` back in front of what is still to be read (bytes read past a marker line by
+    /// a caller that hands the rest of the stream on). Only while nothing is buffered.
+    pub(super) fn unread(&mut self, data: Bytes) {
+        debug_assert!(self.current.is_empty());
+        self.current = data;
+    }
+}
+
 impl AsyncRead for RemoteStdout {
     fn poll_read(
         mut self: Pin<&mut Self>,
