@@ -2,22 +2,45 @@
 //!
 //! One probe (`sh` only, read-only: a dry run changes nothing) reports the remote uid, `$HOME`
 //! and `uname -m`; whether the user may `sudo -n` (when the agent will need it); which of
-//! `zstd` and `gzip` the host has to decompress with; and what the host already holds, each
-//! checked by the host's own SHA-256 program (`sha256sum`, else `shasum -a 256`):
-//! - a `ferry` on `PATH`, used only when its hash is the one expected and neither it nor its
+//! `zstd` and `gzip` the host has to decompress with; and what the host already holds:
+//! - a `ferry` on `PATH`, used only when it is this agent (below) and neither it nor its
 //!   directory is writable by anyone but the user or root;
 //! - the cached agent `~/.cache/ferry/agent/ferry-<version>-<sha256>` (named by its content, in
-//!   a 0700 directory of the login user), used only when its hash is its name's;
+//!   a 0700 directory of the login user), used only when it is this agent and only the user or
+//!   root can write it and its directory;
 //! - the compressed partial upload `ferry-<version>-<sha256>.<zst|gz>.part` and its size.
+//!
+//! When the probe is to start the agent ([`Run::Start`]: the first agent of a transport) and it
+//! found one (and `sudo -n`, when needed, said yes), it prints its report, then its end line (a
+//! random marker, so nothing the probe prints, such as a file name, can pass for it), then
+//! `exec`s the agent: the coordinator reads the report, and the same channel's stdout goes on
+//! with the agent's protocol stream. Probe and agent cost one exec. Otherwise (the agent must
+//! be uploaded, sudo refused, another architecture...) the probe exits after its end line and
+//! the agent starts on a channel of its own after the upload. A dry run's probe
+//! ([`Run::Dry`]) never starts anything and writes nothing.
+//!
+//! "This agent": the file's size is the agent's, and its SHA-256, by the host's own program
+//! (`sha256sum`, else `shasum -a 256`), is the agent's. Hashing 15-20 MB on every connect
+//! costs tens of milliseconds, so a file that hashed right is recorded in
+//! `~/.cache/ferry/agent/ferry-<version>-<sha256>.verified` by its `stat` line (size, device,
+//! inode, mtime and ctime to the nanosecond), and a file whose `stat` line is recorded is this
+//! agent without hashing again. That is as safe as the hash: the record is read only when it
+//! and the 0700 directory holding it can be written by no one but the user or root (who can
+//! replace the agent anyway), the file itself still passes the ownership checks each time, and
+//! its bytes cannot change without its ctime changing (only root, setting the clock, could
+//! forge a ctime); a file is recorded only when its ctime is at least 2 s old, so a write
+//! racing the hash changes the ctime after the record. A dry run records nothing; without
+//! `stat -c` every connect hashes.
 //!
 //! Which program runs ([`AgentSource`]): by default this executable (found as above, or
 //! uploaded; its architecture must be the host's); `agent = "FILE"` uploads that file the same
 //! way (a ferry built for the host); `agent = "PATH"` runs the host's `ferry` on `PATH` as is.
+//! This executable is read and hashed (here, once per process) while the session connects.
 //!
 //! The upload ([`SshTransport::upload_agent`]) sends the program compressed ([`Codec`]: zstd,
 //! else gzip), appended to the partial file from the byte the probe found there (an
 //! interrupted upload resumes); the host decompresses it to a temp file, checks its SHA-256 and
-//! renames it to the content name. A cached file whose hash differs is replaced, never run;
+//! renames it to the content name. A cached file that is not this agent is replaced, never run;
 //! without a SHA-256 program the upload is redone on every run (the file just written to the
 //! 0700 directory is run). A failed decompression or check removes the temp and partial files
 //! (and starts over once when it had resumed); stale temp files are removed.
@@ -83,11 +106,12 @@ pub fn local_arch() -> &'static str {
 }
 
 /// Shell functions both scripts use: `sum FILE` prints its SHA-256 (nothing without a SHA-256
-/// program); `safe FILE` says whether only the user or root can write it.
-const SH_FUNCTIONS: &str = r#"uid=$(id -u)
+/// program, and then `$hasher` is empty); `safe FILE` says whether only the user or root can
+/// write it.
+const SH_FUNCTIONS: &str = r#"uid=$(id -u) hasher=1
 if command -v sha256sum >/dev/null 2>&1; then h() { sha256sum < "$1"; }
 elif command -v shasum >/dev/null 2>&1; then h() { shasum -a 256 < "$1"; }
-else h() { return 1; }; fi
+else h() { return 1; }; hasher=; fi
 sum() { s=$(h "$1" 2>/dev/null) && [ -n "$s" ] && echo "${s%% *}"; }
 safe() {
   l=$(ls -ldn -- "$1" 2>/dev/null) || return 1
@@ -134,7 +158,7 @@ if [ "$want" = 1 ] && [ "$uid" != 0 ]; then
   else echo "sudo refused $(printf '%s' "$out" | tr '\n' ' ')"; fi
 fi
 for z in zstd gzip; do command -v "$z" >/dev/null 2>&1 && echo "decompress $z"; done
-[ -n "$(sum /dev/null)" ] && echo "hasher"
+[ -n "$hasher" ] && echo "hasher"
 f=$(command -v ferry 2>/dev/null)
 found=
 if [ "$mode" = path ]; then found=$f
@@ -632,5 +656,34 @@ impl SshTransport {
     /// The host as progress events name it (the transport's description).
     fn describe_host(&self) -> String {
         crate::transport::Transport::describe(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_end_marker_counts_only_as_a_whole_line() {
+        let end = b"ferry-probe-end-00ff\n";
+        assert_eq!(line_at(b"uid 0\nferry-probe-end-00ff\n\x00\x01", end), Some(6));
+        assert_eq!(line_at(b"ferry-probe-end-00ff\n", end), Some(0));
+        // Inside a line (a file name holding it), or without its newline yet: not the end.
+        assert_eq!(line_at(b"found /x/ferry-probe-end-00ff\n", end), None);
+        assert_eq!(line_at(b"uid 0\nferry-probe-end-00ff", end), None);
+        assert_eq!(line_at(b"a ferry-probe-end-00ff\nferry-probe-end-00ff\n", end), Some(23));
+    }
+
+    #[test]
+    fn the_probe_report_is_parsed_line_by_line() {
+        let p = Probe::parse(
+            "uid 1000\nhome /home/u\narch x86_64\nsudo ok\ndecompress zstd\nfound /usr/bin/ferry\n\
+             start\npartial zst 42\n",
+        );
+        assert_eq!(p.uid, Some(1000));
+        assert_eq!(p.home.as_deref(), Some("/home/u"));
+        assert_eq!(p.sudo.as_deref(), Some("ok"));
+        assert_eq!(p.found.as_deref(), Some("/usr/bin/ferry"));
+        assert_eq!(p.partial, vec![("zst".to_owned(), 42)]);
     }
 }

@@ -6,7 +6,10 @@
 //! `bootstrap`) finds the agent program on the host, checked by the host's SHA-256 program, or
 //! uploads it compressed to `~/.cache/ferry/agent/ferry-<version>-<sha256>` (resumed when an
 //! earlier upload was cut); [`SshTransport::prepare_agent`] does it with progress, or only
-//! finds out for a dry run. Nothing needs to be installed on a host but sshd.
+//! finds out for a dry run. The first agent of a transport is started by the probe itself when
+//! the host has the program (one exec for both): [`Transport::prepare`] starts `ferry serve`
+//! so and keeps it for the [`Transport::connect`] that follows (an agent kept for other
+//! arguments is given up). Nothing needs to be installed on a host but sshd.
 //!
 //! The agent runs as `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] serve`;
 //! `sudo -n` is added when the remote user is not root and the target is the host's own store
