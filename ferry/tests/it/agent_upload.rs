@@ -4,7 +4,9 @@
 //! dynamic loader; an upload cut at several points resumes and leaves no temp file; a cached
 //! agent with other bytes is replaced, never run; `deploy --dry-run` on a fresh host changes
 //! nothing there; a `ferry` on the host's PATH runs only when its bytes are ours; a host of
-//! another architecture, or `agent = "PATH"` without one, is a clear error.
+//! another architecture, or `agent = "PATH"` without one, is a clear error. The probe starts a
+//! cached agent in the same exec (one `Starting session: command` in the server's log), and a
+//! verification record never lets changed bytes run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
