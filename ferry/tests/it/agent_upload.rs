@@ -4,7 +4,9 @@
 //! dynamic loader; an upload cut at several points resumes and leaves no temp file; a cached
 //! agent with other bytes is replaced, never run; `deploy --dry-run` on a fresh host changes
 //! nothing there; a `ferry` on the host's PATH runs only when its bytes are ours; a host of
-//! another architecture, or `agent = "PATH"` without one, is a clear error.
+//! another architecture, or `agent = "PATH"` without one, is a clear error. The probe starts a
+//! cached agent in the same exec (one `Starting session: command` in the server's log), and a
+//! verification record never lets changed bytes run.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -93,14 +95,20 @@ impl Setup {
         c.output().unwrap()
     }
 
-    /// The files in the agent directory.
+    /// The files in the agent directory but the verification records (`NAME.verified`).
     fn agent_files(&self) -> Vec<String> {
         let mut names: Vec<String> = fs::read_dir(self.agent_dir())
             .map(|d| d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
+        names.retain(|n| !n.ends_with(".verified"));
         names.sort();
         names
     }
+}
+
+/// The commands the server has run so far (`Starting session: command …` lines of its log).
+fn execs(sshd: &Sshd) -> usize {
+    sshd.log().lines().filter(|l| l.contains("Starting session: command")).count()
 }
 
 fn stderr(out: &Output) -> String {
@@ -349,4 +357,49 @@ fn another_architecture_or_a_missing_host_ferry_is_a_clear_error() {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("has no `ferry` on its PATH"), "{err}");
+}
+
+#[test]
+fn the_probe_starts_the_agent_it_finds_in_the_same_exec() {
+    let s = Setup::new();
+    // A fresh host: probe, upload, then the agent.
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert!(stderr(&out).contains("uploading agent "), "{}", stderr(&out));
+    let first = execs(&s.sshd);
+    assert!(first >= 3, "probe, upload and agent: {first} commands\n{}", s.sshd.log());
+    // The agent is cached: the probe becomes the agent.
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert_eq!(execs(&s.sshd) - first, 1, "one command for probe and agent\n{}", s.sshd.log());
+}
+
+#[test]
+fn a_verification_record_never_lets_changed_bytes_run() {
+    let s = Setup::new();
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    let agent = s.agent_dir().join(agent_name());
+    let record = s.agent_dir().join(format!("{}.verified", agent_name()));
+    // A record is kept only for a file changed at least 2 s before it was hashed.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert!(record.exists(), "the hashed agent was recorded");
+    let before = execs(&s.sshd);
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert_eq!(execs(&s.sshd) - before, 1, "started by the probe on its record");
+
+    // The same size, other bytes: the record no longer matches, the hash differs, the file is
+    // replaced.
+    let mut bytes = fs::read(&agent).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    fs::write(&agent, &bytes).unwrap();
+    let out = s.copy(&[]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), s.sshd.log());
+    assert!(stderr(&out).contains("uploading agent "), "{}", stderr(&out));
+    assert_eq!(sha256(&agent), sha256(Path::new(FERRY)), "it was replaced");
+    assert_eq!(s.agent_files(), vec![agent_name()]);
 }

@@ -123,6 +123,34 @@ fn public_of(path: &Path) -> Option<PublicKey> {
     })
 }
 
+/// The hash of RSA signatures, from the server's `server-sig-algs`; asked only when an RSA key
+/// is offered, since russh waits up to a second for the server's extension info, which not
+/// every server sends.
+#[derive(Default)]
+struct RsaHash(Option<Option<HashAlg>>);
+
+impl RsaHash {
+    /// For a key of `algorithm`: `None` but for RSA.
+    async fn for_key(
+        &mut self,
+        handle: &Handle<ClientHandler>,
+        algorithm: &Algorithm,
+    ) -> Option<HashAlg> {
+        if !matches!(algorithm, Algorithm::Rsa { .. }) {
+            return None;
+        }
+        if let Some(hash) = self.0 {
+            return hash;
+        }
+        let hash = match handle.best_supported_rsa_hash().await {
+            Ok(Some(h)) => h,
+            _ => Some(HashAlg::Sha256),
+        };
+        self.0 = Some(hash);
+        hash
+    }
+}
+
 impl SshSession {
     /// Connect through `cfg`'s bastions in turn, then to the host; at each hop check the host
     /// key and authenticate, each hop within its own `connect_timeout`.
@@ -234,21 +262,18 @@ impl SshSession {
     ) -> Result<(), SshError> {
         let target = cfg.target();
         let mut tried = Vec::new();
-        let rsa_hash = match handle.best_supported_rsa_hash().await {
-            Ok(Some(h)) => h,
-            _ => Some(HashAlg::Sha256),
-        };
+        let mut rsa_hash = RsaHash::default();
 
         // The explicit identity first: one that cannot be loaded is an error.
         if let Some(path) = &cfg.identity {
             let key = load_identity(cfg, path)?;
-            if Self::offer(cfg, handle, path, key, rsa_hash, &mut tried).await? {
+            if Self::offer(cfg, handle, path, key, &mut rsa_hash, &mut tried).await? {
                 return Ok(());
             }
         }
         // The SSH config's identity files: a missing one is skipped, as ssh does.
         for path in &cfg.identity_files {
-            if Self::offer_file(cfg, handle, path, rsa_hash, &mut tried).await? {
+            if Self::offer_file(cfg, handle, path, &mut rsa_hash, &mut tried).await? {
                 return Ok(());
             }
         }
@@ -262,7 +287,7 @@ impl SshSession {
                     .filter_map(|p| public_of(p))
                     .collect()
             });
-            if Self::offer_agent(cfg, handle, only.as_deref(), rsa_hash, &mut tried).await {
+            if Self::offer_agent(cfg, handle, only.as_deref(), &mut rsa_hash, &mut tried).await {
                 return Ok(());
             }
         }
@@ -272,7 +297,7 @@ impl SshSession {
             if let Some(home) = std::env::var_os("HOME") {
                 for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
                     let path = PathBuf::from(&home).join(".ssh").join(name);
-                    if Self::offer_file(cfg, handle, &path, rsa_hash, &mut tried).await? {
+                    if Self::offer_file(cfg, handle, &path, &mut rsa_hash, &mut tried).await? {
                         return Ok(());
                     }
                 }
@@ -294,7 +319,7 @@ impl SshSession {
         cfg: &SshConfig,
         handle: &mut Handle<ClientHandler>,
         path: &Path,
-        rsa_hash: Option<HashAlg>,
+        rsa_hash: &mut RsaHash,
         tried: &mut Vec<String>,
     ) -> Result<bool, SshError> {
         if !path.exists() {
@@ -315,12 +340,13 @@ impl SshSession {
         handle: &mut Handle<ClientHandler>,
         path: &Path,
         key: Arc<ssh_key::PrivateKey>,
-        rsa_hash: Option<HashAlg>,
+        rsa_hash: &mut RsaHash,
         tried: &mut Vec<String>,
     ) -> Result<bool, SshError> {
         let desc =
             format!("{} ({})", path.display(), key.public_key().fingerprint(HashAlg::Sha256));
-        let with_hash = PrivateKeyWithHashAlg::new(key, rsa_hash);
+        let hash = rsa_hash.for_key(handle, &key.algorithm()).await;
+        let with_hash = PrivateKeyWithHashAlg::new(key, hash);
         let result = handle
             .authenticate_publickey(&cfg.user, with_hash)
             .await
@@ -336,7 +362,7 @@ impl SshSession {
         cfg: &SshConfig,
         handle: &mut Handle<ClientHandler>,
         only: Option<&[PublicKey]>,
-        rsa_hash: Option<HashAlg>,
+        rsa_hash: &mut RsaHash,
         tried: &mut Vec<String>,
     ) -> bool {
         if std::env::var_os("SSH_AUTH_SOCK").is_none() {
@@ -368,8 +394,7 @@ impl SshSession {
             if only.is_some_and(|only| !only.iter().any(|k| k.key_data() == key.key_data())) {
                 continue;
             }
-            let hash =
-                if matches!(key.algorithm(), Algorithm::Rsa { .. }) { rsa_hash } else { None };
+            let hash = rsa_hash.for_key(handle, &key.algorithm()).await;
             let fp = key.fingerprint(HashAlg::Sha256);
             match handle.authenticate_publickey_with(&cfg.user, key, hash, &mut agent).await {
                 Ok(r) if r.success() => return true,
@@ -786,6 +811,15 @@ impl AsyncWrite for RemoteStdin {
 pub struct RemoteStdout {
     rx: mpsc::Receiver<Bytes>,
     current: Bytes,
+}
+
+impl RemoteStdout {
+    /// Put `data` back in front of what is still to be read (bytes read past a marker line by
+    /// a caller that hands the rest of the stream on). Only while nothing is buffered.
+    pub(super) fn unread(&mut self, data: Bytes) {
+        debug_assert!(self.current.is_empty());
+        self.current = data;
+    }
 }
 
 impl AsyncRead for RemoteStdout {

@@ -8,7 +8,7 @@
 //! | `config` | `~/.ssh/config` as OpenSSH reads it (`Host` patterns, `HostName`, `User`, `Port`, `IdentityFile`, `ProxyJump`…) |
 //! | `known_hosts` | host-key checking: the pinned key or `known_hosts` (hashed, patterns, `@revoked`); pinned-key lines as `ssh-keyscan` prints them |
 //! | `agent_file` | the agent program on this side: named by its SHA-256, compressed once per process |
-//! | `bootstrap` | the one probe (agent found and verified, decompressors, `sudo -n`), the compressed, resumed, verified upload |
+//! | `bootstrap` | the one probe (agent found and verified, decompressors, `sudo -n`), which starts the agent it found in the same exec; the compressed, resumed, verified upload |
 //! | `transport` | [`SshTransport`]: the agent (or any `ferry` command) over an exec channel |
 //!
 //! This module holds what they share: the settings of a host ([`SshConfig`], built from a URI or

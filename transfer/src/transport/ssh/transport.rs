@@ -6,7 +6,10 @@
 //! `bootstrap`) finds the agent program on the host, checked by the host's SHA-256 program, or
 //! uploads it compressed to `~/.cache/ferry/agent/ferry-<version>-<sha256>` (resumed when an
 //! earlier upload was cut); [`SshTransport::prepare_agent`] does it with progress, or only
-//! finds out for a dry run. Nothing needs to be installed on a host but sshd.
+//! finds out for a dry run. The first agent of a transport is started by the probe itself when
+//! the host has the program (one exec for both): [`Transport::prepare`] starts `ferry serve`
+//! so and keeps it for the [`Transport::connect`] that follows (an agent kept for other
+//! arguments is given up). Nothing needs to be installed on a host but sshd.
 //!
 //! The agent runs as `[sudo -n --] FERRY [--root R] [--store-dir D] [--state-dir S] serve`;
 //! `sudo -n` is added when the remote user is not root and the target is the host's own store
@@ -27,8 +30,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
-use super::bootstrap::{AgentProgram, AgentSource};
-use super::{RemoteExit, RemoteStatus, RemoteStdin, RemoteStdout, SshConfig, SshSession};
+use super::bootstrap::{AgentProgram, AgentSource, Run};
+use super::{
+    RemoteExit, RemoteProcess, RemoteStatus, RemoteStdin, RemoteStdout, SshConfig, SshSession,
+};
 use crate::transport::{AgentHandle, Connection, Transport, TransportError};
 use proto::uri::StoreParams;
 
@@ -39,6 +44,9 @@ pub struct SshTransport {
     runtime: Arc<Runtime>,
     session: tokio::sync::Mutex<Option<Arc<SshSession>>>,
     pub(super) program: Mutex<Option<AgentProgram>>,
+    /// The agent [`Transport::prepare`] started with its probe, and its arguments, for the
+    /// [`Transport::connect`] that follows.
+    started: Mutex<Option<(Vec<String>, RemoteProcess)>>,
     /// Which program runs as the agent (this executable by default).
     pub agent: AgentSource,
 }
@@ -70,6 +78,7 @@ impl SshTransport {
             runtime: Arc::new(runtime),
             session: tokio::sync::Mutex::new(None),
             program: Mutex::new(None),
+            started: Mutex::new(None),
             agent: AgentSource::default(),
         })
     }
@@ -93,7 +102,12 @@ impl SshTransport {
                 return Ok(s.clone());
             }
         }
-        let s = Arc::new(SshSession::connect(&self.config).await.map_err(other)?);
+        let preload = self.preload_agent();
+        let connected = SshSession::connect(&self.config).await;
+        if let Some(preload) = preload {
+            let _ = preload.await;
+        }
+        let s = Arc::new(connected.map_err(other)?);
         *slot = Some(s.clone());
         Ok(s)
     }
@@ -163,12 +177,7 @@ impl SshTransport {
         line: &mut dyn FnMut(&str),
     ) -> Result<RemoteRun, TransportError> {
         let rt = self.runtime.handle().clone();
-        let (mut input, output, exit) = rt
-            .block_on(async {
-                let program = self.agent_program(session).await?;
-                session.exec(&self.argv_for(&program, args)).await.map_err(other)
-            })?
-            .split();
+        let (mut input, output, exit) = rt.block_on(self.start_agent(session, args))?.split();
         // A command that does not read its input may end first: that is not an error here.
         let _ = rt.block_on(async {
             input.write_all(stdin).await?;
@@ -212,8 +221,18 @@ impl Transport for SshTransport {
         self.connect_ferry(&["serve".to_owned()])
     }
 
+    /// The bootstrap, whose probe also starts `ferry serve` when the host has the agent (kept
+    /// for the [`Transport::connect`] that follows: one exec in all).
     fn prepare(&self, progress: &dyn crate::push::Progress) -> Result<(), TransportError> {
-        self.prepare_agent(false, progress).map(drop)
+        let args = vec!["serve".to_owned()];
+        self.runtime.block_on(async {
+            let session = self.session().await?;
+            let (_, started) = self.ensure_agent(&session, Run::Start(&args), progress).await?;
+            if let Some(process) = started {
+                *self.started.lock().unwrap_or_else(|p| p.into_inner()) = Some((args, process));
+            }
+            Ok(())
+        })
     }
 }
 
@@ -222,11 +241,15 @@ impl SshTransport {
     /// and `sudo -n`), on this transport's session, and connect to its stdin and stdout:
     /// [`Transport::connect`] is this with `serve`. The handle waits for the command's exit.
     pub fn connect_ferry(&self, args: &[String]) -> Result<Connection, TransportError> {
-        let process = self.runtime.block_on(async {
-            let session = self.session().await?;
-            let program = self.agent_program(&session).await?;
-            session.exec(&self.argv_for(&program, args)).await.map_err(other)
-        })?;
+        // The agent `prepare` started, when it is this command (another is given up).
+        let started = self.started.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let process = match started {
+            Some((started_args, process)) if started_args == args => process,
+            _ => self.runtime.block_on(async {
+                let session = self.session().await?;
+                self.start_agent(&session, args).await
+            })?,
+        };
         let (stdin, stdout, exit) = process.split();
         let handle = self.runtime.handle().clone();
         Ok(Connection {
