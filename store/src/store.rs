@@ -39,7 +39,6 @@ use nar_core::dump::{dump, DumpError};
 use nar_core::hash::{NarDigest, Sha256Hash};
 use nar_core::restore::{remove_tree, restore_with, RestoreError, RestoreOptions};
 use nar_core::store_path::{make_source_path, StoreDir, StorePath, StorePathError};
-use rayon::prelude::*;
 use rustix::fs::{flock, FlockOperation};
 
 use crate::db::{Database, DbError};
@@ -578,28 +577,39 @@ impl Store {
         };
         report.checked = infos.len();
         let layout = &self.layout;
-        let problems: Vec<VerifyProblem> = infos
-            .par_iter()
-            .filter_map(|info| {
-                let abs = info.path.to_absolute(layout.store_dir());
-                let phys = layout.physical_path(&info.path);
-                if fs::symlink_metadata(&phys).is_err() {
-                    return Some(VerifyProblem::Missing(abs));
-                }
-                if !check_contents {
-                    return None;
-                }
-                match nar_core::dump::hash_path(&phys) {
-                    Ok(actual) if actual == info.nar_digest() => None,
-                    Ok(actual) => Some(VerifyProblem::Modified {
-                        path: abs,
-                        expected: info.nar_digest(),
-                        actual,
-                    }),
-                    Err(e) => Some(VerifyProblem::Unreadable { path: abs, reason: e.to_string() }),
-                }
-            })
+        // Missing paths are problems already; the others are hashed together (their NAR
+        // sizes schedule the work), and the problems are listed in the paths' order.
+        let present: Vec<bool> = infos
+            .iter()
+            .map(|info| fs::symlink_metadata(layout.physical_path(&info.path)).is_ok())
             .collect();
+        let items: Vec<_> = infos
+            .iter()
+            .zip(&present)
+            .filter(|(_, here)| check_contents && **here)
+            .map(|(info, _)| (layout.physical_path(&info.path), info.nar_size))
+            .collect();
+        let mut hashed = crate::hashing::hash_paths(&items).into_iter();
+        let mut problems = Vec::new();
+        for (info, here) in infos.iter().zip(present) {
+            let path = info.path.to_absolute(layout.store_dir());
+            if !here {
+                problems.push(VerifyProblem::Missing(path));
+                continue;
+            }
+            match hashed.next() {
+                None => {}
+                Some(Ok(actual)) if actual == info.nar_digest() => {}
+                Some(Ok(actual)) => problems.push(VerifyProblem::Modified {
+                    path,
+                    expected: info.nar_digest(),
+                    actual,
+                }),
+                Some(Err(e)) => {
+                    problems.push(VerifyProblem::Unreadable { path, reason: e.to_string() })
+                }
+            }
+        }
         report.problems.extend(problems);
         let store_dir = self.layout.physical_store_dir();
         if let Ok(entries) = fs::read_dir(&store_dir) {
