@@ -620,9 +620,10 @@ const CAPPED_FROM_LEVEL: i32 = 14;
 const MAX_TABLE_LOG: u32 = 22;
 
 /// Dump the NAR at `phys` from byte `offset` on into `out`: as is at level 0, else as zstd
-/// frames of [`crate::push::segments::SEGMENT_BYTES`] NAR bytes, the first at `level` and each next one at the level
-/// `policy` picks then ([`crate::push::segments`]), with the context in `cctx` (made there on
-/// first use); returns the NAR bytes passed on.
+/// frames of [`crate::push::segments::SEGMENT_BYTES`] NAR bytes, the first at `level` and each
+/// next one at the level `policy` picks then ([`crate::push::segments`]), with the context in
+/// `cctx` (made there on first use); returns the NAR bytes passed on.
+// Eight arguments: each is one piece of the path's encoding that its one caller holds apart.
 #[allow(clippy::too_many_arguments)]
 fn full_stream<W: Write>(
     phys: &std::path::Path,
