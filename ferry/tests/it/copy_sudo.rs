@@ -155,13 +155,9 @@ fn deploy_as_a_sudo_user() {
     if !have_user("deploy_as_a_sudo_user", SUDO_USER) {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::util::coordinator_dir();
     let d = dir.path();
-    fs::create_dir_all(d.join("home")).unwrap();
-    fs::create_dir_all(d.join("pkgs/hello/bin")).unwrap();
-    let hello = d.join("pkgs/hello/bin/hello");
-    fs::write(&hello, "#!/bin/sh\necho \"Hello, $1\"\n").unwrap();
-    fs::set_permissions(&hello, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    crate::util::hello_package(d);
     // The build's ferry on PATH when the user can reach it (else it is uploaded).
     let ferry_dir = ferry_dir();
     let sshd = Sshd::start_with(SshdOptions {

@@ -51,8 +51,7 @@ struct Run {
 impl Run {
     /// A test directory (with the coordinator's `home`) and a run in it.
     fn new() -> (tempfile::TempDir, Run) {
-        let tmp = tempfile::tempdir().unwrap();
-        fs::create_dir_all(tmp.path().join("home")).unwrap();
+        let tmp = crate::util::coordinator_dir();
         let run = Run { dir: tmp.path().to_owned() };
         (tmp, run)
     }

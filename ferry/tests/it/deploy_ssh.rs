@@ -8,7 +8,6 @@
 //! safety check failing for a missing device.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -24,12 +23,8 @@ pub(crate) struct Env {
 
 impl Env {
     pub(crate) fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("home")).unwrap();
-        fs::create_dir_all(dir.path().join("pkgs/hello/bin")).unwrap();
-        let hello = dir.path().join("pkgs/hello/bin/hello");
-        fs::write(&hello, "#!/bin/sh\necho \"Hello, $1\"\n").unwrap();
-        fs::set_permissions(&hello, fs::Permissions::from_mode(0o755)).unwrap();
+        let dir = crate::util::coordinator_dir();
+        crate::util::hello_package(dir.path());
         Env { dir }
     }
 

@@ -5,7 +5,6 @@
 //! the table's JSON counts both sources.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use ferry_tests::s3::Moto;
@@ -48,13 +47,9 @@ fn deploy(dir: &Path, moto: &Moto, args: &[&str], name: &str) -> (Value, String)
 fn a_host_substitutes_from_the_bucket_and_the_coordinator_sends_the_rest() {
     let moto = Moto::start();
     moto.create_bucket("fleet");
-    let dir = tempfile::tempdir().unwrap();
+    let dir = crate::util::coordinator_dir();
     let d = dir.path();
-    fs::create_dir_all(d.join("home")).unwrap();
-    fs::create_dir_all(d.join("pkgs/hello/bin")).unwrap();
-    let hello = d.join("pkgs/hello/bin/hello");
-    fs::write(&hello, "#!/bin/sh\necho \"Hello, $1\"\n").unwrap();
-    fs::set_permissions(&hello, fs::Permissions::from_mode(0o755)).unwrap();
+    crate::util::hello_package(d);
     fs::create_dir_all(d.join("pkgs/tool")).unwrap();
     fs::write(d.join("pkgs/tool/README"), "a second package\n".repeat(100)).unwrap();
     let fleet = Fleet::start_with(

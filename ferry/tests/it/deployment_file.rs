@@ -18,9 +18,7 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("home")).unwrap();
-        Env { dir }
+        Env { dir: crate::util::coordinator_dir() }
     }
 
     fn path(&self) -> &Path {

@@ -109,8 +109,7 @@ struct Demo {
 impl Demo {
     /// The README demo, copied into a temp dir (its hosts there too).
     fn new() -> Demo {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("home")).unwrap();
+        let dir = crate::util::coordinator_dir();
         copy_tree(&examples(), &dir.path().join("demo"));
         let file = dir.path().join("demo/demo.toml");
         Demo { dir, file }

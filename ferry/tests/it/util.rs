@@ -6,7 +6,8 @@
 //! [`ferry_in`] with a store dir), the deploy coordinator of a test directory ([`coordinator`]),
 //! a run that must succeed ([`ok`]), a run fed on stdin ([`output_with_stdin`]), and the
 //! binary's directory for the `PATH` of loopback hosts ([`ferry_dir`]); the repository's
-//! `examples/` ([`examples`]) and a copy of a tree ([`copy_tree`]).
+//! `examples/` ([`examples`]) and a copy of a tree ([`copy_tree`]); a coordinator's test
+//! directory ([`coordinator_dir`]) and a one-script package ([`hello_package`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,22 @@ pub fn coordinator(dir: &Path) -> Command {
     let mut c = ferry();
     c.current_dir(dir).env("FERRY_ROOT", dir.join("coordinator")).env("HOME", dir.join("home"));
     c
+}
+
+/// A temp directory for [`coordinator`] runs: it holds the coordinator's `home/`.
+pub fn coordinator_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("home")).unwrap();
+    dir
+}
+
+/// The package `DIR/pkgs/hello`: `bin/hello NAME` prints `Hello, NAME`.
+pub fn hello_package(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let hello = dir.join("pkgs/hello/bin/hello");
+    std::fs::create_dir_all(hello.parent().unwrap()).unwrap();
+    std::fs::write(&hello, "#!/bin/sh\necho \"Hello, $1\"\n").unwrap();
+    std::fs::set_permissions(&hello, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 /// `ferry ARGS...`, which must succeed: its stdout. Panics with the arguments and ferry's

@@ -339,34 +339,18 @@ impl<'a> PathEncoder<'a> {
                 (info.nar_size - offset, true, vec![level])
             }
             Job::Delta { base, mut producer } => {
-                let controller = &self.controller;
-                let levels = Mutex::new(Vec::new());
+                let mut policy =
+                    SegmentPolicy::new(self.controller.as_ref(), &self.out_blocked_ns, level, true);
                 let encode = |w: &mut dyn Write| {
-                    // Each segment's compression is recorded at the level it used, with the
-                    // helper thread's busy time since the segment began.
-                    let clock = BusyClock::start(&self.out_blocked_ns);
-                    let mut segment_start = clock.now();
-                    let mut record = |done: &crate::delta::stream::EncodeStats, level: i32| {
-                        let now = clock.now();
-                        if let (Some(c), Some(&(_, _, new_len, frame_len))) =
-                            (controller, done.segments.last())
-                        {
-                            let busy = now.since(&segment_start);
-                            lock(c).record_compression(level, true, new_len, frame_len, busy);
-                        }
-                        segment_start = now;
-                    };
+                    policy.segment_start = Some(policy.clock.now());
                     let mut level_for = |i: usize, done: &crate::delta::stream::EncodeStats| {
-                        if i > 0 {
-                            let last = *lock(&levels).last().expect("segment 0 recorded");
-                            record(done, last);
+                        if i == 0 {
+                            return level;
                         }
-                        let l = match (i, controller) {
-                            (0, _) | (_, None) => level,
-                            (_, Some(c)) => lock(c).choose(true).level.max(1),
-                        };
-                        lock(&levels).push(l);
-                        l
+                        if let Some(&(_, _, new_len, frame_len)) = done.segments.last() {
+                            policy.segment_done(policy.last_level(), new_len, frame_len);
+                        }
+                        policy.next_level()
                     };
                     let stats = crate::delta::bases::encode_path(
                         &base,
@@ -379,8 +363,8 @@ impl<'a> PathEncoder<'a> {
                         crate::delta::stream::DeltaError::Io(io) => io,
                         other => io::Error::other(other.to_string()),
                     })?;
-                    if let Some(&last) = lock(&levels).last() {
-                        record(&stats, last);
+                    if let Some(&(_, _, new_len, frame_len)) = stats.segments.last() {
+                        policy.segment_done(policy.last_level(), new_len, frame_len);
                     }
                     Ok(info.nar_size)
                 };
@@ -391,17 +375,17 @@ impl<'a> PathEncoder<'a> {
                     p.finish();
                 }
                 report(info.nar_size);
-                (sent, false, levels.into_inner().unwrap_or_else(|p| p.into_inner()))
+                (sent, false, policy.levels)
             }
             Job::Full { mut producer } => {
                 let workers = self.options.workers;
                 let mut cctx = self.zstd.0.take();
-                let mut policy = SegmentPolicy {
-                    controller: self.controller.as_ref(),
-                    clock: BusyClock::start(&self.out_blocked_ns),
-                    segment_start: None,
-                    levels: vec![level],
-                };
+                let mut policy = SegmentPolicy::new(
+                    self.controller.as_ref(),
+                    &self.out_blocked_ns,
+                    level,
+                    false,
+                );
                 let encode = |w: &mut dyn Write| {
                     policy.segment_start = Some(policy.clock.now());
                     full_stream(&phys, offset, level, workers, &mut cctx, w, report, &mut policy)
@@ -511,15 +495,40 @@ fn observe_link(c: &mut Controller, wire: u64, elapsed: f64, blocked: f64) {
     }
 }
 
-/// A full path's segments ([`crate::push::segments`]): each one's compression is recorded at
-/// the level it used with the encoding thread's busy time, and the next takes the level the
-/// controller picks then (without a controller, the first level throughout).
+/// The segments of a path, full ([`crate::push::segments`]) or delta
+/// ([`crate::delta::stream`]): each one's compression is recorded at the level it used with the
+/// encoding thread's busy time, and the next takes the level the controller picks then
+/// (without a controller, the first level throughout).
 struct SegmentPolicy<'a> {
     controller: Option<&'a Mutex<Controller>>,
+    delta: bool,
     clock: BusyClock<'a>,
     /// Set on the encoding thread when it starts (busy time is that thread's).
     segment_start: Option<BusyReading>,
+    /// Each segment's level so far, the first one's given.
     levels: Vec<i32>,
+}
+
+impl<'a> SegmentPolicy<'a> {
+    /// `blocked_ns`: the encoding thread's time blocked on its output ([`BusyClock`]).
+    fn new(
+        controller: Option<&'a Mutex<Controller>>,
+        blocked_ns: &'a AtomicU64,
+        first: i32,
+        delta: bool,
+    ) -> Self {
+        SegmentPolicy {
+            controller,
+            delta,
+            clock: BusyClock::start(blocked_ns),
+            segment_start: None,
+            levels: vec![first],
+        }
+    }
+
+    fn last_level(&self) -> i32 {
+        *self.levels.last().expect("the first level is given")
+    }
 }
 
 impl LevelPolicy for SegmentPolicy<'_> {
@@ -528,12 +537,14 @@ impl LevelPolicy for SegmentPolicy<'_> {
         let busy = self.segment_start.map_or(1e-3, |start| now.since(&start));
         self.segment_start = Some(now);
         if let (Some(c), true) = (self.controller, level != 0) {
-            lock(c).record_compression(level, false, nar, encoded, busy);
+            lock(c).record_compression(level, self.delta, nar, encoded, busy);
         }
     }
 
     fn next_level(&mut self) -> i32 {
         let level = match self.controller {
+            // A delta has no uncompressed or fast levels.
+            Some(c) if self.delta => lock(c).choose(true).level.max(1),
             Some(c) => lock(c).choose(false).level,
             None => self.levels[0],
         };
@@ -789,12 +800,7 @@ mod tests {
         let blocked = AtomicU64::new(0);
         for level in [19, 1, -5, 15] {
             let mut out = Vec::new();
-            let mut fixed = SegmentPolicy {
-                controller: None,
-                clock: BusyClock::start(&blocked),
-                segment_start: None,
-                levels: vec![level],
-            };
+            let mut fixed = SegmentPolicy::new(None, &blocked, level, false);
             let passed =
                 full_stream(&file, 0, level, 0, &mut cctx, &mut out, &|_| (), &mut fixed).unwrap();
             assert_eq!(passed, nar.len() as u64);

@@ -266,6 +266,16 @@ pub(crate) fn daemon_host_layout(
     layout
 }
 
+/// The coordinator's signature of `info` under `store_dir`, as a `PathStart` carries it.
+pub(crate) fn signed(
+    key: &signing::guix::SigningKey,
+    store_dir: &nar_core::store_path::StoreDir,
+    info: &PathInfo,
+) -> Vec<u8> {
+    let refs: Vec<_> = info.references.iter().cloned().collect();
+    transfer::trust::sign_path(key, store_dir, &info.path, &info.nar_hash, info.nar_size, &refs)
+}
+
 pub(crate) fn start_for(info: &PathInfo, signature: Vec<u8>) -> PathStart {
     PathStart {
         path: info.path.clone(),

@@ -85,15 +85,7 @@ fn add(store: &mut Store, dir: &Path, name: &str, data: &[u8], refs: &[&StorePat
 }
 
 fn send(raw: &mut Raw, info: &PathInfo, key: &SigningKey, nar: &[u8]) -> Frame {
-    let refs: Vec<StorePath> = info.references.iter().cloned().collect();
-    let sig = transfer::trust::sign_path(
-        key,
-        &StoreDir::guix(),
-        &info.path,
-        &info.nar_hash,
-        info.nar_size,
-        &refs,
-    );
+    let sig = crate::agent::signed(key, &StoreDir::guix(), info);
     raw.send(Frame::PathStart(Box::new(start_for(info, sig))));
     for chunk in nar.chunks(64 << 10) {
         raw.send(Frame::Data(chunk.to_vec()));

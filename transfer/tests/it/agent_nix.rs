@@ -135,15 +135,7 @@ fn edited(base: &[u8], at: usize) -> Vec<u8> {
 }
 
 fn signed(key: &SigningKey, info: &PathInfo) -> Vec<u8> {
-    let refs: Vec<StorePath> = info.references.iter().cloned().collect();
-    transfer::trust::sign_path(
-        key,
-        &StoreDir::nix(),
-        &info.path,
-        &info.nar_hash,
-        info.nar_size,
-        &refs,
-    )
+    crate::agent::signed(key, &StoreDir::nix(), info)
 }
 
 fn send(raw: &mut Raw, info: &PathInfo, key: &SigningKey, nar: &[u8]) -> Frame {

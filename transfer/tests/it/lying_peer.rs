@@ -88,15 +88,7 @@ fn entry(info: &PathInfo) -> QueryEntry {
 }
 
 fn signed(key: &SigningKey, info: &PathInfo) -> Vec<u8> {
-    let refs: Vec<StorePath> = info.references.iter().cloned().collect();
-    transfer::trust::sign_path(
-        key,
-        &StoreDir::guix(),
-        &info.path,
-        &info.nar_hash,
-        info.nar_size,
-        &refs,
-    )
+    crate::agent::signed(key, &StoreDir::guix(), info)
 }
 
 fn path_named(s: &crate::agent::Stores, name: &str) -> PathInfo {
